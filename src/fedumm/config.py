@@ -1,0 +1,226 @@
+"""Typed run configuration: YAML file + ``--set key.sub=value`` overrides, validated up front.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key fails with its
+dotted path before any model or dataset loads. ``load_config`` is the single entry point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedumm.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    backend: str = Field("hf_vlm", description="Model backend name from the backend registry.")
+    name_or_path: str = Field(
+        "tiny-llava",
+        description="Hub id, local checkpoint folder, or a built-in tiny model name (tiny-llava).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the frozen base weights are loaded in."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    max_new_tokens: int = Field(8, ge=1, le=512, description="Answer length limit at evaluation.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+class AdapterConfig(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | None = Field(
+        None,
+        description="Regex over module names to wrap with LoRA; null = the backend's "
+        "language-side q/k/v default.",
+    )
+
+
+class SyntheticDataConfig(_Section):
+    train_samples: int = Field(2000, ge=1)
+    test_samples: int = Field(400, ge=1)
+    image_size: int = Field(32, ge=16, le=1024)
+    max_count: int = Field(3, ge=1, le=10)
+    answer_noise: float = Field(0.1, ge=0, lt=0.5)
+
+
+class PartitionConfig(_Section):
+    alpha: float = Field(
+        0.5, ge=0, description="Dirichlet concentration; 0 = IID (as in FedUMM), small = skewed."
+    )
+    label_column: str = Field("multiple_choice_answer", description="Column the skew is over.")
+    min_samples: int = Field(8, ge=1, description="Minimum training samples per client.")
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic"] = Field("synthetic", description="Where samples come from.")
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    local_test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of each client's data held out as its local test split."
+    )
+
+
+class StrategyConfig(_Section):
+    name: Literal["fedavg"] = Field("fedavg", description="Server aggregation strategy.")
+
+
+class FederationConfig(_Section):
+    num_clients: int = Field(4, ge=1, le=10_000)
+    rounds: int = Field(5, ge=1)
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
+    min_fit_clients: int = Field(1, ge=1, description="Lower bound on clients sampled per round.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (FedUMM's 0.05).")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    local_epochs: int = Field(1, ge=1, description="Passes over local data per round.")
+    local_steps: int | None = Field(
+        None, ge=1, description="If set, optimizer steps per round instead of local_epochs."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision for training (bf16/fp16 only on CUDA)."
+    )
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
+    clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    name: str | None = Field(None, description="Run folder name; default: config name.")
+    overwrite: bool = Field(False, description="Replace an existing run folder of the same name.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class EngineConfig(_Section):
+    name: Literal["simulation"] = Field("simulation", description="Execution engine.")
+
+
+class RunConfig(_Section):
+    name: str = Field("fedumm", min_length=1, description="Run name.")
+    seed: int = Field(42, description="Seed for data, partitions, init and training.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        from fedumm.models.registry import available_backends
+
+        if self.model.backend not in available_backends():
+            raise ValueError(
+                f"model.backend: unknown backend {self.model.backend!r}; "
+                f"available: {', '.join(available_backends())}"
+            )
+        if self.federation.min_fit_clients > self.federation.num_clients:
+            raise ValueError(
+                f"federation.min_fit_clients ({self.federation.min_fit_clients}) exceeds "
+                f"federation.num_clients ({self.federation.num_clients})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+    # YAML parsing gives numbers, booleans, null and lists their natural types.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"--set {item!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error":
+            msg = f"must be one of {err['ctx']['expected']}"
+        msg = msg.removeprefix("Value error, ")
+        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
+        lines.append(f"{key}: {msg}{got}" if key else f"{msg}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(data, source)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,22 @@
+"""FedAvg: McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data" (AISTATS). The new global state is the average of the client states
+weighted by each client's number of training samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedumm.adapters import check_state_matches
+from fedumm.strategies.base import ClientUpdate, State, Strategy, weighted_average
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+
+    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
+        if not updates:
+            return dict(global_state)
+        aggregated = weighted_average([u.state for u in updates], [u.num_samples for u in updates])
+        # Guard against clients that all send a layout other than the global adapter's.
+        check_state_matches(global_state, aggregated, "aggregated state does not match the global state")
+        return aggregated

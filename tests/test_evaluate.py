@@ -1,0 +1,242 @@
+"""Tests for fedumm.evaluate: VQA v2 normalisation, accuracy and summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedumm.evaluate import (
+    exact_match,
+    majority_answer,
+    normalize_answer,
+    summarize,
+    vqa_accuracy,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Two", "2"),
+        ("none", "0"),
+        ("ten", "10"),
+        ("the dog.", "dog"),
+        ("1,000", "1000"),
+        ("3.5", "3.5"),
+        ("dont", "don't"),
+        ("don't", "don't"),
+        ("isnt", "isn't"),
+        ("im", "i'm"),
+        ("youre", "you're"),
+        ("yes!", "yes"),
+        ("a red ball", "red ball"),
+        ("An apple", "apple"),
+        ("  red    ball  ", "red ball"),
+        ("red\tball\nhere", "red ball here"),
+        ("black/white", "black white"),  # no space next to "/": becomes a space
+        ("black / white", "black white"),  # space next to "/": deleted
+        ("what?", "what"),
+        ("(left)", "left"),
+        ("YES", "yes"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    # Prepare / Execute
+    result = normalize_answer(raw)
+
+    # Assert
+    assert result == expected
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answers", "expected"),
+    [
+        # All 10 agree: every leave-one-out subset has 9 matches -> 1.
+        ("yes", ["yes"] * 10, 1.0),
+        # 3 matches: dropping a "2" leaves 2 -> 2/3 (x3); dropping a "3"
+        # leaves 3 -> 1 (x7). (3*2/3 + 7*1)/10 = 9/10 = 0.9.
+        ("2", ["2"] * 3 + ["3"] * 7, 0.9),
+        # Number word and digit are the same answer after normalisation.
+        ("two", ["2"] * 3 + ["3"] * 7, 0.9),
+        ("2", ["two"] * 3 + ["three"] * 7, 0.9),
+        # 2 matches: dropping a match leaves 1 -> 1/3 (x2); dropping another
+        # answer leaves 2 -> 2/3 (x8). (2*1/3 + 8*2/3)/10 = (18/3)/10 = 0.6.
+        ("cat", ["cat"] * 2 + ["dog"] * 8, 0.6),
+        # 1 match: dropping it leaves 0 -> 0 (x1); otherwise 1 -> 1/3 (x9).
+        # (0 + 9*1/3)/10 = 3/10 = 0.3.
+        ("cat", ["cat"] + ["dog"] * 9, 0.3),
+        # 4 matches: dropping one leaves 3 -> 1, so every subset scores 1.
+        ("cat", ["cat"] * 4 + ["dog"] * 6, 1.0),
+        # No match at all.
+        ("bird", ["cat"] * 2 + ["dog"] * 8, 0.0),
+        # Article and punctuation insensitivity, both sides.
+        ("the red ball.", ["red ball"] * 10, 1.0),
+        ("Yes!", ["yes"] + ["no"] * 9, 0.3),
+        ("red ball", ["a red ball", "Red Ball!"] + ["blue"] * 8, 0.6),
+        # Single answer (N == 1) is defined as plain equality.
+        ("yes", ["yes"], 1.0),
+        ("no", ["yes"], 0.0),
+    ],
+)
+def test_vqa_accuracy(prediction: str, answers: list[str], expected: float) -> None:
+    # Prepare / Execute
+    result = vqa_accuracy(prediction, answers)
+
+    # Assert
+    assert result == pytest.approx(expected)
+
+
+def test_vqa_accuracy_three_answers() -> None:
+    # Prepare: N=3, 2 matches. Drop a match: 1 match -> 1/3 (x2);
+    # drop the non-match: 2 matches -> 2/3 (x1). (2/3 + 2/3)/3 = 4/9.
+    answers = ["yes", "yes", "no"]
+
+    # Execute
+    result = vqa_accuracy("yes", answers)
+
+    # Assert
+    assert result == pytest.approx(4 / 9)
+
+
+def test_vqa_accuracy_empty_answers_raises() -> None:
+    # Prepare / Execute / Assert
+    with pytest.raises(ValueError, match="at least one"):
+        vqa_accuracy("yes", [])
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("yes", "yes", 1.0),
+        ("Yes.", "yes", 1.0),
+        ("two", "2", 1.0),
+        ("the dog", "dog", 1.0),
+        ("dont", "don't", 1.0),
+        ("yes", "no", 0.0),
+        ("3.5", "35", 0.0),
+        ("red ball", "ball", 0.0),
+    ],
+)
+def test_exact_match(prediction: str, reference: str, expected: float) -> None:
+    # Prepare / Execute
+    result = exact_match(prediction, reference)
+
+    # Assert
+    assert result == expected
+
+
+def test_summarize_two_answer_types() -> None:
+    # Prepare: two "yes/no" records and two "number" records.
+    records = [
+        # acc 1.0 (10 matches), em 1.0
+        {
+            "prediction": "yes",
+            "answers": ["yes"] * 10,
+            "multiple_choice_answer": "yes",
+            "answer_type": "yes/no",
+        },
+        # acc 0.3 (1 match), em 0.0 (mc answer is "no")
+        {
+            "prediction": "yes",
+            "answers": ["yes"] + ["no"] * 9,
+            "multiple_choice_answer": "no",
+            "answer_type": "yes/no",
+        },
+        # acc 0.9 (3 matches of "2"), em 0.0 (mc answer is "3")
+        {
+            "prediction": "two",
+            "answers": ["2"] * 3 + ["3"] * 7,
+            "multiple_choice_answer": "3",
+            "answer_type": "number",
+        },
+        # acc 0.6 (2 matches), em 1.0 ("4" == "four")
+        {
+            "prediction": "4",
+            "answers": ["four"] * 2 + ["5"] * 8,
+            "multiple_choice_answer": "four",
+            "answer_type": "number",
+        },
+    ]
+
+    # Execute
+    summary = summarize(records)
+
+    # Assert: overall acc (1.0+0.3+0.9+0.6)/4 = 2.8/4 = 0.7; em 2/4 = 0.5.
+    assert summary["n"] == 4
+    assert summary["vqa_accuracy"] == pytest.approx(0.7)
+    assert summary["exact_match"] == pytest.approx(0.5)
+    by_type = summary["by_answer_type"]
+    assert list(by_type) == ["number", "yes/no"]
+    # number: acc (0.9+0.6)/2 = 0.75, em (0+1)/2 = 0.5
+    assert by_type["number"]["n"] == 2
+    assert by_type["number"]["vqa_accuracy"] == pytest.approx(0.75)
+    assert by_type["number"]["exact_match"] == pytest.approx(0.5)
+    # yes/no: acc (1.0+0.3)/2 = 0.65, em (1+0)/2 = 0.5
+    assert by_type["yes/no"]["n"] == 2
+    assert by_type["yes/no"]["vqa_accuracy"] == pytest.approx(0.65)
+    assert by_type["yes/no"]["exact_match"] == pytest.approx(0.5)
+
+
+def test_summarize_missing_answer_type_is_unknown() -> None:
+    # Prepare
+    records = [
+        {"prediction": "no", "answers": ["yes"] * 10, "multiple_choice_answer": "yes"},
+    ]
+
+    # Execute
+    summary = summarize(records)
+
+    # Assert
+    assert summary["by_answer_type"] == {
+        "unknown": {"n": 1, "vqa_accuracy": 0.0, "exact_match": 0.0}
+    }
+
+
+def test_summarize_empty() -> None:
+    # Prepare / Execute
+    summary = summarize([])
+
+    # Assert
+    assert summary == {
+        "n": 0,
+        "vqa_accuracy": 0.0,
+        "exact_match": 0.0,
+        "by_answer_type": {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        (["yes", "no", "yes"], "yes"),
+        # "two" and "2" count as the same answer: "2" x3 beats "yes" x2.
+        (["yes", "two", "2", "yes", "2"], "2"),
+        # Tie (2 each): lexicographically smallest wins.
+        (["yes", "no", "no", "yes"], "no"),
+        (["zebra", "apple", "mango"], "apple"),
+        (["The Dog."], "dog"),
+    ],
+)
+def test_majority_answer(answers: list[str], expected: str) -> None:
+    # Prepare / Execute
+    result = majority_answer(answers)
+
+    # Assert
+    assert result == expected
+
+
+def test_majority_answer_accepts_generator() -> None:
+    # Prepare
+    answers = (a for a in ["cat", "dog", "dog"])
+
+    # Execute
+    result = majority_answer(answers)
+
+    # Assert
+    assert result == "dog"
+
+
+def test_majority_answer_empty_raises() -> None:
+    # Prepare / Execute / Assert
+    with pytest.raises(ValueError, match="at least one"):
+        majority_answer([])
