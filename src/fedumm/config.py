@@ -106,6 +106,9 @@ class EvalConfig(_Section):
     batch_size: int = Field(32, ge=1)
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
+    centralized_baseline: bool = Field(
+        True, description="After the federated job, train the centralized baseline (same budget)."
+    )
 
 
 class OutputConfig(_Section):
@@ -120,7 +123,7 @@ class EngineConfig(_Section):
 
 
 class RunConfig(_Section):
-    name: str = Field("fedumm", min_length=1, description="Run name.")
+    name: str = Field("quickstart", min_length=1, description="Run name.")
     seed: int = Field(42, description="Seed for data, partitions, init and training.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -1,0 +1,189 @@
+"""In-process simulation: ONE frozen base model per process; each client is an adapter state
+swapped in and out of it, so memory grows only by the adapters, not by model copies.
+
+``simulate`` runs the federated job and, when ``eval.centralized_baseline`` is set, the
+centralized baseline on the same base model with the same trainer and budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fedumm.adapters import count_parameters, full_model_nbytes
+from fedumm.config import RunConfig
+from fedumm.data.federated import ClientData, FederatedData, build_federated_data
+from fedumm.evaluate import majority_answer, vqa_accuracy
+from fedumm.federation import ClientRuntime, ModelHost, Server, clients_per_round
+from fedumm.runlog import RunFolder
+from fedumm.strategies import State, build_strategy
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    final_state: State = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.records[-1]["global"]["vqa_accuracy"]
+
+    @property
+    def initial_accuracy(self) -> float:
+        return self.records[0]["global"]["vqa_accuracy"]
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    federated: PhaseResult | None
+    centralized: PhaseResult | None
+    majority_baseline: float
+    summary: dict[str, Any]
+
+
+def majority_baseline_accuracy(train: Sequence[dict], test: Sequence[dict]) -> tuple[str, float]:
+    """Accuracy of always answering the training set's most frequent answer."""
+    answer = majority_answer(row["multiple_choice_answer"] for row in train)
+    if not test:
+        return answer, 0.0
+    return answer, sum(vqa_accuracy(answer, row["answers"]) for row in test) / len(test)
+
+
+def run_rounds(
+    config: RunConfig,
+    host: ModelHost,
+    clients: Sequence[ClientData],
+    global_test: Sequence[dict],
+    run: RunFolder,
+    phase: str,
+) -> PhaseResult:
+    """Round 0 evaluates the untrained adapter; rounds 1..R sample, fit, aggregate, evaluate."""
+    progress = config.output.progress
+    test = list(global_test)[: config.eval.max_samples] if config.eval.max_samples else list(global_test)
+    server = Server(build_strategy(config.federation.strategy), host.initial_state, config.federation, config.seed)
+    runtimes = {c.client_id: ClientRuntime(c, host, config) for c in clients}
+    full_bytes = full_model_nbytes(host.model)
+    result = PhaseResult(phase)
+
+    host.set_state(server.global_state)
+    record = {"phase": phase, "round": 0, "global": host.evaluate(test, config.eval.batch_size)}
+    run.append_metrics(record)
+    result.records.append(record)
+
+    rounds = tqdm(range(1, config.federation.rounds + 1), desc=f"{phase} rounds", disable=not progress, unit="round")
+    for round_num in rounds:
+        start = time.perf_counter()
+        selected = server.sample_clients(round_num, sorted(runtimes))
+        download = server.global_payload()
+        replies = [runtimes[cid].fit(download, round_num, progress) for cid in selected]
+        server.aggregate(replies, round_num)
+        fit_seconds = time.perf_counter() - start
+
+        host.set_state(server.global_state)
+        eval_start = time.perf_counter()
+        global_metrics = host.evaluate(test, config.eval.batch_size)
+        upload = {str(r.client_id): len(r.payload) for r in replies}
+        record = {
+            "phase": phase,
+            "round": round_num,
+            "clients": selected,
+            "global": global_metrics,
+            "client_metrics": {str(r.client_id): {"num_samples": r.num_samples, **r.metrics} for r in replies},
+            "bytes": {
+                "upload": upload,
+                "download": {str(cid): len(download) for cid in selected},
+                "total": sum(upload.values()) + len(download) * len(selected),
+                "full_finetune_per_message": full_bytes,
+                "reduction_pct": 100.0 * (1 - len(download) / full_bytes),
+            },
+            "seconds": {"fit": fit_seconds, "eval": time.perf_counter() - eval_start,
+                        "round": time.perf_counter() - start},
+        }
+        run.append_metrics(record)
+        run.save_checkpoint(round_num, server.global_state, server.strategy.state_dict())
+        result.records.append(record)
+        rounds.write(
+            f"[{phase}] round {round_num}/{config.federation.rounds}: "
+            f"global VQA acc {global_metrics['vqa_accuracy']:.3f} | clients {len(selected)} | "
+            f"upload {len(replies[0].payload) / 1024:.1f} KiB/client | {record['seconds']['round']:.1f}s"
+        ) if progress else None
+    result.final_state = server.global_state
+    return result
+
+
+def centralized_config(config: RunConfig, num_fed_clients_per_round: int) -> RunConfig:
+    """Same trainer and budget on pooled data: one client, every round, one pass per epoch."""
+    central = config.model_copy(deep=True)
+    central.federation.num_clients = 1
+    central.federation.fraction_fit = 1.0
+    central.federation.min_fit_clients = 1
+    if central.train.local_steps is not None:
+        # Federated rounds take local_steps on each sampled client; match the total.
+        central.train.local_steps = config.train.local_steps * num_fed_clients_per_round
+    return central
+
+
+def simulate(
+    config: RunConfig,
+    *,
+    federated: bool = True,
+    centralized: bool | None = None,
+    host: ModelHost | None = None,
+    data: FederatedData | None = None,
+) -> RunResult:
+    """Run a job end to end and write its run folder. Returns the metrics for callers/tests."""
+    run = RunFolder.create(config)
+    data = data or build_federated_data(config.data, config.federation.num_clients, config.seed)
+    run.write_json("partition.json", data.partition.to_dict())
+    host = host or ModelHost(config)
+    majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test)
+    trainable, total = count_parameters(host.model)
+
+    fed_result = cen_result = None
+    if federated:
+        fed_result = run_rounds(config, host, data.clients, data.global_test, run, "federated")
+        host.set_state(fed_result.final_state)
+        run.save_adapter(host.model)
+    if centralized if centralized is not None else config.eval.centralized_baseline:
+        central = centralized_config(config, clients_per_round(config.federation, config.federation.num_clients))
+        pooled = [ClientData(0, data.pooled_train, [])]
+        host.set_state(host.initial_state)
+        cen_result = run_rounds(central, host, pooled, data.global_test, run, "centralized")
+        run.save_adapter(host.model, "centralized_adapter" if federated else "adapter")
+
+    summary = {
+        "name": config.name,
+        "run_dir": str(run.path),
+        "num_clients": config.federation.num_clients,
+        "rounds": config.federation.rounds,
+        "strategy": config.federation.strategy.name,
+        "partition_alpha": config.data.partition.alpha,
+        "partition_skew": data.partition.skew(),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "majority_answer": majority,
+        "majority_baseline_accuracy": baseline,
+    }
+    for result in (fed_result, cen_result):
+        if result is not None:
+            summary[f"{result.phase}_initial_accuracy"] = result.initial_accuracy
+            summary[f"{result.phase}_final_accuracy"] = result.final_accuracy
+            summary[f"{result.phase}_by_answer_type"] = {
+                k: v["vqa_accuracy"] for k, v in result.records[-1]["global"]["by_answer_type"].items()
+            }
+            summary[f"{result.phase}_seconds"] = sum(r["seconds"]["round"] for r in result.records[1:])
+    if fed_result is not None and len(fed_result.records) > 1:
+        last = fed_result.records[-1]["bytes"]
+        summary["bytes_per_round"] = last["total"]
+        summary["adapter_message_bytes"] = next(iter(last["download"].values()))
+        summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
+        summary["communication_reduction_pct"] = last["reduction_pct"]
+    run.write_json("summary.json", summary)
+    return RunResult(str(run.path), fed_result, cen_result, baseline, summary)
+
