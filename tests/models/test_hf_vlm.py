@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedumm.config import ModelConfig
+from fedumm.data.synthetic import make_synthetic_vqa
+from fedumm.errors import ConfigError
+from fedumm.models.hf_vlm import IGNORE_INDEX
+from fedumm.models.registry import available_backends, get_backend, register_backend
+
+
+def test_tiny_model_is_a_real_checkpoint_folder(tiny_llava_path):
+    files = {p.name for p in Path(tiny_llava_path).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
+    assert json.loads((Path(tiny_llava_path) / "config.json").read_text())["model_type"] == "llava"
+
+
+def test_loads_frozen_through_from_pretrained(model_config):
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    backend = get_backend("hf_vlm")(model_config)
+    model = backend.load()
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert isinstance(backend.processor, LlavaProcessor)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_labels_cover_only_answer_and_eos(model_config):
+    backend = get_backend("hf_vlm")(model_config)
+    backend.load()
+    samples = make_synthetic_vqa(3, seed=1)
+    batch = backend.training_batch(samples)
+    tok = backend.tokenizer
+    for i, sample in enumerate(samples):
+        supervised = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist()
+        expected = tok(" " + sample["multiple_choice_answer"], add_special_tokens=False)["input_ids"]
+        assert supervised == expected + [tok.eos_token_id]
+        # Labels line up with the input ids they supervise.
+        positions = (batch["labels"][i] != IGNORE_INDEX).nonzero().flatten()
+        assert batch["input_ids"][i, positions].tolist() == supervised
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    # Padding is masked out of attention and labels.
+    assert torch.equal(batch["attention_mask"] == 0, batch["input_ids"] == tok.pad_token_id)
+
+
+def test_predict_returns_one_string_per_sample(lora_model):
+    model, backend = lora_model
+    answers = backend.predict(model, make_synthetic_vqa(5, seed=2))
+    assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
+
+
+def test_folder_without_processor_is_rejected(tmp_path, tiny_llava_path):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    folder = tmp_path / "no-processor"
+    AutoModelForImageTextToText.from_pretrained(tiny_llava_path).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_llava_path).save_pretrained(folder)
+    backend = get_backend("hf_vlm")(ModelConfig(name_or_path=str(folder), device="cpu"))
+    with pytest.raises(ConfigError, match=r"model.name_or_path: (cannot load .*image processor|.*no multimodal processor)"):
+        backend.load()
+
+
+@pytest.mark.parametrize("name", ["./does/not/exist", "/abs/missing/dir", "a/b/c"])
+def test_missing_local_folder_is_a_config_error(name):
+    backend = get_backend("hf_vlm")(ModelConfig(name_or_path=name, device="cpu"))
+    with pytest.raises(ConfigError, match="model.name_or_path: no such folder"):
+        backend.load()
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    assert "hf_vlm" in available_backends()
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend("hf_vlm")(type("Dup", (), {}))
+    with pytest.raises(ConfigError, match="unknown backend 'nope'"):
+        get_backend("nope")

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from fedumm.config import RunConfig, apply_overrides, load_config, save_config
+from fedumm.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_yaml_equals_builtin_defaults():
+    # Prepare / Execute
+    from_file = load_config(REPO / "configs" / "quickstart.yaml")
+    # Assert: `fedumm run` without a file and with the quickstart file run the same job
+    assert from_file == RunConfig()
+    assert from_file.federation.num_clients == 4
+    assert from_file.data.partition.alpha == 0.5
+    assert (from_file.adapter.r, from_file.adapter.alpha) == (16, 32)
+    assert from_file.train.weight_decay == 0.05
+
+
+def test_overrides_parse_yaml_types():
+    config = load_config(None, ["federation.rounds=3", "train.lr=1e-4", "eval.clients=false",
+                                "adapter.target_modules=.*q_proj", "train.local_steps=null"])
+    assert config.federation.rounds == 3
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.eval.clients is False
+    assert config.adapter.target_modules == ".*q_proj"
+    assert config.train.local_steps is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_fragments"),
+    [
+        (["federation.num_clint=3"], ["federation.num_clint", "unknown key"]),
+        (["trian.lr=0.1"], ["trian", "unknown key"]),
+        (["train.lr=-1"], ["train.lr", "greater than 0", "-1"]),
+        (["train.batch_size=many"], ["train.batch_size", "integer", "'many'"]),
+        (["data.partition.alpha=-0.5"], ["data.partition.alpha", "greater than or equal to 0"]),
+        (["federation.fraction_fit=1.5"], ["federation.fraction_fit", "less than or equal to 1"]),
+        (["train.precision=fp8"], ["train.precision", "'fp32'", "'bf16'"]),
+        (["model.backend=nope"], ["model.backend", "'nope'", "hf_vlm"]),
+        (["model.device=tpu"], ["model.device", "cuda:N"]),
+        (["federation.min_fit_clients=9"], ["min_fit_clients", "exceeds", "num_clients (4)"]),
+    ],
+)
+def test_bad_values_fail_naming_the_key(overrides, expected_fragments):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    for fragment in expected_fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [("federation", "expected key.sub=value"), ("=3", "expected key.sub=value"),
+     ("train.lr=[1,", "not valid YAML"), ("train.lr.x=1", "train.lr is a value")],
+)
+def test_malformed_overrides(override, fragment):
+    data = {"train": {"lr": 0.1}}
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+        if override.startswith("train.lr.x"):
+            apply_overrides(data, [override])
+        else:
+            load_config(None, [override])
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: {lr: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(None, ["federation.rounds=7", "name=x"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
