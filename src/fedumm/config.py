@@ -81,16 +81,16 @@ class StrategyConfig(_Section):
 
 class FederationConfig(_Section):
     num_clients: int = Field(4, ge=1, le=10_000)
-    rounds: int = Field(5, ge=1)
+    rounds: int = Field(12, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
     min_fit_clients: int = Field(1, ge=1, description="Lower bound on clients sampled per round.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
 
 
 class TrainConfig(_Section):
-    lr: float = Field(2e-3, gt=0, le=1)
+    lr: float = Field(5e-3, gt=0, le=1, description="AdamW learning rate (5e-3 suits the tiny default; real VLMs want ~1e-4).")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (FedUMM's 0.05).")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     local_epochs: int = Field(1, ge=1, description="Passes over local data per round.")
     local_steps: int | None = Field(

@@ -26,15 +26,25 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = path
 
+    @staticmethod
+    def path_for(config: RunConfig) -> Path:
+        return Path(config.output.dir) / (config.output.name or config.name)
+
+    @classmethod
+    def check_available(cls, config: RunConfig) -> Path:
+        """Fail early, before any work, if the run would replace an earlier one by accident."""
+        path = cls.path_for(config)
+        if path.exists() and any(path.iterdir()) and not config.output.overwrite:
+            raise ConfigError(
+                f"output: run folder {path} already exists; set output.overwrite=true "
+                "or choose another output.name"
+            )
+        return path
+
     @classmethod
     def create(cls, config: RunConfig) -> RunFolder:
-        path = Path(config.output.dir) / (config.output.name or config.name)
-        if path.exists() and any(path.iterdir()):
-            if not config.output.overwrite:
-                raise ConfigError(
-                    f"output: run folder {path} already exists; set output.overwrite=true "
-                    "or choose another output.name"
-                )
+        path = cls.check_available(config)
+        if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path)

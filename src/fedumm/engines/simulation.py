@@ -138,10 +138,12 @@ def simulate(
     data: FederatedData | None = None,
 ) -> RunResult:
     """Run a job end to end and write its run folder. Returns the metrics for callers/tests."""
-    run = RunFolder.create(config)
+    RunFolder.check_available(config)
+    # Data and model load next: a bad path or column fails before the run folder exists.
     data = data or build_federated_data(config.data, config.federation.num_clients, config.seed)
-    run.write_json("partition.json", data.partition.to_dict())
     host = host or ModelHost(config)
+    run = RunFolder.create(config)
+    run.write_json("partition.json", data.partition.to_dict())
     majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test)
     trainable, total = count_parameters(host.model)
 

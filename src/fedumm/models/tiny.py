@@ -135,7 +135,8 @@ def build_tiny_llava(path: Path, image_size: int = 32, patch_size: int = 8, seed
     processor.save_pretrained(path)
 
 
-_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+# "name" or "org/name", each part starting with a letter, digit or underscore.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
 
 TINY_MODELS: dict[str, Callable[[Path], None]] = {"tiny-llava": build_tiny_llava}
 

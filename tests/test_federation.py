@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from fedumm import codec
+from fedumm.config import FederationConfig
+from fedumm.federation import FitReply, Server, clients_per_round, derive_seed
+from fedumm.strategies import FedAvg
+
+
+@pytest.mark.parametrize(
+    ("fraction", "minimum", "num_clients", "expected"),
+    [(1.0, 1, 4, 4), (0.5, 1, 4, 2), (0.3, 1, 10, 3), (0.1, 2, 10, 2), (0.01, 1, 10, 1), (0.5, 3, 3, 3)],
+)
+def test_clients_per_round(fraction, minimum, num_clients, expected):
+    config = FederationConfig(num_clients=num_clients, fraction_fit=fraction, min_fit_clients=minimum)
+    assert clients_per_round(config, num_clients) == expected
+
+
+def test_sampling_is_seeded_and_varies_by_round():
+    server = Server(FedAvg(), {}, FederationConfig(num_clients=10, fraction_fit=0.3), seed=1)
+    first = [server.sample_clients(r, list(range(10))) for r in range(1, 6)]
+    again = [server.sample_clients(r, list(range(10))) for r in range(1, 6)]
+    assert first == again
+    assert all(len(s) == 3 and len(set(s)) == 3 and s == sorted(s) for s in first)
+    assert len({tuple(s) for s in first}) > 1
+
+
+def test_server_aggregates_decoded_payloads():
+    server = Server(FedAvg(), {"w": torch.zeros(2)}, FederationConfig(num_clients=2), seed=0)
+    replies = [
+        FitReply(0, codec.encode({"w": torch.tensor([3.0, 0.0])}), num_samples=1),
+        FitReply(1, codec.encode({"w": torch.tensor([0.0, 3.0])}), num_samples=2),
+    ]
+    new = server.aggregate(replies, round_num=1)
+    assert torch.allclose(new["w"], torch.tensor([1.0, 2.0]))
+    assert torch.allclose(codec.decode(server.global_payload())["w"], torch.tensor([1.0, 2.0]))
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert derive_seed(42, 1, 0) == derive_seed(42, 1, 0)
+    assert len({derive_seed(42, r, c) for r in range(5) for c in range(5)}) == 25
