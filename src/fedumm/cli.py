@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+
+from pathlib import Path
 
 from fedumm.errors import FedummError
 
@@ -42,16 +45,23 @@ def _run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
+    from transformers.utils import logging as hf_logging
+
     from fedumm.engines.simulation import simulate
+    from fedumm.runlog import RunFolder
     from fedumm.report import format_summary
+
+    # Our own progress lines say what happens; the library's per-file load bars are noise here.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    # peft calls a transformers method that transformers 5 deprecates; nothing for users to do.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     if args.command == "run":
         result = simulate(config)
     else:
         result = simulate(config, federated=False, centralized=True)
-    from fedumm.runlog import RunFolder
-
-    folder = RunFolder(__import__("pathlib").Path(result.run_dir))
+    folder = RunFolder(Path(result.run_dir))
     text = format_summary(result.summary, folder.read_metrics())
     (folder.path / "summary.txt").write_text(text + "\n")
     print(text)

@@ -76,7 +76,9 @@ def run_rounds(
     run.append_metrics(record)
     result.records.append(record)
 
-    rounds = tqdm(range(1, config.federation.rounds + 1), desc=f"{phase} rounds", disable=not progress, unit="round")
+    # Bars only on a terminal (disable=None); the one-line round summaries always show.
+    rounds = tqdm(range(1, config.federation.rounds + 1), desc=f"{phase} rounds", unit="round",
+                  disable=None if progress else True)
     for round_num in rounds:
         start = time.perf_counter()
         selected = server.sample_clients(round_num, sorted(runtimes))
@@ -108,11 +110,12 @@ def run_rounds(
         run.append_metrics(record)
         run.save_checkpoint(round_num, server.global_state, server.strategy.state_dict())
         result.records.append(record)
-        rounds.write(
-            f"[{phase}] round {round_num}/{config.federation.rounds}: "
-            f"global VQA acc {global_metrics['vqa_accuracy']:.3f} | clients {len(selected)} | "
-            f"upload {len(replies[0].payload) / 1024:.1f} KiB/client | {record['seconds']['round']:.1f}s"
-        ) if progress else None
+        if progress:
+            tqdm.write(
+                f"[{phase}] round {round_num}/{config.federation.rounds}: "
+                f"global VQA acc {global_metrics['vqa_accuracy']:.3f} | clients {len(selected)} | "
+                f"upload {len(replies[0].payload) / 1024:.1f} KiB/client | {record['seconds']['round']:.1f}s"
+            )
     result.final_state = server.global_state
     return result
 
@@ -146,6 +149,13 @@ def simulate(
     run.write_json("partition.json", data.partition.to_dict())
     majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test)
     trainable, total = count_parameters(host.model)
+    if config.output.progress:
+        tqdm.write(
+            f"{len(data.pooled_train)} training rows over {len(data.clients)} clients "
+            f"(sizes {data.partition.sizes}, label skew {data.partition.skew():.2f}), "
+            f"{len(data.global_test)} global test rows; {config.model.backend} "
+            f"{config.model.name_or_path}: {trainable:,} trainable of {total:,} parameters"
+        )
 
     fed_result = cen_result = None
     if federated:
