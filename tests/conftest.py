@@ -44,5 +44,5 @@ def lora_model(model_config):
 
     backend = get_backend("hf_vlm")(model_config)
     torch.manual_seed(0)
-    model = apply_lora(backend.load(), AdapterConfig(dropout=0.0), backend.default_lora_targets)
+    model = apply_lora(backend.load(), AdapterConfig(dropout=0.0), backend.lora_target_regex(AdapterConfig()))
     return model, backend

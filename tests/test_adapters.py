@@ -73,7 +73,7 @@ def test_unmatched_target_regex_is_a_config_error(model_config):
 
     backend = get_backend("hf_vlm")(model_config)
     with pytest.raises(ConfigError, match="adapter.target_modules: '.*nothing_here'"):
-        apply_lora(backend.load(), AdapterConfig(target_modules=".*nothing_here"), backend.default_lora_targets)
+        apply_lora(backend.load(), AdapterConfig(), ".*nothing_here")
 
 
 def test_full_model_bytes_counts_base_weights_only(lora_model):

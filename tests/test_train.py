@@ -51,7 +51,7 @@ def test_same_seed_gives_the_same_adapter(model_config):
     for _ in range(2):
         backend = get_backend("hf_vlm")(model_config)
         torch.manual_seed(0)
-        model = apply_lora(backend.load(), AdapterConfig(), backend.default_lora_targets)
+        model = apply_lora(backend.load(), AdapterConfig(), backend.lora_target_regex(AdapterConfig()))
         train_local(model, backend, samples, TrainConfig(batch_size=4, local_epochs=2), seed=7)
         states.append(get_adapter_state(model))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

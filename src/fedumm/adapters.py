@@ -19,11 +19,10 @@ from fedumm.errors import AdapterStateError, ConfigError
 _WRAPPER_PREFIX = "base_model.model."
 
 
-def apply_lora(model: torch.nn.Module, config: AdapterConfig, default_targets: str):
-    """Wrap a frozen model with LoRA adapters; returns the ``PeftModel``."""
+def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str):
+    """Wrap a frozen model with LoRA adapters on the modules ``targets`` (a regex) matches."""
     from peft import LoraConfig, get_peft_model
 
-    targets = config.target_modules or default_targets
     lora = LoraConfig(
         r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets
     )

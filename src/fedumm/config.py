@@ -10,16 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from fedumm.config_base import Section
+from fedumm.data.config import DataConfig, PartitionConfig, SyntheticDataConfig
 from fedumm.errors import ConfigError
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     backend: str = Field("hf_vlm", description="Model backend name from the backend registry.")
     name_or_path: str = Field(
         "tiny-llava",
@@ -30,6 +28,10 @@ class ModelConfig(_Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_new_tokens: int = Field(8, ge=1, le=512, description="Answer length limit at evaluation.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="Load the frozen base in 4-/8-bit (QLoRA, bitsandbytes; CUDA only)."
+    )
 
     @field_validator("device")
     @classmethod
@@ -39,47 +41,25 @@ class ModelConfig(_Section):
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
-class AdapterConfig(_Section):
+class AdapterConfig(Section):
+    preset: str | None = Field(
+        None, description="Backend LoRA preset (e.g. attention, all_linear); null = backend default."
+    )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: str | None = Field(
         None,
-        description="Regex over module names to wrap with LoRA; null = the backend's "
-        "language-side q/k/v default.",
+        description="Regex over module names to wrap with LoRA; overrides adapter.preset. "
+        "null = the preset's language-side targets.",
     )
 
 
-class SyntheticDataConfig(_Section):
-    train_samples: int = Field(2000, ge=1)
-    test_samples: int = Field(400, ge=1)
-    image_size: int = Field(32, ge=16, le=1024)
-    max_count: int = Field(3, ge=1, le=10)
-    answer_noise: float = Field(0.1, ge=0, lt=0.5)
-
-
-class PartitionConfig(_Section):
-    alpha: float = Field(
-        0.5, ge=0, description="Dirichlet concentration; 0 = IID (as in FedUMM), small = skewed."
-    )
-    label_column: str = Field("multiple_choice_answer", description="Column the skew is over.")
-    min_samples: int = Field(8, ge=1, description="Minimum training samples per client.")
-
-
-class DataConfig(_Section):
-    source: Literal["synthetic"] = Field("synthetic", description="Where samples come from.")
-    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
-    partition: PartitionConfig = Field(default_factory=PartitionConfig)
-    local_test_fraction: float = Field(
-        0.2, ge=0, lt=1, description="Share of each client's data held out as its local test split."
-    )
-
-
-class StrategyConfig(_Section):
+class StrategyConfig(Section):
     name: Literal["fedavg"] = Field("fedavg", description="Server aggregation strategy.")
 
 
-class FederationConfig(_Section):
+class FederationConfig(Section):
     num_clients: int = Field(4, ge=1, le=10_000)
     rounds: int = Field(12, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
@@ -87,7 +67,7 @@ class FederationConfig(_Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     lr: float = Field(5e-3, gt=0, le=1, description="AdamW learning rate (5e-3 suits the tiny default; real VLMs want ~1e-4).")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (FedUMM's 0.05).")
     batch_size: int = Field(16, ge=1)
@@ -102,7 +82,7 @@ class TrainConfig(_Section):
     )
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     batch_size: int = Field(32, ge=1)
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
@@ -111,18 +91,18 @@ class EvalConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders.")
     name: str | None = Field(None, description="Run folder name; default: config name.")
     overwrite: bool = Field(False, description="Replace an existing run folder of the same name.")
     progress: bool = Field(True, description="Show progress bars.")
 
 
-class EngineConfig(_Section):
+class EngineConfig(Section):
     name: Literal["simulation"] = Field("simulation", description="Execution engine.")
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     name: str = Field("quickstart", min_length=1, description="Run name.")
     seed: int = Field(42, description="Seed for data, partitions, init and training.")
     engine: EngineConfig = Field(default_factory=EngineConfig)

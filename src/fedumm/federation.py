@@ -44,7 +44,7 @@ class ModelHost:
         self.config = config
         self.backend: Backend = get_backend(config.model.backend)(config.model)
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
-        self.model = apply_lora(self.backend.load(), config.adapter, self.backend.default_lora_targets)
+        self.model = apply_lora(self.backend.load(), config.adapter, self.backend.lora_target_regex(config.adapter))
         self.model.eval()
         self.initial_state: State = get_adapter_state(self.model)
 

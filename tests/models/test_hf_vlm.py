@@ -75,3 +75,26 @@ def test_registry_rejects_duplicates_and_unknown_names():
         register_backend("hf_vlm")(type("Dup", (), {}))
     with pytest.raises(ConfigError, match="unknown backend 'nope'"):
         get_backend("nope")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "expected"),
+    [
+        ({}, r".*language_model.*\.(q_proj|k_proj|v_proj)"),
+        ({"preset": "all_linear"}, r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"),
+        ({"preset": "all_linear", "target_modules": ".*q_proj"}, ".*q_proj"),
+    ],
+)
+def test_lora_target_resolution(model_config, adapter, expected):
+    from fedumm.config import AdapterConfig
+
+    backend = get_backend("hf_vlm")(model_config)
+    assert backend.lora_target_regex(AdapterConfig(**adapter)) == expected
+
+
+def test_unknown_lora_preset_lists_the_available_ones(model_config):
+    from fedumm.config import AdapterConfig
+
+    backend = get_backend("hf_vlm")(model_config)
+    with pytest.raises(ConfigError, match="adapter.preset: unknown preset 'qq' for backend hf_vlm; available: all_linear"):
+        backend.lora_target_regex(AdapterConfig(preset="qq"))

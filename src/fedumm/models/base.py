@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedumm.config import ModelConfig
+from fedumm.config import AdapterConfig, ModelConfig
+from fedumm.errors import ConfigError
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -21,8 +22,6 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from fedumm.errors import ConfigError
-
         raise ConfigError(f"model.device: {spec!r} requested but no CUDA device is available")
     return device
 
@@ -31,9 +30,13 @@ class Backend(ABC):
     """One model family. Subclasses register with ``@register_backend(name)``."""
 
     name: ClassVar[str]
-    #: Regex (peft ``target_modules``) for LoRA when the config gives none: the language side only,
-    #: because q/k/v names also occur in vision towers.
-    default_lora_targets: ClassVar[str]
+    #: LoRA presets: name -> regex (peft ``target_modules``, matched against full module names).
+    #: Anchored on the language side, because q/k/v names also occur in vision towers.
+    lora_presets: ClassVar[dict[str, str]]
+    default_lora_preset: ClassVar[str] = "attention"
+    #: Parameter groups of the base model: name -> regex over parameter names (re.fullmatch).
+    #: The standard names are "vision", "connector" and "language".
+    module_groups: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -52,6 +55,19 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, model: torch.nn.Module, samples: Sequence[dict]) -> list[str]:
         """Greedy-decoded answers, one per sample."""
+
+    def lora_target_regex(self, adapter: AdapterConfig) -> str:
+        """adapter.target_modules if given, else the named (or default) preset's regex."""
+        if adapter.target_modules:
+            return adapter.target_modules
+        preset = adapter.preset or self.default_lora_preset
+        try:
+            return self.lora_presets[preset]
+        except KeyError:
+            raise ConfigError(
+                f"adapter.preset: unknown preset {preset!r} for backend {self.name}; "
+                f"available: {', '.join(sorted(self.lora_presets))}"
+            ) from None
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss

@@ -22,7 +22,16 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @register_backend("hf_vlm")
 class HFVisionLanguageBackend(Backend):
-    default_lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj)"
+    lora_presets = {
+        "attention": r".*language_model.*\.(q_proj|k_proj|v_proj)",
+        "attention_qkvo": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+        "all_linear": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    }
+    module_groups = {
+        "vision": r"(.*\.)?vision_tower\..*",
+        "connector": r"(.*\.)?multi_modal_projector\..*",
+        "language": r"(.*\.)?(language_model|lm_head)\..*",
+    }
 
     def load(self) -> torch.nn.Module:
         from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
