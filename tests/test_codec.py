@@ -36,3 +36,16 @@ def test_half_precision_halves_tensor_bytes_and_decodes_to_float32():
 def test_garbage_payload_raises_clear_error():
     with pytest.raises(AdapterStateError, match="not a valid safetensors"):
         codec.decode(b"\x80\x04not-safetensors")
+
+
+def test_message_parts_round_trip_including_empty_parts():
+    message = codec.encode_message({"state": {"a.w": torch.ones(2)}, "extras": {}})
+    parts = codec.decode_message(message)
+    assert set(parts) == {"state", "extras"}
+    assert parts["extras"] == {}
+    assert torch.equal(parts["state"]["a.w"], torch.ones(2))
+
+
+def test_message_part_names_cannot_contain_separator():
+    with pytest.raises(ValueError, match="must not contain '/'"):
+        codec.encode_message({"a/b": {}})

@@ -83,3 +83,22 @@ def test_saved_config_round_trips(tmp_path):
     config = load_config(None, ["federation.rounds=7", "name=x"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["federation.strategy.name=fedprox", "federation.strategy.mu=-1"], "federation.strategy.mu: Input should be greater than or equal to 0"),
+        (["federation.strategy.mu=1"], "federation.strategy.mu: unknown key for this strategy"),
+        (["federation.strategy.name=fedsgd"], "federation.strategy.name: unknown strategy 'fedsgd'; available: fedavg"),
+    ],
+)
+def test_strategy_params_are_validated_per_strategy(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        load_config(None, overrides)
+
+
+def test_strategy_params_survive_the_saved_config(tmp_path):
+    config = load_config(None, ["federation.strategy.name=fedprox", "federation.strategy.mu=0.2"])
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").federation.strategy.params() == {"mu": 0.2}

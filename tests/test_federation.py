@@ -25,15 +25,18 @@ def test_sampling_is_seeded_and_varies_by_round():
     assert len({tuple(s) for s in first}) > 1
 
 
+def _reply(client_id, w, num_samples):
+    return FitReply(client_id, codec.encode_message({"state": {"w": torch.tensor(w)}, "extras": {}}), num_samples)
+
+
 def test_server_aggregates_decoded_payloads():
     server = Server(FedAvg(), {"w": torch.zeros(2)}, FederationConfig(num_clients=2), seed=0)
-    replies = [
-        FitReply(0, codec.encode({"w": torch.tensor([3.0, 0.0])}), num_samples=1),
-        FitReply(1, codec.encode({"w": torch.tensor([0.0, 3.0])}), num_samples=2),
-    ]
-    new = server.aggregate(replies, round_num=1)
+    new = server.aggregate([_reply(0, [3.0, 0.0], 1), _reply(1, [0.0, 3.0], 2)], round_num=1)
+    # (1*[3,0] + 2*[0,3]) / 3 = [1, 2]
     assert torch.allclose(new["w"], torch.tensor([1.0, 2.0]))
-    assert torch.allclose(codec.decode(server.global_payload())["w"], torch.tensor([1.0, 2.0]))
+    message = codec.decode_message(server.broadcast(round_num=2))
+    assert torch.allclose(message["state"]["w"], torch.tensor([1.0, 2.0]))
+    assert message["extras"] == {}
 
 
 def test_derive_seed_is_stable_and_distinct():

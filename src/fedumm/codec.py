@@ -7,6 +7,8 @@ reduced precision by accident.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
 from typing import Literal
 
@@ -41,3 +43,32 @@ def decode(payload: bytes) -> dict[str, torch.Tensor]:
     except SafetensorError as exc:
         raise AdapterStateError(f"payload is not a valid safetensors buffer: {exc}") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def encode_message(parts: Mapping[str, Mapping[str, torch.Tensor]], dtype: WireDtype = "float32") -> bytes:
+    """Several named tensor dicts in one safetensors payload (keys ``part/name``)."""
+    flat = {}
+    for part, tensors in parts.items():
+        if "/" in part:
+            raise ValueError(f"message part name {part!r} must not contain '/'")
+        flat.update({f"{part}/{k}": v for k, v in tensors.items()})
+    return encode(flat, dtype, metadata={"fedumm_parts": ",".join(parts)})
+
+
+def decode_message(payload: bytes) -> dict[str, dict[str, torch.Tensor]]:
+    flat = decode(payload)
+    parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in _message_parts(payload)}
+    for key, tensor in flat.items():
+        part, sep, name = key.partition("/")
+        if not sep:
+            raise AdapterStateError(f"message key {key!r} has no part prefix")
+        parts.setdefault(part, {})[name] = tensor
+    return parts
+
+
+def _message_parts(payload: bytes) -> list[str]:
+    # Parts are listed in the header metadata so that empty parts survive the round trip.
+    (header_len,) = struct.unpack("<Q", payload[:8])
+    meta = json.loads(payload[8 : 8 + header_len]).get("__metadata__", {})
+    names = meta.get("fedumm_parts", "")
+    return [n for n in names.split(",") if n]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedumm.config_base import Section
 from fedumm.data.config import DataConfig, PartitionConfig, SyntheticDataConfig
@@ -56,7 +56,23 @@ class AdapterConfig(Section):
 
 
 class StrategyConfig(Section):
-    name: Literal["fedavg"] = Field("fedavg", description="Server aggregation strategy.")
+    """``name`` plus that strategy's own hyperparameters (see fedumm.strategies)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = Field("fedavg", description="Server aggregation strategy (fedumm.strategies.STRATEGIES).")
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check_params(self) -> StrategyConfig:
+        from fedumm.strategies import validate_params
+
+        try:
+            validate_params(self.name, self.params())
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class FederationConfig(Section):
@@ -171,6 +187,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         elif err["type"] == "literal_error":
             msg = f"must be one of {err['ctx']['expected']}"
         msg = msg.removeprefix("Value error, ")
+        if msg.startswith(f"{key}.") or msg.startswith(f"{key}:"):
+            key = ""  # the message names its own (more precise) key
         got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
         lines.append(f"{key}: {msg}{got}" if key else f"{msg}")
     return f"invalid config {source}: " + "; ".join(lines)

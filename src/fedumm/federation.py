@@ -22,7 +22,7 @@ from fedumm.data.federated import ClientData
 from fedumm.evaluate import summarize
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
-from fedumm.strategies import ClientUpdate, State, Strategy
+from fedumm.strategies import ClientAlgorithm, ClientUpdate, State, Strategy
 from fedumm.train import LocalHooks, TrainResult, train_local
 
 
@@ -78,24 +78,35 @@ class FitReply:
 
 
 class ClientRuntime:
-    """One client's side of a round. Holds its data and any per-client state between rounds."""
+    """One client's side of a round. Holds its data, its algorithm's client half and any
+    per-client state that must persist between rounds (e.g. SCAFFOLD's control variate)."""
 
-    def __init__(self, data: ClientData, host: ModelHost, config: RunConfig):
+    def __init__(self, data: ClientData, host: ModelHost, config: RunConfig,
+                 algorithm: ClientAlgorithm | None = None):
         self.data = data
         self.host = host
         self.config = config
+        self.algorithm = algorithm or ClientAlgorithm()
+        self.client_state: State = {}
 
     @property
     def client_id(self) -> int:
         return self.data.client_id
 
-    def fit(self, global_payload: bytes, round_num: int, progress: bool = False) -> FitReply:
-        """Load the global adapter, train locally, evaluate on the local test split, reply."""
-        self.host.set_state(codec.decode(global_payload))
+    def fit(self, message: bytes, round_num: int, progress: bool = False) -> FitReply:
+        """Load the global state, train locally, evaluate on the local test split, reply."""
+        parts = codec.decode_message(message)
+        global_state, server_extras = parts["state"], parts.get("extras", {})
+        self.host.set_state(global_state)
+        hooks = self.algorithm.hooks(global_state, server_extras, self.client_state)
         seed = derive_seed(self.config.seed, round_num, self.client_id)
         result = self.host.train(
-            self.data.train, self.config.train, seed, None, progress,
+            self.data.train, self.config.train, seed, hooks, progress,
             description=f"round {round_num} client {self.client_id}",
+        )
+        trained = self.host.get_state()
+        extras, self.client_state = self.algorithm.finish(
+            global_state, trained, server_extras, self.client_state, result, self.config.train.lr
         )
         metrics: dict[str, float] = {
             "train_loss": result.mean_loss,
@@ -106,12 +117,12 @@ class ClientRuntime:
             local = self.host.evaluate(self.data.test, self.config.eval.batch_size)
             metrics["local_vqa_accuracy"] = local["vqa_accuracy"]
             metrics["local_test_samples"] = local["n"]
-        payload = codec.encode(self.host.get_state())
+        payload = codec.encode_message({"state": trained, "extras": extras})
         return FitReply(self.client_id, payload, result.num_samples, metrics)
 
 
 class Server:
-    """Holds the global adapter state and the strategy; samples clients and aggregates."""
+    """Holds the global state and the strategy; samples clients, broadcasts, aggregates."""
 
     def __init__(self, strategy: Strategy, initial_state: State, config: FederationConfig, seed: int):
         self.strategy = strategy
@@ -126,13 +137,16 @@ class Server:
         rng = np.random.default_rng(derive_seed(self.seed, round_num, 7919))
         return sorted(rng.choice(list(client_ids), size=count, replace=False).tolist())
 
-    def global_payload(self) -> bytes:
-        return codec.encode(self.global_state)
+    def broadcast(self, round_num: int) -> bytes:
+        """The message every sampled client receives: global state + strategy extras."""
+        extras = self.strategy.server_extras(self.global_state, round_num)
+        return codec.encode_message({"state": self.global_state, "extras": extras})
 
     def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
-        updates = [
-            ClientUpdate(r.client_id, r.num_samples, codec.decode(r.payload), dict(r.metrics))
-            for r in replies
-        ]
+        updates = []
+        for reply in replies:
+            parts = codec.decode_message(reply.payload)
+            updates.append(ClientUpdate(reply.client_id, reply.num_samples, parts["state"],
+                                        dict(reply.metrics), parts.get("extras", {})))
         self.global_state = self.strategy.aggregate(self.global_state, updates, round_num)
         return self.global_state

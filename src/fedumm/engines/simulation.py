@@ -15,7 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fedumm.adapters import count_parameters, full_model_nbytes
-from fedumm.config import RunConfig
+from fedumm.config import RunConfig, StrategyConfig
 from fedumm.data.federated import ClientData, FederatedData, build_federated_data
 from fedumm.evaluate import majority_answer, vqa_accuracy
 from fedumm.federation import ClientRuntime, ModelHost, Server, clients_per_round
@@ -66,8 +66,9 @@ def run_rounds(
     """Round 0 evaluates the untrained adapter; rounds 1..R sample, fit, aggregate, evaluate."""
     progress = config.output.progress
     test = list(global_test)[: config.eval.max_samples] if config.eval.max_samples else list(global_test)
-    server = Server(build_strategy(config.federation.strategy), host.initial_state, config.federation, config.seed)
-    runtimes = {c.client_id: ClientRuntime(c, host, config) for c in clients}
+    strategy = build_strategy(config.federation.strategy, num_clients=len(clients))
+    server = Server(strategy, host.initial_state, config.federation, config.seed)
+    runtimes = {c.client_id: ClientRuntime(c, host, config, strategy.client_algorithm()) for c in clients}
     full_bytes = full_model_nbytes(host.model)
     result = PhaseResult(phase)
 
@@ -82,7 +83,7 @@ def run_rounds(
     for round_num in rounds:
         start = time.perf_counter()
         selected = server.sample_clients(round_num, sorted(runtimes))
-        download = server.global_payload()
+        download = server.broadcast(round_num)
         replies = [runtimes[cid].fit(download, round_num, progress) for cid in selected]
         server.aggregate(replies, round_num)
         fit_seconds = time.perf_counter() - start
@@ -126,6 +127,7 @@ def centralized_config(config: RunConfig, num_fed_clients_per_round: int) -> Run
     central.federation.num_clients = 1
     central.federation.fraction_fit = 1.0
     central.federation.min_fit_clients = 1
+    central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
     if central.train.local_steps is not None:
         # Federated rounds take local_steps on each sampled client; match the total.
         central.train.local_steps = config.train.local_steps * num_fed_clients_per_round

@@ -1,16 +1,55 @@
-"""Server aggregation strategies, one algorithm per file."""
+"""Server aggregation strategies, one algorithm per file.
+
+``STRATEGIES`` maps a config name to its class; each class carries a ``Params`` model whose
+fields are the keys allowed next to ``name`` under ``federation.strategy``.
+"""
 
 from __future__ import annotations
 
-from fedumm.config import StrategyConfig
-from fedumm.strategies.base import ClientUpdate, State, Strategy, weighted_average
+from typing import Any
+
+from pydantic import ValidationError
+
+from fedumm.errors import ConfigError
+from fedumm.strategies.base import (
+    ClientAlgorithm,
+    ClientUpdate,
+    State,
+    Strategy,
+    StrategyParams,
+    weighted_average,
+)
 from fedumm.strategies.fedavg import FedAvg
+from fedumm.strategies.fedprox import FedProx
+from fedumm.strategies.scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {FedAvg.name: FedAvg}
-
-
-def build_strategy(config: StrategyConfig) -> Strategy:
-    return STRATEGIES[config.name]()
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedProx, Scaffold)}
 
 
-__all__ = ["ClientUpdate", "FedAvg", "State", "Strategy", "build_strategy", "weighted_average"]
+def validate_params(name: str, values: dict[str, Any]) -> StrategyParams:
+    """Typed params for strategy ``name``; errors name ``federation.strategy.<key>``."""
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"federation.strategy.name: unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}"
+        )
+    try:
+        return STRATEGIES[name].Params.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key for this strategy" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"federation.strategy.{key}: {msg}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def build_strategy(config, num_clients: int) -> Strategy:
+    """Strategy from a ``StrategyConfig`` (name + its params)."""
+    cls = STRATEGIES[config.name]
+    return cls(validate_params(config.name, config.params()), num_clients=num_clients)
+
+
+__all__ = [
+    "STRATEGIES", "ClientAlgorithm", "ClientUpdate", "FedAvg", "FedProx", "Scaffold", "State",
+    "Strategy", "StrategyParams", "build_strategy", "validate_params", "weighted_average",
+]

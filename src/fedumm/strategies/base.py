@@ -1,7 +1,9 @@
 """Strategy interface and the shared numeric core of aggregation.
 
 A strategy is pure arithmetic over ``dict[str, Tensor]`` keyed by canonical adapter names,
-plus explicit server state returned by ``state_dict`` (saved with checkpoints).
+plus explicit server state returned by ``state_dict`` (saved with checkpoints). Algorithms
+that also change the client side (FedProx, SCAFFOLD) supply a ``ClientAlgorithm``; tensors
+that travel besides the model (control variates) go in ``extras`` of either message.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from fedumm.adapters import check_state_matches
+from fedumm.config_base import Section
+from fedumm.train import LocalHooks, TrainResult
 
 State = dict[str, torch.Tensor]
 
@@ -23,8 +28,15 @@ class ClientUpdate:
 
     client_id: int
     num_samples: int
-    state: State  # the client's adapter tensors after training (weights, not deltas)
+    state: State  # the client's trained tensors (weights, not deltas), canonical keys
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: State = field(default_factory=dict)  # algorithm-specific tensors (e.g. SCAFFOLD's delta c)
+
+
+def check_same_keys(states: Sequence[Mapping[str, torch.Tensor]], what: str = "client state") -> None:
+    reference = states[0]
+    for i, state in enumerate(states[1:], start=1):
+        check_state_matches(reference, state, f"{what} {i} does not match {what} 0")
 
 
 def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
@@ -36,11 +48,9 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    reference = states[0]
-    for i, state in enumerate(states[1:], start=1):
-        check_state_matches(reference, state, f"client state {i} does not match client state 0")
+    check_same_keys(states)
     out: State = {}
-    for key, ref in reference.items():
+    for key, ref in states[0].items():
         acc = torch.zeros(ref.shape, dtype=torch.float32)
         for state, weight in zip(states, weights):
             acc.add_(state[key].to(torch.float32), alpha=weight / total)
@@ -48,14 +58,65 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     return out
 
 
+def deltas(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> list[State]:
+    """Per-client update Δ_k = θ_k − θ_global in float32 (keys checked first)."""
+    result = []
+    for update in updates:
+        check_state_matches(global_state, update.state, f"client {update.client_id} state")
+        result.append({k: update.state[k].float() - global_state[k].float() for k in global_state})
+    return result
+
+
+def sample_weights(updates: Sequence[ClientUpdate]) -> list[float]:
+    return [float(u.num_samples) for u in updates]
+
+
+class ClientAlgorithm:
+    """Client half of an algorithm. Stateless; per-client state lives in the ClientRuntime
+    (``client_state``) so it persists across rounds and is never shared between clients."""
+
+    def hooks(self, global_state: State, server_extras: State, client_state: State) -> LocalHooks:
+        return LocalHooks()
+
+    def finish(
+        self,
+        global_state: State,
+        trained_state: State,
+        server_extras: State,
+        client_state: State,
+        result: TrainResult,
+        lr: float,
+    ) -> tuple[State, State]:
+        """(extras for the server, new client state) after local training."""
+        return {}, client_state
+
+
+class StrategyParams(Section):
+    """Hyperparameters of a strategy; subclasses add fields (validated with the config)."""
+
+
 class Strategy(ABC):
     """Server-side aggregation. Subclasses keep any server state as tensors in ``state_dict``."""
 
-    name: str
+    name: ClassVar[str]
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, params: StrategyParams | None = None, num_clients: int = 1):
+        self.params = params if params is not None else self.Params()
+        self.num_clients = num_clients
 
     @abstractmethod
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
-        """New global adapter state from the current one and this round's client updates."""
+        """New global state from the current one and this round's client updates.
+
+        ``global_state`` holds exactly the keys the clients trained this round."""
+
+    def server_extras(self, global_state: State, round_num: int) -> State:
+        """Tensors sent to every sampled client besides the global state."""
+        return {}
+
+    def client_algorithm(self) -> ClientAlgorithm:
+        return ClientAlgorithm()
 
     def state_dict(self) -> State:
         return {}

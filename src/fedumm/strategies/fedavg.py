@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedumm.adapters import check_state_matches
-from fedumm.strategies.base import ClientUpdate, State, Strategy, weighted_average
+from fedumm.strategies.base import ClientUpdate, State, Strategy, sample_weights, weighted_average
 
 
 class FedAvg(Strategy):
@@ -16,7 +16,7 @@ class FedAvg(Strategy):
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         if not updates:
             return dict(global_state)
-        aggregated = weighted_average([u.state for u in updates], [u.num_samples for u in updates])
+        aggregated = weighted_average([u.state for u in updates], sample_weights(updates))
         # Guard against clients that all send a layout other than the global adapter's.
         check_state_matches(global_state, aggregated, "aggregated state does not match the global state")
         return aggregated
