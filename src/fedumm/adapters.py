@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -19,12 +20,18 @@ from fedumm.errors import AdapterStateError, ConfigError
 _WRAPPER_PREFIX = "base_model.model."
 
 
-def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str):
-    """Wrap a frozen model with LoRA adapters on the modules ``targets`` (a regex) matches."""
+def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str,
+               modules_to_save: list[str] | None = None):
+    """Wrap a frozen model with LoRA adapters on the modules ``targets`` (a regex) matches.
+
+    ``modules_to_save`` (full module names) get a trainable copy that peft saves with the
+    adapter, so fully trained groups such as the connector travel in the PEFT format too.
+    """
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
-        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets
+        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+        modules_to_save=modules_to_save or None,
     )
     try:
         return get_peft_model(model, lora)
@@ -33,9 +40,49 @@ def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str):
 
 
 def canonical_key(name: str, adapter_name: str = "default") -> str:
-    """Parameter name inside a PeftModel -> the key used on the wire and in checkpoints."""
+    """Parameter name inside a PeftModel -> the key used on the wire and in checkpoints:
+    no wrapper prefix, no adapter name, and a modules_to_save copy named like its module."""
     name = name.removeprefix(_WRAPPER_PREFIX)
+    name = name.replace(f".modules_to_save.{adapter_name}.", ".")
     return name.replace(f".{adapter_name}.", ".")
+
+
+def is_lora_key(key: str) -> bool:
+    return ".lora_" in key
+
+
+def group_module_names(model: torch.nn.Module, pattern: str) -> list[str]:
+    """Names of the modules whose own parameters all match ``pattern`` (re.fullmatch on the
+    parameter name): the leaf modules of a group, as peft's ``modules_to_save`` wants them."""
+    regex = re.compile(pattern)
+    names = []
+    for module_name, module in model.named_modules():
+        own = [f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters(recurse=False)]
+        if own and all(regex.fullmatch(n) for n in own):
+            names.append(module_name)
+    return names
+
+
+def unit_parameters(model: torch.nn.Module, module_groups: Mapping[str, str]) -> dict[str, dict[str, torch.nn.Parameter]]:
+    """Parameters of a (peft-wrapped) model by unit: "lora" and each module group.
+
+    peft's frozen ``original_module`` copies belong to no unit; a parameter matching two
+    groups is an error in the backend's group table."""
+    units: dict[str, dict[str, torch.nn.Parameter]] = {"lora": {}, **{g: {} for g in module_groups}}
+    compiled = {g: re.compile(p) for g, p in module_groups.items()}
+    for name, param in model.named_parameters():
+        if ".original_module." in name:
+            continue
+        key = canonical_key(name)
+        if is_lora_key(key):
+            units["lora"][key] = param
+            continue
+        groups = [g for g, regex in compiled.items() if regex.fullmatch(key)]
+        if len(groups) > 1:
+            raise AdapterStateError(f"parameter {key!r} matches several module groups: {groups}")
+        if groups:
+            units[groups[0]][key] = param
+    return units
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -49,8 +96,13 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
     return params
 
 
+def copy_state(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies (never views of the live parameters)."""
+    return {k: p.detach().to("cpu", copy=True) for k, p in params.items()}
+
+
 def get_adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().to("cpu", copy=True) for k, p in trainable_parameters(model).items()}
+    return copy_state(trainable_parameters(model))
 
 
 def _describe(keys: set[str], limit: int = 3) -> str:
@@ -83,11 +135,15 @@ def check_state_matches(
 
 
 @torch.no_grad()
-def set_adapter_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    params = trainable_parameters(model)
-    check_state_matches(params, state, "adapter state does not match the model")
+def load_state(params: Mapping[str, torch.nn.Parameter], state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Copy ``state`` into ``params`` after checking keys and shapes; nothing is written on error."""
+    check_state_matches(params, state, what)
     for key, param in params.items():
         param.copy_(state[key].to(device=param.device, dtype=param.dtype))
+
+
+def set_adapter_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    load_state(trainable_parameters(model), state, "adapter state does not match the model")
 
 
 def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:

@@ -55,6 +55,30 @@ class AdapterConfig(Section):
     )
 
 
+class FinetuneConfig(Section):
+    strategy: Literal["lora", "connector", "lora+connector", "two_stage", "custom"] = Field(
+        "lora",
+        description="FedVLMBench strategy: lora (F-L), connector (F-C), lora+connector (F-CL), "
+        "two_stage (F-2stage: connector first, then LoRA), or custom (finetune.groups).",
+    )
+    two_stage_rounds: int = Field(1, ge=1, description="two_stage: rounds that train the connector.")
+    groups: dict[Literal["lora", "vision", "connector", "language"], Literal["frozen", "share", "local"]] = Field(
+        default_factory=dict,
+        description="custom: mode per unit (frozen | share = train and send | local = train and "
+        "keep on the client); unlisted units are frozen.",
+    )
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> FinetuneConfig:
+        if self.strategy != "custom" and self.groups:
+            raise ValueError("finetune.groups: only used with finetune.strategy=custom")
+        if self.strategy == "custom" and all(m == "frozen" for m in self.groups.values()):
+            raise ValueError("finetune.groups: custom strategy needs at least one unit not frozen")
+        if self.groups.get("language", "frozen") != "frozen" and self.groups.get("lora", "frozen") != "frozen":
+            raise ValueError("finetune.groups: train either lora or the full language model, not both")
+        return self
+
+
 class StrategyConfig(Section):
     """``name`` plus that strategy's own hyperparameters (see fedumm.strategies)."""
 
@@ -124,6 +148,7 @@ class RunConfig(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -138,6 +163,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"model.backend: unknown backend {self.model.backend!r}; "
                 f"available: {', '.join(available_backends())}"
+            )
+        if self.finetune.strategy == "two_stage" and self.finetune.two_stage_rounds >= self.federation.rounds:
+            raise ValueError(
+                f"finetune.two_stage_rounds ({self.finetune.two_stage_rounds}) must be below "
+                f"federation.rounds ({self.federation.rounds}) or the LoRA stage never runs"
             )
         if self.federation.min_fit_clients > self.federation.num_clients:
             raise ValueError(

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from fedumm import codec
-from fedumm.adapters import apply_lora, get_adapter_state, set_adapter_state
+from fedumm.adapters import apply_lora, copy_state, group_module_names, load_state, unit_parameters
 from fedumm.config import FederationConfig, RunConfig, TrainConfig
 from fedumm.data.federated import ClientData
+from fedumm.errors import ConfigError
 from fedumm.evaluate import summarize
+from fedumm.finetune import RoundPlan, plan_for_round, units_over_run
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
 from fedumm.strategies import ClientAlgorithm, ClientUpdate, State, Strategy
@@ -37,22 +39,55 @@ def clients_per_round(config: FederationConfig, num_clients: int) -> int:
 
 
 class ModelHost:
-    """One frozen base model wrapped with LoRA. Clients borrow it: their adapter states are
-    swapped in and out, so memory does not grow with the number of clients."""
+    """One frozen base model wrapped with LoRA (and trainable copies of any fully trained
+    module group). Clients borrow it: their states are swapped in and out, so memory does not
+    grow with the number of clients."""
 
     def __init__(self, config: RunConfig):
         self.config = config
+        finetune, rounds = config.finetune, config.federation.rounds
         self.backend: Backend = get_backend(config.model.backend)(config.model)
+        base = self.backend.load()
+        modules_to_save = []
+        for unit in units_over_run(finetune, rounds, "share", "local"):
+            if unit == "lora":
+                continue
+            pattern = self.backend.module_groups.get(unit)
+            names = group_module_names(base, pattern) if pattern else []
+            if not names:
+                raise ConfigError(f"finetune: backend {self.backend.name} has no {unit!r} module group to train")
+            modules_to_save += names
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
-        self.model = apply_lora(self.backend.load(), config.adapter, self.backend.lora_target_regex(config.adapter))
+        targets = self.backend.lora_target_regex(config.adapter)
+        self.model = apply_lora(base, config.adapter, targets, modules_to_save)
         self.model.eval()
-        self.initial_state: State = get_adapter_state(self.model)
+        self.units = unit_parameters(self.model, self.backend.module_groups)
+        self.shared_units = units_over_run(finetune, rounds, "share")
+        self.local_units = units_over_run(finetune, rounds, "local")
+        self.configure(plan_for_round(finetune, 1))
+        self.initial_state: State = self.get_state(self.shared_units)
+        self.initial_local_state: State = self.get_state(self.local_units)
 
-    def get_state(self) -> State:
-        return get_adapter_state(self.model)
+    def configure(self, plan: RoundPlan) -> None:
+        """Make exactly the units this round trains require gradients."""
+        for unit, params in self.units.items():
+            for param in params.values():
+                param.requires_grad_(unit in plan.trained)
 
-    def set_state(self, state: State) -> None:
-        set_adapter_state(self.model, state)
+    def parameters_of(self, units: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+        return {k: p for u in units for k, p in self.units[u].items()}
+
+    def get_state(self, units: Sequence[str] | None = None) -> State:
+        return copy_state(self.parameters_of(self.shared_units if units is None else units))
+
+    def set_state(self, state: State, units: Sequence[str] | None = None) -> None:
+        units = self.shared_units if units is None else units
+        load_state(self.parameters_of(units), state, f"state for units {list(units)} does not match the model")
+
+    def reset_local(self) -> None:
+        """Local (never shared) units back to their initial values, as the global model has them."""
+        if self.local_units:
+            self.set_state(self.initial_local_state, self.local_units)
 
     def train(self, samples: Sequence[dict], config: TrainConfig, seed: int, hooks: LocalHooks | None,
               progress: bool, description: str) -> TrainResult:
@@ -87,34 +122,45 @@ class ClientRuntime:
         self.host = host
         self.config = config
         self.algorithm = algorithm or ClientAlgorithm()
-        self.client_state: State = {}
+        self.client_state: State = {}  # the algorithm's per-client tensors
+        self.local_state: State = {}  # kept-local units (personalisation)
 
     @property
     def client_id(self) -> int:
         return self.data.client_id
 
     def fit(self, message: bytes, round_num: int, progress: bool = False) -> FitReply:
-        """Load the global state, train locally, evaluate on the local test split, reply."""
+        """Load the global state (and this client's kept-local units), train the units this
+        round's plan trains, evaluate on the local test split, reply with the shared ones."""
         parts = codec.decode_message(message)
         global_state, server_extras = parts["state"], parts.get("extras", {})
-        self.host.set_state(global_state)
-        hooks = self.algorithm.hooks(global_state, server_extras, self.client_state)
+        host = self.host
+        plan = plan_for_round(self.config.finetune, round_num)
+        host.configure(plan)
+        host.set_state(global_state)
+        if host.local_units:
+            host.set_state(self.local_state or host.initial_local_state, host.local_units)
+        trained_keys = list(host.parameters_of(plan.shared))
+        round_global = {k: global_state[k] for k in trained_keys}
+        hooks = self.algorithm.hooks(round_global, server_extras, self.client_state)
         seed = derive_seed(self.config.seed, round_num, self.client_id)
-        result = self.host.train(
+        result = host.train(
             self.data.train, self.config.train, seed, hooks, progress,
             description=f"round {round_num} client {self.client_id}",
         )
-        trained = self.host.get_state()
+        trained = host.get_state(plan.shared)
         extras, self.client_state = self.algorithm.finish(
-            global_state, trained, server_extras, self.client_state, result, self.config.train.lr
+            round_global, trained, server_extras, self.client_state, result, self.config.train.lr
         )
+        if host.local_units:
+            self.local_state = host.get_state(host.local_units)
         metrics: dict[str, float] = {
             "train_loss": result.mean_loss,
             "steps": result.steps,
             "train_seconds": result.seconds,
         }
         if self.config.eval.clients and self.data.test:
-            local = self.host.evaluate(self.data.test, self.config.eval.batch_size)
+            local = host.evaluate(self.data.test, self.config.eval.batch_size)
             metrics["local_vqa_accuracy"] = local["vqa_accuracy"]
             metrics["local_test_samples"] = local["n"]
         payload = codec.encode_message({"state": trained, "extras": extras})
@@ -148,5 +194,10 @@ class Server:
             parts = codec.decode_message(reply.payload)
             updates.append(ClientUpdate(reply.client_id, reply.num_samples, parts["state"],
                                         dict(reply.metrics), parts.get("extras", {})))
-        self.global_state = self.strategy.aggregate(self.global_state, updates, round_num)
+        if not updates:
+            return self.global_state
+        # Clients send only the units trained this round; the rest of the global state stays.
+        trained = {k: self.global_state[k] for k in updates[0].state if k in self.global_state}
+        new = self.strategy.aggregate(trained, updates, round_num)
+        self.global_state = {**self.global_state, **new}
         return self.global_state

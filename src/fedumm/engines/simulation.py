@@ -73,6 +73,7 @@ def run_rounds(
     result = PhaseResult(phase)
 
     host.set_state(server.global_state)
+    host.reset_local()
     record = {"phase": phase, "round": 0, "global": host.evaluate(test, config.eval.batch_size)}
     run.append_metrics(record)
     result.records.append(record)
@@ -89,6 +90,7 @@ def run_rounds(
         fit_seconds = time.perf_counter() - start
 
         host.set_state(server.global_state)
+        host.reset_local()  # the global model has no personalised units
         eval_start = time.perf_counter()
         global_metrics = host.evaluate(test, config.eval.batch_size)
         upload = {str(r.client_id): len(r.payload) for r in replies}
@@ -163,11 +165,13 @@ def simulate(
     if federated:
         fed_result = run_rounds(config, host, data.clients, data.global_test, run, "federated")
         host.set_state(fed_result.final_state)
+        host.reset_local()
         run.save_adapter(host.model)
     if centralized if centralized is not None else config.eval.centralized_baseline:
         central = centralized_config(config, clients_per_round(config.federation, config.federation.num_clients))
         pooled = [ClientData(0, data.pooled_train, [])]
         host.set_state(host.initial_state)
+        host.reset_local()
         cen_result = run_rounds(central, host, pooled, data.global_test, run, "centralized")
         run.save_adapter(host.model, "centralized_adapter" if federated else "adapter")
 
