@@ -42,3 +42,15 @@ def test_server_aggregates_decoded_payloads():
 def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(42, 1, 0) == derive_seed(42, 1, 0)
     assert len({derive_seed(42, r, c) for r in range(5) for c in range(5)}) == 25
+
+
+def test_half_precision_wire_halves_the_message_and_keeps_server_state_float32():
+    state = {"w": torch.full((1000,), 1.0 / 3.0)}
+    full = Server(FedAvg(), state, FederationConfig(num_clients=1), seed=0)
+    half = Server(FedAvg(), state, FederationConfig(num_clients=1, wire_dtype="float16"), seed=0)
+    full_bytes, half_bytes = len(full.broadcast(1)), len(half.broadcast(1))
+    assert full_bytes - half_bytes == pytest.approx(2000, abs=64)  # 4000 -> 2000 tensor bytes
+    received = codec.decode_message(half.broadcast(1))["state"]["w"]
+    assert received.dtype == torch.float32
+    assert (received - 1.0 / 3.0).abs().max().item() < 1e-3  # fp16 rounding only
+    assert half.global_state["w"].dtype == torch.float32

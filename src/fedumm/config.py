@@ -105,6 +105,11 @@ class FederationConfig(Section):
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
     min_fit_clients: int = Field(1, ge=1, description="Lower bound on clients sampled per round.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    wire_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32",
+        description="dtype tensors travel in (float16/bfloat16 halve the bytes; the server "
+        "aggregates and keeps its state in float32).",
+    )
 
 
 class TrainConfig(Section):

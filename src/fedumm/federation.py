@@ -163,7 +163,7 @@ class ClientRuntime:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)
             metrics["local_vqa_accuracy"] = local["vqa_accuracy"]
             metrics["local_test_samples"] = local["n"]
-        payload = codec.encode_message({"state": trained, "extras": extras})
+        payload = codec.encode_message({"state": trained, "extras": extras}, self.config.federation.wire_dtype)
         return FitReply(self.client_id, payload, result.num_samples, metrics)
 
 
@@ -186,7 +186,7 @@ class Server:
     def broadcast(self, round_num: int) -> bytes:
         """The message every sampled client receives: global state + strategy extras."""
         extras = self.strategy.server_extras(self.global_state, round_num)
-        return codec.encode_message({"state": self.global_state, "extras": extras})
+        return codec.encode_message({"state": self.global_state, "extras": extras}, self.config.wire_dtype)
 
     def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
         updates = []
