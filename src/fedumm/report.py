@@ -61,3 +61,28 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         )
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)
+
+
+def save_accuracy_plot(records: list[dict[str, Any]], path) -> None:
+    """Global VQA accuracy per round for each phase (federated, centralized) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the file
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for phase in ("federated", "centralized"):
+        points = [(r["round"], r["global"]["vqa_accuracy"]) for r in records if r["phase"] == phase]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=phase)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("global VQA accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

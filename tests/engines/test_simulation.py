@@ -57,12 +57,13 @@ def test_run_folder_contents(run):
     folder = Path(result.run_dir)
     for name in ("config.yaml", "metrics.jsonl", "partition.json", "summary.json",
                  "checkpoints/last.safetensors", "adapter/adapter_model.safetensors",
-                 "adapter/adapter_config.json", "centralized_adapter/adapter_config.json"):
+                 "adapter/adapter_config.json", "centralized_adapter/adapter_config.json", "accuracy.png"):
         assert (folder / name).is_file(), name
     assert load_config(folder / "config.yaml") == config
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["federated_final_accuracy"] == result.federated.final_accuracy
     assert summary["trainable_parameters"] == 12_288
+    assert (folder / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_adapter_loads_with_peft_and_equals_the_final_global_state(run, tiny_llava_path):

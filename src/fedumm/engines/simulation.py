@@ -19,6 +19,7 @@ from fedumm.config import RunConfig, StrategyConfig
 from fedumm.data.federated import ClientData, FederatedData, build_federated_data
 from fedumm.evaluate import majority_answer, vqa_accuracy
 from fedumm.federation import ClientRuntime, ModelHost, Server, clients_per_round
+from fedumm.report import save_accuracy_plot
 from fedumm.runlog import RunFolder
 from fedumm.strategies import State, build_strategy
 
@@ -203,5 +204,6 @@ def simulate(
         summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
         summary["communication_reduction_pct"] = last["reduction_pct"]
     run.write_json("summary.json", summary)
+    save_accuracy_plot(run.read_metrics(), run.path / "accuracy.png")
     return RunResult(str(run.path), fed_result, cen_result, baseline, summary)
 
