@@ -1,15 +1,22 @@
-"""Assemble the federated view of a dataset: per-client train/test splits plus a global test set."""
+"""Assemble the federated view of a dataset: per-client train/test splits plus a global test set.
+
+Pipeline: load the source's rows (``load_source``) -> clients, either the source's natural
+clients (``client_files``) or ``make_partition`` -> modality scenario per client ->
+local train/test split per client.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedumm.config import DataConfig
-from fedumm.data.partition import PartitionStats, partition, partition_stats
+from fedumm.data.loaders import load_client_files, load_hf_vqa, load_llava_json, load_table
+from fedumm.data.modality import apply_modality_scenario, modality_counts
+from fedumm.data.partition import PartitionStats, column_values, make_partition, partition_stats
 from fedumm.data.synthetic import make_synthetic_vqa
-from fedumm.errors import DataError
+from fedumm.errors import ConfigError, DataError
 
 
 @dataclass
@@ -24,15 +31,90 @@ class FederatedData:
     clients: list[ClientData]
     global_test: list[dict]
     partition: PartitionStats
+    skipped_rows: int = 0
+    load_problems: list[str] = field(default_factory=list)
 
     @property
     def pooled_train(self) -> list[dict]:
         """Every client's training split together: the centralized baseline's data."""
         return [row for client in self.clients for row in client.train]
 
+    def modality_counts(self) -> list[dict[str, int]]:
+        """Per client, how many of its rows (train + local test) are image+text, image, text."""
+        return [modality_counts(client.train + client.test) for client in self.clients]
 
-def load_samples(config: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, test) rows in the VQAv2 schema."""
+
+@dataclass(frozen=True)
+class LoadedSamples:
+    """A source's rows: pooled train and global test, its natural clients if it has them
+    (``client_files``: one list per file, ``train`` is their concatenation), and the
+    broken rows that were skipped."""
+
+    train: list[dict]
+    test: list[dict]
+    natural_clients: list[list[dict]] | None = None
+    client_names: list[str] = field(default_factory=list)
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+# Random stream of the global-test hold-out, apart from the partition's and local splits' draws.
+_HOLDOUT_STREAM = 0x686F6C64
+
+
+def _holdout(train: list[dict], test: list[dict] | None, fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """The source's test rows, or ``fraction`` of the train rows held out when it has none."""
+    if test is not None:
+        return train, test
+    order = np.random.default_rng([seed % 2**64, _HOLDOUT_STREAM]).permutation(len(train))
+    return _split_by_order(train, order, fraction)
+
+
+def load_source(config: DataConfig, seed: int) -> LoadedSamples:
+    """Load the rows of ``config.source`` (see ``fedumm.data.loaders``)."""
+    if config.source == "synthetic":
+        return LoadedSamples(*load_synthetic(config, seed))
+    if config.source == "client_files":
+        cf = config.client_files
+        result = load_client_files(str(cf.root), cf.image_root, cf.on_error)
+        return LoadedSamples(
+            train=[row for rows in result.clients for row in rows],
+            test=result.test,
+            natural_clients=result.clients,
+            client_names=[str(p) for p in result.train_files],
+            skipped=result.skipped,
+            problems=result.problems,
+        )
+    if config.source == "hf":
+        hf = config.hf
+        train = load_hf_vqa(str(hf.path), hf.split, hf.max_samples, seed, hf.data_files, hf.on_error)
+        test = (
+            load_hf_vqa(str(hf.path), hf.test_split, hf.max_test_samples, seed, hf.data_files, hf.on_error)
+            if hf.test_split is not None
+            else None
+        )
+    elif config.source == "llava_json":
+        lj = config.llava_json
+        train = load_llava_json(str(lj.path), lj.image_root, lj.on_error, lj.max_samples, seed)
+        test = load_llava_json(lj.test_path, lj.image_root, lj.on_error) if lj.test_path else None
+    elif config.source == "table":
+        tb = config.table
+        train = load_table(str(tb.path), tb.image_root, tb.on_error, tb.max_samples, seed)
+        test = load_table(tb.test_path, tb.image_root, tb.on_error) if tb.test_path else None
+    else:
+        raise ConfigError(f"data.source: unknown source {config.source!r}")
+    rows, test_rows = _holdout(train.rows, test.rows if test else None, config.global_test_fraction, seed)
+    loaded = [train] + ([test] if test else [])
+    return LoadedSamples(
+        train=rows,
+        test=test_rows,
+        skipped=sum(r.skipped for r in loaded),
+        problems=[p for r in loaded for p in r.problems],
+    )
+
+
+def load_synthetic(config: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, test) rows of the built-in synthetic VQA task."""
     syn = config.synthetic
     kwargs = dict(image_size=syn.image_size, max_count=syn.max_count, answer_noise=syn.answer_noise)
     train = make_synthetic_vqa(syn.train_samples, seed, split="train", **kwargs)
@@ -40,35 +122,91 @@ def load_samples(config: DataConfig, seed: int) -> tuple[list[dict], list[dict]]
     return train, test
 
 
-def split_local_test(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out ``fraction`` of a client's rows (at least one when fraction > 0 and rows > 1)."""
+def load_samples(config: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, test) rows in the sample schema, from ``config.source``; natural clients pooled."""
+    loaded = load_source(config, seed)
+    return loaded.train, loaded.test
+
+
+def _split_by_order(rows: list[dict], order: np.ndarray, fraction: float) -> tuple[list[dict], list[dict]]:
+    """(kept, held out): the first round(fraction * n) of ``order`` (at least 1, at most n - 1)
+    are held out; both keep the rows' original order."""
     if fraction == 0 or len(rows) < 2:
         return rows, []
-    order = np.random.default_rng(seed).permutation(len(rows))
     num_test = min(len(rows) - 1, max(1, round(fraction * len(rows))))
     test_idx = set(order[:num_test].tolist())
-    train = [r for i, r in enumerate(rows) if i not in test_idx]
-    test = [r for i, r in enumerate(rows) if i in test_idx]
-    return train, test
+    kept = [r for i, r in enumerate(rows) if i not in test_idx]
+    held_out = [r for i, r in enumerate(rows) if i in test_idx]
+    return kept, held_out
+
+
+def split_local_test(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out ``fraction`` of a client's rows (at least one when fraction > 0 and rows > 1)."""
+    return _split_by_order(rows, np.random.default_rng(seed).permutation(len(rows)), fraction)
+
+
+def _natural_parts(loaded: LoadedSamples, num_clients: int, min_samples: int) -> list[list[int]]:
+    """Consecutive index ranges of the pooled rows, one per natural client (file)."""
+    clients = loaded.natural_clients or []
+    if len(clients) != num_clients:
+        raise DataError(
+            f"data.client_files: {len(clients)} client files but federation.num_clients is {num_clients}; "
+            f"set federation.num_clients={len(clients)}"
+        )
+    small = [(name, len(rows)) for name, rows in zip(loaded.client_names, clients) if len(rows) < min_samples]
+    if small:
+        raise DataError(
+            f"{small[0][0]}: {small[0][1]} usable samples, fewer than data.partition.min_samples={min_samples}"
+        )
+    bounds = np.cumsum([0] + [len(rows) for rows in clients])
+    return [list(range(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def build_federated_data(
     config: DataConfig, num_clients: int, seed: int, samples: tuple[list[dict], list[dict]] | None = None
 ) -> FederatedData:
-    train, test = samples if samples is not None else load_samples(config, seed)
-    column = config.partition.label_column
-    missing = [i for i, row in enumerate(train[:50]) if column not in row]
-    if missing:
-        raise DataError(
-            f"data.partition.label_column: column {column!r} not in the training rows "
-            f"(row {missing[0]} has {sorted(train[missing[0]])})"
+    """Clients with local train/test splits, the global test set and the partition statistics.
+
+    ``samples`` = (train, test) skips loading (the rows are partitioned as configured).
+    The modality scenario (``config.modality``) is applied to the clients' rows before the
+    local test split, so a client's local test set lacks what its data lacks; the global
+    test set keeps every modality.
+
+    Raises:
+        DataError: if the source cannot be loaded, a column is missing, the clients cannot be
+            formed as configured, or there is no global test row.
+        ConfigError: if data.modality.num_image_clients exceeds num_clients.
+    """
+    loaded = load_source(config, seed) if samples is None else LoadedSamples(*samples)
+    train, test = loaded.train, loaded.test
+    if loaded.natural_clients is not None:
+        parts = _natural_parts(loaded, num_clients, config.partition.min_samples)
+    else:
+        parts = make_partition(config.partition, train, num_clients, seed)
+    labels = column_values(train, config.partition.label_column, "data.partition.label_column")
+    if samples is None and not test:
+        raise DataError(f"data.source {config.source!r}: no global test rows were loaded")
+    modality = config.modality
+    if modality.scenario == "single" and modality.num_image_clients > num_clients:
+        raise ConfigError(
+            f"data.modality.num_image_clients ({modality.num_image_clients}) exceeds "
+            f"federation.num_clients ({num_clients})"
         )
-    labels = [row[column] for row in train]
-    parts = partition(labels, num_clients, config.partition.alpha, seed, config.partition.min_samples)
+    client_rows = apply_modality_scenario(
+        [[train[i] for i in part] for part in parts],
+        modality.scenario,
+        modality.rate,
+        modality.num_image_clients,
+        seed,
+    )
     clients = []
-    for cid, indices in enumerate(parts):
-        local_train, local_test = split_local_test(
-            [train[i] for i in indices], config.local_test_fraction, seed + 1 + cid
-        )
+    for cid, rows in enumerate(client_rows):
+        local_train, local_test = split_local_test(rows, config.local_test_fraction, seed + 1 + cid)
         clients.append(ClientData(cid, local_train, local_test))
-    return FederatedData(clients, test, partition_stats(labels, parts))
+    return FederatedData(
+        clients,
+        test,
+        partition_stats(labels, parts),
+        skipped_rows=loaded.skipped,
+        load_problems=list(loaded.problems),
+    )

@@ -1,0 +1,262 @@
+"""End-to-end data stand-ins: a DataConfig pointing at files the test writes -> FederatedData.
+
+One per seed setup: FedUMM on VQAv2 (hf source), FedVLMBench (client_files), FedMLLM
+(Hateful-Memes-style classification with modality mix), plus the table source's natural
+partition and global test hold-out, and the config checks of the new keys.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image
+
+from fedumm.config import DataConfig, load_config
+from fedumm.data.federated import build_federated_data, load_samples
+from fedumm.data.loaders import subsample_indices
+from fedumm.data.modality import BOTH, IMAGE_ONLY, TEXT_ONLY, modality_of
+from fedumm.errors import ConfigError, DataError
+
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _vqav2_split(n: int, offset: int, broken: int | None = None) -> datasets.Dataset:
+    """n VQAv2-schema rows (answers as HF VQAv2 stores them: list of dicts); row ``broken`` has bad bytes."""
+    ids = range(offset, offset + n)
+    images = [{"bytes": _png((i % 256, 0, 0)), "path": None} for i in ids]
+    if broken is not None:
+        images[broken] = {"bytes": b"\x89PNG broken", "path": None}
+    types = ("yes/no", "number", "other")
+    data = {
+        "question_type": ["what" for _ in ids],
+        "multiple_choice_answer": [("yes", "2", "red")[i % 3] for i in ids],
+        "answers": [[{"answer": ("yes", "2", "red")[i % 3], "answer_confidence": "yes", "answer_id": k}
+                     for k in range(1, 11)] for i in ids],
+        "image_id": [10 * i for i in ids],
+        "answer_type": [types[i % 3] for i in ids],
+        "question_id": [10 * i + 1 for i in ids],
+        "question": [f"question {i}?" for i in ids],
+        "image": images,
+    }
+    return datasets.Dataset.from_dict(data).cast_column("image", datasets.Image())
+
+
+def test_fedumm_vqav2_standin_hf_source(tmp_path: Path) -> None:
+    # Prepare: a save_to_disk'd VQAv2-schema DatasetDict, 41 train rows (one broken) and 10 validation rows.
+    datasets.DatasetDict(
+        {"train": _vqav2_split(41, 0, broken=7), "validation": _vqav2_split(10, 1000)}
+    ).save_to_disk(tmp_path / "vqav2")
+    config = DataConfig.model_validate({
+        "source": "hf",
+        "hf": {"path": str(tmp_path / "vqav2"), "on_error": "skip"},
+        "partition": {"method": "iid", "min_samples": 5},
+    })
+    # Execute
+    data = build_federated_data(config, num_clients=4, seed=0)
+    # Assert: 40 usable rows -> 4 IID clients of 10 -> 8 train + 2 local test each.
+    assert data.skipped_rows == 1 and "row 8 (1-based)" in data.load_problems[0]
+    assert data.partition.sizes == [10, 10, 10, 10]
+    assert [(len(c.train), len(c.test)) for c in data.clients] == [(8, 2)] * 4
+    assert [r["question_id"] for r in data.global_test] == [10 * i + 1 for i in range(1000, 1010)]
+    row = data.clients[0].train[0]
+    assert row["image"].mode == "RGB" and len(row["answers"]) == 10
+    assert row["answer_type"] in ("yes/no", "number", "other")
+    assert data.modality_counts() == [{BOTH: 10, IMAGE_ONLY: 0, TEXT_ONLY: 0}] * 4
+
+
+def test_fedumm_vqav2_standin_max_samples_and_raise(tmp_path: Path) -> None:
+    # Prepare
+    datasets.DatasetDict(
+        {"train": _vqav2_split(41, 0, broken=7), "validation": _vqav2_split(10, 1000)}
+    ).save_to_disk(tmp_path / "vqav2")
+    base = {"source": "hf", "hf": {"path": str(tmp_path / "vqav2")}, "partition": {"alpha": 0, "min_samples": 1}}
+    # Execute / Assert: by default the broken row stops loading, naming it.
+    with pytest.raises(DataError, match=r"split 'train', row 8 \(1-based\)"):
+        build_federated_data(DataConfig.model_validate(base), num_clients=2, seed=0)
+    # max_samples caps both splits with the seeded subset; the broken row counts only if drawn.
+    capped = {**base, "hf": {**base["hf"], "max_samples": 6, "max_test_samples": 4, "on_error": "skip"}}
+    train, test = load_samples(DataConfig.model_validate(capped), seed=0)
+    drawn = subsample_indices(41, 6, seed=0)
+    assert [r["metadata"]["row"] for r in train] == [i + 1 for i in drawn if i != 7]
+    assert [r["metadata"]["row"] for r in test] == [i + 1 for i in subsample_indices(10, 4, seed=0)]
+
+
+def _llava_record(k: int, image: str, answer: str, turns: int = 1) -> dict:
+    conversations = []
+    for t in range(turns):
+        conversations += [{"from": "human", "value": f"<image>\nq{k}.{t}"}, {"from": "gpt", "value": answer}]
+    return {"id": f"r{k}", "image": image, "conversations": conversations}
+
+
+def test_fedvlmbench_standin_client_files(tmp_path: Path) -> None:
+    # Prepare: client_0: 4 records, one with 2 turns -> 5 samples; client_1: 6; client_2: 8. Test: 3.
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8), (0, 90, 0)).save(tmp_path / "img" / "x.png")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    sizes = {0: 4, 1: 6, 2: 8}
+    for c, n in sizes.items():
+        records = [_llava_record(k, "img/x.png", f"answer{c}", turns=2 if (c, k) == (0, 0) else 1) for k in range(n)]
+        (tmp_path / "train" / f"client_{c}.json").write_text(json.dumps(records))
+    (tmp_path / "test" / "test.json").write_text(json.dumps([_llava_record(k, "img/x.png", "t") for k in range(3)]))
+    config = DataConfig.model_validate(
+        {"source": "client_files", "client_files": {"root": str(tmp_path)}, "partition": {"min_samples": 2}}
+    )
+    # Execute
+    data = build_federated_data(config, num_clients=3, seed=0)
+    # Assert: natural clients by file; local test = round(0.2 n) -> 1, 1, 2.
+    assert data.partition.sizes == [5, 6, 8]
+    assert [(len(c.train), len(c.test)) for c in data.clients] == [(4, 1), (5, 1), (6, 2)]
+    for c, client in enumerate(data.clients):
+        assert {r["multiple_choice_answer"] for r in client.train + client.test} == {f"answer{c}"}
+    assert data.partition.label_counts[1]["answer1"] == 6
+    assert len(data.global_test) == 3 and data.skipped_rows == 0
+
+
+def test_fedvlmbench_standin_client_count_must_match(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "x.png")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    for c in range(2):
+        (tmp_path / "train" / f"client_{c}.json").write_text(json.dumps([_llava_record(0, "img/x.png", "a")] * 3))
+    (tmp_path / "test" / "t.json").write_text(json.dumps([_llava_record(0, "img/x.png", "a")]))
+    config = DataConfig.model_validate({"source": "client_files", "client_files": {"root": str(tmp_path)},
+                                        "partition": {"min_samples": 1}})
+    with pytest.raises(DataError, match="2 client files but federation.num_clients is 3"):
+        build_federated_data(config, num_clients=3, seed=0)
+    strict = config.model_copy(update={"partition": config.partition.model_copy(update={"min_samples": 4})})
+    with pytest.raises(DataError, match=r"client_0.json: 3 usable samples, fewer than data.partition.min_samples=4"):
+        build_federated_data(strict, num_clients=2, seed=0)
+
+
+def _write_memes(path: Path, image_dir: Path, n: int, offset: int = 0) -> None:
+    """Hateful-Memes-style rows: one image each, 'is this meme hateful?', yes for every third meme."""
+    image_dir.mkdir(exist_ok=True)
+    lines = []
+    for i in range(offset, offset + n):
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(image_dir / f"{i}.png")
+        answer = "yes" if i % 3 == 0 else "no"
+        lines.append(json.dumps({"image": f"img/{i}.png", "question": "is this meme hateful?", "answer": answer,
+                                 "label": int(answer == "yes"), "task": "classification", "site": f"s{i % 2}"}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_fedmllm_standin_hateful_memes_modality_mix(tmp_path: Path, rate: float) -> None:
+    # Prepare: 60 training memes, 12 test memes; 6 clients, Dirichlet over the label; mix rate 0 or 1.
+    _write_memes(tmp_path / "train.jsonl", tmp_path / "img", 60)
+    _write_memes(tmp_path / "test.jsonl", tmp_path / "img", 12, offset=100)
+    config = DataConfig.model_validate({
+        "source": "table",
+        "table": {"path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl")},
+        "partition": {"method": "dirichlet", "alpha": 1.0, "label_column": "label", "min_samples": 3},
+        "modality": {"scenario": "mix", "rate": rate},
+    })
+    # Execute
+    data = build_federated_data(config, num_clients=6, seed=0)
+    # Assert
+    assert len(data.clients) == 6 and sum(data.partition.sizes) == 60 and min(data.partition.sizes) >= 3
+    assert data.partition.labels == ["0", "1"] and sum(c["1"] for c in data.partition.label_counts) == 20
+    kinds = [{modality_of(r) for r in c.train + c.test} for c in data.clients]
+    assert all(len(k) == 1 for k in kinds)  # a client draws its modalities once
+    if rate == 0.0:
+        assert all(k == {BOTH} for k in kinds)
+    else:  # with rate 1 no client keeps both
+        assert all(k in ({IMAGE_ONLY}, {TEXT_ONLY}) for k in kinds)
+        for client, kind in zip(data.clients, kinds):
+            for row in client.train:
+                if kind == {IMAGE_ONLY}:
+                    assert row["question"] == "Classify the image. Answer with the class label."
+                    assert row["image"] is not None
+                else:
+                    assert row["image"] is None and row["question"] == "is this meme hateful?"
+    assert all(modality_of(r) == BOTH for r in data.global_test)  # the global test set stays complete
+
+
+def test_table_natural_sites_and_global_holdout(tmp_path: Path) -> None:
+    # Prepare: 60 memes on sites s0/s1 (30 each), no test file -> hold out 10% = 6 rows.
+    _write_memes(tmp_path / "train.jsonl", tmp_path / "img", 60)
+    config = DataConfig.model_validate({
+        "source": "table",
+        "table": {"path": str(tmp_path / "train.jsonl")},
+        "partition": {"method": "natural", "column": "site", "min_samples": 5},
+        "local_test_fraction": 0.0,
+    })
+    # Execute
+    data = build_federated_data(config, num_clients=2, seed=0)
+    # Assert
+    assert len(data.global_test) == 6 and sum(data.partition.sizes) == 54
+    for site, client in zip(("s0", "s1"), data.clients):
+        assert {r["metadata"]["site"] for r in client.train} == {site}
+    held_out = {r["metadata"]["row"] for r in data.global_test}
+    assert not held_out & {r["metadata"]["row"] for r in data.pooled_train}
+
+
+def test_single_scenario_needs_enough_clients(tmp_path: Path) -> None:
+    config = DataConfig.model_validate({
+        "synthetic": {"train_samples": 40, "test_samples": 4},
+        "partition": {"alpha": 0, "min_samples": 1},
+        "modality": {"scenario": "single", "num_image_clients": 3},
+    })
+    expected = "data.modality.num_image_clients (3) exceeds federation.num_clients (2)"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        build_federated_data(config, num_clients=2, seed=0)
+
+
+def test_synthetic_default_unchanged_by_new_sections() -> None:
+    # Prepare / Execute
+    config = DataConfig()
+    data = build_federated_data(
+        DataConfig.model_validate({"synthetic": {"train_samples": 80, "test_samples": 8}}), num_clients=2, seed=0
+    )
+    # Assert: the defaults stay the synthetic Dirichlet(0.5) job without modality changes.
+    assert (config.source, config.partition.method, config.partition.alpha) == ("synthetic", "dirichlet", 0.5)
+    assert (config.modality.scenario, config.hf.on_error) == ("none", "raise")
+    assert data.skipped_rows == 0 and sum(data.partition.sizes) == 80
+    assert all(modality_of(r) == BOTH for r in data.pooled_train)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["data.source=hf"], "data.hf.path: required when data.source is 'hf'"),
+        (["data.source=client_files"], "data.client_files.root: required"),
+        (["data.source=table"], "data.table.path: required"),
+        (["data.source=llava_json"], "data.llava_json.path: required"),
+        (["data.source=csv"], "data.source: must be one of"),
+        (["data.partition.method=natural"], "data.partition.column: required when data.partition.method is 'natural'"),
+        (["data.partition.method=quantity_skew", "data.partition.alpha=0"], "data.partition.alpha: must be > 0"),
+        (["data.partition.shards_per_client=0"], "data.partition.shards_per_client"),
+        (["data.modality.scenario=drop"], "data.modality.scenario: must be one of"),
+        (["data.modality.rate=1.5"], "data.modality.rate"),
+        (["data.table.on_error=ignore"], "data.table.on_error: must be one of"),
+        (["data.global_test_fraction=0"], "data.global_test_fraction"),
+    ],
+)
+def test_new_config_keys_fail_naming_the_key(overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert fragment in str(info.value)
+
+
+def test_new_config_keys_parse() -> None:
+    config = load_config(None, [
+        "data.source=table", "data.table.path=t.jsonl", "data.table.on_error=skip",
+        "data.partition.method=shards", "data.partition.shards_per_client=3",
+        "data.modality.scenario=missing", "data.modality.rate=0.3",
+        "data.hf.data_files={train: [a.parquet], validation: [b.parquet]}",
+    ])
+    assert (config.data.table.path, config.data.table.on_error) == ("t.jsonl", "skip")
+    assert (config.data.partition.method, config.data.partition.shards_per_client) == ("shards", 3)
+    assert (config.data.modality.scenario, config.data.modality.rate) == ("missing", 0.3)
+    assert config.data.hf.data_files == {"train": ["a.parquet"], "validation": ["b.parquet"]}

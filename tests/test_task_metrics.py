@@ -1,0 +1,213 @@
+"""Worked examples for the classification and captioning metrics and summarize_task."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fedumm.task_metrics import (
+    accuracy,
+    bleu4,
+    caption_tokens,
+    cider_d,
+    macro_f1,
+    roc_auc,
+    rouge_l,
+    summarize_task,
+)
+
+LABELS = ["cat", "cat", "cat", "dog", "dog", "bird"]
+PREDICTIONS = ["cat", "Cat.", "dog", "dog", "bird", "bird"]
+# Per class: cat P=2/2 R=2/3 F1=0.8; dog P=1/2 R=1/2 F1=0.5; bird P=1/2 R=1/1 F1=2/3.
+MACRO_F1 = (0.8 + 0.5 + 2 / 3) / 3
+
+
+def test_accuracy_and_macro_f1_on_six_predictions() -> None:
+    # Execute
+    acc = accuracy(PREDICTIONS, LABELS)
+    f1 = macro_f1(PREDICTIONS, LABELS)
+    # Assert: "Cat." normalises to "cat"; 4 of 6 right.
+    assert acc == pytest.approx(4 / 6)
+    assert f1 == pytest.approx(MACRO_F1)  # 0.6556
+
+
+def test_macro_f1_ignores_classes_only_predicted() -> None:
+    # Prepare: "maybe" is no class; it is a miss for "yes" but adds no zero-F1 class.
+    labels, predictions = ["yes", "yes", "no", "no"], ["yes", "maybe", "no", "no"]
+    # Execute / Assert: yes P=1 R=1/2 F1=2/3; no P=1 R=1 F1=1.
+    assert macro_f1(predictions, labels) == pytest.approx((2 / 3 + 1) / 2)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "expected"),
+    [
+        ([0.1, 0.4, 0.35, 0.8], ["no", "no", "yes", "yes"], 0.75),  # 3 of 4 positive/negative pairs ordered
+        ([0.1, 0.2, 0.8, 0.9], ["no", "no", "yes", "yes"], 1.0),
+        ([0.9, 0.8, 0.2, 0.1], ["no", "no", "yes", "yes"], 0.0),
+        ([0.5, 0.5, 0.5, 0.5], ["no", "yes", "no", "yes"], 0.5),  # ties count half
+    ],
+)
+def test_roc_auc_worked_examples(scores: list[float], labels: list[str], expected: float) -> None:
+    assert roc_auc(scores, labels, positive_label="yes") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "fragment"),
+    [
+        ([0.1, 0.2], ["no", "no"], "needs both classes"),
+        ([0.1], ["no", "yes"], "lengths differ"),
+        ([0.1, math.nan], ["no", "yes"], "score 1 is nan"),
+    ],
+)
+def test_roc_auc_bad_inputs(scores, labels, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        roc_auc(scores, labels)
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("A dog, running.", "a dog running"), ("Don't  STOP!", "don't stop"), ("", "")],
+)
+def test_caption_tokens(text: str, tokens: str) -> None:
+    assert caption_tokens(text) == tokens
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("a man rides a horse", "a man rides a horse", 1.0),
+        ("A man rides a horse.", "a man rides a horse", 1.0),  # tokenisation drops case and punctuation
+        # All n-gram precisions 1, brevity penalty exp(1 - 6/5).
+        ("a man rides a horse", "a man rides a horse today", math.exp(-0.2)),
+        ("red apple on table", "blue sky with clouds", 0.0),
+    ],
+)
+def test_bleu4_worked_examples(prediction: str, reference: str, expected: float) -> None:
+    assert bleu4([prediction], [[reference]]) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("predictions", "references", "expected"),
+    [
+        # LCS "one three" = 2: P = 2/4, R = 2/3, F1 = 2PR/(P+R) = 4/7.
+        (["one two three four"], [["one three five"]], 4 / 7),
+        # The better of two references counts.
+        (["one two three four"], [["one three five", "one two three four"]], 1.0),
+        # Mean over captions: (4/7 + 1) / 2.
+        (["one two three four", "x y"], [["one three five"], ["x y"]], (4 / 7 + 1) / 2),
+        (["red apple"], [["blue sky"]], 0.0),
+    ],
+)
+def test_rouge_l_worked_examples(predictions, references, expected: float) -> None:
+    assert rouge_l(predictions, references) == pytest.approx(expected)
+
+
+CAPTION_REFS = [
+    ["a dog runs on the grass", "a brown dog running in a field"],
+    ["a red car parked on a street", "a car on the road"],
+    ["two birds sit on a wire", "birds perched on a power line"],
+]
+
+
+def test_cider_d_prefers_the_matching_caption() -> None:
+    # Prepare
+    matching = ["a dog runs on the grass", "a red car parked on a street", "two birds sit on a wire"]
+    swapped = ["a red car parked on a street", "a dog runs on the grass", "two birds sit on a wire"]
+    # Execute
+    good, bad = cider_d(matching, CAPTION_REFS), cider_d(swapped, CAPTION_REFS)
+    # Assert: the swapped captions only keep the third image's score (a third of the matching corpus's at most).
+    assert good > 1.0
+    assert bad < good / 2
+
+
+def test_cider_d_of_one_caption_is_zero() -> None:
+    # With one image every n-gram has document frequency 1 = the corpus size, so IDF is 0.
+    assert cider_d(["a dog runs"], [["a dog runs"]]) == 0.0
+
+
+@pytest.mark.parametrize("metric", [bleu4, rouge_l, cider_d])
+def test_caption_metrics_reject_missing_references(metric) -> None:
+    with pytest.raises(ValueError, match=r"references\[1\] is empty"):
+        metric(["a", "b"], [["a"], []])
+
+
+def test_summarize_classification_overall_and_by_client() -> None:
+    # Prepare: the six predictions above; client 0 holds the cats, client 1 the rest.
+    records = [
+        {"prediction": p, "label": lab, "client_id": 0 if i < 3 else 1}
+        for i, (p, lab) in enumerate(zip(PREDICTIONS, LABELS))
+    ]
+    # Execute
+    summary = summarize_task(records, "classification")
+    # Assert: client 0: acc 2/3, F1(cat) = 0.8; client 1: acc 2/3, F1 dog 2/3, bird 2/3.
+    assert summary["task"] == "classification" and summary["n"] == 6
+    assert summary["accuracy"] == pytest.approx(4 / 6) and summary["macro_f1"] == pytest.approx(MACRO_F1)
+    assert list(summary["by_client"]) == [0, 1]
+    assert summary["by_client"][0] == pytest.approx({"n": 3, "accuracy": 2 / 3, "macro_f1": 0.8})
+    assert summary["by_client"][1] == pytest.approx({"n": 3, "accuracy": 2 / 3, "macro_f1": 2 / 3})
+    assert "by_answer_type" not in summary and "roc_auc" not in summary
+
+
+def test_summarize_binary_with_scores_gives_roc_auc_none_for_one_class_groups() -> None:
+    # Prepare: Hateful-Memes-style yes/no; client 10 holds only negatives.
+    records = [
+        {"prediction": "no", "label": "no", "score": 0.1, "client_id": 2},
+        {"prediction": "yes", "label": "no", "score": 0.4, "client_id": 2},
+        {"prediction": "no", "label": "yes", "score": 0.35, "client_id": 2},
+        {"prediction": "yes", "label": "yes", "score": 0.8, "client_id": 2},
+        {"prediction": "no", "label": "no", "score": 0.2, "client_id": 10},
+    ]
+    # Execute
+    summary = summarize_task(records, "classification", positive_label="yes")
+    # Assert: overall pairs: positives 0.35, 0.8 vs negatives 0.1, 0.4, 0.2 -> 5 of 6 ordered.
+    assert summary["roc_auc"] == pytest.approx(5 / 6)
+    assert summary["accuracy"] == pytest.approx(3 / 5)
+    assert list(summary["by_client"]) == [2, 10]  # numeric order
+    assert summary["by_client"][2]["roc_auc"] == pytest.approx(0.75)
+    assert summary["by_client"][10]["roc_auc"] is None
+
+
+def test_summarize_vqa_by_answer_type() -> None:
+    # Prepare: 3 of 10 annotators say "2" -> 0.9; exact match against "3" fails.
+    records = [
+        {"prediction": "2", "answers": ["2"] * 3 + ["3"] * 7, "multiple_choice_answer": "3", "answer_type": "number"},
+        {"prediction": "yes", "answers": ["yes"] * 10, "multiple_choice_answer": "yes", "answer_type": "yes/no"},
+        {"prediction": "no", "answers": ["yes"] * 10, "multiple_choice_answer": "yes", "answer_type": "yes/no"},
+    ]
+    # Execute
+    summary = summarize_task(records, "vqa")
+    # Assert
+    assert summary["vqa_accuracy"] == pytest.approx((0.9 + 1 + 0) / 3)
+    assert summary["exact_match"] == pytest.approx(1 / 3)
+    assert summary["by_answer_type"]["number"] == pytest.approx({"n": 1, "vqa_accuracy": 0.9, "exact_match": 0.0})
+    assert summary["by_answer_type"]["yes/no"] == pytest.approx({"n": 2, "vqa_accuracy": 0.5, "exact_match": 0.5})
+
+
+def test_summarize_caption_uses_answers_as_references() -> None:
+    # Prepare
+    records = [{"prediction": refs[0], "answers": refs, "client_id": i % 2} for i, refs in enumerate(CAPTION_REFS)]
+    # Execute
+    summary = summarize_task(records, "caption")
+    # Assert
+    assert summary["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert summary["rouge_l"] == pytest.approx(1.0)
+    assert summary["cider_d"] > 1.0
+    assert [g["n"] for g in summary["by_client"].values()] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("records", "task", "fragment"),
+    [
+        ([{"prediction": "a", "label": "a"}], "detection", "task must be one of"),
+        ([], "classification", "no records"),
+        ([{"prediction": "a", "label": "a"}, {"prediction": "b"}], "classification",
+         "record 1 (0-based) has no 'label' or 'multiple_choice_answer'"),
+        ([{"prediction": "a", "label": "a", "score": 0.3}, {"prediction": "b", "label": "b"}], "classification",
+         "record 1 (0-based) has no 'score'"),
+    ],
+)
+def test_summarize_bad_input(records: list[dict], task: str, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        summarize_task(records, task)
+    assert fragment in str(info.value)
