@@ -128,6 +128,12 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    task: Literal["vqa", "classification", "caption"] = Field(
+        "vqa",
+        description="Metrics: vqa (VQA v2 accuracy, exact match), classification (accuracy, "
+        "macro-F1), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is the primary metric.",
+    )
+    positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
     batch_size: int = Field(32, ge=1)
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
@@ -143,8 +149,114 @@ class OutputConfig(Section):
     progress: bool = Field(True, description="Show progress bars.")
 
 
+class SiteConfig(Section):
+    """One production site's own data (``engine.sites.<site>`` or the site's local file)."""
+
+    data: DataConfig = Field(default_factory=DataConfig, description="The site's data: its rows are its clients' rows.")
+    seed: int | None = Field(None, description="Seed for the site's data loading and local split; null = the run seed.")
+
+
+_SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_NVFLARE_ONLY = ("workspace", "threads", "python", "client_command", "sites", "timeout", "torch_threads")
+
+
 class EngineConfig(Section):
-    name: Literal["simulation"] = Field("simulation", description="Execution engine.")
+    """Where the rounds run. ``simulation``: in-process, one shared base model. ``nvflare``: the
+    same ClientRuntime and Server inside NVIDIA FLARE (simulator for ``fedumm run``, job folders
+    for ``fedumm export``); keys below the name apply to nvflare only."""
+
+    name: Literal["simulation", "nvflare"] = Field("simulation", description="Execution engine.")
+    workspace: str | None = Field(
+        None,
+        description="nvflare: FLARE simulator workspace folder (kept); null = a temporary one, removed "
+        "after a successful run.",
+    )
+    threads: int | None = Field(
+        None, ge=1,
+        description="nvflare simulator: clients running at once; null = one per client (each keeps its "
+        "process and model for the whole job; fewer threads restart a client process every round).",
+    )
+    python: str | None = Field(
+        None,
+        description="nvflare: interpreter that runs each client's trainer as an external process "
+        "(e.g. another virtual environment's bin/python); null = in the FLARE client process.",
+    )
+    client_command: str | None = Field(
+        None,
+        description="nvflare: command that launches each client's trainer as an external process, e.g. "
+        "'bash envs/launch_janus.sh' (FLARE appends custom/fedumm_client.py); exclusive with engine.python.",
+    )
+    data_placement: Literal["auto", "partition", "site"] = Field(
+        "auto",
+        description="nvflare: partition = every client takes its share of data.* split with the run seed "
+        "(the in-process split); site = each site loads its own data (its local/fedumm_site.yaml, else "
+        "engine.sites.<site>); auto = partition in the simulator, site in exported jobs.",
+    )
+    sites: dict[str, SiteConfig] = Field(
+        default_factory=dict,
+        description="nvflare: site name -> {data, seed} for data_placement=site; sites with a "
+        "local/fedumm_site.yaml file use that instead.",
+    )
+    server_eval: bool = Field(
+        True,
+        description="nvflare: the server evaluates the global adapter on data.*'s test split every round "
+        "(false where the server holds no data: global metrics are then empty).",
+    )
+    task_request_interval: float = Field(
+        0.1, gt=0, le=60,
+        description="nvflare: seconds a client waits before asking the server again for a task (FLARE's "
+        "default is 2).",
+    )
+    task_check_period: float = Field(
+        0.05, gt=0, le=10, description="nvflare: seconds between the controller's checks for finished tasks."
+    )
+    heartbeat_timeout: float = Field(
+        600, gt=0, description="nvflare: seconds without a client heartbeat before the server drops it."
+    )
+    task_timeout: int = Field(
+        0, ge=0, description="nvflare: seconds a round waits for its clients; 0 = no limit."
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="nvflare simulator: wall-clock limit of the whole run in seconds; null = none."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="nvflare: torch threads in each client and server process; null = the simulator splits the "
+        "cores among the clients it runs at once (exported jobs: torch's default)."
+    )
+
+    @field_validator("sites")
+    @classmethod
+    def _check_site_names(cls, sites: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
+        import re
+
+        for site in sites:
+            if not re.match(_SITE_NAME, site):
+                raise ValueError(f"engine.sites: {site!r} is not a valid site name (letters, digits, '.', '_', '-')")
+        return sites
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> EngineConfig:
+        if self.name != "nvflare":
+            for key in _NVFLARE_ONLY:
+                if key in self.model_fields_set and getattr(self, key) not in (None, {}):
+                    raise ValueError(f"engine.{key}: only used with engine.name=nvflare")
+        if self.python is not None and self.client_command is not None:
+            raise ValueError("engine.python and engine.client_command are exclusive: set one")
+        for key in ("python", "client_command"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ValueError(f"engine.{key}: must not be empty (null = in-process clients)")
+        if self.sites and self.data_placement == "partition":
+            raise ValueError("engine.sites: only used with engine.data_placement=site or auto")
+        return self
+
+    def check_against(self, config: RunConfig) -> None:
+        """Cross-checks with other sections (called from ``RunConfig``)."""
+        if self.sites and len(self.sites) != config.federation.num_clients:
+            raise ValueError(
+                f"engine.sites lists {len(self.sites)} sites but federation.num_clients is "
+                f"{config.federation.num_clients}"
+            )
 
 
 class RunConfig(Section):
@@ -174,6 +286,7 @@ class RunConfig(Section):
                 f"finetune.two_stage_rounds ({self.finetune.two_stage_rounds}) must be below "
                 f"federation.rounds ({self.federation.rounds}) or the LoRA stage never runs"
             )
+        self.engine.check_against(self)
         if self.federation.min_fit_clients > self.federation.num_clients:
             raise ValueError(
                 f"federation.min_fit_clients ({self.federation.min_fit_clients}) exceeds "

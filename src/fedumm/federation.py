@@ -20,7 +20,7 @@ from fedumm.adapters import apply_lora, copy_state, group_module_names, load_sta
 from fedumm.config import FederationConfig, RunConfig, TrainConfig
 from fedumm.data.federated import ClientData
 from fedumm.errors import ConfigError
-from fedumm.evaluate import summarize
+from fedumm.task_metrics import PRIMARY_METRIC, summarize_task
 from fedumm.finetune import RoundPlan, plan_for_round, units_over_run
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
@@ -95,13 +95,15 @@ class ModelHost:
 
     def evaluate(self, samples: Sequence[dict], batch_size: int) -> dict:
         """Generate answers for ``samples`` with the current adapter and score them."""
+        task = self.config.eval.task
         if not samples:
-            return summarize([])
+            return {"task": task, "n": 0, PRIMARY_METRIC[task]: 0.0}
         self.model.eval()
         predictions: list[str] = []
         for start in range(0, len(samples), batch_size):
             predictions += self.backend.predict(self.model, samples[start : start + batch_size])
-        return summarize(dict(row, prediction=p) for row, p in zip(samples, predictions))
+        records = [dict(row, prediction=p) for row, p in zip(samples, predictions)]
+        return summarize_task(records, task, self.config.eval.positive_label)
 
 
 @dataclass
@@ -161,7 +163,8 @@ class ClientRuntime:
         }
         if self.config.eval.clients and self.data.test:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)
-            metrics["local_vqa_accuracy"] = local["vqa_accuracy"]
+            primary = PRIMARY_METRIC[self.config.eval.task]
+            metrics[f"local_{primary}"] = local[primary]
             metrics["local_test_samples"] = local["n"]
         payload = codec.encode_message({"state": trained, "extras": extras}, self.config.federation.wire_dtype)
         return FitReply(self.client_id, payload, result.num_samples, metrics)

@@ -13,7 +13,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
 
+# Metrics that are not fractions of 1 print as plain numbers.
+_UNBOUNDED = {"cider_d"}
+
+
+def _value(metric: str, x: float) -> str:
+    return f"{x:6.3f}" if metric in _UNBOUNDED else _pct(x)
+
+
+def _gap(metric: str, delta: float) -> str:
+    return f"{delta:+.3f}" if metric in _UNBOUNDED else f"{100 * delta:+.1f} pts"
+
+
 def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    metric = summary.get("metric", "vqa_accuracy")
     lines = [
         f"fedumm run {summary['name']!r}: {summary['num_clients']} clients, {summary['rounds']} rounds, "
         f"strategy {summary['strategy']}, partition alpha {summary['partition_alpha']} "
@@ -24,34 +37,38 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     ]
     fed = [r for r in records if r["phase"] == "federated"]
     if fed:
-        lines.append(f"{'round':>5}  {'global acc':>10}  {'clients':>7}  {'mean local acc':>14}  {'seconds':>7}")
+        lines.append(f"{'round':>5}  {'global':>10}  {'clients':>7}  {'mean local':>14}  {'seconds':>7}"
+                     f"   ({metric})")
         for r in fed:
-            local = [m["local_vqa_accuracy"] for m in r.get("client_metrics", {}).values()
-                     if "local_vqa_accuracy" in m]
-            local_s = _pct(sum(local) / len(local)) if local else "-"
+            local = [m[f"local_{metric}"] for m in r.get("client_metrics", {}).values()
+                     if f"local_{metric}" in m]
+            local_s = _value(metric, sum(local) / len(local)) if local else "-"
             secs = f"{r['seconds']['round']:.1f}" if "seconds" in r else "-"
             lines.append(
-                f"{r['round']:>5}  {_pct(r['global']['vqa_accuracy']):>10}  "
+                f"{r['round']:>5}  {_value(metric, r['global'][metric]):>10}  "
                 f"{len(r.get('clients', [])) or '-':>7}  {local_s:>14}  {secs:>7}"
             )
         lines.append("")
     baseline = summary["majority_baseline_accuracy"]
-    lines.append(f"majority-answer baseline ({summary['majority_answer']!r}): {_pct(baseline)}")
+    width = 40
+    if baseline is not None:
+        lines.append(f"{'majority-answer baseline (' + repr(summary['majority_answer']) + '):':<{width}}{_pct(baseline)}")
     if "federated_final_accuracy" in summary:
         fed_acc = summary["federated_final_accuracy"]
+        versus = f"{_gap(metric, fed_acc - baseline)} vs majority, " if baseline is not None else ""
         lines.append(
-            f"federated global VQA accuracy:          {_pct(fed_acc)}  "
-            f"({100 * (fed_acc - baseline):+.1f} pts vs majority, untrained "
-            f"{_pct(summary['federated_initial_accuracy']).strip()})"
+            f"{'federated global ' + metric + ':':<{width}}{_value(metric, fed_acc)}  "
+            f"({versus}untrained {_value(metric, summary['federated_initial_accuracy']).strip()})"
         )
-        by_type = ", ".join(f"{k} {_pct(v).strip()}" for k, v in summary["federated_by_answer_type"].items())
-        lines.append(f"  by answer type: {by_type}")
+        by_type = ", ".join(f"{k} {_value(metric, v).strip()}" for k, v in summary["federated_by_answer_type"].items())
+        if by_type:
+            lines.append(f"  by answer type: {by_type}")
     if "centralized_final_accuracy" in summary:
         cen_acc = summary["centralized_final_accuracy"]
         gap = ""
         if "federated_final_accuracy" in summary:
-            gap = f"  (federated {100 * (summary['federated_final_accuracy'] - cen_acc):+.1f} pts)"
-        lines.append(f"centralized, same budget:               {_pct(cen_acc)}{gap}")
+            gap = f"  (federated {_gap(metric, summary['federated_final_accuracy'] - cen_acc)})"
+        lines.append(f"{'centralized, same budget:':<{width}}{_value(metric, cen_acc)}{gap}")
     if "bytes_per_round" in summary:
         msg, full = summary["adapter_message_bytes"], summary["full_finetune_message_bytes"]
         lines.append(
@@ -63,8 +80,8 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
-def save_accuracy_plot(records: list[dict[str, Any]], path) -> None:
-    """Global VQA accuracy per round for each phase (federated, centralized) as a PNG."""
+def save_accuracy_plot(records: list[dict[str, Any]], path, metric: str = "vqa_accuracy") -> None:
+    """The global primary metric per round for each phase (federated, centralized) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render straight to the file
@@ -73,14 +90,16 @@ def save_accuracy_plot(records: list[dict[str, Any]], path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for phase in ("federated", "centralized"):
-        points = [(r["round"], r["global"]["vqa_accuracy"]) for r in records if r["phase"] == phase]
+        points = [(r["round"], r["global"][metric]) for r in records if r["phase"] == phase]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, [100 * y for y in ys], marker="o", label=phase)
+            scale = 1 if metric in _UNBOUNDED else 100
+            ax.plot(xs, [scale * y for y in ys], marker="o", label=phase)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("global VQA accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylabel(f"global {metric}" + ("" if metric in _UNBOUNDED else " (%)"))
+    if metric not in _UNBOUNDED:
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

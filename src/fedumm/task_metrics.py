@@ -27,6 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from fedumm.evaluate import normalize_answer, summarize
 
 __all__ = [
+    "PRIMARY_METRIC",
     "TASKS",
     "accuracy",
     "bleu4",
@@ -40,6 +41,8 @@ __all__ = [
 
 Task = Literal["vqa", "classification", "caption"]
 TASKS: tuple[str, ...] = ("vqa", "classification", "caption")
+#: The number a run reports, plots and compares for each task.
+PRIMARY_METRIC: dict[str, str] = {"vqa": "vqa_accuracy", "classification": "accuracy", "caption": "cider_d"}
 
 # Words with an inner apostrophe stay whole ("don't"); all other punctuation separates and
 # is dropped, as the COCO evaluation's PTB tokenizer does, but without its Java dependency.

@@ -18,6 +18,7 @@ from fedumm.adapters import count_parameters, full_model_nbytes
 from fedumm.config import RunConfig, StrategyConfig
 from fedumm.data.federated import ClientData, FederatedData, build_federated_data
 from fedumm.evaluate import majority_answer, vqa_accuracy
+from fedumm.task_metrics import PRIMARY_METRIC, accuracy
 from fedumm.federation import ClientRuntime, ModelHost, Server, clients_per_round
 from fedumm.report import save_accuracy_plot
 from fedumm.runlog import RunFolder
@@ -27,16 +28,17 @@ from fedumm.strategies import State, build_strategy
 @dataclass
 class PhaseResult:
     phase: str
+    metric: str = "vqa_accuracy"  # the task's primary metric
     records: list[dict[str, Any]] = field(default_factory=list)
     final_state: State = field(default_factory=dict)
 
     @property
     def final_accuracy(self) -> float:
-        return self.records[-1]["global"]["vqa_accuracy"]
+        return self.records[-1]["global"][self.metric]
 
     @property
     def initial_accuracy(self) -> float:
-        return self.records[0]["global"]["vqa_accuracy"]
+        return self.records[0]["global"][self.metric]
 
 
 @dataclass
@@ -48,11 +50,14 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def majority_baseline_accuracy(train: Sequence[dict], test: Sequence[dict]) -> tuple[str, float]:
-    """Accuracy of always answering the training set's most frequent answer."""
+def majority_baseline_accuracy(train: Sequence[dict], test: Sequence[dict], task: str = "vqa") -> tuple[str, float | None]:
+    """Score of always answering the training set's most frequent answer (None for captions)."""
     answer = majority_answer(row["multiple_choice_answer"] for row in train)
-    if not test:
-        return answer, 0.0
+    if not test or task == "caption":
+        return answer, None if task == "caption" else 0.0
+    if task == "classification":
+        labels = [row.get("label", row["multiple_choice_answer"]) for row in test]
+        return answer, accuracy([answer] * len(labels), labels)
     return answer, sum(vqa_accuracy(answer, row["answers"]) for row in test) / len(test)
 
 
@@ -71,7 +76,8 @@ def run_rounds(
     server = Server(strategy, host.initial_state, config.federation, config.seed)
     runtimes = {c.client_id: ClientRuntime(c, host, config, strategy.client_algorithm()) for c in clients}
     full_bytes = full_model_nbytes(host.model)
-    result = PhaseResult(phase)
+    metric = PRIMARY_METRIC[config.eval.task]
+    result = PhaseResult(phase, metric)
 
     host.set_state(server.global_state)
     host.reset_local()
@@ -117,7 +123,7 @@ def run_rounds(
         if progress:
             tqdm.write(
                 f"[{phase}] round {round_num}/{config.federation.rounds}: "
-                f"global VQA acc {global_metrics['vqa_accuracy']:.3f} | clients {len(selected)} | "
+                f"global {metric} {global_metrics[metric]:.3f} | clients {len(selected)} | "
                 f"upload {len(replies[0].payload) / 1024:.1f} KiB/client | {record['seconds']['round']:.1f}s"
             )
     result.final_state = server.global_state
@@ -152,7 +158,7 @@ def simulate(
     host = host or ModelHost(config)
     run = RunFolder.create(config)
     run.write_json("partition.json", data.partition.to_dict())
-    majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test)
+    majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test, config.eval.task)
     trainable, total = count_parameters(host.model)
     if config.output.progress:
         tqdm.write(
@@ -186,6 +192,8 @@ def simulate(
         "partition_skew": data.partition.skew(),
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "task": config.eval.task,
+        "metric": PRIMARY_METRIC[config.eval.task],
         "majority_answer": majority,
         "majority_baseline_accuracy": baseline,
     }
@@ -194,7 +202,7 @@ def simulate(
             summary[f"{result.phase}_initial_accuracy"] = result.initial_accuracy
             summary[f"{result.phase}_final_accuracy"] = result.final_accuracy
             summary[f"{result.phase}_by_answer_type"] = {
-                k: v["vqa_accuracy"] for k, v in result.records[-1]["global"]["by_answer_type"].items()
+                k: v[result.metric] for k, v in result.records[-1]["global"].get("by_answer_type", {}).items()
             }
             summary[f"{result.phase}_seconds"] = sum(r["seconds"]["round"] for r in result.records[1:])
     if fed_result is not None and len(fed_result.records) > 1:
@@ -204,6 +212,6 @@ def simulate(
         summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
         summary["communication_reduction_pct"] = last["reduction_pct"]
     run.write_json("summary.json", summary)
-    save_accuracy_plot(run.read_metrics(), run.path / "accuracy.png")
+    save_accuracy_plot(run.read_metrics(), run.path / "accuracy.png", PRIMARY_METRIC[config.eval.task])
     return RunResult(str(run.path), fed_result, cen_result, baseline, summary)
 

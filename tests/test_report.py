@@ -1,0 +1,32 @@
+from fedumm.report import format_summary
+
+BASE = {"name": "t", "num_clients": 2, "rounds": 1, "strategy": "fedavg", "partition_alpha": 0.5,
+        "partition_skew": 0.25, "trainable_parameters": 10, "total_parameters": 1000, "run_dir": "runs/t"}
+
+
+def _record(metric, value, local=None):
+    client = {"0": {f"local_{metric}": local}} if local is not None else {}
+    return {"phase": "federated", "round": 1, "clients": [0], "global": {metric: value},
+            "client_metrics": client, "seconds": {"round": 2.0}}
+
+
+def test_vqa_summary_lines():
+    summary = {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": 0.2,
+               "federated_final_accuracy": 0.55, "federated_initial_accuracy": 0.0,
+               "federated_by_answer_type": {"color": 0.5}, "centralized_final_accuracy": 0.6}
+    text = format_summary(summary, [_record("vqa_accuracy", 0.55, local=0.7)])
+    assert "majority-answer baseline ('yes'):        20.0%" in text
+    assert "federated global vqa_accuracy:           55.0%  (+35.0 pts vs majority, untrained 0.0%)" in text
+    assert "centralized, same budget:                60.0%  (federated -5.0 pts)" in text
+    assert "by answer type: color 50.0%" in text
+    assert "   70.0%" in text  # mean local metric in the round table
+
+
+def test_caption_summary_has_no_majority_baseline():
+    summary = {**BASE, "metric": "cider_d", "majority_answer": "a cat", "majority_baseline_accuracy": None,
+               "federated_final_accuracy": 0.4, "federated_initial_accuracy": 0.1, "federated_by_answer_type": {}}
+    text = format_summary(summary, [_record("cider_d", 0.4)])
+    assert "majority" not in text
+    # CIDEr-D is not a fraction of 1: plain numbers, not percentages.
+    assert "federated global cider_d:                0.400  (untrained 0.100)" in text
+    assert "by answer type" not in text
