@@ -16,6 +16,8 @@ import torch
 from fedumm.config import AdapterConfig, ModelConfig
 from fedumm.errors import ConfigError
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
@@ -32,11 +34,15 @@ class Backend(ABC):
     name: ClassVar[str]
     #: LoRA presets: name -> regex (peft ``target_modules``, matched against full module names).
     #: Anchored on the language side, because q/k/v names also occur in vision towers.
-    lora_presets: ClassVar[dict[str, str]]
+    #: A class attribute, or a property where it depends on the checkpoint (hf_vlm: read from
+    #: its config.json on first use), so always read it from the backend instance.
+    lora_presets: dict[str, str]
     default_lora_preset: ClassVar[str] = "attention"
     #: Parameter groups of the base model: name -> regex over parameter names (re.fullmatch).
-    #: The standard names are "vision", "connector" and "language".
-    module_groups: ClassVar[dict[str, str]] = {}
+    #: The standard names are "vision", "connector" and "language"; each parameter falls in
+    #: exactly one group (a family may add one, e.g. Janus's "generation"; a group may match
+    #: nothing, e.g. BLIP's "connector"). Like lora_presets, read it from the instance.
+    module_groups: dict[str, str] = {}
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -73,4 +79,7 @@ class Backend(ABC):
         return model(**batch).loss
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        """Tensors to the model device; floating-point ones (pixel values) to ``model.dtype``."""
+        from fedumm.models.loading import cast_inputs
+
+        return cast_inputs(batch, self.device, DTYPES[self.config.dtype])

@@ -1,58 +1,259 @@
-"""Generic backend over ``AutoModelForImageTextToText`` (LLaVA-style VLMs and relatives).
+"""Generic backend over ``AutoModelForImageTextToText``: LLaVA, LLaVA-NeXT, Qwen2-VL,
+Qwen2.5-VL, Idefics3, SmolVLM, PaliGemma (and Janus) checkpoints by hub id or local folder.
 
-Prompts go through the processor's chat template when it has one; the loss covers the answer
-tokens (and the end-of-sequence token) only; evaluation decodes greedily.
+What differs between those families is data, not code: ``FAMILIES`` (keyed by
+``config.model_type``) gives each family's language-side LoRA anchor, its vision / connector /
+language parameter groups, its prompt style, the token that ends an answer, and how per-token
+inputs (PaliGemma's ``token_type_ids``, Qwen2-VL's ``mm_token_type_ids``) extend over the
+answer. An unknown model type is handled like LLaVA.
+
+Prompts go through the processor's chat template where the family has one (PaliGemma: the
+``<image>answer en {question}`` prefix, the answer as suffix); the answer is tokenised
+separately and appended to the processed prompt (image tokens already expanded), so the loss
+covers exactly the answer tokens and the end-of-answer token; evaluation decodes greedily.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from fedumm.config import ModelConfig
 from fedumm.errors import ConfigError
 from fedumm.models.base import Backend
+from fedumm.models.loading import load_error, load_frozen_model
 from fedumm.models.registry import register_backend
 from fedumm.models.tiny import resolve_model_path
 
 IGNORE_INDEX = -100
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def _qwen_fallback(path: str):
+    from fedumm.models.processors import QwenVLImageTextProcessor
+
+    return QwenVLImageTextProcessor.from_pretrained(path)
+
+
+def _idefics3_fallback(path: str):
+    """SmolVLM's stock processor needs a video processor (torchvision); for images alone the
+    Idefics3 processor does the same work (global image, <fake_token_around_image> wrapping)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Idefics3Processor
+
+    from fedumm.models.processors import read_chat_template
+
+    config = AutoConfig.from_pretrained(path)
+    vision = config.vision_config
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Idefics3Processor(
+        image_processor=AutoImageProcessor.from_pretrained(path),
+        tokenizer=tokenizer,
+        image_seq_len=(vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2,
+        chat_template=read_chat_template(path) or getattr(tokenizer, "chat_template", None),
+    )
+
+
+@dataclass(frozen=True)
+class Family:
+    """Per-family details of the generic backend."""
+
+    #: Module-name fragment of the language model: LoRA presets are anchored on it.
+    language: str
+    #: Parameter groups (re.fullmatch over the base model's parameter names).
+    vision: str
+    connector: str
+    language_params: str
+    extra_groups: dict[str, str] = field(default_factory=dict)
+    #: "chat": the processor's chat template; "prefix": PaliGemma's "<image>answer en {q}".
+    prompt: str = "chat"
+    prefix_template: str = "answer en {question}"
+    #: Text between the prompt and the answer words (" " after "ASSISTANT:", "" after "\n").
+    answer_prefix: str = " "
+    #: End-of-turn tokens; the first one the tokenizer knows ends the answer (else EOS).
+    end_tokens: tuple[str, ...] = ()
+    #: Per-token inputs besides input_ids/attention_mask, and their value on answer tokens.
+    answer_token_types: dict[str, int] = field(default_factory=dict)
+    #: Builds a processor from the checkpoint folder when AutoProcessor cannot.
+    fallback_processor: Callable[[str], Any] | None = None
+    #: Module names kept unquantized under model.quantization.
+    quant_skip: tuple[str, ...] = ()
+
+    def lora_presets(self) -> dict[str, str]:
+        lang = self.language
+        return {
+            "attention": rf".*{lang}.*\.(q_proj|k_proj|v_proj)",
+            "attention_qkvo": rf".*{lang}.*\.(q_proj|k_proj|v_proj|o_proj)",
+            "all_linear": rf".*{lang}.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        }
+
+    def module_groups(self) -> dict[str, str]:
+        groups = {"vision": self.vision, "connector": self.connector, "language": self.language_params}
+        groups.update(self.extra_groups)
+        return groups
+
+
+_LLAVA_LANGUAGE = r"(.*\.)?(language_model|lm_head)\..*"
+
+LLAVA = Family(
+    language="language_model",
+    vision=r"(.*\.)?vision_tower\..*",
+    connector=r"(.*\.)?multi_modal_projector\..*",
+    language_params=_LLAVA_LANGUAGE,
+    quant_skip=("vision_tower", "multi_modal_projector"),
+)
+
+_QWEN = Family(
+    language="language_model",
+    vision=r"(.*\.)?visual\.(?!merger\.).*",
+    connector=r"(.*\.)?visual\.merger\..*",  # the 2x2 patch merger MLP
+    language_params=_LLAVA_LANGUAGE,
+    answer_prefix="",  # the template ends with "assistant\n"
+    end_tokens=("<|im_end|>",),
+    answer_token_types={"mm_token_type_ids": 0},
+    fallback_processor=_qwen_fallback,
+    quant_skip=("visual",),
+)
+
+_IDEFICS3 = Family(
+    language="text_model",
+    vision=r"(.*\.)?vision_model\..*",
+    connector=r"(.*\.)?connector\..*",  # pixel shuffle + modality projection
+    language_params=r"(.*\.)?(text_model|lm_head)\..*",
+    end_tokens=("<end_of_utterance>",),
+    quant_skip=("vision_model", "connector"),
+)
+
+FAMILIES: dict[str, Family] = {
+    "llava": LLAVA,
+    # image_newline: the learned separator appended to each row of anyres features.
+    "llava_next": Family(
+        language="language_model",
+        vision=r"(.*\.)?vision_tower\..*",
+        connector=r"(.*\.)?(multi_modal_projector\..*|image_newline)",
+        language_params=_LLAVA_LANGUAGE,
+        quant_skip=("vision_tower", "multi_modal_projector"),
+    ),
+    "qwen2_vl": _QWEN,
+    "qwen2_5_vl": _QWEN,
+    "idefics3": _IDEFICS3,
+    "smolvlm": dataclasses.replace(_IDEFICS3, fallback_processor=_idefics3_fallback),
+    "paligemma": Family(
+        language="language_model",
+        vision=r"(.*\.)?vision_tower\..*",
+        connector=r"(.*\.)?multi_modal_projector\..*",
+        language_params=_LLAVA_LANGUAGE,
+        prompt="prefix",
+        answer_prefix="",  # the processor ends the prefix with "\n"
+        # token_type_ids: 0 = prefix (bidirectional attention), 1 = suffix (causal, supervised).
+        answer_token_types={"token_type_ids": 1},
+        quant_skip=("vision_tower", "multi_modal_projector"),
+    ),
+    "janus": Family(
+        language="language_model",
+        vision=r"model\.vision_model\..*",
+        connector=r"model\.aligner\..*",
+        language_params=r"(model\.language_model|lm_head)\..*",
+        # The image-generation path (VQ tokenizer, generation embeddings/aligner/head): unused
+        # for VQA, kept out of the three standard groups.
+        extra_groups={"generation": r"model\.(vqmodel|generation_embeddings|generation_aligner|generation_head)\..*"},
+        quant_skip=("vision_model", "aligner", "vqmodel", "generation_"),
+    ),
+}
+
+
+def family_for(model_type: str) -> Family:
+    return FAMILIES.get(model_type, LLAVA)
 
 
 @register_backend("hf_vlm")
 class HFVisionLanguageBackend(Backend):
-    lora_presets = {
-        "attention": r".*language_model.*\.(q_proj|k_proj|v_proj)",
-        "attention_qkvo": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
-        "all_linear": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-    }
-    module_groups = {
-        "vision": r"(.*\.)?vision_tower\..*",
-        "connector": r"(.*\.)?multi_modal_projector\..*",
-        "language": r"(.*\.)?(language_model|lm_head)\..*",
-    }
+    # lora_presets and module_groups depend on the checkpoint's family: properties that read
+    # config.json on first use (load() sets the family too).
 
-    def load(self) -> torch.nn.Module:
-        from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+    @property
+    def lora_presets(self) -> dict[str, str]:
+        return self.resolve_family().lora_presets()
 
-        path = resolve_model_path(self.config.name_or_path)
+    @property
+    def module_groups(self) -> dict[str, str]:
+        return self.resolve_family().module_groups()
+
+    #: transformers class used to load the model (name, resolved lazily).
+    model_class_name = "AutoModelForImageTextToText"
+    #: model types this backend accepts; None = any.
+    model_types: tuple[str, ...] | None = None
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.family: Family | None = None
+        self.model_type: str | None = None
+
+    # -- family resolution -------------------------------------------------------------------
+
+    def _set_family(self, model_type: str) -> None:
+        if self.model_types is not None and model_type not in self.model_types:
+            raise ConfigError(
+                f"model.name_or_path: backend {self.name} loads {', '.join(self.model_types)} "
+                f"checkpoints, got model_type {model_type!r}"
+            )
+        self.model_type = model_type
+        self.family = family_for(model_type)
+
+    def _read_model_type(self, path: str) -> str:
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(path).model_type
+        except (OSError, ValueError, KeyError) as exc:
+            raise load_error(path, exc) from exc
+
+    def resolve_family(self) -> Family:
+        if self.family is None:
+            path = resolve_model_path(self.config.name_or_path)
+            self._set_family(self._read_model_type(path))
+        return self.family
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _model_class(self):
+        import transformers
+
+        return getattr(transformers, self.model_class_name)
+
+    def _load_processor(self, path: str):
+        from transformers import AutoProcessor
+
+        error: BaseException | None = None
         try:
             processor = AutoProcessor.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=_DTYPES[self.config.dtype]
-            )
-        except (OSError, ValueError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"model.name_or_path: cannot load {path!r}: {first_line}") from exc
+        except (OSError, ValueError, ImportError, TypeError, AttributeError) as exc:
+            processor, error = None, exc
+        if not _is_multimodal_processor(processor) and self.family.fallback_processor is not None:
+            try:
+                processor, error = self.family.fallback_processor(path), None
+            except (OSError, ValueError, ImportError, TypeError) as exc:
+                error = error or exc
+        if error is not None and processor is None:
+            raise load_error(path, error) from error
         # AutoProcessor silently falls back to a bare tokenizer when no processor is saved.
-        if not isinstance(processor, ProcessorMixin) or getattr(processor, "image_processor", None) is None:
+        if not _is_multimodal_processor(processor):
             raise ConfigError(
                 f"model.name_or_path: {path!r} has no multimodal processor "
                 f"(AutoProcessor returned {type(processor).__name__})"
             )
-        model.requires_grad_(False)
-        model.to(self.device)
+        return processor
+
+    def load(self) -> torch.nn.Module:
+        path = resolve_model_path(self.config.name_or_path)
+        self._set_family(self._read_model_type(path))
+        processor = self._load_processor(path)
+        model = load_frozen_model(
+            self._model_class(), path, self.config, self.device, skip_modules=self.family.quant_skip
+        )
         self.model, self.processor = model, processor
         return model
 
@@ -60,64 +261,115 @@ class HFVisionLanguageBackend(Backend):
     def tokenizer(self):
         return self.processor.tokenizer
 
+    # -- prompts and batches ---------------------------------------------------------------
+
+    @property
+    def image_token(self) -> str:
+        return getattr(self.processor, "image_token", None) or self.tokenizer.image_token
+
     def prompt(self, question: str) -> str:
+        family = self.family or LLAVA
+        if family.prompt == "prefix":
+            return self.image_token + family.prefix_template.format(question=question)
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
         ]
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return f"{self.processor.image_token} {question}"
+        return f"{self.image_token} {question}"
+
+    def answer_end_id(self) -> int:
+        """The token that ends a supervised answer (and stops generation)."""
+        family = self.family or LLAVA
+        vocab = self.tokenizer.get_vocab()
+        for token in family.end_tokens:
+            if token in vocab:
+                return vocab[token]
+        return self.tokenizer.eos_token_id
+
+    def stop_token_ids(self) -> list[int]:
+        ids = [self.answer_end_id(), self.tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
 
     def _encode_prompts(self, samples: Sequence[dict], padding_side: str):
         self.tokenizer.padding_side = padding_side
-        return self.processor(
-            images=[s["image"] for s in samples],
-            text=[self.prompt(s["question"]) for s in samples],
-            return_tensors="pt",
-            padding=True,
-        )
+        with warnings.catch_warnings():
+            # PaliGemma's processor builds its (unused) labels with np.array over tensors.
+            warnings.filterwarnings("ignore", message=r".*__array__ implementation", category=DeprecationWarning)
+            encoded = self.processor(
+                images=[s["image"] for s in samples],
+                text=[self.prompt(s["question"]) for s in samples],
+                return_tensors="pt",
+                padding=True,
+                padding_side=padding_side,
+            )
+        encoded = dict(encoded)
+        encoded.pop("labels", None)  # PaliGemma's processor adds all -100 labels for a prefix
+        return encoded
+
+    def answer_ids(self, answer: str) -> list[int]:
+        family = self.family or LLAVA
+        ids = self.tokenizer(family.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+        return ids + [self.answer_end_id()]
 
     def training_batch(self, samples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """Prompt tokens (from the processor, image tokens expanded) + answer tokens + EOS.
+        """Prompt tokens (from the processor, image tokens expanded) + answer tokens + end token.
 
         The answer is tokenised separately and appended, so the label boundary is exact for
-        any tokenizer (no prefix-tokenisation assumptions).
+        any tokenizer (no prefix-tokenisation assumptions). Per-token inputs of the prompt
+        (token type ids) are carried over and extended over the answer with the family's value.
         """
+        family = self.family or LLAVA
         encoded = self._encode_prompts(samples, padding_side="right")
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        eos = self.tokenizer.eos_token_id
-        rows, labels = [], []
+        ids, mask = encoded.pop("input_ids"), encoded.pop("attention_mask").bool()
+        per_token = {
+            k: encoded.pop(k) for k in list(encoded)
+            if torch.is_tensor(encoded[k]) and not encoded[k].is_floating_point()
+            and encoded[k].shape == ids.shape
+        }
+        rows, labels, extras = [], [], {k: [] for k in per_token}
         for i, sample in enumerate(samples):
-            prompt_ids = encoded["input_ids"][i, : prompt_lengths[i]].tolist()
-            answer_ids = self.tokenizer(
-                " " + sample["multiple_choice_answer"], add_special_tokens=False
-            )["input_ids"] + [eos]
-            rows.append(prompt_ids + answer_ids)
-            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+            prompt_ids = ids[i][mask[i]].tolist()
+            answer = self.answer_ids(sample["multiple_choice_answer"])
+            rows.append(prompt_ids + answer)
+            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer)
+            for key, values in per_token.items():
+                fill = family.answer_token_types.get(key, 0)
+                extras[key].append(values[i][mask[i]].tolist() + [fill] * len(answer))
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
+        extra_tensors = {k: torch.zeros((len(rows), width), dtype=v.dtype) for k, v in per_token.items()}
         for i, (row, lab) in enumerate(zip(rows, labels)):
             input_ids[i, : len(row)] = torch.tensor(row)
             label_ids[i, : len(lab)] = torch.tensor(lab)
             attention[i, : len(row)] = 1
-        batch = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+            for key in extras:
+                extra_tensors[key][i, : len(row)] = torch.tensor(extras[key][i])
+        batch = dict(encoded)
+        batch.update(extra_tensors)
         batch.update(input_ids=input_ids, attention_mask=attention, labels=label_ids)
         return batch
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, samples: Sequence[dict]) -> list[str]:
-        encoded = self.to_device(dict(self._encode_prompts(samples, padding_side="left")))
-        if "pixel_values" in encoded:
-            encoded["pixel_values"] = encoded["pixel_values"].to(_DTYPES[self.config.dtype])
+        encoded = self.to_device(self._encode_prompts(samples, padding_side="left"))
         output = model.generate(
             **encoded,
             max_new_tokens=self.config.max_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_token_ids(),
         )
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _is_multimodal_processor(processor: Any) -> bool:
+    return (
+        processor is not None
+        and getattr(processor, "image_processor", None) is not None
+        and getattr(processor, "tokenizer", None) is not None
+    )

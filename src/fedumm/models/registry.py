@@ -31,7 +31,7 @@ def register_backend(name: str):
 
 def _load_builtin_backends() -> None:
     # Importing the modules runs their @register_backend decorators.
-    from fedumm.models import hf_vlm  # noqa: F401
+    from fedumm.models import blip_vqa, hf_vlm, janus  # noqa: F401
 
 
 def available_backends() -> list[str]:

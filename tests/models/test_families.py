@@ -1,0 +1,199 @@
+"""Every backend and family on its built-in tiny model: built offline, saved, loaded by path
+through the backend's from_pretrained code, LoRA'd, trained one step, asked for answers, and
+run through one federated round."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedumm.adapters import apply_lora, get_adapter_state
+from fedumm.config import AdapterConfig, ModelConfig, TrainConfig, load_config
+from fedumm.data.synthetic import make_synthetic_vqa
+from fedumm.models.hf_vlm import IGNORE_INDEX
+from fedumm.models.registry import get_backend
+from fedumm.models.tiny import TINY_MODELS, resolve_model_path
+from fedumm.train import train_local
+
+# tiny model -> (backend, model_type, model class, processor class)
+CASES = {
+    "tiny-llava": ("hf_vlm", "llava", "LlavaForConditionalGeneration", "LlavaProcessor"),
+    "tiny-llava-next": ("hf_vlm", "llava_next", "LlavaNextForConditionalGeneration", "LlavaNextProcessor"),
+    "tiny-qwen2-vl": ("hf_vlm", "qwen2_vl", "Qwen2VLForConditionalGeneration", "QwenVLImageTextProcessor"),
+    "tiny-qwen2.5-vl": ("hf_vlm", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "QwenVLImageTextProcessor"),
+    "tiny-idefics3": ("hf_vlm", "idefics3", "Idefics3ForConditionalGeneration", "Idefics3Processor"),
+    "tiny-smolvlm": ("hf_vlm", "smolvlm", "SmolVLMForConditionalGeneration", "Idefics3Processor"),
+    "tiny-paligemma": ("hf_vlm", "paligemma", "PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
+    "tiny-janus": ("janus", "janus", "JanusForConditionalGeneration", "JanusProcessor"),
+    "tiny-blip-vqa": ("blip_vqa", "blip", "BlipForQuestionAnswering", "BlipProcessor"),
+}
+NAMES = list(CASES)
+
+# Where LoRA may land (the language side) and what the default preset must never touch.
+LANGUAGE_SIDE = {
+    "hf_vlm": r"(model\.)?(language_model|text_model)\..*",
+    "janus": r"model\.language_model\..*",
+    "blip_vqa": r"text_(encoder|decoder)\..*",
+}
+
+
+def test_every_tiny_model_is_covered():
+    assert set(CASES) == set(TINY_MODELS)
+
+
+@pytest.fixture(scope="module")
+def paths() -> dict[str, str]:
+    return {name: resolve_model_path(name) for name in NAMES}
+
+
+def make_backend(name: str, path: str, **model_overrides):
+    backend_name = CASES[name][0]
+    config = ModelConfig(backend=backend_name, name_or_path=path, device="cpu", **model_overrides)
+    return get_backend(backend_name)(config)
+
+
+class Loaded:
+    """One backend with its frozen base, the base parameter names, and a LoRA-wrapped model."""
+
+    def __init__(self, name: str, path: str):
+        self.backend = make_backend(name, path)
+        base = self.backend.load()
+        self.base_class = type(base).__name__
+        self.base_parameters = [n for n, _ in base.named_parameters()]
+        self.frozen_before_lora = not any(p.requires_grad for p in base.parameters())
+        torch.manual_seed(0)
+        self.model = apply_lora(
+            base, AdapterConfig(dropout=0.0), self.backend.lora_target_regex(AdapterConfig())
+        )
+
+
+@pytest.fixture(scope="module")
+def loaded(paths):
+    cache: dict[str, Loaded] = {}
+
+    def get(name: str) -> Loaded:
+        if name not in cache:
+            cache[name] = Loaded(name, paths[name])
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_folder_and_load_by_path(name, paths, loaded):
+    _, model_type, model_class, processor_class = CASES[name]
+    folder = Path(paths[name])
+    assert json.loads((folder / "config.json").read_text())["model_type"] == model_type
+    assert {"model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    item = loaded(name)
+    assert item.base_class == model_class
+    assert type(item.backend.processor).__name__ == processor_class
+    assert item.frozen_before_lora
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_module_groups_partition_the_parameters(name, loaded):
+    item = loaded(name)
+    groups = {g: re.compile(p) for g, p in item.backend.module_groups.items()}
+    assert {"vision", "connector", "language"} <= set(groups)
+    for param in item.base_parameters:
+        hits = [g for g, regex in groups.items() if regex.fullmatch(param)]
+        assert len(hits) == 1, f"{param} is in groups {hits}"
+    sizes = {g: sum(bool(r.fullmatch(p)) for p in item.base_parameters) for g, r in groups.items()}
+    assert sizes["vision"] > 0 and sizes["language"] > 0
+    # BLIP has no projector between image and text (cross-attention inside the text encoder).
+    assert (sizes["connector"] == 0) == (name == "tiny-blip-vqa")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_lora_targets_only_the_language_side(name, loaded):
+    item = loaded(name)
+    anchor = re.compile(LANGUAGE_SIDE[CASES[name][0]])
+    lora = [n for n, p in item.model.named_parameters() if p.requires_grad]
+    assert lora and all(".lora_" in n for n in lora)
+    for param in lora:
+        assert anchor.fullmatch(param.removeprefix("base_model.model.")), param
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_labels_supervise_exactly_the_answer(name, loaded):
+    backend = loaded(name).backend
+    samples = make_synthetic_vqa(3, seed=1)
+    batch = backend.training_batch(samples)
+    for i, sample in enumerate(samples):
+        supervised = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist()
+        assert supervised == backend.answer_ids(sample["multiple_choice_answer"])
+        words = backend.tokenizer.decode(supervised[:-1], skip_special_tokens=True)
+        assert words.strip() == sample["multiple_choice_answer"].lower()
+        if name != "tiny-blip-vqa":  # decoder-only: labels sit on the tokens they supervise
+            positions = (batch["labels"][i] != IGNORE_INDEX).nonzero().flatten()
+            assert batch["input_ids"][i, positions].tolist() == supervised
+            assert batch["attention_mask"][i, positions].all()
+
+
+def test_paligemma_answer_is_the_suffix(loaded):
+    batch = loaded("tiny-paligemma").backend.training_batch(make_synthetic_vqa(2, seed=1))
+    # token_type_ids: 0 on the prefix (image + "answer en ..."), 1 on the supervised suffix.
+    supervised = batch["labels"] != IGNORE_INDEX
+    assert torch.equal(batch["token_type_ids"].bool(), supervised)
+
+
+def test_qwen_image_tokens_match_the_merged_patches(loaded):
+    backend = loaded("tiny-qwen2-vl").backend
+    batch = backend.training_batch(make_synthetic_vqa(2, seed=1))
+    grid = batch["image_grid_thw"]
+    assert grid.tolist() == [[1, 4, 4], [1, 4, 4]]  # 32x32 image, 8x8 patches
+    per_row = (batch["input_ids"] == backend.processor.image_token_id).sum(dim=1)
+    assert per_row.tolist() == [4, 4]  # 16 patches merged 2x2
+    assert torch.equal(batch["mm_token_type_ids"].bool(), batch["input_ids"] == backend.processor.image_token_id)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_training_step_changes_only_lora(name, loaded):
+    item = loaded(name)
+    model, backend = item.model, item.backend
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapter_before = get_adapter_state(model)
+    result = train_local(
+        model, backend, make_synthetic_vqa(4, seed=2), TrainConfig(lr=1e-2, batch_size=4), seed=0
+    )
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.mean_loss))
+    for n, p in model.named_parameters():
+        if ".lora_" not in n:
+            assert torch.equal(p, before[n]), f"base weight {n} changed"
+    after = get_adapter_state(model)
+    assert set(after) == set(adapter_before)
+    assert any(not torch.equal(after[k], adapter_before[k]) for k in after)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_returns_one_string_per_sample(name, loaded):
+    item = loaded(name)
+    answers = item.backend.predict(item.model, make_synthetic_vqa(3, seed=3))
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_one_federated_round(name, paths, tmp_path):
+    from fedumm.engines.simulation import simulate
+
+    config = load_config(None, [
+        f"model.backend={CASES[name][0]}", f"model.name_or_path={paths[name]}", "model.device=cpu",
+        "model.max_new_tokens=3", "federation.num_clients=2", "federation.rounds=1",
+        "data.synthetic.train_samples=40", "data.synthetic.test_samples=8",
+        "train.batch_size=8", "train.local_steps=1", "eval.clients=false",
+        "eval.centralized_baseline=false", "output.progress=false", f"output.dir={tmp_path}",
+        "output.name=round",
+    ])
+    result = simulate(config)
+    records = result.federated.records
+    assert [r["round"] for r in records] == [0, 1]
+    assert records[-1]["clients"] == [0, 1]
+    for metrics in records[-1]["client_metrics"].values():
+        assert metrics["steps"] == 1 and torch.isfinite(torch.tensor(metrics["train_loss"]))
+    assert (Path(result.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
