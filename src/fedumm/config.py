@@ -19,9 +19,11 @@ from fedumm.errors import ConfigError
 
 class ModelConfig(Section):
     backend: str = Field("hf_vlm", description="Model backend name from the backend registry.")
-    name_or_path: str = Field(
-        "tiny-llava",
-        description="Hub id, local checkpoint folder, or a built-in tiny model name (tiny-llava).",
+    name_or_path: str | None = Field(
+        None,
+        description="Hub id, local checkpoint folder, or a built-in tiny model (tiny-llava, "
+        "tiny-llava-next, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-idefics3, tiny-smolvlm, "
+        "tiny-paligemma, tiny-janus, tiny-blip-vqa); null = the backend's own tiny model.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in."
@@ -43,7 +45,9 @@ class ModelConfig(Section):
 
 class AdapterConfig(Section):
     preset: str | None = Field(
-        None, description="Backend LoRA preset (e.g. attention, all_linear); null = backend default."
+        None,
+        description="Backend LoRA preset: hf_vlm/janus attention, attention_qkvo, all_linear; "
+        "blip_vqa qv_self (FedUMM's 1,179,648 at r=16 on blip-vqa-base), qkv; null = attention.",
     )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")

@@ -108,3 +108,28 @@ def test_centralized_budget_matches_federated_steps():
     central = centralized_config(config, 4)
     assert central.federation.num_clients == 1
     assert central.train.local_steps == 20  # 4 sampled clients x 5 steps per round
+
+
+@pytest.mark.parametrize(("backend", "tiny_model"), [("blip_vqa", "tiny-blip-vqa"), ("janus", "tiny-janus")])
+def test_one_set_switches_the_backend_and_its_tiny_model(tmp_path, backend, tiny_model):
+    from fedumm.federation import ModelHost
+
+    config = load_config(None, [
+        f"model.backend={backend}", "model.device=cpu", "federation.num_clients=2", "federation.rounds=1",
+        "data.synthetic.train_samples=24", "data.synthetic.test_samples=4", "data.partition.min_samples=4",
+        "train.local_steps=1", "train.batch_size=4", "eval.centralized_baseline=false",
+        "output.progress=false", f"output.dir={tmp_path}",
+    ])
+    host = ModelHost(config)
+    assert host.backend.name == backend and host.backend.name_or_path == tiny_model
+    result = simulate(config, host=host)
+    assert [r["round"] for r in result.federated.records] == [0, 1]
+
+
+def test_connector_strategy_on_blip_is_a_config_error():
+    from fedumm.errors import ConfigError
+    from fedumm.federation import ModelHost
+
+    config = load_config(None, ["model.backend=blip_vqa", "model.device=cpu", "finetune.strategy=connector"])
+    with pytest.raises(ConfigError, match="backend blip_vqa has no 'connector' module group"):
+        ModelHost(config)

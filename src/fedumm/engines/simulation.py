@@ -165,7 +165,7 @@ def simulate(
             f"{len(data.pooled_train)} training rows over {len(data.clients)} clients "
             f"(sizes {data.partition.sizes}, label skew {data.partition.skew():.2f}), "
             f"{len(data.global_test)} global test rows; {config.model.backend} "
-            f"{config.model.name_or_path}: {trainable:,} trainable of {total:,} parameters"
+            f"{host.backend.name_or_path}: {trainable:,} trainable of {total:,} parameters"
         )
 
     fed_result = cen_result = None

@@ -38,6 +38,8 @@ class Backend(ABC):
     #: its config.json on first use), so always read it from the backend instance.
     lora_presets: dict[str, str]
     default_lora_preset: ClassVar[str] = "attention"
+    #: Built-in tiny model loaded when model.name_or_path is null.
+    default_model: ClassVar[str]
     #: Parameter groups of the base model: name -> regex over parameter names (re.fullmatch).
     #: The standard names are "vision", "connector" and "language"; each parameter falls in
     #: exactly one group (a family may add one, e.g. Janus's "generation"; a group may match
@@ -46,6 +48,7 @@ class Backend(ABC):
 
     def __init__(self, config: ModelConfig):
         self.config = config
+        self.name_or_path = config.name_or_path or self.default_model
         self.device = resolve_device(config.device)
         self.model: torch.nn.Module | None = None
         self.processor: Any = None

@@ -38,6 +38,7 @@ _QKV = r"text_(encoder|decoder)\..*\.(attention|crossattention)\.self\.(query|ke
 
 @register_backend("blip_vqa")
 class BlipVQABackend(Backend):
+    default_model = "tiny-blip-vqa"
     lora_presets = {"attention": _QV_SELF, "qv_self": _QV_SELF, "qkv": _QKV}
     module_groups = {
         "vision": r"vision_model\..*",
@@ -48,7 +49,7 @@ class BlipVQABackend(Backend):
     def load(self) -> torch.nn.Module:
         from transformers import AutoConfig, AutoProcessor, BlipForQuestionAnswering
 
-        path = resolve_model_path(self.config.name_or_path)
+        path = resolve_model_path(self.name_or_path)
         try:
             model_type = AutoConfig.from_pretrained(path).model_type
         except (OSError, ValueError, KeyError) as exc:

@@ -171,6 +171,7 @@ def family_for(model_type: str) -> Family:
 
 @register_backend("hf_vlm")
 class HFVisionLanguageBackend(Backend):
+    default_model = "tiny-llava"
     # lora_presets and module_groups depend on the checkpoint's family: properties that read
     # config.json on first use (load() sets the family too).
 
@@ -213,7 +214,7 @@ class HFVisionLanguageBackend(Backend):
 
     def resolve_family(self) -> Family:
         if self.family is None:
-            path = resolve_model_path(self.config.name_or_path)
+            path = resolve_model_path(self.name_or_path)
             self._set_family(self._read_model_type(path))
         return self.family
 
@@ -248,7 +249,7 @@ class HFVisionLanguageBackend(Backend):
         return processor
 
     def load(self) -> torch.nn.Module:
-        path = resolve_model_path(self.config.name_or_path)
+        path = resolve_model_path(self.name_or_path)
         self._set_family(self._read_model_type(path))
         processor = self._load_processor(path)
         model = load_frozen_model(

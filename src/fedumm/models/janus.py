@@ -38,6 +38,7 @@ def _quiet_generation_logs() -> Iterator[None]:
 
 @register_backend("janus")
 class JanusBackend(HFVisionLanguageBackend):
+    default_model = "tiny-janus"
     lora_presets = FAMILIES["janus"].lora_presets()
     module_groups = FAMILIES["janus"].module_groups()
     model_class_name = "JanusForConditionalGeneration"
