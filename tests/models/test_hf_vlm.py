@@ -98,3 +98,18 @@ def test_unknown_lora_preset_lists_the_available_ones(model_config):
     backend = get_backend("hf_vlm")(model_config)
     with pytest.raises(ConfigError, match="adapter.preset: unknown preset 'qq' for backend hf_vlm; available: all_linear"):
         backend.lora_target_regex(AdapterConfig(preset="qq"))
+
+
+def test_text_only_rows_get_a_blank_image_and_train(lora_model):
+    from fedumm.config import TrainConfig
+    from fedumm.train import train_local
+
+    model, backend = lora_model
+    samples = make_synthetic_vqa(4, seed=6)
+    samples[1] = dict(samples[1], image=None)  # e.g. a missing-modality row
+    images = backend.images_of(samples)
+    assert images[0] is samples[0]["image"]
+    assert images[1].size == (32, 32) and images[1].getextrema() == ((0, 0), (0, 0), (0, 0))
+    result = train_local(model, backend, samples, TrainConfig(batch_size=4), seed=0)
+    assert torch.isfinite(torch.tensor(result.mean_loss))
+    assert len(backend.predict(model, samples)) == 4

@@ -19,6 +19,9 @@ from fedumm.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+_BLANK_SIZE = (32, 32)  # processors resize it like any other image
+
+
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,6 +80,15 @@ class Backend(ABC):
                 f"adapter.preset: unknown preset {preset!r} for backend {self.name}; "
                 f"available: {', '.join(sorted(self.lora_presets))}"
             ) from None
+
+    @staticmethod
+    def images_of(samples: Sequence[dict]) -> list:
+        """Each sample's image; a text-only sample (image None, e.g. under a missing-modality
+        scenario) gets a black placeholder, the zero-filling baseline for a missing modality,
+        so every family's processor sees one image per prompt."""
+        from PIL import Image
+
+        return [s["image"] if s.get("image") is not None else Image.new("RGB", _BLANK_SIZE) for s in samples]
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss

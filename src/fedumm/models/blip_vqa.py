@@ -82,7 +82,7 @@ class BlipVQABackend(Backend):
 
     def _encode_questions(self, samples: Sequence[dict]):
         encoded = self.processor(
-            images=[s["image"] for s in samples],
+            images=self.images_of(samples),
             text=[s["question"] for s in samples],
             return_tensors="pt",
             padding=True,

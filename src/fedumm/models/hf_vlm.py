@@ -298,7 +298,7 @@ class HFVisionLanguageBackend(Backend):
             # PaliGemma's processor builds its (unused) labels with np.array over tensors.
             warnings.filterwarnings("ignore", message=r".*__array__ implementation", category=DeprecationWarning)
             encoded = self.processor(
-                images=[s["image"] for s in samples],
+                images=self.images_of(samples),
                 text=[self.prompt(s["question"]) for s in samples],
                 return_tensors="pt",
                 padding=True,
