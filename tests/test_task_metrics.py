@@ -202,7 +202,7 @@ def test_summarize_caption_uses_answers_as_references() -> None:
         ([{"prediction": "a", "label": "a"}], "detection", "task must be one of"),
         ([], "classification", "no records"),
         ([{"prediction": "a", "label": "a"}, {"prediction": "b"}], "classification",
-         "record 1 (0-based) has no 'label' or 'multiple_choice_answer'"),
+         "record 1 (0-based) has no 'multiple_choice_answer' or 'label'"),
         ([{"prediction": "a", "label": "a", "score": 0.3}, {"prediction": "b", "label": "b"}], "classification",
          "record 1 (0-based) has no 'score'"),
     ],

@@ -180,7 +180,9 @@ def _vqa_metrics(records: Sequence[Mapping], positive_label: str) -> dict[str, A
 
 def _classification_metrics(records: Sequence[Mapping], positive_label: str) -> dict[str, Any]:
     predictions = [str(p) for p in _field(records, "prediction")]
-    labels = [str(x) for x in _field(records, "label", "multiple_choice_answer")]
+    # The model answers in words, so the answer text is the class; a numeric "label" column
+    # (Hateful Memes' 0/1) is only the fallback for rows that carry no answer.
+    labels = [str(x) for x in _field(records, "multiple_choice_answer", "label")]
     out: dict[str, Any] = {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
     if any("score" in r for r in records):
         scores = _field(records, "score")
@@ -212,8 +214,8 @@ def summarize_task(records: Iterable[Mapping], task: Task, positive_label: str =
     """The task's metrics overall, and per answer type / per client where records carry them.
 
     Records hold "prediction" and, by task: vqa "answers" and "multiple_choice_answer"
-    (VQA v2 accuracy and exact match, ``fedumm.evaluate``); classification "label" (or
-    "multiple_choice_answer") and optionally "score", a positive-class score for ROC-AUC;
+    (VQA v2 accuracy and exact match, ``fedumm.evaluate``); classification
+    "multiple_choice_answer" (or "label") and optionally "score", a positive-class score for ROC-AUC;
     caption "references" (or "answers"). Records without the grouping key go to group
     "unknown". Groups are sorted by name; ROC-AUC is None in a group with one class only.
 

@@ -56,7 +56,7 @@ def majority_baseline_accuracy(train: Sequence[dict], test: Sequence[dict], task
     if not test or task == "caption":
         return answer, None if task == "caption" else 0.0
     if task == "classification":
-        labels = [row.get("label", row["multiple_choice_answer"]) for row in test]
+        labels = [row["multiple_choice_answer"] for row in test]
         return answer, accuracy([answer] * len(labels), labels)
     return answer, sum(vqa_accuracy(answer, row["answers"]) for row in test) / len(test)
 
