@@ -20,10 +20,18 @@ from fedumm.strategies.base import (
     weighted_average,
 )
 from fedumm.strategies.fedavg import FedAvg
+from fedumm.strategies.fedavgm import FedAvgM
+from fedumm.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedumm.strategies.fedprox import FedProx
+from fedumm.strategies.quality_weighted import QualityWeighted
+from fedumm.strategies.robust import Krum, Median, TrimmedMean
 from fedumm.strategies.scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedProx, Scaffold)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (FedAvg, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, QualityWeighted,
+                Median, TrimmedMean, Krum)
+}
 
 
 def validate_params(name: str, values: dict[str, Any]) -> StrategyParams:
@@ -50,6 +58,7 @@ def build_strategy(config, num_clients: int) -> Strategy:
 
 
 __all__ = [
-    "STRATEGIES", "ClientAlgorithm", "ClientUpdate", "FedAvg", "FedProx", "Scaffold", "State",
-    "Strategy", "StrategyParams", "build_strategy", "validate_params", "weighted_average",
+    "STRATEGIES", "ClientAlgorithm", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedOpt",
+    "FedProx", "FedYogi", "Krum", "Median", "QualityWeighted", "Scaffold", "State", "Strategy",
+    "StrategyParams", "TrimmedMean", "build_strategy", "validate_params", "weighted_average",
 ]

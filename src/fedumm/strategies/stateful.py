@@ -1,0 +1,45 @@
+"""Helpers shared by the strategies that keep server state or step on the mean delta
+(FedAvgM, FedOpt). Not an algorithm; candidates for ``base.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from fedumm.adapters import check_state_matches
+from fedumm.strategies.base import ClientUpdate, State, deltas, sample_weights
+
+
+def mean_delta(global_state: State, updates: Sequence[ClientUpdate], weighted: bool = True) -> State:
+    """Mean client delta Δ = sum_k w_k (θ_k − θ) / sum_k w_k in float32, keys checked first;
+    w_k = n_k (sample counts) when ``weighted``, else 1 (the plain mean)."""
+    client_deltas = deltas(global_state, updates)
+    weights = sample_weights(updates) if weighted else [1.0] * len(updates)
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"client sample counts must be non-negative with a positive sum, got {weights}")
+    out: State = {}
+    for key, ref in global_state.items():
+        acc = torch.zeros(ref.shape, dtype=torch.float32)
+        for delta, weight in zip(client_deltas, weights):
+            acc.add_(delta[key], alpha=weight / total)
+        out[key] = acc
+    return out
+
+
+def check_known_shapes(global_state: State, state: State, what: str) -> None:
+    """The keys of ``state`` already created for this round's tensors must match their shapes."""
+    known = {k: state[k] for k in global_state if k in state}
+    check_state_matches({k: global_state[k] for k in known}, known, what)
+
+
+def split_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str], who: str) -> dict[str, State]:
+    """``{prefix + key: tensor}`` -> one float32 dict per prefix; unknown prefixes are errors."""
+    parts: dict[str, State] = {p: {} for p in prefixes}
+    for name, tensor in state.items():
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"{who}: unexpected server state key {name!r} (expected prefixes {list(prefixes)})")
+        parts[prefix][name[len(prefix):]] = tensor.detach().to(torch.float32).clone()
+    return parts
