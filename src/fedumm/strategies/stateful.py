@@ -8,24 +8,14 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fedumm.adapters import check_state_matches
-from fedumm.strategies.base import ClientUpdate, State, deltas, sample_weights
+from fedumm.strategies.base import ClientUpdate, State, deltas, sample_weights, weighted_average
 
 
 def mean_delta(global_state: State, updates: Sequence[ClientUpdate], weighted: bool = True) -> State:
     """Mean client delta Δ = sum_k w_k (θ_k − θ) / sum_k w_k in float32, keys checked first;
     w_k = n_k (sample counts) when ``weighted``, else 1 (the plain mean)."""
-    client_deltas = deltas(global_state, updates)
     weights = sample_weights(updates) if weighted else [1.0] * len(updates)
-    total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights):
-        raise ValueError(f"client sample counts must be non-negative with a positive sum, got {weights}")
-    out: State = {}
-    for key, ref in global_state.items():
-        acc = torch.zeros(ref.shape, dtype=torch.float32)
-        for delta, weight in zip(client_deltas, weights):
-            acc.add_(delta[key], alpha=weight / total)
-        out[key] = acc
-    return out
+    return weighted_average(deltas(global_state, updates), weights)
 
 
 def check_known_shapes(global_state: State, state: State, what: str) -> None:
