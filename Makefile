@@ -25,3 +25,27 @@ bench-memory: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# NVIDIA FLARE engine: its tests, the quickstart in FLARE's simulator, an exported job, the
+# exported job on a loopback deployment (provisioned server + 2 sites as processes), the bench.
+.PHONY: test-nvflare nvflare-demo nvflare-export nvflare-poc bench-engines
+
+NVFLARE_POC_SET := --set name=poc-demo --set federation.num_clients=2 --set federation.rounds=3 \
+	--set eval.centralized_baseline=false \
+	--set 'engine.sites={site-1: {seed: 1, data: {synthetic: {train_samples: 400, test_samples: 80}}}, site-2: {seed: 2, data: {synthetic: {train_samples: 400, test_samples: 80}}}}'
+
+test-nvflare: $(STAMP)
+	$(BIN)/python -m pytest tests/engines/nvflare
+
+nvflare-demo: $(STAMP)
+	$(BIN)/fedumm run configs/quickstart.yaml --set engine.name=nvflare --set output.name=quickstart-nvflare --set output.overwrite=true
+
+nvflare-export: $(STAMP)
+	$(BIN)/fedumm export configs/quickstart.yaml --out runs/nvflare-jobs
+
+nvflare-poc: $(STAMP)
+	$(BIN)/fedumm export configs/quickstart.yaml --out runs/nvflare-jobs $(NVFLARE_POC_SET)
+	$(BIN)/python -m fedumm.engines.nvflare.poc runs/nvflare-jobs/poc-demo --out runs/poc-demo
+
+bench-engines: $(STAMP)
+	$(BIN)/python bench/engines.py

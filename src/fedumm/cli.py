@@ -1,4 +1,4 @@
-"""``fedumm`` command line: ``run``, ``centralized``, ``config``.
+"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``config``.
 
 User errors (bad config, missing files, unknown names) print one line and exit 2; ``--debug``
 shows the traceback instead.
@@ -29,10 +29,33 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
 
-    job("run", "run a federated job (and its centralized baseline if eval.centralized_baseline)")
+    job("run", "run a federated job (and its centralized baseline if eval.centralized_baseline); "
+               "engine.name=nvflare runs it in NVIDIA FLARE's simulator")
     job("centralized", "train the same adapter on the pooled data with the same budget")
+    export = job("export", "write an NVIDIA FLARE job folder for a real deployment (nvflare job submit)")
+    export.add_argument("--out", required=True, metavar="DIR",
+                        help="folder to write the job into (the job is DIR/<name>)")
     job("config", "print the resolved config as YAML")
     return parser
+
+
+def _export(config, out: str) -> int:
+    from fedumm.engines.nvflare import export_job
+    from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
+
+    job_dir = export_job(config, out)
+    print(f"NVIDIA FLARE job written to {job_dir}")
+    if resolve_placement(config, exported=True) == "partition":
+        print("data: every site splits data.* with the run seed (engine.data_placement=partition): a demo, "
+              "not a deployment where sites own their data")
+    elif config.engine.sites:
+        print(f"data: engine.sites names {len(config.engine.sites)} sites ({', '.join(sorted(config.engine.sites))}); "
+              f"a site's own {SITE_CONFIG_FILE} overrides its entry")
+    else:
+        print(f"data: each site reads its own {SITE_CONFIG_FILE} in its workspace (a YAML mapping with a "
+              f"'data:' section); all sites of the deployment join, federation.num_clients must match")
+    print(f"submit it with: nvflare job submit -j {job_dir}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -40,10 +63,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from fedumm.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.command == "export":  # an exported job always runs on NVIDIA FLARE
+        overrides.insert(0, "engine.name=nvflare")
+    config = load_config(args.config, overrides)
     if args.command == "config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.command == "export":
+        return _export(config, args.out)
 
     from transformers.utils import logging as hf_logging
 
@@ -57,7 +85,11 @@ def _run(args: argparse.Namespace) -> int:
     # peft calls a transformers method that transformers 5 deprecates; nothing for users to do.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-    if args.command == "run":
+    if args.command == "run" and config.engine.name == "nvflare":
+        from fedumm.engines.nvflare import simulate_nvflare
+
+        result = simulate_nvflare(config)
+    elif args.command == "run":
         result = simulate(config)
     else:
         result = simulate(config, federated=False, centralized=True)

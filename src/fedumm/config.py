@@ -214,6 +214,11 @@ class EngineConfig(Section):
     task_check_period: float = Field(
         0.05, gt=0, le=10, description="nvflare: seconds between the controller's checks for finished tasks."
     )
+    client_poll_interval: float = Field(
+        0.05, gt=0, le=10,
+        description="nvflare, in-process clients: seconds between the Client API's checks for a new task "
+        "or a finished result (FLARE 2.9 polls every 0.5 s and has no setting; fedumm's client sets it).",
+    )
     heartbeat_timeout: float = Field(
         600, gt=0, description="nvflare: seconds without a client heartbeat before the server drops it."
     )

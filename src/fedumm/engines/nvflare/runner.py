@@ -1,0 +1,302 @@
+"""``fedumm run`` with ``engine.name=nvflare``: the job in FLARE's simulator, then the run folder.
+
+The simulator runs the exported job folder in a child process (the same module FLARE's
+``FedJob.simulator_run`` and ``SimEnv`` start), with its output in
+``<workspace>/simulator.log``; the server and every client are separate processes. While it
+runs, the round lines are printed from the controller's metrics.jsonl. Afterwards the run
+folder the controller wrote into its job workspace is copied to ``runs/<name>/``, and, when
+the data was partitioned centrally, the centralized baseline runs in this process as the
+in-process engine runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fedumm.config import RunConfig
+from fedumm.engines.nvflare import protocol as P
+from fedumm.errors import ConfigError, FedummError
+
+SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"  # what FedJob.simulator_run runs
+SIM_JOB_ID = "simulate_job"  # the simulator's fixed job id
+STOP_GRACE_SECONDS = 10.0
+
+
+# ---------------------------------------------------------------------------- preflight
+
+def _resolve_executable(value: str, key: str) -> str:
+    found = shutil.which(value)
+    if found is None or not os.access(found, os.X_OK):
+        if os.sep in value or value.startswith("."):
+            raise ConfigError(f"{key}: {value} is not an executable file")
+        raise ConfigError(f"{key}: {value!r} not found on PATH")
+    return str(Path(found).resolve()) if os.sep in value else found
+
+
+def local_engine_config(config: RunConfig) -> RunConfig:
+    """Check the engine settings that must hold on this machine and make paths absolute (the
+    external trainer starts in the client's app folder, not here)."""
+    engine = config.engine
+    config = config.model_copy(deep=True)
+    if engine.python is not None:
+        config.engine.python = _resolve_executable(engine.python, "engine.python")
+    if engine.client_command is not None:
+        try:
+            argv = shlex.split(engine.client_command)
+        except ValueError as exc:
+            raise ConfigError(f"engine.client_command: {exc}") from None
+        argv[0] = _resolve_executable(argv[0], "engine.client_command")
+        argv = [argv[0]] + [str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a
+                            for a in argv[1:]]
+        config.engine.client_command = shlex.join(argv)
+    if engine.threads is not None and engine.threads > config.federation.num_clients:
+        config.engine.threads = config.federation.num_clients
+    if engine.torch_threads is None:
+        # Clients train at the same time: share the cores instead of oversubscribing them.
+        parallel = config.engine.threads or config.federation.num_clients
+        config.engine.torch_threads = max(1, (os.cpu_count() or 1) // parallel)
+    return config
+
+
+def _site_names(config: RunConfig) -> list[str] | None:
+    """Simulated client names: site-1..site-K, or the names of engine.sites."""
+    if P.resolve_placement(config, exported=False) == "site" and config.engine.sites:
+        return sorted(config.engine.sites, key=P._natural_key)
+    return None
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of FLARE processes we start: ours, with this fedumm importable (a
+    source checkout need not be installed)."""
+    import fedumm
+
+    env = dict(os.environ if base is None else base)
+    root = str(Path(fedumm.__file__).resolve().parent.parent)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths and "site-packages" not in root:
+        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _warm_model_cache(config: RunConfig) -> None:
+    """Build an embedded tiny model once here, not in every FLARE process at the same time."""
+    from fedumm.models import tiny
+
+    if config.model.name_or_path in getattr(tiny, "TINY_MODELS", {}):
+        tiny.resolve_model_path(config.model.name_or_path)
+
+
+# ---------------------------------------------------------------------------- process control
+
+def stop_process_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM the process's group and every descendant (job processes, external trainers in
+    their own sessions), then SIGKILL whatever is left after ``grace`` seconds."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def first_error(workspace: Path) -> str | None:
+    """The first line of a fedumm error file left by a client (the usual root cause) or the
+    controller."""
+    paths = sorted(workspace.rglob("fedumm_error.txt"), key=lambda p: (P.RUN_FOLDER in p.parts, str(p)))
+    for path in paths:
+        line = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        if line:
+            return f"{line} (see {path})"
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends the wait like Ctrl-C, so the simulator's processes are stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _RoundPrinter:
+    """Prints the controller's rounds as they land in its metrics.jsonl."""
+
+    def __init__(self, metrics: Path, config: RunConfig):
+        from fedumm.task_metrics import PRIMARY_METRIC
+
+        self.metrics, self.config, self.seen = metrics, config, 0
+        self.metric = PRIMARY_METRIC[config.eval.task]
+
+    def poll(self) -> None:
+        if not self.metrics.is_file():
+            return
+        text = self.metrics.read_text()
+        complete = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # skip a partial line
+        metric = self.metric
+        for line in complete[self.seen:]:
+            record = json.loads(line)
+            if record["round"] > 0:
+                upload = next(iter(record["bytes"]["upload"].values()), 0)
+                print(f"[federated/nvflare] round {record['round']}/{self.config.federation.rounds}: "
+                      f"global {metric} {record['global'][metric]:.3f} | clients {len(record['clients'])} | "
+                      f"upload {upload / 1024:.1f} KiB/client | {record['seconds']['round']:.1f}s", flush=True)
+        self.seen = len(complete)
+
+
+def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) -> Path:
+    """Export the job, run it in FLARE's simulator and return the server's run folder."""
+    from fedumm.engines.nvflare.job import build_job
+
+    staging = Path(tempfile.mkdtemp(prefix="fedumm-job-"))
+    try:
+        job = build_job(config, staging, exported=False)
+        job.export_job(str(staging / "jobs"))
+        job_dir = staging / "jobs" / job.name
+        # FLARE's simulator empties its workspace: the log lives next to it.
+        workspace.mkdir(parents=True, exist_ok=True)
+        sim_ws = workspace / "simulator"
+        sites = _site_names(config)
+        num_clients = config.federation.num_clients
+        cmd = [sys.executable, "-m", SIMULATOR_MODULE, str(job_dir), "-w", str(sim_ws),
+               "-t", str(config.engine.threads or num_clients)]
+        cmd += ["-c", ",".join(sites)] if sites else ["-n", str(num_clients)]
+        result_dir = sim_ws / "server" / SIM_JOB_ID / P.RUN_FOLDER
+        printer = _RoundPrinter(result_dir / "metrics.jsonl", config)
+        deadline = time.monotonic() + config.engine.timeout if config.engine.timeout else None
+        with open(workspace / "simulator.log", "wb") as log, _sigterm_as_interrupt():
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=child_env(), start_new_session=True)
+            try:
+                while proc.poll() is None:
+                    if progress:
+                        printer.poll()
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise FedummError(f"engine.timeout: the FLARE simulator ran longer than "
+                                          f"{config.engine.timeout:g}s (log: {workspace / 'simulator.log'})")
+                    time.sleep(0.25)
+            finally:
+                if proc.poll() is None:
+                    stop_process_tree(proc)
+                else:
+                    stop_process_tree(proc, grace=2.0)  # stray children of a finished simulator
+        if progress:
+            printer.poll()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (result_dir / "summary.json").is_file():
+        reason = first_error(workspace) or f"simulator exit status {proc.returncode}"
+        raise FedummError(f"NVIDIA FLARE job failed: {reason}; log: {workspace / 'simulator.log'}")
+    return result_dir
+
+
+# ---------------------------------------------------------------------------- fedumm run
+
+def _final_state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "checkpoints" / "last.safetensors"))
+    return {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
+
+
+def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None):
+    """Run the federated job in FLARE's simulator and write ``runs/<name>/`` like ``simulate``."""
+    from fedumm.engines.nvflare.controller import phase_summary, save_plot
+    from fedumm.engines.simulation import PhaseResult, RunResult
+    from fedumm.report import format_summary
+    from fedumm.runlog import RunFolder
+
+    RunFolder.check_available(config)
+    local = local_engine_config(config)
+    _warm_model_cache(config)
+    if local.engine.workspace:
+        workspace, temporary = Path(local.engine.workspace).resolve(), False
+    else:
+        workspace, temporary = Path(tempfile.mkdtemp(prefix="fedumm-nvflare-")), True
+    progress = config.output.progress
+    if progress:
+        print(f"NVIDIA FLARE simulator: {config.federation.num_clients} clients, "
+              f"{config.federation.rounds} rounds (workspace {workspace})", flush=True)
+    result_dir = run_simulator(local, workspace, progress)
+
+    run = RunFolder.create(config)  # config.yaml = the config as given
+    for item in result_dir.iterdir():
+        if item.name in ("config.yaml", "fedumm_error.txt"):
+            continue
+        target = run.path / item.name
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+    summary: dict[str, Any] = json.loads((run.path / "summary.json").read_text())
+    summary["run_dir"] = str(run.path)
+    metric = summary.get("metric", "vqa_accuracy")
+    federated = PhaseResult("federated", metric=metric, records=run.read_metrics(), final_state=_final_state(run.path))
+
+    cen_result = None
+    placement = P.resolve_placement(config, exported=False)
+    if (centralized if centralized is not None else config.eval.centralized_baseline) and placement == "partition":
+        cen_result = _centralized_baseline(config, run)
+        summary.update(phase_summary(cen_result))
+    run.write_json("summary.json", summary)
+    (run.path / "summary.txt").write_text(format_summary(summary, run.read_metrics()) + "\n")
+    if cen_result is not None:
+        save_plot(run, metric)
+    if temporary:
+        shutil.rmtree(workspace, ignore_errors=True)
+    return RunResult(str(run.path), federated, cen_result, summary["majority_baseline_accuracy"], summary)
+
+
+def _centralized_baseline(config: RunConfig, run):
+    """The pooled-data baseline, in this process, exactly as ``simulate`` runs it."""
+    from fedumm.data.federated import ClientData, build_federated_data
+    from fedumm.engines.simulation import centralized_config, run_rounds
+    from fedumm.federation import ModelHost, clients_per_round
+
+    data = build_federated_data(config.data, config.federation.num_clients, config.seed)
+    host = ModelHost(config)
+    central = centralized_config(config, clients_per_round(config.federation, config.federation.num_clients))
+    host.set_state(host.initial_state)
+    host.reset_local()
+    result = run_rounds(central, host, [ClientData(0, data.pooled_train, [])], data.global_test, run, "centralized")
+    run.save_adapter(host.model, "centralized_adapter")
+    return result
