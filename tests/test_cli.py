@@ -45,3 +45,16 @@ def test_config_command_prints_resolved_yaml(capsys):
     assert main(["config", "--set", "federation.rounds=9"]) == 0
     out = capsys.readouterr().out
     assert "rounds: 9" in out and "backend: hf_vlm" in out
+
+
+def test_partition_command_shows_and_saves_the_split_without_training(tmp_path, capsys):
+    import json
+
+    code = main(["partition", "--set", "data.synthetic.train_samples=120", "--set", "data.partition.alpha=0",
+                 "--set", "federation.num_clients=3", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    saved = json.loads((tmp_path / "partition.json").read_text())
+    assert saved["sizes"] == [40, 40, 40]  # IID: 120 rows over 3 clients
+    assert "3 clients, label skew" in out and " total   120" in out
+    assert (tmp_path / "partition.png").read_bytes()[:4] == b"\x89PNG"

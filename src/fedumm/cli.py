@@ -35,8 +35,30 @@ def _parser() -> argparse.ArgumentParser:
     export = job("export", "write an NVIDIA FLARE job folder for a real deployment (nvflare job submit)")
     export.add_argument("--out", required=True, metavar="DIR",
                         help="folder to write the job into (the job is DIR/<name>)")
+    partition = job("partition", "load and partition the data and show the split, without training")
+    partition.add_argument("--out", metavar="DIR", default=None,
+                           help="folder for partition.json and partition.png (default: output.dir/<name>-partition)")
     job("config", "print the resolved config as YAML")
     return parser
+
+
+def _partition(config, out: str | None) -> int:
+    import json
+
+    from fedumm.data.federated import build_federated_data
+    from fedumm.data.partition import save_partition_heatmap
+
+    data = build_federated_data(config.data, config.federation.num_clients, config.seed)
+    folder = Path(out) if out else Path(config.output.dir) / f"{config.output.name or config.name}-partition"
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = data.partition
+    (folder / "partition.json").write_text(json.dumps(stats.to_dict(), indent=2, sort_keys=True) + "\n")
+    heatmap = save_partition_heatmap(stats, folder / "partition.png")
+    print(stats.table())
+    print(f"{len(stats.sizes)} clients, label skew {stats.skew():.3f} (0 = IID), "
+          f"{len(data.global_test)} global test rows, {data.skipped_rows} rows skipped")
+    print(f"wrote {folder / 'partition.json'} and {heatmap}")
+    return 0
 
 
 def _export(config, out: str) -> int:
@@ -72,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "export":
         return _export(config, args.out)
+    if args.command == "partition":
+        return _partition(config, args.out)
 
     from transformers.utils import logging as hf_logging
 

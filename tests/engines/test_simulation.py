@@ -57,7 +57,7 @@ def test_run_folder_contents(run):
     folder = Path(result.run_dir)
     for name in ("config.yaml", "metrics.jsonl", "partition.json", "summary.json",
                  "checkpoints/last.safetensors", "adapter/adapter_model.safetensors",
-                 "adapter/adapter_config.json", "centralized_adapter/adapter_config.json", "accuracy.png"):
+                 "adapter/adapter_config.json", "centralized_adapter/adapter_config.json", "accuracy.png", "partition.png"):
         assert (folder / name).is_file(), name
     assert load_config(folder / "config.yaml") == config
     summary = json.loads((folder / "summary.json").read_text())

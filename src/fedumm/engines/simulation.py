@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from fedumm.adapters import count_parameters, full_model_nbytes
 from fedumm.config import RunConfig, StrategyConfig
+from fedumm.data.partition import save_partition_heatmap
 from fedumm.data.federated import ClientData, FederatedData, build_federated_data
 from fedumm.evaluate import majority_answer, vqa_accuracy
 from fedumm.task_metrics import PRIMARY_METRIC, accuracy
@@ -158,6 +159,7 @@ def simulate(
     host = host or ModelHost(config)
     run = RunFolder.create(config)
     run.write_json("partition.json", data.partition.to_dict())
+    save_partition_heatmap(data.partition, run.path / "partition.png")
     majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test, config.eval.task)
     trainable, total = count_parameters(host.model)
     if config.output.progress:
