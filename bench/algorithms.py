@@ -99,9 +99,11 @@ def run_all(args: argparse.Namespace) -> None:
     print(f"base config: {args.config}")
     print(f"changed for the bench: {', '.join(common)}; eval.clients=false except for "
           f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha")
+    model_name = base.model.name_or_path or f"({base.model.backend} built-in tiny)"
     print(f"task: {base.federation.num_clients} clients, {base.data.synthetic.train_samples} train / "
           f"{base.data.synthetic.test_samples} test questions, lr {base.train.lr}, batch {base.train.batch_size}, "
-          f"{base.train.local_epochs} local epoch(s), model {base.model.name_or_path} on {base.model.device}")
+          f"{base.train.local_epochs} local epoch(s), model {model_name} "
+          f"on {base.model.device}")
     for name in args.strategies:  # resolved params; a bad --param fails here, before any run
         strategy = load_config(args.config, common + [f"federation.strategy.name={name}",
                                                       *args.strategy_params.get(name, [])]).federation.strategy

@@ -1,4 +1,4 @@
-"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``config``.
+"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``partition``, ``config``.
 
 User errors (bad config, missing files, unknown names) print one line and exit 2; ``--debug``
 shows the traceback instead.

@@ -50,7 +50,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job):
         # site-2 owns its data: its local file replaces the job's entry for it.
         local = fl.site_workspace("site-2") / SITE_CONFIG_FILE
         local.write_text("seed: 5\ndata:\n  synthetic:\n    train_samples: 24\n    test_samples: 6\n")
-        fl.start(timeout=120)
+        fl.start(timeout=180)
         started = _tree(fl.procs.values())
         job_id = fl.submit(job)
         assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"

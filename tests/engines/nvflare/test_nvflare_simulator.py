@@ -77,9 +77,10 @@ def test_flare_simulator_reproduces_the_in_process_adapter(runs):
 
 def test_run_folder_matches_the_in_process_format(runs):
     inproc, flare, config = runs
-    for name in ("config.yaml", "metrics.jsonl", "partition.json", "summary.json", "summary.txt",
-                 "checkpoints/last.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
-        assert (flare / name).is_file(), name
+    # Every file the in-process engine writes (plus summary.txt, which the CLI adds).
+    expected = {str(p.relative_to(inproc)) for p in inproc.rglob("*") if p.is_file()} | {"summary.txt"}
+    assert {"partition.json", "accuracy.png", "checkpoints/last.safetensors", "adapter/adapter_model.safetensors"} <= expected
+    assert expected <= {str(p.relative_to(flare)) for p in flare.rglob("*") if p.is_file()}
     assert load_config(flare / "config.yaml") == config
     assert (flare / "partition.json").read_text() == (inproc / "partition.json").read_text()
     ours, theirs = _records(flare), _records(inproc)

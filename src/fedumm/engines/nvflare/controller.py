@@ -164,6 +164,7 @@ class FedummController(ModelController):
 
         from fedumm.adapters import count_parameters, full_model_nbytes
         from fedumm.data.federated import load_source
+        from fedumm.data.partition import save_partition_heatmap
         from fedumm.engines.simulation import PhaseResult
         from fedumm.federation import FitReply, ModelHost, Server
         from fedumm.report import format_summary
@@ -193,6 +194,7 @@ class FedummController(ModelController):
         stats = [stats_by_id[cid] for cid in range(num_clients)]
         partition = P.partition_from_stats(stats)
         run.write_json("partition.json", partition.to_dict())
+        save_partition_heatmap(partition, out / "partition.png")
         majority, baseline = P.majority_from_stats(stats, test, config.eval.task)
 
         host.set_state(server.global_state)
