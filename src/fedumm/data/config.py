@@ -33,7 +33,17 @@ class HFSourceConfig(Section):
 
     path: str | None = Field(
         None,
-        description="Hub dataset name, a save_to_disk folder, a parquet file, or a folder of data files.",
+        description="Hub dataset name, a save_to_disk folder, a parquet file, or a folder of data files. "
+        "A hub dataset that is only a loading script (e.g. HuggingFaceM4/VQAv2) cannot load with "
+        "datasets>=4: use its parquet export (revision: refs/convert/parquet) or a parquet mirror.",
+    )
+    name: str | None = Field(
+        None, description="Dataset configuration (subset) name, as in datasets.load_dataset(path, name)."
+    )
+    revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit); refs/convert/parquet = the Hub's automatic "
+        "parquet export of a script-only dataset.",
     )
     split: str = Field("train", min_length=1, description="Split the clients train on.")
     test_split: str | None = Field(
@@ -45,6 +55,10 @@ class HFSourceConfig(Section):
     )
     max_samples: int | None = Field(None, ge=1, description=_MAX_SAMPLES_DESCRIPTION)
     max_test_samples: int | None = Field(None, ge=1, description="Cap on global test rows; null = all.")
+    allow_missing_images: bool = Field(
+        False,
+        description="A row whose image is null: true = a text-only sample; false = a broken row (on_error).",
+    )
     on_error: OnError = Field("raise", description=_ON_ERROR_DESCRIPTION)
 
 
@@ -75,6 +89,12 @@ class ClientFilesSourceConfig(Section):
 class TableSourceConfig(Section):
     """A JSONL or CSV table with columns image (path), question, and answer or answers."""
 
+    format: Literal["fedumm", "hateful_memes"] = Field(
+        "fedumm",
+        description="fedumm = columns image/images, question, answer/answers; hateful_memes = the Hateful "
+        "Memes files (img, text, label 0/1): question = text + 'Is the content hateful based on the text "
+        "and image?', answer yes/no, task classification.",
+    )
     path: str | None = Field(None, description="Training table (.jsonl or .csv).")
     test_path: str | None = Field(
         None, description="Global test table; null = hold out data.global_test_fraction of the training rows."
@@ -100,7 +120,12 @@ class PartitionConfig(Section):
         "client sizes, must be > 0); small = skewed.",
     )
     label_column: str = Field("multiple_choice_answer", description="Column the skew is over.")
-    min_samples: int = Field(8, ge=1, description="Minimum training samples per client.")
+    min_samples: int = Field(
+        8,
+        ge=1,
+        description="Minimum training samples per client, after its local test split "
+        "(data.local_test_fraction) is held out.",
+    )
     shards_per_client: int = Field(
         2, ge=1, le=1000, description="shards: label shards per client, so each client sees at most this many labels."
     )
@@ -124,13 +149,22 @@ class ModalityConfig(Section):
 
     scenario: Literal["none", "missing", "single", "mix"] = Field(
         "none",
-        description="none; missing = each sample drops its image or its text with prob. rate/2 each; "
-        "single = the first num_image_clients clients are image-only, the rest text-only; "
-        "mix = each client is image-only or text-only with prob. rate/2 each, else keeps both.",
+        description="none; missing = each sample drops its image with prob. rate and, independently, its "
+        "text with prob. rate (rate^2 lose both and keep only the instruction); single = the first "
+        "num_image_clients clients are image-only, the rest text-only; mix = each client holds each "
+        "modality with prob. 1 - rate, drawn once (a client drawing neither gets image or text per sample).",
     )
     rate: float = Field(0.5, ge=0, le=1, description="missing / mix: probability that a modality is dropped.")
     num_image_clients: int = Field(
         1, ge=0, description="single: how many clients (the first ones) keep only images."
+    )
+    image_only_prompt: str | None = Field(
+        None,
+        description="Question of a sample that lost its text; null = by task (the row's task column, else "
+        "eval.task): 'Answer the question about the image.', 'Classify the image. ...', 'Describe the image.'",
+    )
+    no_modality_prompt: str | None = Field(
+        None, description="Question of a sample that lost both image and text; null = by task."
     )
 
 

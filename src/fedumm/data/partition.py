@@ -18,7 +18,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,11 +141,22 @@ class PartitionStats:
     """Per-client sizes and label counts of a partition.
 
     ``label_counts[c]`` maps every label in ``labels`` (zeros included) to its count on client c.
+    Optional extras for ``partition.json``: ``modality_counts[c]`` (client c's rows per
+    modality, after the modality scenario) and ``skipped_rows_by_file`` (broken rows skipped
+    while loading, per file).
     """
 
     sizes: list[int]
     label_counts: list[dict[Hashable, int]]
     labels: list[Hashable]
+    modality_counts: list[dict[str, int]] | None = None
+    skipped_rows_by_file: dict[str, int] | None = None
+
+    def with_extras(
+        self, modality_counts: list[dict[str, int]] | None = None, skipped_rows_by_file: dict[str, int] | None = None
+    ) -> PartitionStats:
+        """A copy carrying the optional extras (None = left out of ``to_dict``)."""
+        return replace(self, modality_counts=modality_counts, skipped_rows_by_file=skipped_rows_by_file)
 
     def skew(self) -> float:
         """Size-weighted mean total-variation distance of client vs global label distribution.
@@ -178,14 +189,20 @@ class PartitionStats:
         return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header, *rows])
 
     def to_dict(self) -> dict:
-        """JSON-serialisable summary (labels as strings)."""
-        return {
+        """JSON-serialisable summary (labels as strings); extras only when set."""
+        out = {
             "num_clients": len(self.sizes),
             "sizes": list(self.sizes),
             "labels": [str(lab) for lab in self.labels],
             "label_counts": [{str(lab): counts[lab] for lab in self.labels} for counts in self.label_counts],
             "skew": self.skew(),
         }
+        if self.modality_counts is not None:
+            out["modality_counts"] = [dict(c) for c in self.modality_counts]
+        if self.skipped_rows_by_file is not None:
+            out["skipped_rows"] = sum(self.skipped_rows_by_file.values())
+            out["skipped_rows_by_file"] = dict(sorted(self.skipped_rows_by_file.items()))
+        return out
 
 
 def partition_stats(labels: Sequence[Hashable], parts: list[list[int]]) -> PartitionStats:
