@@ -30,3 +30,21 @@ def test_caption_summary_has_no_majority_baseline():
     # CIDEr-D is not a fraction of 1: plain numbers, not percentages.
     assert "federated global cider_d:                0.400  (untrained 0.100)" in text
     assert "by answer type" not in text
+
+
+def test_skipped_rows_are_reported_with_their_files():
+    # Prepare: 3 rows skipped in two files.
+    summary = {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": 0.2,
+               "skipped_rows": 3, "skipped_rows_by_file": {"dev.jsonl": 1, "train.jsonl": 2}}
+    # Execute
+    text = format_summary(summary, [])
+    # Assert
+    assert ("skipped broken rows (on_error: skip): 3 (dev.jsonl: 1, train.jsonl: 2); "
+            "messages in load_problems.txt") in text
+
+
+def test_no_skipped_line_when_none_or_unknown():
+    for skipped in (0, None):
+        summary = {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": 0.2,
+                   "skipped_rows": skipped, "skipped_rows_by_file": {} if skipped == 0 else None}
+        assert "skipped" not in format_summary(summary, [])

@@ -76,6 +76,11 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
             f"{_kib(summary['bytes_per_round'])} per round; reduction "
             f"{summary['communication_reduction_pct']:.2f}%"
         )
+    skipped = summary.get("skipped_rows")
+    if skipped:  # None (not known) and 0 print nothing
+        by_file = ", ".join(f"{name}: {n}" for name, n in (summary.get("skipped_rows_by_file") or {}).items())
+        lines.append(f"skipped broken rows (on_error: skip): {skipped}" + (f" ({by_file})" if by_file else "")
+                     + "; messages in load_problems.txt")
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)
 

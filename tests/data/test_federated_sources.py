@@ -122,6 +122,53 @@ def test_fedvlmbench_standin_client_files(tmp_path: Path) -> None:
     assert len(data.global_test) == 3 and data.skipped_rows == 0
 
 
+def _fedvlmbench_clients(tmp_path: Path, train_sizes: list[int], test_sizes: list[int]) -> None:
+    """clients/train/client_{c}.json and clients/test/client_{c}.json, answers "c{c}" and "t{c}"."""
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8), (0, 90, 0)).save(tmp_path / "img" / "x.png")
+    for folder, sizes, answer in (("train", train_sizes, "c"), ("test", test_sizes, "t")):
+        (tmp_path / folder).mkdir()
+        for c, n in enumerate(sizes):
+            records = [_llava_record(k, "img/x.png", f"{answer}{c}") for k in range(n)]
+            (tmp_path / folder / f"client_{c}.json").write_text(json.dumps(records))
+
+
+def test_fedvlmbench_per_client_test_files_are_the_local_tests(tmp_path: Path) -> None:
+    # Prepare: 3 clients with 4/5/6 training and 2/1/3 test records (FedVLMBench's clients/test/client_i.json).
+    _fedvlmbench_clients(tmp_path, [4, 5, 6], [2, 1, 3])
+    config = DataConfig.model_validate(
+        {"source": "client_files", "client_files": {"root": str(tmp_path)}, "partition": {"min_samples": 4}}
+    )
+    # Execute
+    data = build_federated_data(config, num_clients=3, seed=0)
+    # Assert: nothing held out of the training files; each client tests on its own file.
+    assert [(len(c.train), len(c.test)) for c in data.clients] == [(4, 2), (5, 1), (6, 3)]
+    for c, client in enumerate(data.clients):
+        assert {r["multiple_choice_answer"] for r in client.train} == {f"c{c}"}
+        assert {r["multiple_choice_answer"] for r in client.test} == {f"t{c}"}
+    # The global test set is the union, tagged by client; sizes and labels count test rows too.
+    assert [r["client_id"] for r in data.global_test] == [0, 0, 1, 2, 2, 2]
+    assert data.partition.sizes == [6, 6, 9]
+    assert data.partition.label_counts[2]["t2"] == 3 and data.partition.label_counts[2]["c2"] == 6
+
+
+def test_global_metrics_break_down_by_client_over_the_union_of_local_tests(tmp_path: Path) -> None:
+    from fedumm.task_metrics import summarize_task
+
+    # Prepare: the union of 2 clients' test files; a model right on client 0, wrong on client 1.
+    _fedvlmbench_clients(tmp_path, [2, 2], [2, 3])
+    config = DataConfig.model_validate(
+        {"source": "client_files", "client_files": {"root": str(tmp_path)}, "partition": {"min_samples": 1}}
+    )
+    data = build_federated_data(config, num_clients=2, seed=0)
+    records = [dict(row, prediction="t0") for row in data.global_test]  # as ModelHost.evaluate builds them
+    # Execute
+    summary = summarize_task(records, "vqa")
+    # Assert: 2 of 5 right overall; by client 1.0 and 0.0.
+    assert summary["vqa_accuracy"] == pytest.approx(0.4)
+    assert {c: (g["n"], g["vqa_accuracy"]) for c, g in summary["by_client"].items()} == {0: (2, 1.0), 1: (3, 0.0)}
+
+
 def test_fedvlmbench_standin_client_count_must_match(tmp_path: Path) -> None:
     (tmp_path / "img").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "x.png")
@@ -328,3 +375,125 @@ def test_fedmllm_config_runs_on_standin_memes(tmp_path: Path) -> None:
     # The majority baseline for 'is this meme hateful?' (2 in 3 are 'no'): accuracy of always 'no'.
     assert result.summary["majority_answer"] == "no"
     assert result.summary["majority_baseline_accuracy"] == pytest.approx(8 / 12)
+
+
+# -- min_samples counts training rows, after the local test split ------------------------------
+
+
+def test_min_samples_holds_after_the_local_test_split() -> None:
+    # Prepare: 120 synthetic rows, 4 clients, Dirichlet(0.1) (skewed sizes), at least 8 to train.
+    config = DataConfig.model_validate({
+        "synthetic": {"train_samples": 120, "test_samples": 8},
+        "partition": {"alpha": 0.1, "min_samples": 8},
+        "local_test_fraction": 0.2,
+    })
+    # Execute
+    data = build_federated_data(config, num_clients=4, seed=3)
+    # Assert: every client trains on >= 8 rows (a client of 8 would have ended with 6).
+    assert min(len(c.train) for c in data.clients) >= 8
+    assert sum(data.partition.sizes) == 120
+
+
+def test_min_samples_error_explains_the_local_test_split() -> None:
+    # Prepare: 30 rows over 3 IID clients = 10 each; 10 to train needs 12 once round(0.2 x 12) = 2 are held out.
+    config = DataConfig.model_validate({
+        "synthetic": {"train_samples": 30, "test_samples": 4},
+        "partition": {"method": "iid", "min_samples": 10},
+        "local_test_fraction": 0.2,
+    })
+    # Execute / Assert
+    with pytest.raises(DataError) as info:
+        build_federated_data(config, num_clients=3, seed=0)
+    message = str(info.value)
+    assert "at least 12 samples" in message
+    assert "data.partition.min_samples=10 training samples per client needs 12" in message
+    # Without a local test split 10 each is enough.
+    none_held = config.model_copy(update={"local_test_fraction": 0.0})
+    assert [len(c.train) for c in build_federated_data(none_held, num_clients=3, seed=0).clients] == [10, 10, 10]
+
+
+@pytest.mark.parametrize(("min_train", "fraction", "rows"), [(8, 0.2, 10), (1, 0.2, 1), (2, 0.2, 3), (5, 0.0, 5),
+                                                               (10, 0.5, 20)])
+def test_rows_for_min_train(min_train: int, fraction: float, rows: int) -> None:
+    from fedumm.data.federated import local_train_size, rows_for_min_train
+
+    assert rows_for_min_train(min_train, fraction) == rows
+    assert local_train_size(rows, fraction) >= min_train
+    assert rows == min_train or local_train_size(rows - 1, fraction) < min_train  # the fewest
+
+
+# -- skipped rows and modality counts reach the run folder --------------------------------------
+
+
+def test_skipped_rows_per_file_reach_partition_json_and_load_problems(tmp_path: Path) -> None:
+    # Prepare: 40 memes with 2 broken training lines and 1 broken test line.
+    _write_memes(tmp_path / "train.jsonl", tmp_path / "img", 40)
+    _write_memes(tmp_path / "test.jsonl", tmp_path / "img", 8, offset=100)
+    for name, bad in (("train.jsonl", ["{oops", '{"image": "img/none.png", "question": "q", "answer": "no"}']),
+                      ("test.jsonl", ['{"question": "q"}'])):
+        with (tmp_path / name).open("a") as handle:
+            handle.write("\n".join(bad) + "\n")
+    config = DataConfig.model_validate({
+        "source": "table",
+        "table": {"path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl"), "on_error": "skip"},
+        "partition": {"method": "iid", "min_samples": 3},
+    })
+    data = build_federated_data(config, num_clients=2, seed=0)
+    (tmp_path / "run").mkdir()
+    # Execute
+    summary_keys = data.load_report(tmp_path / "run")
+    # Assert: counts per file in the summary keys and partition.json; messages in load_problems.txt.
+    by_file = {str(tmp_path / "test.jsonl"): 1, str(tmp_path / "train.jsonl"): 2}
+    assert summary_keys == {"skipped_rows": 3, "skipped_rows_by_file": by_file}
+    saved = data.partition.to_dict()
+    assert (saved["skipped_rows"], saved["skipped_rows_by_file"]) == (3, by_file)
+    problems = (tmp_path / "run" / "load_problems.txt").read_text().splitlines()
+    assert len(problems) == 3 and "train.jsonl, line 41 (1-based): not valid JSON" in problems[0]
+    assert "img/none.png not found" in problems[1] and "test.jsonl, line 9 (1-based)" in problems[2]
+
+
+def test_clean_runs_keep_partition_json_unchanged(tmp_path: Path) -> None:
+    data = build_federated_data(
+        DataConfig.model_validate({"synthetic": {"train_samples": 40, "test_samples": 4}}), num_clients=2, seed=0)
+    (tmp_path / "run").mkdir()
+    assert data.load_report(tmp_path / "run") == {"skipped_rows": 0, "skipped_rows_by_file": {}}
+    assert not (tmp_path / "run" / "load_problems.txt").exists()
+    assert set(data.partition.to_dict()) == {"num_clients", "sizes", "labels", "label_counts", "skew"}
+
+
+def test_partition_json_has_per_client_modality_counts_under_a_scenario() -> None:
+    # Prepare: 200 rows, 2 clients, missing at 0.5.
+    config = DataConfig.model_validate({
+        "synthetic": {"train_samples": 200, "test_samples": 4},
+        "partition": {"method": "iid"},
+        "modality": {"scenario": "missing", "rate": 0.5},
+    })
+    # Execute
+    data = build_federated_data(config, num_clients=2, seed=0)
+    saved = data.partition.to_dict()["modality_counts"]
+    # Assert: one count per client and modality, each client's summing to its size; ~25% each.
+    assert saved == data.modality_counts()
+    assert [sum(c.values()) for c in saved] == data.partition.sizes == [100, 100]
+    for counts in saved:
+        assert set(counts) == {BOTH, IMAGE_ONLY, TEXT_ONLY, NEITHER}
+        assert all(10 <= n <= 40 for n in counts.values())  # 25 expected, sd 4.3
+
+
+def test_hateful_memes_table_format_through_the_config(tmp_path: Path) -> None:
+    # Prepare: raw Hateful Memes lines (img, text, label).
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i in range(12):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        lines.append(json.dumps({"id": i, "img": f"img/{i}.png", "text": f"meme {i}", "label": i % 2}))
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    config = DataConfig.model_validate({
+        "source": "table", "table": {"path": str(tmp_path / "train.jsonl"), "format": "hateful_memes"},
+        "partition": {"method": "iid", "min_samples": 1}, "global_test_fraction": 0.25,
+    })
+    # Execute
+    train, test = load_samples(config, seed=0)
+    # Assert
+    assert len(train) == 9 and len(test) == 3
+    assert {r["multiple_choice_answer"] for r in train + test} == {"yes", "no"}
+    assert all(r["task"] == "classification" and r["question"].startswith("meme ") for r in train)

@@ -497,3 +497,277 @@ def test_unknown_on_error_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "f.json").write_text("[]")
     with pytest.raises(ValueError, match="on_error"):
         load_llava_json(tmp_path / "f.json", on_error="ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face: loading scripts, hub arguments, data_files image base, null and multiple images
+
+
+def test_hf_loading_script_dataset_says_how_to_load_parquet(tmp_path: Path) -> None:
+    # Prepare: a folder that is only a loading script, as HuggingFaceM4/VQAv2 is on the Hub.
+    (tmp_path / "VQAv2").mkdir()
+    (tmp_path / "VQAv2" / "VQAv2.py").write_text("# a datasets loading script\n")
+    # Execute
+    with pytest.raises(DataError) as info:
+        load_hf_vqa(str(tmp_path / "VQAv2"), "train")
+    # Assert: a clear error naming the key to change, not datasets' RuntimeError.
+    message = str(info.value)
+    assert "loading script" in message and "data.hf.path" in message
+    assert "data.hf.revision: refs/convert/parquet" in message and "VQAv2.py" in message
+
+
+def test_hf_name_and_revision_reach_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: record what load_dataset is asked (nothing is downloaded in tests).
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return _vqa_dataset(2)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # Execute
+    rows = load_hf_vqa("org/vqa", "train", name="default", revision="refs/convert/parquet").rows
+    # Assert
+    assert calls == [("org/vqa", {"split": "train", "name": "default", "revision": "refs/convert/parquet"})]
+    assert [r["question"] for r in rows] == ["question 0?", "question 1?"]
+
+
+def _paths_parquet(folder: Path) -> Path:
+    """A parquet file in ``folder`` whose image column holds paths relative to that folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (7, 8, 9)).save(folder / "rel.png")
+    data = {"image": ["rel.png"], "question": ["q?"], "answers": [["a"]]}
+    datasets.Dataset.from_dict(data).to_parquet(folder / "paths.parquet")
+    return folder / "paths.parquet"
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_hf_data_files_image_paths_are_relative_to_the_data_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    # Prepare: data/paths.parquet names "rel.png" (= data/rel.png); run from another folder.
+    parquet = _paths_parquet(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere" if not relative else tmp_path)
+    files = "data/paths.parquet" if relative else str(parquet)
+    # Execute
+    row = load_hf_vqa("parquet", "train", data_files={"train": [files]}).rows[0]
+    # Assert: the image next to the data file, not ./rel.png.
+    assert row["image"].getpixel((0, 0)) == (7, 8, 9)
+
+
+def _null_image_dataset(path: Path) -> str:
+    columns = _vqa_columns(3)
+    columns["image"][1] = None
+    datasets.Dataset.from_dict(columns, features=VQA_FEATURES).save_to_disk(path)
+    return str(path)
+
+
+def test_hf_null_image_is_a_broken_row_unless_allowed(tmp_path: Path) -> None:
+    path = _null_image_dataset(tmp_path / "d")
+    # Execute / Assert: by default it names the row and the key that allows it ...
+    with pytest.raises(DataError) as info:
+        load_hf_vqa(path, "train")
+    assert "split 'train', row 2 (1-based): field 'image' is null" in str(info.value)
+    assert "data.hf.allow_missing_images: true" in str(info.value)
+    skipped = load_hf_vqa(path, "train", on_error="skip")
+    assert (len(skipped.rows), skipped.skipped) == (2, 1)
+    # ... and with allow_missing_images it is a text-only row.
+    rows = load_hf_vqa(path, "train", allow_missing_images=True).rows
+    assert [r["image"] is None for r in rows] == [False, True, False]
+
+
+def test_hf_images_column_gives_multi_image_rows(tmp_path: Path) -> None:
+    # Prepare: a Sequence(Image) column with 2 images, then 1; no "image" column.
+    features = datasets.Features({"images": datasets.Sequence(datasets.Image()), "question": datasets.Value("string"),
+                                  "answers": datasets.Sequence(datasets.Value("string"))})
+    data = {"images": [[{"bytes": _png_bytes((1, 1, 1)), "path": None}, {"bytes": _png_bytes((2, 2, 2)), "path": None}],
+                       [{"bytes": _png_bytes((3, 3, 3)), "path": None}]],
+            "question": ["same?", "one?"], "answers": [["yes"], ["no"]]}
+    datasets.Dataset.from_dict(data, features=features).save_to_disk(tmp_path / "multi")
+    # Execute
+    rows = load_hf_vqa(str(tmp_path / "multi"), "train").rows
+    # Assert: images = all, image = the first.
+    assert [[im.getpixel((0, 0)) for im in r["images"]] for r in rows] == [[(1, 1, 1), (2, 2, 2)], [(3, 3, 3)]]
+    assert [r["image"] is r["images"][0] for r in rows] == [True, True]
+
+
+def test_hf_needs_an_image_or_images_column(tmp_path: Path) -> None:
+    _vqa_dataset(2).remove_columns("image").save_to_disk(tmp_path / "d")
+    with pytest.raises(DataError, match=re.escape("missing column(s) ['image (or images)']")):
+        load_hf_vqa(str(tmp_path / "d"), "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA: chat-style turns (FedMLLM), empty answers, image lists
+
+
+def test_llava_accepts_fedmllm_role_content_turns(tmp_path: Path, write_image) -> None:
+    # Prepare: FedMLLM's generator output: "image": null for a text-less record, role/content turns;
+    # and a chat-style content list with an image part.
+    records = [
+        {"id": 1, "image": None, "conversations": [
+            {"role": "user", "content": "Is the content hateful?"},
+            {"role": "assistant", "content": "(A) not-hateful"}]},
+        {"id": 2, "image": write_image("m.png"), "conversations": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hateful?"}]},
+            {"role": "assistant", "content": "(B) hateful"}]},
+    ]
+    (tmp_path / "client_0.json").write_text(json.dumps(records))
+    # Execute
+    rows = load_llava_json(tmp_path / "client_0.json", tmp_path).rows
+    # Assert
+    assert [(r["question"], r["multiple_choice_answer"]) for r in rows] == [
+        ("Is the content hateful?", "(A) not-hateful"), ("Hateful?", "(B) hateful")]
+    assert rows[0]["image"] is None and rows[1]["image"].size == (8, 8)
+
+
+@pytest.mark.parametrize(
+    ("turns", "fragment"),
+    [
+        ([{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}], "conversations[1]: empty answer"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}], "conversations[1]: empty answer"),
+        ([{"role": "system", "content": "q"}, {"role": "assistant", "content": "a"}],
+         "conversations[0]: 'role' is 'system'"),
+        ([{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}],
+         "conversations[0]: expected {'role': ..., 'content': str}"),
+    ],
+)
+def test_llava_bad_turns_are_broken_records(tmp_path: Path, turns: list, fragment: str) -> None:
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps([{"conversations": turns}]))
+    with pytest.raises(DataError) as info:
+        load_llava_json(path)
+    assert f"{path}, record 1 (1-based): {fragment}" in str(info.value)
+
+
+def test_llava_single_item_image_list_still_gives_images(tmp_path: Path, write_image) -> None:
+    record = {"image": [write_image("a.png", (5, 5, 5))], "conversations": _conversation(("q", "a"))}
+    (tmp_path / "f.json").write_text(json.dumps([record]))
+    row = load_llava_json(tmp_path / "f.json", tmp_path).rows[0]
+    assert len(row["images"]) == 1 and row["image"] is row["images"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Client files: per-client test files
+
+
+def _write_client_tests(root: Path, image: str, sizes: dict[int, int]) -> None:
+    for index, size in sizes.items():
+        records = [{"id": k, "image": image, "conversations": _conversation((f"t{k}", f"local{index}"))}
+                   for k in range(size)]
+        (root / "test" / f"client_{index}.json").write_text(json.dumps(records))
+
+
+def test_client_test_files_are_local_splits_and_their_union_the_global_test(tmp_path: Path, write_image) -> None:
+    # Prepare: 2 clients (3 and 4 training records), test/client_{0,1}.json with 2 and 1 records, no other test file.
+    _write_clients(tmp_path, write_image("x.png"), {0: 3, 1: 4})
+    (tmp_path / "test" / "test.json").unlink()
+    _write_client_tests(tmp_path, "images/x.png", {0: 2, 1: 1})
+    # Execute
+    result = load_client_files(tmp_path)
+    # Assert: local test splits per client; the global test set is their union, tagged by client.
+    assert result.client_tests is not None
+    assert [[r["multiple_choice_answer"] for r in rows] for rows in result.client_tests] == [
+        ["local0", "local0"], ["local1"]]
+    assert [(r["client_id"], r["multiple_choice_answer"]) for r in result.test] == [
+        (0, "local0"), (0, "local0"), (1, "local1")]
+    assert all("client_id" not in r for rows in result.client_tests for r in rows)
+
+
+def test_client_test_files_next_to_a_global_test_file(tmp_path: Path, write_image) -> None:
+    # Prepare: per-client test files and test/test.json (2 records, answer "t").
+    _write_clients(tmp_path, write_image("x.png"), {1: 2, 2: 2})
+    _write_client_tests(tmp_path, "images/x.png", {1: 1, 2: 3})
+    # Execute
+    result = load_client_files(tmp_path)
+    # Assert: the other file is the global test set; client files stay local.
+    assert [len(rows) for rows in result.client_tests] == [1, 3]
+    assert [r["multiple_choice_answer"] for r in result.test] == ["t", "t"]
+
+
+def test_client_test_files_must_cover_every_client(tmp_path: Path, write_image) -> None:
+    _write_clients(tmp_path, write_image("x.png"), {0: 2, 1: 2, 2: 2})
+    _write_client_tests(tmp_path, "images/x.png", {0: 1, 2: 1})
+    with pytest.raises(DataError, match=re.escape("no test file for client(s) [1]")):
+        load_client_files(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: multi-image rows, ragged CSV rows, Hateful Memes
+
+
+@pytest.mark.parametrize(
+    ("suffix", "record"),
+    [
+        (".jsonl", {"images": ["images/a.png", "images/b.png"], "question": "same?", "answer": "no"}),
+        (".jsonl", {"image": ["images/a.png", "images/b.png"], "question": "same?", "answer": "no"}),
+        (".jsonl", {"image": "images/a.png", "images": ["images/a.png", "images/b.png"], "question": "same?",
+                    "answer": "no"}),
+        (".csv", {"images": '["images/a.png", "images/b.png"]', "question": "same?", "answer": "no"}),
+        (".csv", {"image": "", "images": "images/a.png|images/b.png", "question": "same?", "answer": "no"}),
+    ],
+)
+def test_table_images_list_gives_multi_image_rows(tmp_path: Path, write_image, suffix: str, record: dict) -> None:
+    # Prepare
+    write_image("a.png", (1, 1, 1))
+    write_image("b.png", (2, 2, 2))
+    path = _write_table(tmp_path / f"t{suffix}", [record])
+    # Execute
+    row = load_table(path).rows[0]
+    # Assert: images = all, image = the first, and "images" is not copied into metadata.
+    assert [im.getpixel((0, 0)) for im in row["images"]] == [(1, 1, 1), (2, 2, 2)]
+    assert row["image"] is row["images"][0]
+    assert "images" not in row["metadata"]
+
+
+def test_table_image_must_be_the_first_of_images(tmp_path: Path, write_image) -> None:
+    write_image("a.png")
+    write_image("b.png")
+    path = _write_table(tmp_path / "t.jsonl", [
+        {"image": "images/b.png", "images": ["images/a.png", "images/b.png"], "question": "q", "answer": "x"}])
+    with pytest.raises(DataError, match=re.escape("line 1 (1-based): field 'image' ('images/b.png') is not the first")):
+        load_table(path)
+
+
+def test_ragged_csv_rows_are_row_problems(tmp_path: Path, write_image) -> None:
+    # Prepare: header of 4 columns; row 2 has 5 cells, row 3 has 2.
+    image = write_image("a.png")
+    path = tmp_path / "t.csv"
+    path.write_text(f"image,question,answer,site\n{image},q,x,s1\n{image},q,x,s2,EXTRA\n{image},q\n{image},q,y,s3\n")
+    # Execute / Assert: raise names file, row and the column counts ...
+    with pytest.raises(DataError) as info:
+        load_table(path)
+    assert f"{path}, row 2 (1-based): has 5 columns, the header has 4 (image, question, answer, site)" in str(info.value)
+    # ... skip drops both, and no row carries a None key in its metadata.
+    result = load_table(path, on_error="skip")
+    assert result.skipped == 2 and "row 3 (1-based): has 2 columns" in result.problems[1]
+    assert [r["metadata"]["site"] for r in result.rows] == ["s1", "s3"]
+    assert all(None not in r["metadata"] for r in result.rows)
+
+
+def test_hateful_memes_format(tmp_path: Path, write_image) -> None:
+    # Prepare: the Hateful Memes jsonl columns (id, img, label, text); one bad label.
+    write_image("42.png")
+    write_image("43.png")
+    lines = [{"id": 42, "img": "images/42.png", "label": 1, "text": "some meme text"},
+             {"id": 43, "img": "images/43.png", "label": 0, "text": "another"},
+             {"id": 44, "img": "images/43.png", "label": 3, "text": "bad label"}]
+    path = _write_table(tmp_path / "train.jsonl", lines)
+    # Execute
+    result = load_table(path, on_error="skip", table_format="hateful_memes")
+    # Assert
+    first, second = result.rows
+    assert first["question"] == "some meme text\nIs the content hateful based on the text and image?"
+    assert (first["multiple_choice_answer"], first["label"], first["task"]) == ("yes", "1", "classification")
+    assert (second["answers"], second["label"]) == (["no"], "0")
+    assert first["metadata"]["id"] == 42 and first["metadata"]["text"] == "some meme text"
+    assert result.skipped == 1 and "line 3 (1-based): field 'label': expected 0 or 1, got 3" in result.problems[0]
+
+
+def test_load_result_counts_skipped_rows_by_source(tmp_path: Path, write_image) -> None:
+    good = {"image": write_image("a.png"), "question": "q", "answer": "x"}
+    path = _write_table(tmp_path / "t.jsonl", [good, {"question": "q"}, good])
+    result = load_table(path, on_error="skip")
+    assert result.skipped_by_source == {str(path): 1}
+    assert load_table(_write_table(tmp_path / "u.jsonl", [good])).skipped_by_source == {}

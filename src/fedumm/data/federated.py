@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,35 +52,14 @@ class FederatedData:
         """Per client, how many of its rows (train + local test) are image+text, image, text, none."""
         return [modality_counts(client.train + client.test) for client in self.clients]
 
-
-def skipped_summary(skipped_by_file: Mapping[str, int] | None) -> dict:
-    """The run summary's skipped-row keys: the total and the count per file (None = not known,
-    e.g. a FLARE server whose clients did not report theirs)."""
-    if skipped_by_file is None:
-        return {"skipped_rows": None, "skipped_rows_by_file": None}
-    by_file = {str(k): int(v) for k, v in sorted(skipped_by_file.items()) if v}
-    return {"skipped_rows": sum(by_file.values()), "skipped_rows_by_file": by_file}
-
-
-def load_report(data: FederatedData, run_dir: str | Path) -> dict:
-    """Write the skipped rows' messages to ``<run_dir>/load_problems.txt`` (only when rows were
-    skipped) and return the summary keys ``skipped_rows`` and ``skipped_rows_by_file``."""
-    if data.load_problems:
-        text = "\n".join(data.load_problems) + "\n"
-        (Path(run_dir) / LOAD_PROBLEMS_FILE).write_text(text, encoding="utf-8")
-    return skipped_summary(data.skipped_by_file)
-
-
-def client_skipped_rows(stats: Sequence[Mapping]) -> dict:
-    """Summary keys from FLARE clients' setup statistics: each may report "skipped_by_file";
-    unknown (None) when none does."""
-    if not any("skipped_by_file" in s for s in stats):
-        return skipped_summary(None)
-    merged: dict[str, int] = {}
-    for s in stats:
-        for name, n in (s.get("skipped_by_file") or {}).items():
-            merged[name] = merged.get(name, 0) + int(n)
-    return skipped_summary(merged)
+    def load_report(self, run_dir: str | Path) -> dict:
+        """Write the skipped rows' messages to ``<run_dir>/load_problems.txt`` (only when rows
+        were skipped) and return the run summary's keys ``skipped_rows`` (total) and
+        ``skipped_rows_by_file``."""
+        if self.load_problems:
+            text = "\n".join(self.load_problems) + "\n"
+            (Path(run_dir) / LOAD_PROBLEMS_FILE).write_text(text, encoding="utf-8")
+        return self.partition.skipped_summary()
 
 
 @dataclass(frozen=True)
@@ -316,9 +294,9 @@ def build_federated_data(
         clients,
         test,
         stats.with_extras(
-            # Only when some row lacks a modality / some row was skipped, so plain runs keep their partition.json.
+            # Modality counts only when some row lacks a modality, so plain runs keep their partition.json.
             modality_counts=counts if any(c[BOTH] != sum(c.values()) for c in counts) else None,
-            skipped_rows_by_file=dict(loaded.skipped_by_file) or None,
+            skipped_rows_by_file=dict(loaded.skipped_by_file),
         ),
         skipped_rows=loaded.skipped,
         load_problems=list(loaded.problems),

@@ -143,7 +143,8 @@ class PartitionStats:
     ``label_counts[c]`` maps every label in ``labels`` (zeros included) to its count on client c.
     Optional extras for ``partition.json``: ``modality_counts[c]`` (client c's rows per
     modality, after the modality scenario) and ``skipped_rows_by_file`` (broken rows skipped
-    while loading, per file).
+    while loading, per file; {} = none skipped, None = not known, e.g. statistics rebuilt
+    from FLARE clients that do not report them).
     """
 
     sizes: list[int]
@@ -199,10 +200,17 @@ class PartitionStats:
         }
         if self.modality_counts is not None:
             out["modality_counts"] = [dict(c) for c in self.modality_counts]
-        if self.skipped_rows_by_file is not None:
-            out["skipped_rows"] = sum(self.skipped_rows_by_file.values())
-            out["skipped_rows_by_file"] = dict(sorted(self.skipped_rows_by_file.items()))
+        if self.skipped_rows_by_file:  # left out when none were skipped: plain runs keep their file
+            out.update(self.skipped_summary())
         return out
+
+    def skipped_summary(self) -> dict:
+        """``{"skipped_rows": total, "skipped_rows_by_file": {file: n}}`` for the run summary;
+        both None when not known."""
+        if self.skipped_rows_by_file is None:
+            return {"skipped_rows": None, "skipped_rows_by_file": None}
+        by_file = {str(k): int(v) for k, v in sorted(self.skipped_rows_by_file.items()) if v}
+        return {"skipped_rows": sum(by_file.values()), "skipped_rows_by_file": by_file}
 
 
 def partition_stats(labels: Sequence[Hashable], parts: list[list[int]]) -> PartitionStats:
