@@ -98,6 +98,16 @@ def test_vqa_accuracy_three_answers() -> None:
     assert result == pytest.approx(4 / 9)
 
 
+@pytest.mark.parametrize(
+    ("prediction", "answers"),
+    [("Yes.", ["yes"] * 10), ("Two", ["2"] * 10), ("the dog", ["dog"] * 10)],
+)
+def test_identical_answers_are_still_normalised(prediction: str, answers: list[str]) -> None:
+    # The official evaluator skips normalisation when all ten answers agree and would score
+    # these 0; fedumm always normalises (documented in the module docstring) and scores 1.
+    assert vqa_accuracy(prediction, answers) == 1.0
+
+
 def test_vqa_accuracy_empty_answers_raises() -> None:
     # Prepare / Execute / Assert
     with pytest.raises(ValueError, match="at least one"):

@@ -29,6 +29,14 @@ out, count how many of the other N-1 equal the prediction, score
 ``min(1, matches / 3)``, and average over the N subsets. With the usual 10
 answers this gives 0.3 per matching annotator up to 1.0 at 4 or more matches
 (3 matches score 0.9, because a subset dropping a matching answer only has 2).
+
+One deliberate difference from the official evaluator: it normalises the prediction and
+the human answers only when the human answers disagree (``len(set(gtAnswers)) > 1``);
+when all of them are identical it compares the raw strings after stripping whitespace,
+so "Yes." against ten "yes" scores 0 there. Here both sides are always normalised, so
+that case scores 1. Official submissions are normalised before upload, which makes the
+two agree; raw generative outputs ("Yes.", "Two") are not, and would otherwise be
+penalised only on questions where annotators happened to agree.
 """
 
 from __future__ import annotations
@@ -162,7 +170,8 @@ def normalize_answer(answer: str) -> str:
 
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """Official VQA v2 accuracy of ``prediction`` against the human ``answers``.
+    """VQA v2 accuracy of ``prediction`` against the human ``answers`` (the official rule,
+    except that both sides are always normalised; see the module docstring).
 
     The mean, over the N leave-one-out subsets of ``answers``, of
     ``min(1, matches / 3)``, where matches counts the other answers equal to

@@ -335,10 +335,17 @@ def test_fedumm_vqav2_config_runs_on_a_standin(tmp_path: Path) -> None:
     config, result = _run_seed_config(
         "fedumm_vqav2.yaml", tmp_path, "tiny-blip-vqa", f"data.hf.path={tmp_path / 'vqav2'}",
         "data.hf.max_samples=null", "data.hf.max_test_samples=null", "federation.num_clients=2",
-        "data.partition.min_samples=4",
+        "data.partition.min_samples=4", "data.hf.split=train", "data.hf.test_split=validation",
     )
     assert config.model.backend == "blip_vqa" and config.adapter.preset == "qv_self"
     assert result.summary["num_clients"] == 2 and result.federated.records[-1]["global"]["n"] == 8
+
+
+def test_fedumm_vqav2_config_points_at_a_parquet_dataset() -> None:
+    # The shipped config must not name a loading-script dataset (datasets>=4 refuses those).
+    config = load_config(CONFIGS / "fedumm_vqav2.yaml")
+    assert (config.data.hf.path, config.data.hf.split, config.data.hf.test_split) == ("lmms-lab/VQAv2", "validation", None)
+    assert config.data.hf.max_samples == 22000 and config.data.global_test_fraction == 0.1
 
 
 @pytest.mark.slow
@@ -361,10 +368,24 @@ def test_fedvlmbench_config_runs_on_standin_client_files(tmp_path: Path) -> None
     assert any("lora_A" in k for k in result.federated.final_state)
 
 
+def _write_raw_memes(path: Path, image_dir: Path, n: int, offset: int = 0) -> None:
+    """Hateful Memes files as distributed: {"id", "img", "text", "label"}; every third meme hateful."""
+    image_dir.mkdir(exist_ok=True)
+    lines = []
+    for i in range(offset, offset + n):
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(image_dir / f"{i}.png")
+        lines.append(json.dumps({"id": i, "img": f"img/{i}.png", "text": f"meme {i}", "label": int(i % 3 == 0)}))
+    path.write_text("\n".join(lines) + "\n")
+
+
 @pytest.mark.slow
 def test_fedmllm_config_runs_on_standin_memes(tmp_path: Path) -> None:
-    _write_memes(tmp_path / "train.jsonl", tmp_path / "img", 60)
-    _write_memes(tmp_path / "dev.jsonl", tmp_path / "img", 12, offset=100)
+    from fedumm.report import format_summary
+
+    _write_raw_memes(tmp_path / "train.jsonl", tmp_path / "img", 60)
+    _write_raw_memes(tmp_path / "dev.jsonl", tmp_path / "img", 12, offset=100)
+    with (tmp_path / "train.jsonl").open("a") as handle:  # two broken lines, skipped by the config
+        handle.write('{"id": 900, "img": "img/none.png", "text": "x", "label": 0}\n{"id": 901, "text": "y"}\n')
     config, result = _run_seed_config(
         "fedmllm_hateful_memes.yaml", tmp_path, "tiny-llava", f"data.table.path={tmp_path / 'train.jsonl'}",
         f"data.table.test_path={tmp_path / 'dev.jsonl'}", "federation.num_clients=4", "data.partition.min_samples=3",
@@ -372,9 +393,17 @@ def test_fedmllm_config_runs_on_standin_memes(tmp_path: Path) -> None:
     assert config.eval.task == "classification" and config.data.modality.scenario == "mix"
     final = result.federated.records[-1]["global"]
     assert final["task"] == "classification" and 0.0 <= final["accuracy"] <= 1.0 and "macro_f1" in final
-    # The majority baseline for 'is this meme hateful?' (2 in 3 are 'no'): accuracy of always 'no'.
+    # The majority baseline (2 in 3 memes are not hateful): accuracy of always 'no'.
     assert result.summary["majority_answer"] == "no"
     assert result.summary["majority_baseline_accuracy"] == pytest.approx(8 / 12)
+    # The skipped lines reach summary.json, partition.json, load_problems.txt and the printed summary.
+    run = Path(result.run_dir)
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["skipped_rows"] == 2 and saved["skipped_rows_by_file"] == {str(tmp_path / "train.jsonl"): 2}
+    assert json.loads((run / "partition.json").read_text())["skipped_rows"] == 2
+    problems = (run / "load_problems.txt").read_text().splitlines()
+    assert ["line 61" in problems[0], "line 62" in problems[1]] == [True, True]
+    assert "skipped broken rows (on_error: skip): 2" in format_summary(saved, [])
 
 
 # -- min_samples counts training rows, after the local test split ------------------------------
