@@ -198,6 +198,7 @@ def simulate(
         "metric": PRIMARY_METRIC[config.eval.task],
         "majority_answer": majority,
         "majority_baseline_accuracy": baseline,
+        **data.load_report(run.path),  # skipped broken rows: counts here, messages in load_problems.txt
     }
     for result in (fed_result, cen_result):
         if result is not None:

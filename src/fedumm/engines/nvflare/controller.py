@@ -267,6 +267,7 @@ class FedummController(ModelController):
             "metric": metric,
             "majority_answer": majority,
             "majority_baseline_accuracy": baseline,
+            **partition.skipped_summary(),  # None until FLARE clients report their skipped rows
             **phase_summary(result),
         }
         last = result.records[-1]["bytes"]
