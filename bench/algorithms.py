@@ -15,6 +15,7 @@ adapter); run folders go to a temporary directory (kept with --keep).
     python bench/algorithms.py
     python bench/algorithms.py --rounds 12 --strategies fedavg fedadam krum --alphas 0.5
     python bench/algorithms.py --strategies fedavgm fedadam --param fedavgm.momentum=0.5 --param fedadam.eta=0.05
+    python bench/algorithms.py --strategies fedadam fedyogi --sweep eta=0.003,0.01,0.03,0.1 --alphas 0.1
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def parse_args(available: list[str]) -> argparse.Namespace:
                         help="extra config override for every run (repeatable)")
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="hyperparameter for one strategy's runs, e.g. fedavgm.momentum=0.5 (repeatable)")
+    parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                        help="run each strategy once per value of its param KEY (one table row each), "
+                             "e.g. eta=0.01,0.1")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
     args = parser.parse_args()
     unknown = [s for s in args.strategies if s not in available]
@@ -59,6 +63,18 @@ def parse_args(available: list[str]) -> argparse.Namespace:
         args.strategy_params.setdefault(name, []).append(f"federation.strategy.{setting}")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    # Runs: (row label, strategy, its overrides); --sweep makes one run per value.
+    args.runs = []
+    for name in args.strategies:
+        base = args.strategy_params.get(name, [])
+        if args.sweep is None:
+            args.runs.append((name, name, base))
+            continue
+        key, eq, values = args.sweep.partition("=")
+        if not eq or not key or not values:
+            parser.error(f"--sweep {args.sweep!r}: expected KEY=V1,V2,...")
+        for value in values.split(","):
+            args.runs.append((f"{name} {key}={value}", name, [*base, f"federation.strategy.{key}={value}"]))
     return args
 
 
@@ -101,14 +117,13 @@ def run_all(args: argparse.Namespace) -> None:
           f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha")
     model_name = base.model.name_or_path or f"({base.model.backend} built-in tiny)"
     print(f"task: {base.federation.num_clients} clients, {base.data.synthetic.train_samples} train / "
-          f"{base.data.synthetic.test_samples} test questions, lr {base.train.lr}, batch {base.train.batch_size}, "
+          f"{base.data.synthetic.test_samples} test questions, {base.train.optimizer} lr {base.train.lr}, batch {base.train.batch_size}, "
           f"{base.train.local_epochs} local epoch(s), model {model_name} "
           f"on {base.model.device}")
-    for name in args.strategies:  # resolved params; a bad --param fails here, before any run
-        strategy = load_config(args.config, common + [f"federation.strategy.name={name}",
-                                                      *args.strategy_params.get(name, [])]).federation.strategy
+    for label, name, extra in args.runs:  # resolved params; a bad --param fails here, before any run
+        strategy = load_config(args.config, common + [f"federation.strategy.name={name}", *extra]).federation.strategy
         params = validate_params(name, strategy.params()).model_dump()
-        print(f"  {name}: {', '.join(f'{k}={v}' for k, v in params.items()) or '(no params)'}")
+        print(f"  {label}: {', '.join(f'{k}={v}' for k, v in params.items()) or '(no params)'}")
 
     host = ModelHost(base)  # one base model for every run; each run starts from host.initial_state
     rows = []
@@ -117,25 +132,25 @@ def run_all(args: argparse.Namespace) -> None:
     print(f"run folders: {out}{'' if args.keep else ' (deleted at the end; --keep keeps them)'}")
     try:
         for alpha in args.alphas:
-            for name in args.strategies:
-                overrides = common + args.strategy_params.get(name, []) + [
+            for run_index, (label, name, extra) in enumerate(args.runs):
+                overrides = common + extra + [
                     f"federation.strategy.name={name}",
                     f"data.partition.alpha={alpha}",
                     f"eval.clients={'true' if name in NEEDS_CLIENT_EVAL else 'false'}",
                     f"output.dir={out}",
-                    f"output.name={name}-alpha{alpha}",
+                    f"output.name={name}-{run_index}-alpha{alpha}",
                 ]
                 t0 = time.perf_counter()
                 try:
                     result = simulate(load_config(args.config, overrides), host=host)
                 except Exception as exc:  # one failing strategy should not lose the others' rows
-                    rows.append((name, alpha, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
-                    print(f"  {name} alpha={alpha}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                    rows.append((label, alpha, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
+                    print(f"  {label} alpha={alpha}: FAILED {type(exc).__name__}: {exc}", flush=True)
                     continue
                 accs = [r["global"]["vqa_accuracy"] for r in result.federated.records]
                 seconds = time.perf_counter() - t0
-                rows.append((name, alpha, accs, None, seconds))
-                print(f"  {name} alpha={alpha}: " + " ".join(f"{a:.3f}" for a in accs) + f"  ({seconds:.0f}s)",
+                rows.append((label, alpha, accs, None, seconds))
+                print(f"  {label} alpha={alpha}: " + " ".join(f"{a:.3f}" for a in accs) + f"  ({seconds:.0f}s)",
                       flush=True)
     finally:
         if not args.keep:
@@ -145,17 +160,18 @@ def run_all(args: argparse.Namespace) -> None:
     print(f"global VQA accuracy after {args.rounds} rounds (round 0 = untrained adapter); "
           f"target {args.target:.2f}; total {(time.perf_counter() - started) / 60:.1f} min")
     to_target = f"rounds to {args.target:.2f}"
-    header = f"{'strategy':<17} {'alpha':>5}  {'final':>6}  {'best':>6} {'(round)':>7}  {to_target:>15}  {'seconds':>7}"
+    width = max([17, *(len(label) for label, _, _ in args.runs)])
+    header = f"{'strategy':<{width}} {'alpha':>5}  {'final':>6}  {'best':>6} {'(round)':>7}  {to_target:>15}  {'seconds':>7}"
     print(header)
     print("-" * len(header))
     for name, alpha, accs, error, seconds in rows:
         if accs is None:
-            print(f"{name:<17} {alpha:>5}  failed: {error}")
+            print(f"{name:<{width}} {alpha:>5}  failed: {error}")
             continue
         best_round = max(range(len(accs)), key=lambda r: (accs[r], -r))
         final = accs[-1]
         final_s = f"{final:.3f}" if math.isfinite(final) else "nan"
-        print(f"{name:<17} {alpha:>5}  {final_s:>6}  {accs[best_round]:>6.3f} {f'({best_round})':>7}  "
+        print(f"{name:<{width}} {alpha:>5}  {final_s:>6}  {accs[best_round]:>6.3f} {f'({best_round})':>7}  "
               f"{rounds_to_target(accs, args.target):>15}  {seconds:>7.0f}")
 
 

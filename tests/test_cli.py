@@ -58,3 +58,28 @@ def test_partition_command_shows_and_saves_the_split_without_training(tmp_path, 
     assert saved["sizes"] == [40, 40, 40]  # IID: 120 rows over 3 clients
     assert "3 clients, label skew" in out and " total   120" in out
     assert (tmp_path / "partition.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_uses_the_run_folders_config_and_fails_early(tmp_path, capsys):
+    import torch
+
+    from fedumm.config import load_config, save_config
+    from fedumm.runlog import RunFolder
+
+    # Prepare: a finished 1-round run folder (config + checkpoint; no model needed to refuse it).
+    run_dir = tmp_path / "runs" / "done"
+    run_dir.mkdir(parents=True)
+    save_config(load_config(None, ["federation.rounds=1", f"output.dir={tmp_path / 'runs'}", "output.name=done"]),
+                run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").write_text("")
+    RunFolder(run_dir).save_checkpoint(1, {"w": torch.zeros(1)}, {}, strategy="fedavg", num_clients=4)
+    # Execute / Assert: its own config is used (rounds = 1), so nothing is left to run.
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    assert "is at round 1 and federation.rounds is 1: nothing left to run" in capsys.readouterr().err
+    assert main(["run", "--resume", str(run_dir), "--set", "federation.strategy.name=fedadam",
+                 "--set", "federation.rounds=3"]) == 2
+    assert "written by strategy 'fedavg', but federation.strategy.name is 'fedadam'" in capsys.readouterr().err
+    assert main(["run", "configs/quickstart.yaml", "--resume", str(run_dir)]) == 2
+    assert "give no config file" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err

@@ -102,3 +102,43 @@ def test_strategy_params_survive_the_saved_config(tmp_path):
     config = load_config(None, ["federation.strategy.name=fedprox", "federation.strategy.mu=0.2"])
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml").federation.strategy.params() == {"mu": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        # n = ceil(0.5 * 4) = 2 clients a round: Krum's smallest f = 0 still needs n > 2.
+        (["federation.fraction_fit=0.5"], r"federation.strategy.f: Krum with f = 0 needs more than 2f \+ 2 = 2 "
+                                          r"clients per round, got 2;.*fraction_fit = 0.5"),
+        (["federation.strategy.f=1"], r"federation.strategy.f: Krum with f = 1 needs more than 2f \+ 2 = 4 "
+                                      r"clients per round, got 4"),
+        (["federation.strategy.f=0", "federation.strategy.m=5"], r"federation.strategy.m: multi-Krum selects m = 5 of "
+                                                                 r"n - f = 4"),
+    ],
+)
+def test_krum_round_size_is_checked_before_anything_loads(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, ["federation.strategy.name=krum", *overrides])
+
+
+def test_krum_config_that_fits_the_round_size_loads():
+    config = load_config(None, ["federation.strategy.name=krum", "federation.num_clients=10",
+                                "federation.fraction_fit=0.5", "federation.strategy.f=1"])
+    assert config.federation.clients_per_round() == 5  # 5 > 2 * 1 + 2
+
+
+def test_sgd_optimizer_and_momentum():
+    config = load_config(None, ["train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.1"])
+    assert (config.train.optimizer, config.train.momentum) == ("sgd", 0.9)
+    assert load_config(None).train.optimizer == "adamw"
+    with pytest.raises(ConfigError, match="train.momentum: only used with train.optimizer=sgd"):
+        load_config(None, ["train.momentum=0.9"])
+    with pytest.raises(ConfigError, match="train.optimizer: must be one of 'adamw' or 'sgd'"):
+        load_config(None, ["train.optimizer=lion"])
+
+
+def test_resume_from_is_a_path_and_not_yet_for_nvflare():
+    assert load_config(None).federation.resume_from is None
+    assert load_config(None, ["federation.resume_from=runs/x"]).federation.resume_from == "runs/x"
+    with pytest.raises(ConfigError, match="federation.resume_from: not supported with engine.name=nvflare"):
+        load_config(None, ["federation.resume_from=runs/x", "engine.name=nvflare"])

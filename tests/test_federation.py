@@ -54,3 +54,139 @@ def test_half_precision_wire_halves_the_message_and_keeps_server_state_float32()
     assert received.dtype == torch.float32
     assert (received - 1.0 / 3.0).abs().max().item() < 1e-3  # fp16 rounding only
     assert half.global_state["w"].dtype == torch.float32
+
+
+@pytest.mark.parametrize(("fraction", "minimum", "num_clients"), [(0.5, 1, 4), (0.3, 1, 10), (0.1, 2, 10), (0.01, 1, 10)])
+def test_config_round_size_is_the_servers(fraction, minimum, num_clients):
+    config = FederationConfig(num_clients=num_clients, fraction_fit=fraction, min_fit_clients=minimum)
+    assert config.clients_per_round() == clients_per_round(config, num_clients)
+
+
+# ---------------------------------------------------------------- resume: Server.restore
+
+
+def _fedadam_server(initial=None, rounds=3):
+    from fedumm.config import load_config
+
+    config = load_config(None, ["federation.strategy.name=fedadam", "federation.num_clients=2",
+                                f"federation.rounds={rounds}"])
+    state = initial if initial is not None else {"w": torch.zeros(2), "b": torch.zeros(1)}
+    return Server.from_config(config, state, 2), config
+
+
+def _saved_checkpoint(tmp_path, server, round_num=1, **kwargs):
+    from fedumm.runlog import RunFolder
+
+    (tmp_path / "metrics.jsonl").write_text("")
+    return RunFolder(tmp_path).save_checkpoint(round_num, server.global_state, server.strategy.state_dict(),
+                                               strategy=server.strategy.name, num_clients=2, **kwargs)
+
+
+def _one_round(server):
+    from fedumm.strategies import ClientUpdate
+
+    updates = [ClientUpdate(0, 1, {"w": torch.tensor([1.0, -1.0]), "b": torch.tensor([0.5])}),
+               ClientUpdate(1, 3, {"w": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.5])})]
+    server.global_state = server.strategy.aggregate(server.global_state, updates, 1)
+
+
+def test_restore_loads_global_strategy_and_client_state(tmp_path):
+    from fedumm.runlog import read_checkpoint
+
+    # Prepare: a server one FedAdam round in, checkpointed with a client's state.
+    server, config = _fedadam_server()
+    _one_round(server)
+    path = _saved_checkpoint(tmp_path, server, client_states={1: {"w": torch.tensor([0.25, 0.5])}})
+    # Execute
+    fresh, _ = _fedadam_server()
+    fresh.restore(read_checkpoint(tmp_path), config, 2)
+    # Assert
+    assert fresh.start_round == 1 and fresh.resumed.path == path
+    for key, value in server.global_state.items():
+        assert torch.equal(fresh.global_state[key], value)
+    restored = fresh.strategy.state_dict()
+    assert set(restored) == set(server.strategy.state_dict()) == {"m/w", "m/b", "v/w", "v/b", "step/w", "step/b"}
+    assert all(torch.equal(restored[k], v) for k, v in server.strategy.state_dict().items())
+    assert fresh.resumed.clients_saved and torch.equal(fresh.resumed.client_states[1]["w"], torch.tensor([0.25, 0.5]))
+
+
+def test_restore_casts_to_the_models_dtype(tmp_path):
+    from fedumm.runlog import read_checkpoint
+
+    server, config = _fedadam_server()
+    _one_round(server)
+    _saved_checkpoint(tmp_path, server)
+    bf16, _ = _fedadam_server({"w": torch.zeros(2, dtype=torch.bfloat16), "b": torch.zeros(1, dtype=torch.bfloat16)})
+    bf16.restore(read_checkpoint(tmp_path), config, 2)
+    assert bf16.global_state["w"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ("model", r"its global adapter does not match the model's adapter: 1 missing key\(s\): c"),
+    ("strategy", r"was written by strategy 'fedadam', but federation.strategy.name is 'fedyogi'"),
+    ("clients", r"from a run with 2 clients, but federation.num_clients is 3"),
+    ("rounds", r"is at round 1 and federation.rounds is 1: nothing left to run; raise federation.rounds"),
+    ("server", r"does not fit strategy 'fedadam': fedadam server state m/: key 'zzz' is not a tensor"),
+    ("client_state", r"does not fit strategy 'fedadam': client 0's algorithm state: key 'q' is not a tensor"),
+])
+def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragment):
+    from fedumm.config import load_config
+    from fedumm.errors import ConfigError
+    from fedumm.runlog import RunFolder, read_checkpoint
+
+    server, config = _fedadam_server()
+    _one_round(server)
+    server_state = server.strategy.state_dict()
+    client_states = None
+    if change == "server":
+        server_state["m/zzz"] = torch.zeros(1)
+    if change == "client_state":
+        client_states = {0: {"q": torch.zeros(1)}}
+    (tmp_path / "metrics.jsonl").write_text("")
+    RunFolder(tmp_path).save_checkpoint(1, server.global_state, server_state, client_states=client_states,
+                                        strategy="fedadam", num_clients=2)
+    initial = {"w": torch.zeros(2), "b": torch.zeros(1)}
+    num_clients, overrides = 2, ["federation.strategy.name=fedadam", "federation.num_clients=2"]
+    if change == "model":
+        initial["c"] = torch.zeros(1)
+    elif change == "strategy":
+        overrides[0] = "federation.strategy.name=fedyogi"
+    elif change == "clients":
+        num_clients, overrides[1] = 3, "federation.num_clients=3"
+    config = load_config(None, [*overrides, "federation.rounds=1" if change == "rounds" else "federation.rounds=3"])
+    fresh = Server.from_config(config, initial, num_clients)
+    with pytest.raises(ConfigError, match=r"federation.resume_from: .*last.safetensors.*" + fragment):
+        fresh.restore(read_checkpoint(tmp_path), config, num_clients)
+    assert fresh.start_round == 0 and torch.equal(fresh.global_state["w"], torch.zeros(2))  # nothing loaded
+
+
+@pytest.mark.parametrize(("setup", "fragment"), [
+    ("nothing", r"no checkpoint at .*checkpoints/last.safetensors \(expected a run folder"),
+    ("garbage", r"is not a readable safetensors checkpoint"),
+    ("no_round", r"has no round number >= 1 in its metadata"),
+    ("foreign_key", r"unexpected key 'weights' \(expected global/<key> or server/<key>\)"),
+    ("torn_pair", r"last-clients.safetensors is from round '1' but .* from round 2: the run stopped"),
+])
+def test_read_checkpoint_errors_name_the_file(tmp_path, setup, fragment):
+    from safetensors.torch import save_file
+
+    from fedumm.errors import ConfigError
+    from fedumm.runlog import RunFolder, read_checkpoint
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    path = directory / "last.safetensors"
+    if setup == "garbage":
+        path.write_bytes(b"not safetensors")
+    elif setup == "no_round":
+        save_file({"global/w": torch.zeros(1)}, str(path))
+    elif setup == "foreign_key":
+        save_file({"weights": torch.zeros(1)}, str(path), metadata={"round": "1"})
+    elif setup == "torn_pair":
+        folder = RunFolder(tmp_path)
+        folder.save_checkpoint(1, {"w": torch.zeros(1)}, {}, client_states={})
+        clients = (directory / "last-clients.safetensors").read_bytes()
+        folder.save_checkpoint(2, {"w": torch.zeros(1)}, {}, client_states={})
+        (directory / "last-clients.safetensors").write_bytes(clients)  # as if round 2 stopped in between
+    with pytest.raises(ConfigError, match=r"federation.resume_from: .*" + fragment):
+        read_checkpoint(tmp_path)

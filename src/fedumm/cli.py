@@ -29,8 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
 
-    job("run", "run a federated job (and its centralized baseline if eval.centralized_baseline); "
-               "engine.name=nvflare runs it in NVIDIA FLARE's simulator")
+    run = job("run", "run a federated job (and its centralized baseline if eval.centralized_baseline); "
+                     "engine.name=nvflare runs it in NVIDIA FLARE's simulator")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue RUN_DIR in place from its last checkpoint, with its config.yaml (plus --set, "
+                          "e.g. --set federation.rounds=20); metrics.jsonl gets the new rounds")
     job("centralized", "train the same adapter on the pooled data with the same budget")
     export = job("export", "write an NVIDIA FLARE job folder for a real deployment (nvflare job submit)")
     export.add_argument("--out", required=True, metavar="DIR",
@@ -80,6 +83,26 @@ def _export(config, out: str) -> int:
     return 0
 
 
+def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]]:
+    """``run --resume RUN_DIR``: RUN_DIR's config, resumed from and written back to RUN_DIR."""
+    import json
+
+    from fedumm.errors import ConfigError
+
+    if config is not None:
+        raise ConfigError(f"run --resume {run_dir}: give no config file; the run's own config.yaml is used "
+                          "(change keys with --set)")
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"run --resume: {folder} is not a run folder (no config.yaml)")
+    # JSON strings are YAML strings: paths with ':' or '#' survive the --set parsing.
+    return folder / "config.yaml", [
+        f"federation.resume_from={json.dumps(str(folder))}",
+        f"output.dir={json.dumps(str(folder.parent))}",
+        f"output.name={json.dumps(folder.name)}",
+    ]
+
+
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -88,7 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.command == "export":  # an exported job always runs on NVIDIA FLARE
         overrides.insert(0, "engine.name=nvflare")
-    config = load_config(args.config, overrides)
+    config_path = args.config
+    if getattr(args, "resume", None):
+        config_path, resume = _resume_overrides(args.config, args.resume)
+        overrides += resume
+    config = load_config(config_path, overrides)
     if args.command == "config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0

@@ -114,11 +114,38 @@ class FederationConfig(Section):
         description="dtype tensors travel in (float16/bfloat16 halve the bytes; the server "
         "aggregates and keeps its state in float32).",
     )
+    resume_from: str | None = Field(
+        None, min_length=1,
+        description="Continue a run from its checkpoint: a run folder (its checkpoints/last.safetensors) or a "
+        "checkpoint .safetensors file. The global adapter, the strategy's server state and the clients' "
+        "algorithm state are restored and rounds continue from the checkpoint's round + 1 to "
+        "federation.rounds; with output.dir/output.name naming that run folder (fedumm run --resume) it is "
+        "continued in place, else a new run folder starts with the earlier rounds' records.",
+    )
+
+    def clients_per_round(self) -> int:
+        """ceil(fraction_fit * num_clients), at least min_fit_clients, at most num_clients."""
+        import math
+
+        return min(self.num_clients, max(self.min_fit_clients, math.ceil(self.fraction_fit * self.num_clients)))
 
 
 class TrainConfig(Section):
-    lr: float = Field(5e-3, gt=0, le=1, description="AdamW learning rate (5e-3 suits the tiny default; real VLMs want ~1e-4).")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (FedUMM's 0.05).")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="Local optimizer: adamw (FedUMM's) or sgd (plain or heavy-ball with train.momentum; the "
+        "optimizer FedAvg, FedProx and SCAFFOLD are analysed with).",
+    )
+    lr: float = Field(
+        5e-3, gt=0, le=10,
+        description="Local learning rate (AdamW: 5e-3 suits the tiny default, real VLMs want ~1e-4; SGD needs "
+        "a larger one).",
+    )
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd: heavy-ball momentum (0 = plain SGD).")
+    weight_decay: float = Field(
+        0.05, ge=0,
+        description="adamw: decoupled weight decay (FedUMM's 0.05); sgd: L2 penalty added to the gradient.",
+    )
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     local_epochs: int = Field(1, ge=1, description="Passes over local data per round.")
@@ -129,6 +156,12 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision for training (bf16/fp16 only on CUDA)."
     )
+
+    @model_validator(mode="after")
+    def _check_optimizer(self) -> TrainConfig:
+        if self.optimizer != "sgd" and self.momentum:
+            raise ValueError("train.momentum: only used with train.optimizer=sgd")
+        return self
 
 
 class EvalConfig(Section):
@@ -301,6 +334,17 @@ class RunConfig(Section):
                 f"federation.min_fit_clients ({self.federation.min_fit_clients}) exceeds "
                 f"federation.num_clients ({self.federation.num_clients})"
             )
+        if self.federation.resume_from and self.engine.name == "nvflare":
+            # The FLARE controller builds its server through Server.from_config, but its round
+            # loop and run-folder copy do not continue a run yet.
+            raise ValueError("federation.resume_from: not supported with engine.name=nvflare yet; resume with "
+                             "engine.name=simulation (it reads checkpoints of FLARE runs too)")
+        from fedumm.strategies import check_strategy_config
+
+        try:
+            check_strategy_config(self)
+        except ConfigError as exc:  # pydantic reports ValueErrors with the other problems
+            raise ValueError(str(exc)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

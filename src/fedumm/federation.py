@@ -178,6 +178,50 @@ class Server:
         self.global_state: State = {k: v.clone() for k, v in initial_state.items()}
         self.config = config
         self.seed = seed
+        self.start_round = 0  # rounds already done: a resumed run continues at start_round + 1
+        self.resumed = None  # the runlog.Checkpoint restored from, if any
+
+    @classmethod
+    def from_config(cls, config: RunConfig, initial_state: State, num_clients: int, checkpoint=None) -> Server:
+        """The run's server, as every engine builds it: federation.strategy for this run and,
+        with federation.resume_from, the global adapter and strategy state of that checkpoint
+        (``checkpoint``: the one already read from there)."""
+        from fedumm.runlog import read_checkpoint
+        from fedumm.strategies import build_strategy
+
+        strategy = build_strategy(config.federation.strategy, num_clients=num_clients, task=config.eval.task)
+        server = cls(strategy, initial_state, config.federation, config.seed)
+        if config.federation.resume_from:
+            server.restore(checkpoint or read_checkpoint(config.federation.resume_from), config, num_clients)
+        return server
+
+    def restore(self, checkpoint, config: RunConfig, num_clients: int) -> None:
+        """Load a ``runlog.Checkpoint`` after checking it against this run: the model's adapter
+        keys and shapes, the strategy's state keys, the clients' state keys, rounds left."""
+        from fedumm.adapters import check_state_matches
+        from fedumm.errors import AdapterStateError
+        from fedumm.strategies.stateful import check_per_key_state
+
+        where = f"federation.resume_from: {checkpoint.path}"
+        name = self.strategy.name
+        checkpoint.check_config(config, num_clients)
+        try:
+            check_state_matches(self.global_state, checkpoint.global_state,
+                                "its global adapter does not match the model's adapter")
+        except AdapterStateError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        restored = {k: v.to(self.global_state[k].dtype) for k, v in checkpoint.global_state.items()}
+        try:
+            self.strategy.load_state_dict(checkpoint.server_state, reference=restored)
+            for cid, state in checkpoint.client_states.items():
+                if not 0 <= cid < num_clients:
+                    raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
+                check_per_key_state(restored, state, f"client {cid}'s algorithm state")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
+        self.global_state = restored
+        self.start_round = checkpoint.round
+        self.resumed = checkpoint
 
     def sample_clients(self, round_num: int, client_ids: Sequence[int]) -> list[int]:
         count = clients_per_round(self.config, len(client_ids))

@@ -1,7 +1,7 @@
-"""Local training on one client: AdamW over the trainable tensors, accumulation, clipping,
-autocast on CUDA, deterministic shuffling.
+"""Local training on one client: AdamW (default) or SGD over the trainable tensors,
+accumulation, clipping, autocast on CUDA, deterministic shuffling.
 
-Algorithms that change the local objective (FedProx's proximal term, SCAFFOLD's gradient
+Algorithms that change the local update (FedProx's proximal term, SCAFFOLD's drift
 correction) plug in through ``LocalHooks`` rather than forks of this loop.
 """
 
@@ -27,6 +27,12 @@ class LocalHooks:
         return None
 
     def after_backward(self, params: dict[str, torch.nn.Parameter]) -> None:
+        """Gradients are final (unscaled, summed over accumulation), before clipping and the step."""
+        return None
+
+    def after_step(self, params: dict[str, torch.nn.Parameter], lr: float) -> None:
+        """Right after each optimizer step; ``lr`` is the step's learning rate. Changes to the
+        parameters here bypass the optimizer (no clipping, no Adam normalisation)."""
         return None
 
 
@@ -54,6 +60,12 @@ def _micro_batches(num_samples: int, batch_size: int, generator: torch.Generator
             yield order[start : start + batch_size]
 
 
+def make_optimizer(params: Sequence[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def _autocast(backend: Backend, precision: str):
     if precision == "fp32" or backend.device.type != "cuda":
         return contextlib.nullcontext()
@@ -78,7 +90,7 @@ def train_local(
         raise ValueError("train_local needs at least one sample")
     hooks = hooks or LocalHooks()
     params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(list(params.values()), config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16" and backend.device.type == "cuda")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
@@ -110,6 +122,7 @@ def train_local(
             torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
+        hooks.after_step(params, optimizer.param_groups[0]["lr"])
         bar.set_postfix(loss=f"{total_loss / micro_count:.3f}")
     model.eval()
     return TrainResult(

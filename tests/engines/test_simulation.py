@@ -133,3 +133,118 @@ def test_connector_strategy_on_blip_is_a_config_error():
     config = load_config(None, ["model.backend=blip_vqa", "model.device=cpu", "finetune.strategy=connector"])
     with pytest.raises(ConfigError, match="backend blip_vqa has no 'connector' module group"):
         ModelHost(config)
+
+
+# ---------------------------------------------------------------- resume and partial participation
+
+
+def _tiny(model_path, out, name, *extra):
+    return load_config(None, [
+        f"name={name}", f"model.name_or_path={model_path}", "model.device=cpu", "model.max_new_tokens=2",
+        "federation.num_clients=3", "federation.fraction_fit=0.5",  # 2 of 3 clients a round
+        "data.synthetic.train_samples=60", "data.synthetic.test_samples=8", "data.partition.min_samples=4",
+        "train.batch_size=4", "train.local_steps=2", "eval.clients=false", "eval.centralized_baseline=false",
+        "output.progress=false", f"output.dir={out}", *extra,
+    ])
+
+
+def _checkpoint_files(run_dir):
+    from safetensors.torch import load_file
+
+    folder = Path(run_dir) / "checkpoints"
+    return load_file(str(folder / "last.safetensors")), load_file(str(folder / "last-clients.safetensors"))
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_identical(a: dict, b: dict):
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("strategy", ["scaffold", "fedadam"])
+def test_two_rounds_equal_one_round_then_resume_bit_for_bit(tmp_path, tiny_llava_path, strategy):
+    from fedumm.cli import main
+    from fedumm.federation import ModelHost
+
+    # Prepare: the same job for 2 rounds straight, and for 1 round.
+    two = _tiny(tiny_llava_path, tmp_path, "two", f"federation.strategy.name={strategy}", "federation.rounds=2")
+    one = _tiny(tiny_llava_path, tmp_path, "one", f"federation.strategy.name={strategy}", "federation.rounds=1")
+    host = ModelHost(two)
+    straight = simulate(two, host=host)
+    simulate(one, host=host)
+    # Execute: resume "one" for its second round. SCAFFOLD: in place through the CLI, as a user
+    # does; FedAdam: into a new run folder through the config key.
+    if strategy == "scaffold":
+        assert main(["run", "--resume", str(tmp_path / "one"), "--set", "federation.rounds=2"]) == 0
+        resumed_dir = tmp_path / "one"
+    else:
+        resumed = _tiny(tiny_llava_path, tmp_path, "branch", f"federation.strategy.name={strategy}",
+                        "federation.rounds=2", f"federation.resume_from={tmp_path / 'one'}")
+        resumed_dir = Path(simulate(resumed, host=host).run_dir)
+    # Assert: global adapter, strategy state and client state equal the straight run's, bit for bit.
+    (state_a, clients_a), (state_b, clients_b) = _checkpoint_files(straight.run_dir), _checkpoint_files(resumed_dir)
+    assert any(k.startswith("server/") for k in state_a)
+    _assert_identical(state_a, state_b)
+    _assert_identical(clients_a, clients_b)
+    if strategy == "scaffold":
+        assert any(k.startswith("client/") for k in clients_a)
+    records_a, records_b = _metrics(straight.run_dir), _metrics(resumed_dir)
+    assert [r["round"] for r in records_b] == [0, 1, 2]
+    assert [r["global"] for r in records_b] == [r["global"] for r in records_a]
+    assert [r.get("clients") for r in records_b] == [r.get("clients") for r in records_a]
+    summary = json.loads((resumed_dir / "summary.json").read_text())
+    assert summary["resumed_from"]["round"] == 1
+    assert load_config(resumed_dir / "config.yaml").federation.rounds == 2
+
+
+def test_resume_refuses_another_models_checkpoint_before_touching_the_run(tmp_path, tiny_llava_path):
+    from fedumm.errors import ConfigError
+
+    simulate(_tiny(tiny_llava_path, tmp_path, "r8", "federation.rounds=1"))
+    before = (tmp_path / "r8" / "metrics.jsonl").read_text()
+    other = _tiny(tiny_llava_path, tmp_path, "r8", "federation.rounds=2", "adapter.r=4",
+                  f"federation.resume_from={tmp_path / 'r8'}")
+    with pytest.raises(ConfigError, match=r"federation.resume_from: .*r8/checkpoints/last.safetensors: its global "
+                                          r"adapter does not match the model's adapter: shape mismatch"):
+        simulate(other)
+    assert (tmp_path / "r8" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "scaffold"])
+def test_partial_participation_end_to_end(tmp_path, tiny_llava_path, strategy):
+    from fedumm.federation import ModelHost, Server
+
+    # Prepare: 4 clients, fraction_fit 0.5 -> 2 a round, 3 rounds.
+    config = _tiny(tiny_llava_path, tmp_path, strategy, f"federation.strategy.name={strategy}",
+                   "federation.num_clients=4", "federation.rounds=3")
+    host = ModelHost(config)
+    initial = {k: v.clone() for k, v in host.initial_state.items()}
+    # Execute
+    result = simulate(config, host=host)
+    # Assert: each round trains exactly the clients the seeded sampler draws, and only those report.
+    sampler = Server(None, {}, config.federation, config.seed)
+    records = result.federated.records[1:]
+    for record in records:
+        expected = sampler.sample_clients(record["round"], [0, 1, 2, 3])
+        assert record["clients"] == expected and len(expected) == 2
+        assert sorted(record["client_metrics"]) == [str(c) for c in expected]
+        assert set(record["bytes"]["download"]) == {str(c) for c in expected}
+    assert len({tuple(r["clients"]) for r in records}) > 1  # different clients in different rounds
+    sampled = {c for r in records for c in r["clients"]}
+    state, clients = _checkpoint_files(result.run_dir)
+    if strategy == "scaffold":
+        # Only sampled clients have a c_i, and c = (1/N) sum_i c_i over ALL N = 4 clients (never
+        # sampled: c_i = 0): the server's |S|/N-scaled update keeps this invariant under sampling.
+        assert {int(k.split("/")[1]) for k in clients} == sampled
+        for key in (k.removeprefix("server/control/") for k in state if k.startswith("server/control/")):
+            mean = sum(clients.get(f"client/{cid}/{key}", torch.zeros(())) for cid in range(4)) / 4
+            assert torch.allclose(state[f"server/control/{key}"], mean, atol=1e-6), key
+    else:
+        assert clients == {}
+    final = result.federated.final_state
+    _assert_identical({k.removeprefix("global/"): v for k, v in state.items() if k.startswith("global/")}, final)
+    assert any(not torch.equal(final[k], initial[k]) for k in initial)

@@ -39,3 +39,15 @@ def test_server_side_is_fedavg():
 def test_params_come_from_config():
     strategy = build_strategy(StrategyConfig(name="fedprox", mu=0.3), num_clients=2)
     assert isinstance(strategy, FedProx) and strategy.params.mu == 0.3
+
+
+@pytest.mark.parametrize(("mu", "expected"), [(0.0, [0.25, -0.5]), (1.0, [0.5, -1.0])])
+def test_client_round_through_client_runtime_fit(toy_fit, mu, expected):
+    # Prepare: loss 0.5||w - 0||², so the gradient is w + mu (w - x) with x = w0 = [1, -2]; SGD lr 0.5, 2 steps.
+    algorithm = FedProx(FedProxParams(mu=mu)).client_algorithm()
+    # Execute
+    trained, extras, _ = toy_fit(algorithm, [1.0, -2.0], {}, ["train.lr=0.5", "train.local_steps=2"])
+    # Assert: step 1 at w = x: w1 = 0.5 w0 = [0.5, -1]. Step 2: mu = 0 -> w2 = 0.5 w1 = [0.25, -0.5];
+    # mu = 1 -> gradient w1 + (w1 - w0) = [0, 0], so w2 = w1: the proximal pull cancels the loss.
+    assert torch.equal(trained, torch.tensor(expected))
+    assert extras == {}

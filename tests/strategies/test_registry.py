@@ -98,3 +98,30 @@ def test_two_rounds_end_to_end(name, tiny_llava_path, tmp_path):
     assert set(final) == set(initial)
     assert all(torch.isfinite(v).all() for v in final.values())
     assert any(not torch.equal(final[k], initial[k]) for k in initial), f"{name} never changed the global state"
+
+
+# Params that let every strategy aggregate three clients (quality_weighted reads metric "q").
+DTYPE_PARAMS = {"quality_weighted": {"metric": "q"}, "krum": {"f": 0}}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_result_keeps_the_global_states_dtype(name):
+    from fedumm.strategies import ClientUpdate, validate_params
+
+    # Prepare: a bfloat16 global state; decoded client payloads are float32.
+    strategy = STRATEGIES[name](validate_params(name, DTYPE_PARAMS.get(name, {})), num_clients=3)
+    global_state = {"w": torch.tensor([1.0, 2.0], dtype=torch.bfloat16)}
+    strategy.server_extras(global_state, 1)
+    updates = [ClientUpdate(i, 1, {"w": torch.tensor([1.0, 2.0]) + 0.5 * i}, {"q": 1.0}, {"w": torch.zeros(2)})
+               for i in range(3)]
+    # Execute
+    new = strategy.aggregate(global_state, updates, 1)
+    # Assert
+    assert new["w"].dtype == torch.bfloat16
+    if name == "krum":
+        # Every client has a neighbour at distance 0.5: the scores tie and Krum keeps client 0.
+        assert torch.equal(new["w"], torch.tensor([1.0, 2.0], dtype=torch.bfloat16))
+    elif not name.startswith("fed") or name in ("fedavg", "fedprox", "fedavgm"):
+        # Mean, median, FedAvgM's first step and SCAFFOLD all give θ + 0.5 = [1.5, 2.5] here
+        # (exact in bfloat16).
+        assert torch.equal(new["w"], torch.tensor([1.5, 2.5], dtype=torch.bfloat16)), name

@@ -8,13 +8,14 @@ centralized baseline on the same base model with the same trainer and budget.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedumm.adapters import count_parameters, full_model_nbytes
+from fedumm.adapters import check_state_matches, count_parameters, full_model_nbytes
 from fedumm.config import RunConfig, StrategyConfig
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.data.federated import ClientData, FederatedData, build_federated_data
@@ -22,8 +23,9 @@ from fedumm.evaluate import majority_answer, vqa_accuracy
 from fedumm.task_metrics import PRIMARY_METRIC, accuracy
 from fedumm.federation import ClientRuntime, ModelHost, Server, clients_per_round
 from fedumm.report import save_accuracy_plot
-from fedumm.runlog import RunFolder
-from fedumm.strategies import State, build_strategy
+from fedumm.errors import AdapterStateError, ConfigError
+from fedumm.runlog import Checkpoint, RunFolder, clients_path, read_checkpoint
+from fedumm.strategies import ClientAlgorithm, State
 
 
 @dataclass
@@ -62,6 +64,29 @@ def majority_baseline_accuracy(train: Sequence[dict], test: Sequence[dict], task
     return answer, sum(vqa_accuracy(answer, row["answers"]) for row in test) / len(test)
 
 
+def check_local_states(checkpoint: Checkpoint, host: ModelHost) -> None:
+    """A checkpoint's kept-local units must be this model's (before any run folder changes)."""
+    for cid, state in checkpoint.local_states.items():
+        try:
+            check_state_matches(host.initial_local_state, state, f"client {cid}'s kept-local units")
+        except AdapterStateError as exc:
+            raise ConfigError(f"federation.resume_from: {clients_path(checkpoint.path)}: {exc}") from exc
+
+
+def restore_clients(runtimes: dict[int, ClientRuntime], checkpoint: Checkpoint, host: ModelHost) -> None:
+    """Per-client algorithm state and kept-local units of a resumed run (checked by
+    ``Server.restore`` and ``check_local_states``)."""
+    algorithm = next(iter(runtimes.values())).algorithm if runtimes else None
+    stateful = host.local_units or (algorithm is not None and type(algorithm) is not ClientAlgorithm)
+    if stateful and not checkpoint.clients_saved:
+        warnings.warn(f"{checkpoint.path}: no client state was saved with it (e.g. an NVIDIA FLARE run, whose "
+                      "sites keep theirs): clients restart their algorithm state and kept-local units", stacklevel=2)
+    for cid, state in checkpoint.client_states.items():
+        runtimes[cid].client_state = dict(state)
+    for cid, state in checkpoint.local_states.items():
+        runtimes[cid].local_state = dict(state)
+
+
 def run_rounds(
     config: RunConfig,
     host: ModelHost,
@@ -69,26 +94,35 @@ def run_rounds(
     global_test: Sequence[dict],
     run: RunFolder,
     phase: str,
+    server: Server | None = None,
+    prior_records: Sequence[dict[str, Any]] = (),
 ) -> PhaseResult:
-    """Round 0 evaluates the untrained adapter; rounds 1..R sample, fit, aggregate, evaluate."""
+    """Round 0 evaluates the untrained adapter; rounds 1..R sample, fit, aggregate, evaluate.
+
+    A resumed ``server`` (``Server.from_config`` with federation.resume_from) continues at its
+    start_round + 1; ``prior_records`` are the earlier rounds' records, already in the run folder."""
     progress = config.output.progress
     test = list(global_test)[: config.eval.max_samples] if config.eval.max_samples else list(global_test)
-    strategy = build_strategy(config.federation.strategy, num_clients=len(clients))
-    server = Server(strategy, host.initial_state, config.federation, config.seed)
+    server = server or Server.from_config(config, host.initial_state, len(clients))
+    strategy = server.strategy
     runtimes = {c.client_id: ClientRuntime(c, host, config, strategy.client_algorithm()) for c in clients}
+    if server.resumed is not None:
+        restore_clients(runtimes, server.resumed, host)
     full_bytes = full_model_nbytes(host.model)
     metric = PRIMARY_METRIC[config.eval.task]
-    result = PhaseResult(phase, metric)
+    result = PhaseResult(phase, metric, records=list(prior_records))
 
     host.set_state(server.global_state)
     host.reset_local()
-    record = {"phase": phase, "round": 0, "global": host.evaluate(test, config.eval.batch_size)}
-    run.append_metrics(record)
-    result.records.append(record)
+    if not result.records or result.records[-1]["round"] != server.start_round:
+        # Round 0, or a resumed checkpoint without the record of its round: evaluate it here.
+        record = {"phase": phase, "round": server.start_round, "global": host.evaluate(test, config.eval.batch_size)}
+        run.append_metrics(record)
+        result.records.append(record)
 
     # Bars only on a terminal (disable=None); the one-line round summaries always show.
-    rounds = tqdm(range(1, config.federation.rounds + 1), desc=f"{phase} rounds", unit="round",
-                  disable=None if progress else True)
+    rounds = tqdm(range(server.start_round + 1, config.federation.rounds + 1), desc=f"{phase} rounds",
+                  unit="round", disable=None if progress else True)
     for round_num in rounds:
         start = time.perf_counter()
         selected = server.sample_clients(round_num, sorted(runtimes))
@@ -119,7 +153,12 @@ def run_rounds(
                         "round": time.perf_counter() - start},
         }
         run.append_metrics(record)
-        run.save_checkpoint(round_num, server.global_state, server.strategy.state_dict())
+        run.save_checkpoint(
+            round_num, server.global_state, strategy.state_dict(),
+            client_states={cid: r.client_state for cid, r in runtimes.items() if r.client_state},
+            local_states={cid: r.local_state for cid, r in runtimes.items() if r.local_state},
+            strategy=strategy.name, num_clients=len(clients), phase=phase,
+        )
         result.records.append(record)
         if progress:
             tqdm.write(
@@ -138,6 +177,7 @@ def centralized_config(config: RunConfig, num_fed_clients_per_round: int) -> Run
     central.federation.fraction_fit = 1.0
     central.federation.min_fit_clients = 1
     central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
+    central.federation.resume_from = None  # the baseline always trains from the initial adapter
     if central.train.local_steps is not None:
         # Federated rounds take local_steps on each sampled client; match the total.
         central.train.local_steps = config.train.local_steps * num_fed_clients_per_round
@@ -153,11 +193,31 @@ def simulate(
     data: FederatedData | None = None,
 ) -> RunResult:
     """Run a job end to end and write its run folder. Returns the metrics for callers/tests."""
-    RunFolder.check_available(config)
+    resume = read_checkpoint(config.federation.resume_from) if federated and config.federation.resume_from else None
+    if resume is not None:
+        resume.check_config(config, config.federation.num_clients)  # before any model loads
+    # Resuming the run folder the output names continues it in place (fedumm run --resume).
+    in_place = (resume is not None and resume.run_dir is not None
+                and resume.run_dir.resolve() == RunFolder.path_for(config).resolve())
+    if not in_place:
+        RunFolder.check_available(config)
     # Data and model load next: a bad path or column fails before the run folder exists.
     data = data or build_federated_data(config.data, config.federation.num_clients, config.seed)
     host = host or ModelHost(config)
-    run = RunFolder.create(config)
+    server, prior = None, []
+    if federated:  # a resumed checkpoint is checked against the model before the folder changes
+        server = Server.from_config(config, host.initial_state, len(data.clients), checkpoint=resume)
+        if resume is not None:
+            check_local_states(resume, host)
+    if in_place:
+        run = RunFolder.reopen(config, resume.round)
+        prior = run.records_through(resume.round)
+    else:
+        run = RunFolder.create(config)
+        if resume is not None and resume.run_dir is not None:
+            prior = RunFolder(resume.run_dir).records_through(resume.round)
+            for record in prior:
+                run.append_metrics(record)
     run.write_json("partition.json", data.partition.to_dict())
     save_partition_heatmap(data.partition, run.path / "partition.png")
     majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test, config.eval.task)
@@ -172,7 +232,7 @@ def simulate(
 
     fed_result = cen_result = None
     if federated:
-        fed_result = run_rounds(config, host, data.clients, data.global_test, run, "federated")
+        fed_result = run_rounds(config, host, data.clients, data.global_test, run, "federated", server, prior)
         host.set_state(fed_result.final_state)
         host.reset_local()
         run.save_adapter(host.model)
@@ -200,6 +260,8 @@ def simulate(
         "majority_baseline_accuracy": baseline,
         **data.load_report(run.path),  # skipped broken rows: counts here, messages in load_problems.txt
     }
+    if resume is not None:
+        summary["resumed_from"] = {"checkpoint": str(resume.path), "round": resume.round}
     for result in (fed_result, cen_result):
         if result is not None:
             summary[f"{result.phase}_initial_accuracy"] = result.initial_accuracy

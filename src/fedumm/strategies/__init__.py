@@ -51,14 +51,22 @@ def validate_params(name: str, values: dict[str, Any]) -> StrategyParams:
         raise ConfigError("; ".join(problems)) from None
 
 
-def build_strategy(config, num_clients: int) -> Strategy:
-    """Strategy from a ``StrategyConfig`` (name + its params)."""
+def build_strategy(config, num_clients: int, task: str | None = None) -> Strategy:
+    """Strategy from a ``StrategyConfig`` (name + its params); ``task`` (eval.task) fills
+    run-dependent defaults such as quality_weighted's metric."""
     cls = STRATEGIES[config.name]
-    return cls(validate_params(config.name, config.params()), num_clients=num_clients)
+    params = cls.resolve_params(validate_params(config.name, config.params()), task)
+    return cls(params, num_clients=num_clients)
+
+
+def check_strategy_config(run_config) -> None:
+    """The strategy's requirements on the rest of a ``RunConfig`` (ConfigError naming the key)."""
+    strategy = run_config.federation.strategy
+    STRATEGIES[strategy.name].check_config(validate_params(strategy.name, strategy.params()), run_config)
 
 
 __all__ = [
     "STRATEGIES", "ClientAlgorithm", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedOpt",
     "FedProx", "FedYogi", "Krum", "Median", "QualityWeighted", "Scaffold", "State", "Strategy",
-    "StrategyParams", "TrimmedMean", "build_strategy", "validate_params", "weighted_average",
+    "StrategyParams", "TrimmedMean", "build_strategy", "check_strategy_config", "validate_params", "weighted_average",
 ]

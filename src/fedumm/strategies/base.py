@@ -11,13 +11,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from fedumm.adapters import check_state_matches
 from fedumm.config_base import Section
 from fedumm.train import LocalHooks, TrainResult
+
+if TYPE_CHECKING:
+    from fedumm.config import RunConfig
 
 State = dict[str, torch.Tensor]
 
@@ -39,8 +42,11 @@ def check_same_keys(states: Sequence[Mapping[str, torch.Tensor]], what: str = "c
         check_state_matches(reference, state, f"{what} {i} does not match {what} 0")
 
 
-def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
-    """sum_k w_k * state_k / sum_k w_k, accumulated in float32 and cast back per key."""
+def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
+                     like: Mapping[str, torch.Tensor] | None = None) -> State:
+    """sum_k w_k * state_k / sum_k w_k, accumulated in float32 and cast per key to the dtype of
+    ``like`` (the global state: decoded payloads are float32 whatever the model's dtype), else
+    to that of states[0]."""
     if not states:
         raise ValueError("weighted_average needs at least one state")
     if len(states) != len(weights):
@@ -54,7 +60,7 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
         acc = torch.zeros(ref.shape, dtype=torch.float32)
         for state, weight in zip(states, weights):
             acc.add_(state[key].to(torch.float32), alpha=weight / total)
-        out[key] = acc.to(ref.dtype)
+        out[key] = acc.to((like[key] if like is not None and key in like else ref).dtype)
     return out
 
 
@@ -73,7 +79,8 @@ def sample_weights(updates: Sequence[ClientUpdate]) -> list[float]:
 
 class ClientAlgorithm:
     """Client half of an algorithm. Stateless; per-client state lives in the ClientRuntime
-    (``client_state``) so it persists across rounds and is never shared between clients."""
+    (``client_state``, tensors keyed like the global adapter) so it persists across rounds, is
+    checkpointed, and is never shared between clients."""
 
     def hooks(self, global_state: State, server_extras: State, client_state: State) -> LocalHooks:
         return LocalHooks()
@@ -105,6 +112,16 @@ class Strategy(ABC):
         self.params = params if params is not None else self.Params()
         self.num_clients = num_clients
 
+    @classmethod
+    def check_config(cls, params: StrategyParams, config: RunConfig) -> None:
+        """Requirements on the rest of the run config, checked before anything loads; raise
+        ``ConfigError`` naming the key. ``config.federation.clients_per_round()`` is the round size."""
+
+    @classmethod
+    def resolve_params(cls, params: StrategyParams, task: str | None) -> StrategyParams:
+        """Fill params whose default depends on the run (``task``: eval.task, None if unknown)."""
+        return params
+
     @abstractmethod
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         """New global state from the current one and this round's client updates.
@@ -121,6 +138,8 @@ class Strategy(ABC):
     def state_dict(self) -> State:
         return {}
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], reference: State | None = None) -> None:
+        """Restore ``state_dict()``; foreign keys are errors. ``reference`` (the global adapter
+        state) when given: per-tensor state must name its keys, with its shapes."""
         if state:
             raise ValueError(f"{self.name} keeps no server state, got keys {sorted(state)[:3]}")

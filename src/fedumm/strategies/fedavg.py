@@ -16,7 +16,7 @@ class FedAvg(Strategy):
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         if not updates:
             return dict(global_state)
-        aggregated = weighted_average([u.state for u in updates], sample_weights(updates))
+        aggregated = weighted_average([u.state for u in updates], sample_weights(updates), like=global_state)
         # Guard against clients that all send a layout other than the global adapter's.
         check_state_matches(global_state, aggregated, "aggregated state does not match the global state")
         return aggregated

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field
 
 from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams
-from fedumm.strategies.stateful import check_known_shapes, mean_delta, split_prefixed
+from fedumm.strategies.stateful import check_known_shapes, check_per_key_state, mean_delta, split_prefixed
 
 PREFIX = "momentum/"
 
@@ -71,5 +71,8 @@ class FedAvgM(Strategy):
     def state_dict(self) -> State:
         return {PREFIX + k: v.clone() for k, v in self.velocity.items()}
 
-    def load_state_dict(self, state):
-        self.velocity = split_prefixed(state, [PREFIX], self.name)[PREFIX]
+    def load_state_dict(self, state, reference=None):
+        velocity = split_prefixed(state, [PREFIX], self.name)[PREFIX]
+        if reference is not None:
+            check_per_key_state(reference, velocity, f"{self.name} server state {PREFIX}")
+        self.velocity = velocity

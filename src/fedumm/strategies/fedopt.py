@@ -43,7 +43,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams
-from fedumm.strategies.stateful import check_known_shapes, mean_delta, split_prefixed
+from fedumm.strategies.stateful import check_known_shapes, check_per_key_state, mean_delta, split_prefixed
 
 Rule = Literal["adagrad", "adam", "yogi"]
 Variant = Literal["paper", "openfedllm"]
@@ -164,8 +164,12 @@ class FedOpt(Strategy):
             out.update({prefix + k: t.clone() for k, t in state.items()})
         return out
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, reference=None):
         parts = split_prefixed(state, PREFIXES, self.name)
+        if reference is not None:
+            for prefix in PREFIXES:  # step/<key> is a count, not a tensor of the key's shape
+                check_per_key_state(reference, parts[prefix], f"{self.name} server state {prefix}",
+                                    shapes=prefix != "step/")
         m, v, steps = (parts[p] for p in PREFIXES)
         if not (set(m) == set(v) == set(steps)):
             raise ValueError(f"{self.name}: server state m/, v/ and step/ must cover the same keys")

@@ -126,19 +126,33 @@ class Krum(Strategy):
         super().__init__(params, num_clients)
         self.last_selected: list[int] = []  # client ids chosen in the latest round (not server state)
 
-    def byzantine_count(self, n: int) -> int:
-        f = self.params.f if self.params.f is not None else max(0, (n - 3) // 2)
+    @staticmethod
+    def _byzantine_count(params: KrumParams, n: int) -> int:
+        f = params.f if params.f is not None else max(0, (n - 3) // 2)
         if n <= 2 * f + 2:
             raise ConfigError(
                 f"federation.strategy.f: Krum with f = {f} needs more than 2f + 2 = {2 * f + 2} clients "
                 f"per round, got {n}; lower f or sample more clients"
             )
-        if self.params.m > n - f:
+        if params.m > n - f:
             raise ConfigError(
-                f"federation.strategy.m: multi-Krum selects m = {self.params.m} of n - f = {n - f} "
+                f"federation.strategy.m: multi-Krum selects m = {params.m} of n - f = {n - f} "
                 f"(n = {n} clients this round, f = {f}); lower m"
             )
         return f
+
+    def byzantine_count(self, n: int) -> int:
+        return self._byzantine_count(self.params, n)
+
+    @classmethod
+    def check_config(cls, params, config) -> None:
+        # Every round samples the same number of clients, so round 1 would fail the same way.
+        n = config.federation.clients_per_round()
+        try:
+            cls._byzantine_count(params, n)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (federation.num_clients = {config.federation.num_clients}, "
+                              f"fraction_fit = {config.federation.fraction_fit})") from None
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         if not updates:

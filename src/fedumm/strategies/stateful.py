@@ -24,6 +24,21 @@ def check_known_shapes(global_state: State, state: State, what: str) -> None:
     check_state_matches({k: global_state[k] for k in known}, known, what)
 
 
+def check_per_key_state(reference: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str,
+                        shapes: bool = True) -> None:
+    """Restored per-tensor server state: every key is a tensor of the global adapter
+    (``reference``), of its shape when ``shapes``. Keys not created yet are fine (lazy state)."""
+    unknown = sorted(set(state) - set(reference))
+    if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        raise ValueError(f"{what}: key {unknown[0]!r}{more} is not a tensor of the global adapter")
+    if shapes:
+        for key, tensor in state.items():
+            if tuple(tensor.shape) != tuple(reference[key].shape):
+                raise ValueError(f"{what}: shape mismatch for {key!r}: got {tuple(tensor.shape)}, "
+                                 f"expected {tuple(reference[key].shape)}")
+
+
 def split_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str], who: str) -> dict[str, State]:
     """``{prefix + key: tensor}`` -> one float32 dict per prefix; unknown prefixes are errors."""
     parts: dict[str, State] = {p: {} for p in prefixes}

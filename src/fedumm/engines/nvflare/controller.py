@@ -185,8 +185,8 @@ class FedummController(ModelController):
             test = list(load_source(config.data, config.seed).test)
             if config.eval.max_samples:
                 test = test[: config.eval.max_samples]
-        strategy = build_strategy(config.federation.strategy, num_clients=num_clients)
-        server = Server(strategy, host.initial_state, config.federation, config.seed)
+        # Built as the in-process engine builds it (strategy for this run, federation.resume_from restore).
+        server = Server.from_config(config, host.initial_state, num_clients)
         full_bytes = full_model_nbytes(host.model)
 
         setup = wait_setup()
