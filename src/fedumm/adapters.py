@@ -20,23 +20,41 @@ from fedumm.errors import AdapterStateError, ConfigError
 _WRAPPER_PREFIX = "base_model.model."
 
 
-def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str,
+def matching_module_names(model: torch.nn.Module, targets: str) -> list[str]:
+    """Module names ``targets`` matches the way peft matches a string ``target_modules``
+    (re.fullmatch on the full module name)."""
+    regex = re.compile(targets)
+    return [name for name, _ in model.named_modules() if name and regex.fullmatch(name)]
+
+
+def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str | None,
                modules_to_save: list[str] | None = None):
     """Wrap a frozen model with LoRA adapters on the modules ``targets`` (a regex) matches.
 
     ``modules_to_save`` (full module names) get a trainable copy that peft saves with the
     adapter, so fully trained groups such as the connector travel in the PEFT format too.
+    ``targets=None`` adds no LoRA layer at all (a run that never trains LoRA): peft then
+    wraps only ``modules_to_save``, and the result still saves and loads as a PEFT adapter.
     """
     from peft import LoraConfig, get_peft_model
+    from peft.utils.constants import DUMMY_TARGET_MODULES
 
+    if targets is None and not modules_to_save:
+        raise ValueError("apply_lora: no LoRA targets and no modules to save: nothing would train")
     lora = LoraConfig(
-        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=DUMMY_TARGET_MODULES if targets is None else targets,
         modules_to_save=modules_to_save or None,
     )
     try:
         return get_peft_model(model, lora)
-    except ValueError as exc:  # peft raises ValueError when the regex matches no module
-        raise ConfigError(f"adapter.target_modules: {targets!r} matches no module ({exc})") from None
+    except ValueError as exc:
+        if targets is not None and not matching_module_names(model, targets):
+            raise ConfigError(
+                f"adapter.target_modules: {targets!r} matches no module of {type(model).__name__} "
+                "(re.fullmatch on full module names such as 'model.language_model.layers.0.self_attn.q_proj')"
+            ) from exc
+        raise ConfigError(f"adapter.target_modules: peft cannot add LoRA on {targets!r}: {exc}") from exc
 
 
 def canonical_key(name: str, adapter_name: str = "default") -> str:
@@ -51,16 +69,30 @@ def is_lora_key(key: str) -> bool:
     return ".lora_" in key
 
 
-def group_module_names(model: torch.nn.Module, pattern: str) -> list[str]:
-    """Names of the modules whose own parameters all match ``pattern`` (re.fullmatch on the
-    parameter name): the leaf modules of a group, as peft's ``modules_to_save`` wants them."""
+def group_layout(model: torch.nn.Module, pattern: str) -> tuple[list[str], list[str]]:
+    """Where a module group's parameters (re.fullmatch of ``pattern`` on parameter names) live.
+
+    Returns ``(modules, bare)``: ``modules`` are the outermost modules that hold parameters of
+    their own and whose parameters, all the way down, belong to the group: peft's
+    ``modules_to_save`` (a module holding any parameter outside the group is never handed to
+    peft, or peft would copy and train all of it). ``bare`` are the group's parameters under
+    none of those modules, e.g. LLaVA-NeXT's ``model.image_newline``, which sits directly on a
+    module that also holds the vision tower and the language model: they train in place.
+    """
     regex = re.compile(pattern)
-    names = []
-    for module_name, module in model.named_modules():
-        own = [f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters(recurse=False)]
-        if own and all(regex.fullmatch(n) for n in own):
-            names.append(module_name)
-    return names
+    modules: list[str] = []
+    covered: set[str] = set()
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(f"{m}.") for m in modules):
+            continue  # the root cannot be wrapped; a chosen module's children come with it
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        below = [n for n, _ in module.named_parameters(prefix=name)]
+        if all(regex.fullmatch(n) for n in below):
+            modules.append(name)
+            covered.update(below)
+    bare = [n for n, _ in model.named_parameters() if regex.fullmatch(n) and n not in covered]
+    return modules, bare
 
 
 def unit_parameters(model: torch.nn.Module, module_groups: Mapping[str, str]) -> dict[str, dict[str, torch.nn.Parameter]]:
@@ -162,3 +194,46 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in trainable_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+#: Parameters trained in place (no module of their own to hand peft as modules_to_save, e.g.
+#: LLaVA-NeXT's image_newline) are saved next to the PEFT adapter in this file.
+IN_PLACE_FILE = "fedumm_in_place.safetensors"
+
+
+def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch.Tensor]) -> None:
+    """Write the PEFT adapter folder (LoRA and modules_to_save) and, when there are any, the
+    in-place trained parameters under their canonical keys (``IN_PLACE_FILE``).
+
+    ``save_embedding_layers=False``: peft's "auto" opens the base checkpoint's config.json to
+    find out whether the vocabulary was resized, and warns when that folder is gone (e.g. a
+    cache folder removed after loading). fedumm never resizes the vocabulary, and a trained
+    embedding is a modules_to_save copy that peft saves anyway."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    model.save_pretrained(path, save_embedding_layers=False)
+    if in_place:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in in_place.items()},
+                  str(Path(path) / IN_PLACE_FILE))
+
+
+def load_adapter(base: torch.nn.Module, path: str):
+    """``PeftModel.from_pretrained(base, path)`` plus the in-place parameters of ``IN_PLACE_FILE``
+    (strict: a key the model lacks, or a shape mismatch, is an error and nothing is written)."""
+    from pathlib import Path
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model = PeftModel.from_pretrained(base, path)
+    extra = Path(path) / IN_PLACE_FILE
+    if extra.is_file():
+        state = load_file(str(extra))
+        params = {canonical_key(n): p for n, p in model.named_parameters() if ".original_module." not in n}
+        unknown = set(state) - set(params)
+        if unknown:
+            raise AdapterStateError(f"{extra}: {len(unknown)} key(s) the model lacks: {_describe(unknown)}")
+        load_state({k: params[k] for k in state}, state, f"{extra} does not match the model")
+    return model

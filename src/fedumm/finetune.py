@@ -64,3 +64,16 @@ def units_over_run(config: FinetuneConfig, rounds: int, *modes: Mode) -> list[st
     """Units that are in one of ``modes`` in at least one round (round 0 = evaluation only)."""
     seen = {u for r in range(1, rounds + 1) for u in plan_for_round(config, r).units(*modes)}
     return [u for u in UNITS if u in seen]
+
+
+def stages(config: FinetuneConfig, rounds: int) -> list[tuple[int, int, RoundPlan]]:
+    """Consecutive rounds with the same plan: (first round, last round, plan); one stage for
+    every strategy but two_stage (rounds 1..two_stage_rounds, then the rest)."""
+    out: list[tuple[int, int, RoundPlan]] = []
+    for r in range(1, rounds + 1):
+        plan = plan_for_round(config, r)
+        if out and out[-1][2] == plan:
+            out[-1] = (out[-1][0], r, plan)
+        else:
+            out.append((r, r, plan))
+    return out

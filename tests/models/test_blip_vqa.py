@@ -42,9 +42,21 @@ def meta_blip_vqa_base():
     return build
 
 
+# r=16 on a 768->768 linear: 16 x (768 + 768) = 24,576; on 768<->3072: 16 x (768 + 3072) = 61,440.
+# 24 BERT layers (12 encoder, 12 decoder), each with self- and cross-attention.
+_SQUARE, _WIDE, _LAYERS = 24_576, 61_440, 24
+
+
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    [(None, 1_179_648), ("attention", 1_179_648), ("qv_self", 1_179_648), ("qkv", 3_538_944)],
+    [
+        (None, 1_179_648),
+        ("attention", 1_179_648),
+        ("qv_self", 1_179_648),  # q, v of self-attention
+        ("qkv", 3_538_944),  # q, k, v of self- and cross-attention
+        # q, k, v, output of self- and cross-attention (8 square) + intermediate and output (2 wide)
+        ("all_linear", _LAYERS * (8 * _SQUARE + 2 * _WIDE)),  # 7,667,712
+    ],
 )
 def test_fedumm_lora_parameter_counts_on_blip_vqa_base(meta_blip_vqa_base, preset, expected):
     adapter = AdapterConfig(r=16, preset=preset)
@@ -53,8 +65,10 @@ def test_fedumm_lora_parameter_counts_on_blip_vqa_base(meta_blip_vqa_base, prese
         model = apply_lora(meta_blip_vqa_base(), adapter, backend.lora_target_regex(adapter))
     trainable, _ = count_parameters(model)
     assert trainable == expected
-    # Never the vision tower (its attention is one fused qkv projection anyway).
-    assert not any("vision_model" in n for n, p in model.named_parameters() if p.requires_grad)
+    # Never the vision tower (its attention is one fused qkv projection anyway), nor the
+    # decoder's prediction head.
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert not any("vision_model" in n or ".cls.predictions." in n for n in trained)
 
 
 def test_groups_partition_blip_vqa_base(meta_blip_vqa_base):
@@ -67,8 +81,8 @@ def test_groups_partition_blip_vqa_base(meta_blip_vqa_base):
 
 def test_unknown_preset_lists_blip_presets():
     backend = BlipVQABackend(ModelConfig(backend="blip_vqa", device="cpu"))
-    with pytest.raises(ConfigError, match="available: attention, qkv, qv_self"):
-        backend.lora_target_regex(AdapterConfig(preset="all_linear"))
+    with pytest.raises(ConfigError, match="available: all_linear, attention, qkv, qv_self"):
+        backend.lora_target_regex(AdapterConfig(preset="qkvo"))
 
 
 @pytest.fixture(scope="module")

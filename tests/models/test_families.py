@@ -14,6 +14,7 @@ import torch
 from fedumm.adapters import apply_lora, get_adapter_state
 from fedumm.config import AdapterConfig, ModelConfig, TrainConfig, load_config
 from fedumm.data.synthetic import make_synthetic_vqa
+from fedumm.errors import ConfigError
 from fedumm.models.hf_vlm import IGNORE_INDEX
 from fedumm.models.registry import get_backend
 from fedumm.models.tiny import TINY_MODELS, resolve_model_path
@@ -197,3 +198,151 @@ def test_one_federated_round(name, paths, tmp_path):
     for metrics in records[-1]["client_metrics"].values():
         assert metrics["steps"] == 1 and torch.isfinite(torch.tensor(metrics["train_loss"]))
     assert (Path(result.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# -- prompts: one BOS, the template's end token, several images --------------------------
+
+DECODER_ONLY = [n for n in NAMES if n != "tiny-blip-vqa"]
+#: BOS ids in a training row: tiny-idefics3's template starts with BOS and its tokenizer adds
+#: one too (as Idefics3-8B-Llama3's); PaliGemma's processor writes BOS after the image tokens.
+BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1}
+
+
+@pytest.mark.parametrize("name", DECODER_ONLY)
+def test_a_prompt_holds_at_most_one_bos(name, loaded):
+    backend = loaded(name).backend
+    tok = backend.tokenizer
+    if name == "tiny-idefics3":  # both sources of a BOS are present
+        assert tok("red")["input_ids"][0] == tok.bos_token_id
+        assert backend.prompt("what ?").startswith(tok.bos_token)
+    batch = backend.training_batch(make_synthetic_vqa(2, seed=1))
+    per_row = (batch["input_ids"] == tok.bos_token_id).sum(dim=1).tolist()
+    assert per_row == [BOS_PER_ROW.get(name, 0)] * 2
+
+
+#: The end-of-answer token each tiny template writes after an assistant turn (None: no
+#: special token there (Janus: "\n\n"), or no chat template (PaliGemma)), and the token the
+#: backend supervises and stops on.
+END_TOKENS = {
+    "tiny-llava": ("</s>", "</s>"), "tiny-llava-next": ("</s>", "</s>"),
+    "tiny-qwen2-vl": ("<|im_end|>", "<|im_end|>"), "tiny-qwen2.5-vl": ("<|im_end|>", "<|im_end|>"),
+    "tiny-idefics3": ("<end_of_utterance>", "<end_of_utterance>"),
+    "tiny-smolvlm": ("<end_of_utterance>", "<end_of_utterance>"),
+    "tiny-paligemma": (None, "</s>"), "tiny-janus": (None, "</s>"),
+}
+
+
+@pytest.mark.parametrize("name", DECODER_ONLY)
+def test_end_token_comes_from_the_chat_template(name, loaded):
+    backend = loaded(name).backend
+    from_template, used = END_TOKENS[name]
+    tok = backend.tokenizer
+    got = backend.template_end_id()
+    assert (None if got is None else tok.convert_ids_to_tokens(got)) == from_template
+    assert tok.convert_ids_to_tokens(backend.answer_end_id()) == used
+
+
+def test_a_template_end_token_outside_the_family_table_is_used(paths):
+    backend = make_backend("tiny-qwen2-vl", paths["tiny-qwen2-vl"])
+    backend.load()
+    table_end = backend.answer_end_id()
+    assert backend.tokenizer.convert_ids_to_tokens(table_end) == "<|im_end|>"
+    # A checkpoint whose template closes assistant turns with <|endoftext|> instead.
+    backend.processor.chat_template = backend.processor.chat_template.replace(
+        "{% endfor %}<|im_end|>\n{% endfor %}",
+        "{% endfor %}{% if message['role'] == 'assistant' %}<|endoftext|>{% else %}<|im_end|>{% endif %}\n{% endfor %}",
+    )
+    end = backend.answer_end_id()
+    assert backend.tokenizer.convert_ids_to_tokens(end) == "<|endoftext|>"
+    assert backend.answer_ids("red")[-1] == end and end in backend.stop_token_ids()
+
+
+MULTI_IMAGE = ["tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3",
+               "tiny-smolvlm", "tiny-janus"]
+
+
+def _image_token_id(backend) -> int:
+    return backend.tokenizer.convert_tokens_to_ids(backend.image_token)
+
+
+@pytest.mark.parametrize("name", MULTI_IMAGE)
+def test_a_row_with_two_images_gets_two_image_placeholders(name, loaded):
+    item = loaded(name)
+    backend = item.backend
+    one, other = make_synthetic_vqa(2, seed=4)
+    two = dict(one, images=[one["image"], other["image"]])
+    batch = backend.training_batch([one, two])
+    image_tokens = (batch["input_ids"] == _image_token_id(backend)).sum(dim=1).tolist()
+    assert image_tokens[0] > 0 and image_tokens[1] == 2 * image_tokens[0]
+    loss = backend.loss(item.model, backend.to_device(batch))
+    assert torch.isfinite(loss)
+    assert len(backend.predict(item.model, [two])) == 1
+
+
+@pytest.mark.parametrize(("name", "family"), [("tiny-paligemma", "paligemma"), ("tiny-blip-vqa", "blip_vqa")])
+def test_single_image_families_reject_a_row_with_two_images(name, family, loaded):
+    backend = loaded(name).backend
+    one, other = make_synthetic_vqa(2, seed=4)
+    with pytest.raises(ConfigError, match=rf"the {family} family takes 1 image per prompt, but row 0 .* has 2 images"):
+        backend.training_batch([dict(one, images=[one["image"], other["image"]])])
+
+
+# -- scoring fixed answers -------------------------------------------------------------------
+
+
+class _ForceTokens:
+    """A logits processor that makes generation follow ``ids`` (what generate's raw logits are
+    then read for), starting once the sequence is ``start`` tokens long."""
+
+    def __init__(self, ids, start):
+        self.ids, self.start = ids, start
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[input_ids.shape[1] - self.start]] = 0.0
+        return forced
+
+
+def _forced_log_likelihood(backend, model, sample, answer) -> float:
+    """log p(answer tokens + end token) from step-by-step generation with a KV cache: each step's
+    raw logits, the forced token's log-softmax, summed. Independent of score_choices' single
+    teacher-forced pass, its label shift and its padding."""
+    from transformers import LogitsProcessorList
+
+    ids = backend.answer_ids(answer)
+    if backend.name == "blip_vqa":
+        encoded, start = backend.to_device(backend._encode_questions([sample])), 1  # after [DEC]
+    else:
+        encoded = backend.to_device(backend._encode_prompts([sample], padding_side="left"))
+        start = encoded["input_ids"].shape[1]
+    generate = model.generate
+    if backend.name == "janus":
+        # JanusForConditionalGeneration.generate drops logits_processor in text mode (it then
+        # calls GenerationMixin.generate without it); call that directly.
+        from transformers import GenerationMixin
+
+        generate = GenerationMixin.generate.__get__(model.get_base_model())
+    with torch.no_grad():
+        out = generate(
+            **encoded, max_new_tokens=len(ids), do_sample=False, output_logits=True,
+            return_dict_in_generate=True, logits_processor=LogitsProcessorList([_ForceTokens(ids, start)]),
+        )
+    steps = out.logits
+    assert out.sequences[0, -len(ids):].tolist() == ids
+    return sum(float(torch.log_softmax(step[0].float(), dim=-1)[t]) for step, t in zip(steps, ids))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_choices_is_the_answer_log_likelihood(name, loaded):
+    item = loaded(name)
+    item.model.eval()
+    samples = make_synthetic_vqa(2, seed=5)
+    choices = ["yes", "red circle"]
+    scores = item.backend.score_choices(item.model, samples, choices)
+    assert scores.shape == (2, 2) and scores.dtype == torch.float32
+    expected = torch.tensor([[_forced_log_likelihood(item.backend, item.model, s, c) for c in choices]
+                             for s in samples])
+    assert torch.allclose(scores, expected, atol=1e-3), (scores, expected)
+    # P(first choice) as ModelHost reports it for ROC-AUC: a probability, the softmax of the two.
+    p = scores.softmax(dim=-1)[:, 0]
+    assert torch.allclose(p, 1 / (1 + torch.exp(expected[:, 1] - expected[:, 0])), atol=1e-3)

@@ -1,8 +1,14 @@
 """The backend contract: everything model-family specific lives behind these methods.
 
 A backend loads a frozen base model and its processor, turns samples (dicts with the VQAv2
-columns) into training batches whose labels cover answer tokens only, computes the loss and
-generates answers. Training, federation and evaluation code never branch on the family.
+columns) into training batches whose labels cover answer tokens only, computes the loss,
+generates answers and scores fixed candidate answers (``score_choices``: the log-likelihood
+of each candidate under teacher forcing, e.g. for a classifier's ROC-AUC). Training,
+federation and evaluation code never branch on the family.
+
+Images of a row: ``images`` (a list, for rows with several images) or else ``image`` (one
+image, or None for a text-only row, which gets a black placeholder). A backend that takes one
+image per prompt (``images_per_prompt == 1``) rejects a row with more, naming its family.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class Backend(ABC):
     #: nothing, e.g. BLIP's "connector"). Like lora_presets, read it from the instance.
     module_groups: dict[str, str] = {}
 
+    #: Images one prompt may hold: 1 (BLIP, PaliGemma) or None (any number).
+    images_per_prompt: int | None = 1
+
     def __init__(self, config: ModelConfig):
         self.config = config
         self.name_or_path = config.name_or_path or self.default_model
@@ -81,14 +90,69 @@ class Backend(ABC):
                 f"available: {', '.join(sorted(self.lora_presets))}"
             ) from None
 
+    @property
+    def family_name(self) -> str:
+        """How error messages name the model family (hf_vlm: its family table entry)."""
+        return self.name
+
     @staticmethod
-    def images_of(samples: Sequence[dict]) -> list:
-        """Each sample's image; a text-only sample (image None, e.g. under a missing-modality
-        scenario) gets a black placeholder, the zero-filling baseline for a missing modality,
-        so every family's processor sees one image per prompt."""
+    def row_images(sample: dict) -> list:
+        """A row's images: ``images`` when it holds any, else ``[image]``; a text-only row (no
+        image, e.g. under a missing-modality scenario) gets one black placeholder, the
+        zero-filling baseline for a missing modality."""
         from PIL import Image
 
-        return [s["image"] if s.get("image") is not None else Image.new("RGB", _BLANK_SIZE) for s in samples]
+        images = sample.get("images")
+        if images:
+            return list(images)
+        image = sample.get("image")
+        return [image if image is not None else Image.new("RGB", _BLANK_SIZE)]
+
+    def images_by_row(self, samples: Sequence[dict]) -> list[list]:
+        """Each row's images, checked against ``images_per_prompt``."""
+        rows = [self.row_images(s) for s in samples]
+        limit = self.images_per_prompt
+        if limit is not None:
+            for i, images in enumerate(rows):
+                if len(images) > limit:
+                    raise ConfigError(
+                        f"model: the {self.family_name} family takes {limit} image per prompt, but row "
+                        f"{i} of the batch (question {samples[i].get('question')!r}) has {len(images)} "
+                        "images; use a multi-image family (LLaVA, LLaVA-NeXT, Qwen2-VL, Idefics3, "
+                        "SmolVLM, Janus) or rows with one image"
+                    )
+        return rows
+
+    def images_of(self, samples: Sequence[dict]) -> list:
+        """Every row's images in order, one flat list (checked as in ``images_by_row``)."""
+        return [image for images in self.images_by_row(samples) for image in images]
+
+    # -- scoring fixed answers -----------------------------------------------------------------
+
+    def answer_logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits over the sequence ``batch["labels"]`` is laid on, position t predicting token
+        t + 1 (decoder-only models: the input ids; BLIP: the decoder ids)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits
+
+    @torch.no_grad()
+    def score_choices(self, model: torch.nn.Module, samples: Sequence[dict], choices: Sequence[str]) -> torch.Tensor:
+        """Log-likelihood of each candidate answer for each row: a float32 CPU tensor of shape
+        ``(len(samples), len(choices))``, entry [i, j] = sum over the answer tokens of choice j
+        (its end token included, as in training) of log p(token | image, question, earlier
+        answer tokens), under teacher forcing on the training batch layout."""
+        if not samples or not choices:
+            raise ValueError("score_choices needs at least one sample and one choice")
+        rows = [dict(s, multiple_choice_answer=c) for s in samples for c in choices]
+        batch = self.to_device(self.training_batch(rows))
+        labels = batch["labels"]
+        logits = self.answer_logits(model, batch).float()
+        log_probs = logits[:, :-1].log_softmax(dim=-1)
+        targets = labels[:, 1:]
+        supervised = targets != -100
+        picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        totals = (picked * supervised).sum(dim=1)
+        return totals.view(len(samples), len(choices)).cpu()
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss

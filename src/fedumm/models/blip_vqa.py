@@ -10,6 +10,9 @@ LoRA presets (anchored on the text encoder and decoder; the ViT's fused ``qkv`` 
 * ``qv_self`` = ``attention`` (the default, FedUMM's setting): query/value of the self-attention
   of encoder and decoder; r=16 on blip-vqa-base gives 1,179,648 trainable parameters.
 * ``qkv``: query/key/value of self- and cross-attention; r=16 gives 3,538,944.
+* ``all_linear``: every linear layer of the text encoder's and decoder's transformer layers
+  (self- and cross-attention query/key/value/output, intermediate and output dense); not the
+  ViT, not the decoder's prediction head; r=16 gives 7,667,712.
 
 Module groups: "vision" = the ViT, "language" = text encoder + decoder. BLIP has no separate
 projector between image and text: the image enters through the cross-attention layers inside
@@ -34,12 +37,13 @@ NO_PARAMETERS = r"(?!)"
 
 _QV_SELF = r"text_(encoder|decoder)\..*\.attention\.self\.(query|value)"
 _QKV = r"text_(encoder|decoder)\..*\.(attention|crossattention)\.self\.(query|key|value)"
+_ALL_LINEAR = r"text_(encoder|decoder)\..*\.layer\.\d+\..*\.(query|key|value|dense)"
 
 
 @register_backend("blip_vqa")
 class BlipVQABackend(Backend):
     default_model = "tiny-blip-vqa"
-    lora_presets = {"attention": _QV_SELF, "qv_self": _QV_SELF, "qkv": _QKV}
+    lora_presets = {"attention": _QV_SELF, "qv_self": _QV_SELF, "qkv": _QKV, "all_linear": _ALL_LINEAR}
     module_groups = {
         "vision": r"vision_model\..*",
         "connector": NO_PARAMETERS,
@@ -110,6 +114,21 @@ class BlipVQABackend(Backend):
             labels[i, 1 : len(row)] = torch.tensor(row[1:])  # [DEC] is input only
         batch.update(decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask, labels=labels)
         return batch
+
+    def answer_logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoder logits over "[DEC] answer [SEP]": the steps of BlipForQuestionAnswering.forward,
+        which returns only the (label-smoothed) loss, not the logits."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        image = base.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
+        question = base.text_encoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            encoder_hidden_states=image, encoder_attention_mask=image_mask,
+        ).last_hidden_state
+        return base.text_decoder(
+            input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
+            encoder_hidden_states=question, encoder_attention_mask=batch["attention_mask"],
+        ).logits
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, samples: Sequence[dict]) -> list[str]:

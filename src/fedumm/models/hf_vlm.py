@@ -5,12 +5,17 @@ What differs between those families is data, not code: ``FAMILIES`` (keyed by
 ``config.model_type``) gives each family's language-side LoRA anchor, its vision / connector /
 language parameter groups, its prompt style, the token that ends an answer, and how per-token
 inputs (PaliGemma's ``token_type_ids``, Qwen2-VL's ``mm_token_type_ids``) extend over the
-answer. An unknown model type is handled like LLaVA.
+answer. An unknown model type is handled like LLaVA, with a warning naming the known types.
 
 Prompts go through the processor's chat template where the family has one (PaliGemma: the
-``<image>answer en {question}`` prefix, the answer as suffix); the answer is tokenised
-separately and appended to the processed prompt (image tokens already expanded), so the loss
-covers exactly the answer tokens and the end-of-answer token; evaluation decodes greedily.
+``<image>answer en {question}`` prefix, the answer as suffix), with one image placeholder per
+image of the row for the families that take several images per prompt; the answer is
+tokenised separately and appended to the processed prompt (image tokens already expanded), so
+the loss covers exactly the answer tokens and the end-of-answer token; evaluation decodes
+greedily. The end-of-answer token is read from the chat template (what it writes after an
+assistant answer), else from the family table, else EOS. A template that starts with the BOS
+token is tokenised without adding special tokens again (as transformers'
+``apply_chat_template(tokenize=True)`` does), so a prompt never holds two BOS.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from fedumm.config import ModelConfig
 from fedumm.errors import ConfigError
 from fedumm.models.base import Backend
-from fedumm.models.loading import load_error, load_frozen_model
+from fedumm.models.loading import first_line, load_error, load_frozen_model
 from fedumm.models.registry import register_backend
 from fedumm.models.tiny import resolve_model_path
 
@@ -81,6 +86,8 @@ class Family:
     fallback_processor: Callable[[str], Any] | None = None
     #: Module names kept unquantized under model.quantization.
     quant_skip: tuple[str, ...] = ()
+    #: Several images per prompt (one placeholder each in the chat content); False: one only.
+    multi_image: bool = True
 
     def lora_presets(self) -> dict[str, str]:
         lang = self.language
@@ -151,6 +158,7 @@ FAMILIES: dict[str, Family] = {
         # token_type_ids: 0 = prefix (bidirectional attention), 1 = suffix (causal, supervised).
         answer_token_types={"token_type_ids": 1},
         quant_skip=("vision_tower", "multi_modal_projector"),
+        multi_image=False,  # the prefix-LM format of PaliGemma checkpoints has one image
     ),
     "janus": Family(
         language="language_model",
@@ -166,7 +174,18 @@ FAMILIES: dict[str, Family] = {
 
 
 def family_for(model_type: str) -> Family:
-    return FAMILIES.get(model_type, LLAVA)
+    """The family table entry of ``model_type``; an unknown type gets the LLaVA layout, with a
+    warning naming the known types (module groups and LoRA presets may then match nothing)."""
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    warnings.warn(
+        f"model.name_or_path: model_type {model_type!r} is not in the hf_vlm family table "
+        f"(known: {', '.join(sorted(FAMILIES))}); assuming the LLaVA layout (language_model, "
+        "vision_tower, multi_modal_projector): LoRA presets and module groups may not fit",
+        UserWarning,
+        stacklevel=2,
+    )
+    return LLAVA
 
 
 @register_backend("hf_vlm")
@@ -192,6 +211,15 @@ class HFVisionLanguageBackend(Backend):
         super().__init__(config)
         self.family: Family | None = None
         self.model_type: str | None = None
+        self._end_token: tuple[Any, int] | None = None  # (chat template, its end id)
+
+    @property
+    def family_name(self) -> str:
+        return self.model_type or self.name
+
+    @property
+    def images_per_prompt(self) -> int | None:
+        return None if (self.family or LLAVA).multi_image else 1
 
     # -- family resolution -------------------------------------------------------------------
 
@@ -226,26 +254,30 @@ class HFVisionLanguageBackend(Backend):
         return getattr(transformers, self.model_class_name)
 
     def _load_processor(self, path: str):
+        """AutoProcessor, else the family's fallback built from the folder's files (AutoProcessor
+        fails, or silently returns a bare tokenizer, e.g. when the stock processor needs
+        torchvision); a failing fallback is chained to the error."""
         from transformers import AutoProcessor
 
-        error: BaseException | None = None
+        fallback = self.family.fallback_processor
         try:
             processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError, ImportError, TypeError, AttributeError) as exc:
-            processor, error = None, exc
-        if not _is_multimodal_processor(processor) and self.family.fallback_processor is not None:
+            if fallback is None:
+                raise load_error(path, exc) from exc
+            processor, got = None, f"AutoProcessor failed: {first_line(exc)}"
+        else:
+            got = f"AutoProcessor returned {type(processor).__name__}"
+        if not _is_multimodal_processor(processor) and fallback is not None:
             try:
-                processor, error = self.family.fallback_processor(path), None
-            except (OSError, ValueError, ImportError, TypeError) as exc:
-                error = error or exc
-        if error is not None and processor is None:
-            raise load_error(path, error) from error
-        # AutoProcessor silently falls back to a bare tokenizer when no processor is saved.
+                processor = fallback(path)
+            except (OSError, ValueError, ImportError, TypeError, KeyError) as exc:
+                raise ConfigError(
+                    f"model.name_or_path: {path!r} has no multimodal processor ({got}), and the "
+                    f"{self.family_name} processor built from the folder's files failed: {first_line(exc)}"
+                ) from exc
         if not _is_multimodal_processor(processor):
-            raise ConfigError(
-                f"model.name_or_path: {path!r} has no multimodal processor "
-                f"(AutoProcessor returned {type(processor).__name__})"
-            )
+            raise ConfigError(f"model.name_or_path: {path!r} has no multimodal processor ({got})")
         return processor
 
     def load(self) -> torch.nn.Module:
@@ -268,19 +300,54 @@ class HFVisionLanguageBackend(Backend):
     def image_token(self) -> str:
         return getattr(self.processor, "image_token", None) or self.tokenizer.image_token
 
-    def prompt(self, question: str) -> str:
+    def prompt(self, question: str, num_images: int = 1) -> str:
         family = self.family or LLAVA
         if family.prompt == "prefix":
-            return self.image_token + family.prefix_template.format(question=question)
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-        ]
+            return self.image_token * num_images + family.prefix_template.format(question=question)
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
         if getattr(self.processor, "chat_template", None):
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return f"{self.image_token} {question}"
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True
+            )
+        return f"{' '.join([self.image_token] * num_images)} {question}"
+
+    def template_end_id(self) -> int | None:
+        """The end-of-turn token the chat template writes after an assistant answer: the first
+        special token following a dummy answer in a rendered two-turn conversation. None without
+        a chat template, or when the template writes no special token there (Janus: "\\n\\n")."""
+        template = getattr(self.processor, "chat_template", None)
+        if not template or (self.family or LLAVA).prompt != "chat":
+            return None
+        if self._end_token is not None and self._end_token[0] is template:
+            return self._end_token[1]
+        from jinja2 import TemplateError
+
+        answer = "fedumm dummy answer 12345"
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "question"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ]
+        try:
+            rendered = self.processor.apply_chat_template(messages)
+        except TemplateError:  # a template that renders no assistant turn: use the table
+            rendered = ""
+        end = None
+        if answer in rendered:
+            # Named special tokens and every added token marked special (<|eot_id|>, <|im_end|>, ...).
+            special = set(self.tokenizer.all_special_ids) | {
+                i for i, token in self.tokenizer.added_tokens_decoder.items() if token.special
+            }
+            after = self.tokenizer(rendered.split(answer, 1)[1], add_special_tokens=False)["input_ids"]
+            end = next((i for i in after if i in special), None)
+        self._end_token = (template, end)
+        return end
 
     def answer_end_id(self) -> int:
-        """The token that ends a supervised answer (and stops generation)."""
+        """The token that ends a supervised answer (and stops generation): the chat template's
+        end of an assistant turn, else the family table's first known end token, else EOS."""
+        from_template = self.template_end_id()
+        if from_template is not None:
+            return from_template
         family = self.family or LLAVA
         vocab = self.tokenizer.get_vocab()
         for token in family.end_tokens:
@@ -294,15 +361,22 @@ class HFVisionLanguageBackend(Backend):
 
     def _encode_prompts(self, samples: Sequence[dict], padding_side: str):
         self.tokenizer.padding_side = padding_side
+        images = self.images_by_row(samples)
+        texts = [self.prompt(s["question"], len(imgs)) for s, imgs in zip(samples, images)]
+        kwargs: dict[str, Any] = {}
+        bos = self.tokenizer.bos_token
+        if (self.family or LLAVA).prompt == "chat" and bos and all(t.startswith(bos) for t in texts):
+            kwargs["add_special_tokens"] = False  # the template wrote BOS already
         with warnings.catch_warnings():
             # PaliGemma's processor builds its (unused) labels with np.array over tensors.
             warnings.filterwarnings("ignore", message=r".*__array__ implementation", category=DeprecationWarning)
             encoded = self.processor(
-                images=self.images_of(samples),
-                text=[self.prompt(s["question"]) for s in samples],
+                images=images if self.images_per_prompt is None else [i for row in images for i in row],
+                text=texts,
                 return_tensors="pt",
                 padding=True,
                 padding_side=padding_side,
+                **kwargs,
             )
         encoded = dict(encoded)
         encoded.pop("labels", None)  # PaliGemma's processor adds all -100 labels for a prefix

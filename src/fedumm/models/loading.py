@@ -26,13 +26,13 @@ from fedumm.errors import ConfigError
 from fedumm.models.base import DTYPES
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_error(path: str, exc: BaseException) -> ConfigError:
-    return ConfigError(f"model.name_or_path: cannot load {path!r}: {_first_line(exc)}")
+    return ConfigError(f"model.name_or_path: cannot load {path!r}: {first_line(exc)}")
 
 
 def bitsandbytes_available() -> bool:

@@ -85,7 +85,9 @@ class QwenVLImageTextProcessor:
         texts = [text] if isinstance(text, str) else list(text or [])
         image_inputs: dict[str, Any] = {}
         if images is not None:
-            image_inputs = dict(self.image_processor(images=list(images), return_tensors="pt"))
+            # One list per prompt (several images each) or one flat list, in placeholder order.
+            flat = [im for item in images for im in (item if isinstance(item, (list, tuple)) else [item])]
+            image_inputs = dict(self.image_processor(images=flat, return_tensors="pt"))
             grids = iter(image_inputs["image_grid_thw"])
             expanded = []
             for sample in texts:

@@ -24,7 +24,7 @@ from pathlib import Path
 from fedumm.errors import ConfigError
 
 # Bump when the architecture or vocabulary changes so stale caches are not reused.
-_TINY_VERSION = "1"
+_TINY_VERSION = "2"  # 2: tiny-idefics3 adds BOS and its template starts with it
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 
@@ -63,15 +63,17 @@ def _tiny_tokenizer(
     *,
     eos: str = "</s>",
     named: dict[str, str] | None = None,
+    add_bos: bool = False,
 ):
     """Word-level tokenizer over ``tiny_vocab()``.
 
     ``extra_tokens`` (family control tokens such as ``<|im_end|>``) are appended to the vocabulary
     and marked special, so they are matched whole before pre-tokenisation; ``named`` gives the
     named special tokens the family's processor reads (``image_token``, ``boi_token``, ...).
+    ``add_bos``: encoding with special tokens prepends ``<s>``, as Llama-3 tokenizers do.
     The default call builds exactly the tiny-llava tokenizer.
     """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = tiny_vocab()
@@ -84,6 +86,10 @@ def _tiny_tokenizer(
     )
     if extra_tokens:
         tok.add_special_tokens(SPECIAL_TOKENS + list(extra_tokens))
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -170,15 +176,17 @@ IM_CHAT_TEMPLATE = (  # ChatML, as Qwen2-VL uses it
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-IDEFICS3_CHAT_TEMPLATE = (  # "User:<image>question<end_of_utterance>\nAssistant:"
-    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+IDEFICS3_CHAT_TEMPLATE = (  # "<s>User:<image>question<end_of_utterance>\nAssistant:"
+    # Starts with BOS, as Idefics3-8B-Llama3's does ("<|begin_of_text|>"), whose tokenizer adds
+    # BOS too: the backend must not add a second one.
+    "{{ bos_token }}{% for message in messages %}{{ message['role'] | capitalize }}:"
     "{% for item in message['content'] %}"
     "{% if item['type'] == 'image' %}<image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
     "<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
-SMOLVLM_CHAT_TEMPLATE = "<|im_start|>" + IDEFICS3_CHAT_TEMPLATE
+SMOLVLM_CHAT_TEMPLATE = "<|im_start|>" + IDEFICS3_CHAT_TEMPLATE.removeprefix("{{ bos_token }}")
 
 JANUS_CHAT_TEMPLATE = (  # "<|User|>: <image_placeholder>\nquestion\n\n<|Assistant|>:"
     "{% for message in messages %}"
@@ -333,10 +341,10 @@ IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utteran
 
 
 def _idefics3_processor(image_size: int, patch_size: int, scale_factor: int, template: str,
-                        extra: Sequence[str] = ()):
+                        extra: Sequence[str] = (), add_bos: bool = False):
     from transformers import Idefics3ImageProcessorPil, Idefics3Processor
 
-    tokenizer = _tiny_tokenizer(IDEFICS3_TOKENS + list(extra), eos="<end_of_utterance>")
+    tokenizer = _tiny_tokenizer(IDEFICS3_TOKENS + list(extra), eos="<end_of_utterance>", add_bos=add_bos)
     image_processor = Idefics3ImageProcessorPil(
         do_image_splitting=False,  # one global image: 32x32 synthetic images need no tiles
         size={"longest_edge": image_size},
@@ -356,7 +364,7 @@ def build_tiny_idefics3(path: Path, image_size: int = 32, patch_size: int = 8, s
     import torch
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
-    tokenizer, processor = _idefics3_processor(image_size, patch_size, 2, IDEFICS3_CHAT_TEMPLATE)
+    tokenizer, processor = _idefics3_processor(image_size, patch_size, 2, IDEFICS3_CHAT_TEMPLATE, add_bos=True)
     config = Idefics3Config(
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
