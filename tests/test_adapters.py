@@ -80,3 +80,65 @@ def test_full_model_bytes_counts_base_weights_only(lora_model):
     model, _ = lora_model
     trainable, total = count_parameters(model)
     assert full_model_nbytes(model) == 4 * (total - trainable)  # float32 base weights
+
+
+class _Block(torch.nn.Module):
+    """A module with a bare parameter of its own next to children of different groups, as
+    LlavaNextModel holds image_newline next to the vision tower and the language model."""
+
+    def __init__(self):
+        super().__init__()
+        self.newline = torch.nn.Parameter(torch.zeros(4))
+        self.projector = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(), torch.nn.Linear(4, 4))
+        self.tower = torch.nn.Linear(4, 4)
+        self.embeddings = torch.nn.Module()
+        self.embeddings.cls = torch.nn.Parameter(torch.zeros(4))  # own parameter + a child, one group
+        self.embeddings.patch = torch.nn.Linear(4, 4)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "modules", "bare"),
+    [
+        # projector layers go to peft; the bare newline (its module also holds the tower) trains in place
+        (r"(projector\..*|newline)", ["projector.0", "projector.2"], ["newline"]),
+        (r"projector\..*", ["projector.0", "projector.2"], []),
+        # a module with parameters of its own whose children are in the group too: the outer one only
+        (r"embeddings\..*", ["embeddings"], []),
+        (r"tower\..*", ["tower"], []),
+        (r"nothing", [], []),
+    ],
+)
+def test_group_layout_hands_peft_only_modules_wholly_in_the_group(pattern, modules, bare):
+    from fedumm.adapters import group_layout
+
+    assert group_layout(_Block(), pattern) == (modules, bare)
+
+
+def test_peft_errors_on_matching_targets_are_passed_through(model_config):
+    from fedumm.models.registry import get_backend
+
+    backend = get_backend("hf_vlm")(model_config)
+    # The regex matches a module (the final norm), but LoRA cannot wrap an RMSNorm.
+    with pytest.raises(ConfigError, match=r"adapter.target_modules: peft cannot add LoRA on '.*norm': "
+                                          r"Target module .*RMSNorm.* is not supported") as info:
+        apply_lora(backend.load(), AdapterConfig(), r".*language_model\.norm")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_no_lora_targets_wrap_only_the_modules_to_save(model_config, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from fedumm.models.registry import get_backend
+
+    backend = get_backend("hf_vlm")(model_config)
+    model = apply_lora(backend.load(), AdapterConfig(), None, ["model.multi_modal_projector.linear_1"])
+    state = get_adapter_state(model)
+    assert set(state) == {"model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_1.bias"}
+    set_adapter_state(model, {k: torch.full_like(v, 0.5) for k, v in state.items()})
+    model.save_pretrained(str(tmp_path / "adapter"))
+    loaded = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_config.name_or_path),
+                                       str(tmp_path / "adapter"))
+    weight = dict(loaded.named_parameters())[
+        "base_model.model.model.multi_modal_projector.linear_1.modules_to_save.default.weight"]
+    assert torch.equal(weight, torch.full_like(weight, 0.5))

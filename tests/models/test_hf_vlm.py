@@ -113,3 +113,34 @@ def test_text_only_rows_get_a_blank_image_and_train(lora_model):
     result = train_local(model, backend, samples, TrainConfig(batch_size=4), seed=0)
     assert torch.isfinite(torch.tensor(result.mean_loss))
     assert len(backend.predict(model, samples)) == 4
+
+
+def test_unknown_model_type_warns_with_the_known_families():
+    from fedumm.models.hf_vlm import FAMILIES, LLAVA, family_for
+
+    with pytest.warns(UserWarning, match=r"model_type 'mystery_vlm' is not in the hf_vlm family table "
+                                         r"\(known: idefics3, janus, llava, llava_next, paligemma, .*\); assuming the LLaVA layout"):
+        assert family_for("mystery_vlm") is LLAVA
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(family_for(t) is FAMILIES[t] for t in FAMILIES)  # known types: silent
+
+
+def test_a_failing_fallback_processor_is_chained(tmp_path):
+    """A Qwen2-VL folder with a tokenizer but no image processor: AutoProcessor returns the bare
+    tokenizer, fedumm's Qwen processor cannot find preprocessor_config.json either."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from fedumm.models.tiny import resolve_model_path
+
+    source = resolve_model_path("tiny-qwen2-vl")
+    folder = tmp_path / "qwen-no-image-processor"
+    AutoModelForImageTextToText.from_pretrained(source).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    backend = get_backend("hf_vlm")(ModelConfig(name_or_path=str(folder), device="cpu"))
+    with pytest.raises(ConfigError, match=r"has no multimodal processor \(AutoProcessor (returned|failed).*\), and the "
+                                          r"qwen2_vl processor built from the folder's files failed") as info:
+        backend.load()
+    assert isinstance(info.value.__cause__, OSError)
