@@ -1,5 +1,6 @@
 """The exported FLARE job folder: our controller and the Client API executor, fedumm's config,
-the client script, no persistor, no copied fedumm sources."""
+the client script, no persistor, no copied fedumm sources; each site's app carries only what
+that site needs. The controller's byte counts of FLARE messages."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ pytest.importorskip("nvflare")
 from fedumm.cli import main  # noqa: E402
 from fedumm.config import load_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
+from fedumm.engines.nvflare import protocol as P  # noqa: E402
 from fedumm.engines.nvflare.job import job_name  # noqa: E402
+from fedumm.errors import ConfigError  # noqa: E402
 
 
 def _files(job: Path) -> set[str]:
@@ -34,7 +37,8 @@ def test_export_for_all_sites(tmp_path):
     [workflow] = server["workflows"]
     assert workflow["path"] == "fedumm.engines.nvflare.controller.FedummController"
     assert workflow["args"]["data_placement"] == "site"  # auto: exported jobs read site data
-    assert server["server"]["task_request_interval"] == 0.5
+    assert server["server"] == {"task_request_interval": 0.5}  # no heart_beat_timeout: FLARE ignores a job's
+    assert workflow["args"]["task_timeout"] == config.engine.task_timeout
     assert server["components"] == []  # no persistor: the initial adapter comes from the config seed
 
     client = json.loads((job / "app/config/config_fed_client.json").read_text())
@@ -44,6 +48,7 @@ def test_export_for_all_sites(tmp_path):
     assert args["execution_mode"] == "in_process" and args["task_script_path"] == "fedumm_client.py"
     assert args["server_expected_format"] == "raw" and args.get("params_exchange_format", "raw") == "raw"
 
+    # One app for the server and every site (FLARE's @ALL): the whole config.
     assert load_config(job / "app/config/fedumm_config.yaml") == config
     script = (job / "app/custom/fedumm_client.py").read_text()
     assert "from fedumm.engines.nvflare.client import main" in script
@@ -52,21 +57,115 @@ def test_export_for_all_sites(tmp_path):
 def test_export_per_site_with_an_external_interpreter(tmp_path):
     config = load_config(None, [
         "engine.name=nvflare", "federation.num_clients=2", "engine.python=/opt/envs/janus/bin/python",
+        "data.synthetic.train_samples=77", "data.partition.label_column=answer_type",
         "engine.sites={hospital-a: {seed: 1}, hospital-b: {data: {synthetic: {train_samples: 50}}}}",
     ])
     job = export_job(config, tmp_path)
     meta = json.loads((job / "meta.json").read_text())
     assert meta["deploy_map"] == {"app_server": ["server"], "app_hospital-a": ["hospital-a"],
                                   "app_hospital-b": ["hospital-b"]}
-    for site in ("hospital-a", "hospital-b"):
-        client = json.loads((job / f"app_{site}/config/config_fed_client.json").read_text())
+    for site, other in (("hospital-a", "hospital-b"), ("hospital-b", "hospital-a")):
+        app = job / f"app_{site}"
+        client = json.loads((app / "config/config_fed_client.json").read_text())
         args = client["executors"][0]["executor"]["args"]
         assert args["execution_mode"] == "external_process"
         assert args["command"] == ["/opt/envs/janus/bin/python", "-u", "custom/fedumm_client.py"]
-        assert (job / f"app_{site}/custom/fedumm_client.py").is_file()
+        assert (app / "custom/fedumm_client.py").is_file()
+        assert _files(app) == {"config/config_fed_client.json", "config/fedumm_config.yaml",
+                               "config/fedumm_site.yaml", "custom/fedumm_client.py"}
+        # Nothing of the other site, nothing of the server's data.
+        assert not [p for p in app.rglob("*") if p.is_file() and other in p.read_text()]
+        site_config = load_config(app / "config/fedumm_config.yaml")
+        assert site_config.engine.sites == {}
+        assert site_config.data.synthetic.train_samples == 2000 != config.data.synthetic.train_samples
+        assert site_config.data.partition.label_column == "answer_type"  # clients count labels over it
+        assert site_config.model == config.model and site_config.train == config.train
+        # The site's own entry is its job data config.
+        entry, source = P.load_site_config(site, tmp_path / "no-workspace", site_config, {}, app / "config")
+        assert entry == config.engine.sites[site] and source == f"engine.sites.{site}"
     assert not (job / "app_server/custom").exists()
-    exported = load_config(job / "app_server/config/fedumm_config.yaml")
-    assert exported.engine.sites["hospital-b"].data.synthetic.train_samples == 50
+    assert load_config(job / "app_server/config/fedumm_config.yaml") == config
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    (["engine.client_command=bash envs/launch_janus.sh"], "engine.client_command: relative path 'envs/launch_janus.sh'"),
+    (["engine.client_command=./launch.sh --x"], "engine.client_command: relative path './launch.sh'"),
+    (["engine.client_command=conda run --prefix=envs/janus"], "engine.client_command: relative path 'envs/janus'"),
+    (["engine.python=venv/bin/python"], "engine.python: relative path 'venv/bin/python'"),
+])
+def test_export_refuses_relative_trainer_paths(tmp_path, overrides, fragment):
+    config = load_config(None, ["engine.name=nvflare", *overrides])
+    with pytest.raises(ConfigError) as info:
+        export_job(config, tmp_path)
+    assert str(info.value).startswith(fragment) and "absolute path" in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_keeps_absolute_paths_and_command_names(tmp_path):
+    config = load_config(None, ["engine.name=nvflare", "engine.client_command=conda run -n janus --no-capture-output python -u"])
+    job = export_job(config, tmp_path / "a")
+    args = json.loads((job / "app/config/config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
+    assert args["command"] == ["conda", "run", "-n", "janus", "--no-capture-output", "python", "-u",
+                               "custom/fedumm_client.py"]
+    config = load_config(None, ["engine.name=nvflare", "engine.client_command=bash /opt/envs/launch_janus.sh"])
+    job = export_job(config, tmp_path / "b")
+    args = json.loads((job / "app/config/config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
+    assert args["command"] == ["bash", "/opt/envs/launch_janus.sh", "custom/fedumm_client.py"]
+
+
+def test_heartbeat_timeout_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^engine.heartbeat_timeout"):
+        export_job(load_config(None, ["engine.name=nvflare", "engine.heartbeat_timeout=30"]), tmp_path)
+
+
+def test_controller_serializes_a_rounds_shared_task_once(monkeypatch):
+    """FLARE hands each client a shallow copy of the round's task: its size is measured once;
+    every reply is measured; the round's sizes go to the record by client id."""
+    import numpy as np
+    from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import make_copy
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.decomposers import numpy_decomposers
+    from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+    from nvflare.fuel.utils import fobs
+
+    from fedumm.engines.nvflare.controller import FedummController
+
+    numpy_decomposers.register()  # as in every FLARE process
+
+    calls = []
+    real = fobs.dumps
+    monkeypatch.setattr(fobs, "dumps", lambda obj, *a, **k: calls.append(1) or real(obj, *a, **k))
+
+    def ctx(client: str, task: str = P.TRAIN_TASK) -> FLContext:
+        peer = FLContext()
+        peer.set_prop(ReservedKey.IDENTITY_NAME, client)
+        fl_ctx = FLContext()
+        fl_ctx.set_prop(FLContextKey.TASK_NAME, task)
+        fl_ctx.set_peer_context(peer)
+        return fl_ctx
+
+    controller = FedummController()
+    ids = {"site-1": 0, "site-2": 1, "site-3": 2}
+    task = FLModelUtils.to_shareable(FLModel(params={P.PAYLOAD_KEY: P.pack(bytes(50_000))}))
+    for site in ids:
+        controller._measure("download", ctx(site), make_copy(task))
+    controller._measure("download", ctx("site-1", P.SETUP_TASK), make_copy(task))  # not counted
+    assert len(calls) == 1
+    replies = {site: FLModelUtils.to_shareable(FLModel(params={P.PAYLOAD_KEY: np.zeros(n, np.uint8)}))
+               for site, n in (("site-1", 40_000), ("site-3", 30_000))}
+    for site, reply in replies.items():
+        controller._measure("upload", ctx(site), reply)
+    assert len(calls) == 3
+    wire = controller._take_wire(ids)
+    size = len(real(make_copy(task)))
+    assert 50_000 < size < 50_000 + 4096
+    assert wire["download"] == {"0": size, "1": size, "2": size}
+    assert wire["upload"] == {"0": len(real(replies["site-1"])), "2": len(real(replies["site-3"]))}
+    assert 40_000 < wire["upload"]["0"] < 40_000 + 4096
+    assert wire["total"] == 3 * size + sum(wire["upload"].values())
+    assert controller._take_wire(ids) == {"download": {}, "upload": {}, "total": 0}  # the next round starts at 0
 
 
 def test_cli_export_implies_the_flare_engine(tmp_path, capsys):

@@ -1,12 +1,19 @@
 """The production path on loopback: provisioned startup kits, the FLARE server and two sites as
 separate processes, the exported job submitted, awaited and downloaded with the admin CLI;
 each site trains on its own data (one from the job's engine.sites, one from its own local
-file); every process started is stopped at the end."""
+file); every process started is stopped at the end, after a failure or a SIGTERM too, and
+none of them holds a socket on anything but loopback."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,63 +23,144 @@ pytest.importorskip("nvflare")
 from fedumm.config import load_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
 from fedumm.engines.nvflare.poc import LoopbackDeployment, find_run_folder  # noqa: E402
+from fedumm.engines.nvflare.processes import stop_process_tree  # noqa: E402
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE  # noqa: E402
+from fedumm.engines.nvflare.runner import child_env  # noqa: E402
+from fedumm.errors import FedummError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def _tree(procs) -> list[psutil.Process]:
-    out = []
-    for proc in procs:
-        try:
-            parent = psutil.Process(proc.pid)
-            out += [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    return out
+class _Sampler:
+    """Samples, while the deployment runs, every process of its tree and every inet socket they
+    hold."""
+
+    def __init__(self, fl: LoopbackDeployment):
+        self.fl, self.seen, self.sockets = fl, {}, []
+        self.cmdlines: dict[int, str] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        for proc in list(self.fl.procs.values()):
+            try:
+                parent = psutil.Process(proc.pid)
+                tree = [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for p in tree:
+                self.seen.setdefault(p.pid, p)
+                try:
+                    self.cmdlines.setdefault(p.pid, " ".join(p.cmdline()))
+                    self.sockets += [(p.pid, c) for c in p.net_connections(kind="inet")]
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    pass
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            time.sleep(1.0)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
 
 
 def _is_loopback(ip: str) -> bool:
     return ipaddress.ip_address(ip.split("%")[0]).is_loopback
 
 
-def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job):
-    sites = {"site-1": {"seed": 1, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
-             "site-2": {"seed": 2, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}}}
+def _alive(procs) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _is_job_process(cmd: str) -> bool:
+    return "app.client.worker_process" in cmd or "app.server.runner_process" in cmd
+
+
+def _job_processes(procs) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if _is_job_process(" ".join(p.cmdline())):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _wait_for_rounds(metrics: Path, records: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= records):
+        assert time.monotonic() < deadline, f"{metrics}: fewer than {records} records after {timeout:g}s"
+        time.sleep(0.2)
+
+
+SITES = {"site-1": {"seed": 1, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
+         "site-2": {"seed": 2, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}}}
+
+
+def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypatch):
+    """A job to completion, then a job whose site-2 job process dies after round 1 (FLARE ends it
+    with FINISHED:EXECUTION_EXCEPTION; the server's run folder keeps round 1), then teardown
+    after a failure: nothing ever started is left, and no socket was anything but loopback."""
+    outer_tmp = tmp_path / "outer-tmp"
+    outer_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
     config = load_config(None, tiny_job(tmp_path / "runs", "poc-job", "engine.name=nvflare",
-                                        f"engine.sites={json.dumps(sites)}"))
+                                        f"engine.sites={json.dumps(SITES)}"))
     job = export_job(config, tmp_path / "jobs")
+    failing = export_job(load_config(None, tiny_job(tmp_path / "runs", "poc-fail", "engine.name=nvflare",
+                                                    "federation.rounds=30", f"engine.sites={json.dumps(SITES)}")),
+                         tmp_path / "jobs")
 
     fl = LoopbackDeployment(tmp_path / "deploy", ["site-1", "site-2"])
-    started = []
-    try:
-        fl.provision()
-        # site-2 owns its data: its local file replaces the job's entry for it.
-        local = fl.site_workspace("site-2") / SITE_CONFIG_FILE
-        local.write_text("seed: 5\ndata:\n  synthetic:\n    train_samples: 24\n    test_samples: 6\n")
-        fl.start(timeout=180)
-        started = _tree(fl.procs.values())
-        job_id = fl.submit(job)
-        assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
-        started += _tree(fl.procs.values())
-        # Nothing but loopback: every socket of the deployment's processes.
-        for proc in _tree(fl.procs.values()):
-            try:
-                conns = proc.net_connections(kind="inet")
-            except psutil.NoSuchProcess:
-                continue
-            for conn in conns:
-                assert _is_loopback(conn.laddr.ip), (proc.cmdline()[:4], conn)
-                assert not conn.raddr or _is_loopback(conn.raddr.ip), (proc.cmdline()[:4], conn)
-        run = find_run_folder(fl.download(job_id, tmp_path / "download"))
-    finally:
-        fl.stop()
-    assert started and not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    sampler = _Sampler(fl)
+    with pytest.raises(RuntimeError, match="a failure in the driver"):
+        try:
+            fl.provision()
+            # site-2 owns its data: its local file replaces the job's entry for it.
+            local = fl.site_workspace("site-2") / SITE_CONFIG_FILE
+            local.write_text("seed: 5\ndata:\n  synthetic:\n    train_samples: 24\n    test_samples: 6\n")
+            fl.start(timeout=180)
+            with sampler:
+                job_id = fl.submit(job)
+                assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
+                run = find_run_folder(fl.download(job_id, tmp_path / "download"))
+
+                # A client's job process dies in the middle of a job.
+                fail_id = fl.submit(failing)
+                _wait_for_rounds(fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl", 2, 180)
+                victims = _job_processes(psutil.Process(fl.procs["site-2"].pid).children(recursive=True))
+                assert len(victims) == 1, victims
+                victims[0].kill()
+                with pytest.raises(FedummError, match=r"status FINISHED:EXECUTION_EXCEPTION"):
+                    fl.wait(fail_id, timeout=120)
+                failed = fl.download(fail_id, tmp_path / "download-failed")
+                sampler.sample()
+            raise RuntimeError("a failure in the driver")
+        finally:
+            fl.stop()
+    started = list(sampler.seen.values())
+    assert sum(map(_is_job_process, sampler.cmdlines.values())) >= 6  # server + 2 sites, twice
+    assert not _alive(started)
+
+    # Nothing but loopback, sampled while the jobs ran.
+    assert any(c.raddr and c.raddr.port == fl.port for _, c in sampler.sockets)
+    for pid, conn in sampler.sockets:
+        assert _is_loopback(conn.laddr.ip), (pid, conn)
+        assert not conn.raddr or _is_loopback(conn.raddr.ip), (pid, conn)
+    assert not list(outer_tmp.iterdir())  # temporary files stayed in the deployment
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["round"]) for r in records] == [("federated", 0), ("federated", 1), ("federated", 2)]
     assert records[-1]["clients"] == [0, 1]
     assert records[-1]["client_metrics"]["1"]["num_samples"] == 24  # site-2 trained on its own rows
+    assert records[-1]["client_metrics"]["0"]["num_samples"] == 30  # site-1 on the job's entry for it
     partition = json.loads((run / "partition.json").read_text())
     assert partition["sizes"] == [30 + 8, 24 + 6]
     summary = json.loads((run / "summary.json").read_text())
@@ -82,3 +170,40 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job):
     for name in ("config.yaml", "summary.txt", "checkpoints/last.safetensors", "adapter/adapter_model.safetensors"):
         assert (run / name).is_file(), name
     assert load_config(run / "config.yaml") == config
+
+    [kept] = [p.parent for p in failed.rglob("metrics.jsonl") if p.parent.name == "fedumm_run"]
+    rounds = [json.loads(line)["round"] for line in (kept / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[:2] == [0, 1] and len(rounds) < 31 and not (kept / "summary.json").exists()
+
+
+def test_sigterm_to_the_driver_stops_every_process(tmp_path, tiny_job):
+    """``python -m fedumm.engines.nvflare.poc`` gets SIGTERM in the middle of a job: it stops the
+    server, the sites and their job processes before it exits."""
+    config = load_config(None, tiny_job(tmp_path / "runs", "poc-term", "engine.name=nvflare", "federation.rounds=30",
+                                        f"engine.sites={json.dumps(SITES)}"))
+    job = export_job(config, tmp_path / "jobs")
+    root = tmp_path / "deploy"
+    out = tmp_path / "driver.out"
+    with open(out, "wb") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "fedumm.engines.nvflare.poc", str(job), "--root", str(root)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    try:
+        seen: dict[int, psutil.Process] = {}
+        deadline = time.monotonic() + 240
+        while len(_job_processes(seen.values())) < 3:  # the server's and both sites' job processes
+            assert driver.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            for p in psutil.Process(driver.pid).children(recursive=True):
+                seen.setdefault(p.pid, p)
+            time.sleep(0.2)
+        assert len(seen) >= 6
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 130
+        gone = time.monotonic() + 5
+        while _alive(seen.values()) and time.monotonic() < gone:
+            time.sleep(0.2)
+        assert not _alive(seen.values())
+        assert "interrupted; stopped the deployment's processes" in out.read_text()
+    finally:
+        if driver.poll() is None:
+            stop_process_tree(driver)

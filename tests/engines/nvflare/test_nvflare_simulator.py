@@ -1,18 +1,25 @@
 """The same job in-process and in NVIDIA FLARE's simulator: the same global adapter (and server
 state), the same run folder, bytes measured on FLARE's side; clients run through a wrapper
-command as external processes (environment isolation) give the same result too.
+command as external processes (environment isolation) give the same result too; a client
+process that dies ends the run with an error naming the site, leaving no process behind.
 
 SCAFFOLD exercises everything a strategy can carry: server extras (the control variate c),
-client state kept across rounds (c_i), client extras (delta c_i) and server state.
+client state kept across rounds (c_i), client extras (delta c_i) and server state. The wrapper
+run adds a server optimizer (FedAdam: its moments are server state) and partial participation
+(2 of 3 clients a round).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,7 +30,7 @@ from fedumm.cli import main  # noqa: E402
 from fedumm.config import load_config  # noqa: E402
 from fedumm.engines.nvflare import simulate_nvflare  # noqa: E402
 from fedumm.engines.simulation import simulate  # noqa: E402
-from fedumm.errors import ConfigError  # noqa: E402
+from fedumm.errors import ConfigError, FedummError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +59,23 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_job):
-    out = tmp_path_factory.mktemp("runs")
-    in_process = load_config(None, tiny_job(out, "inproc", STRATEGY))
+def _simulate_in_process(config) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the FLARE clients here; more threads than free cores only spin
     try:
-        simulate(in_process)
+        simulate(config)
     finally:
         torch.set_num_threads(threads)
+
+
+def _alive(procs) -> list:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_job):
+    out = tmp_path_factory.mktemp("runs")
+    _simulate_in_process(load_config(None, tiny_job(out, "inproc", STRATEGY)))
     # Through the CLI, as a user runs it.
     overrides = tiny_job(out, "flare", STRATEGY, "engine.name=nvflare", "engine.timeout=300")
     assert main(["run", *(arg for o in overrides for arg in ("--set", o))]) == 0
@@ -86,7 +100,9 @@ def test_run_folder_matches_the_in_process_format(runs):
     ours, theirs = _records(flare), _records(inproc)
     assert [(r["phase"], r["round"]) for r in ours] == [(r["phase"], r["round"]) for r in theirs]
     for mine, ref in zip(ours, theirs):
-        assert _schema(mine) == _schema(ref)
+        # The in-process record, plus the whole FLARE messages of each round.
+        extra = {"nvflare_bytes", "nvflare_bytes.download", "nvflare_bytes.upload", "nvflare_bytes.total"}
+        assert _schema(mine) == _schema(ref) | (extra if mine["round"] else set())
         if mine["round"]:
             assert mine["clients"] == ref["clients"] == [0, 1]
             assert mine["bytes"] == ref["bytes"]  # payload sizes, measured where FLARE hands them over
@@ -103,9 +119,18 @@ def test_run_folder_matches_the_in_process_format(runs):
                 "adapter_message_bytes", "trainable_parameters", "federated_final_accuracy"):
         assert summary[key] == reference[key], key
     # Whole FLARE messages: the payload plus FLARE's envelope, a little more, never the base model.
-    wire = summary["nvflare_message_bytes"]
     payload = summary["adapter_message_bytes"]
-    assert payload < wire["download"] < payload + 16_384 and payload < wire["upload"] < payload + 16_384
+    for record in ours[1:]:
+        wire, sent = record["nvflare_bytes"], record["bytes"]
+        assert set(wire["download"]) == set(wire["upload"]) == {"0", "1"}
+        assert len(set(wire["download"].values())) == 1  # one message for every client
+        for cid in ("0", "1"):
+            assert sent["download"][cid] < wire["download"][cid] < sent["download"][cid] + 16_384
+            assert sent["upload"][cid] < wire["upload"][cid] < sent["upload"][cid] + 16_384
+        assert wire["total"] == sum(wire["download"].values()) + sum(wire["upload"].values())
+    wire = summary["nvflare_message_bytes"]
+    assert wire == {d: max(n for r in ours[1:] for n in r["nvflare_bytes"][d].values()) for d in ("download", "upload")}
+    assert payload < wire["download"] < payload + 16_384
     assert "run folder:" in (flare / "summary.txt").read_text()
 
 
@@ -128,10 +153,15 @@ def test_existing_run_folder_is_refused_before_flare_starts(runs):
         simulate_nvflare(config)
 
 
-def test_clients_run_through_a_wrapper_command(runs, tiny_job, tmp_path):
+def test_clients_run_through_a_wrapper_command(tiny_job, tmp_path):
     """engine.client_command: each client's trainer is an external process started by a wrapper
-    (as FedUMM's --use_env_script activates another environment); same adapter as in-process."""
-    inproc, _, _ = runs
+    (as FedUMM's --use_env_script activates another environment). With FedAdam (server
+    moments) and 2 of 3 clients sampled a round: the same adapter and server state as
+    in-process."""
+    job = ("federation.num_clients=3", "federation.fraction_fit=0.5", "federation.strategy.name=fedadam",
+           "data.synthetic.train_samples=90")
+    _simulate_in_process(load_config(None, tiny_job(tmp_path / "runs", "inproc-adam", *job)))
+    inproc = tmp_path / "runs" / "inproc-adam"
     calls = tmp_path / "calls.txt"
     wrapper = tmp_path / "launch_env.sh"
     wrapper.write_text(
@@ -140,11 +170,73 @@ def test_clients_run_through_a_wrapper_command(runs, tiny_job, tmp_path):
         f'echo "$$ $PWD $*" >> {shlex.quote(str(calls))}\n'
         f'exec {shlex.quote(sys.executable)} -u "$@"\n'
     )
-    overrides = tiny_job(tmp_path / "runs", "wrapped", STRATEGY, "engine.name=nvflare", "engine.timeout=300",
+    overrides = tiny_job(tmp_path / "runs", "wrapped", *job, "engine.name=nvflare", "engine.timeout=300",
                          f"engine.client_command=bash {wrapper}")
     result = simulate_nvflare(load_config(None, overrides))
     lines = calls.read_text().splitlines()
-    assert len(lines) == 2  # one trainer per client, launched once for the whole job
-    assert sorted(line.split()[1].rsplit("/", 1)[-1] for line in lines) == ["app_site-1", "app_site-2"]
+    assert len(lines) == 3  # one trainer per client, launched once for the whole job
+    assert sorted(line.split()[1].rsplit("/", 1)[-1] for line in lines) == ["app_site-1", "app_site-2", "app_site-3"]
     assert all(line.endswith("custom/fedumm_client.py") for line in lines)
-    assert _max_diff(_checkpoint(Path(result.run_dir)), _checkpoint(inproc)) <= 1e-5
+    flare, ref = _checkpoint(Path(result.run_dir)), _checkpoint(inproc)
+    assert {k for k in ref if k.startswith("server/")}  # FedAdam's moments
+    assert _max_diff(flare, ref) <= 1e-5
+    sampled = [r["clients"] for r in _records(Path(result.run_dir))[1:]]
+    assert sampled == [r["clients"] for r in _records(inproc)[1:]]
+    assert [len(c) for c in sampled] == [2, 2]
+    for record in _records(Path(result.run_dir))[1:]:
+        assert sorted(record["nvflare_bytes"]["upload"]) == [str(c) for c in record["clients"]]
+
+
+def test_a_dead_client_process_ends_the_run_naming_the_site(tiny_job, tmp_path, monkeypatch):
+    """FLARE's simulator waits forever for a client whose process died; fedumm notices, stops
+    the simulator with every process it started and names the site. Temporary files of the
+    FLARE processes stay in the workspace."""
+    outer_tmp = tmp_path / "outer-tmp"
+    outer_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
+    workspace = tmp_path / "ws"
+    config = load_config(None, tiny_job(tmp_path / "runs", "killed", "federation.rounds=30", "engine.timeout=240",
+                                        f"engine.workspace={workspace}", "engine.name=nvflare"))
+    metrics = workspace / "simulator/server/simulate_job/fedumm_run/metrics.jsonl"
+    me = psutil.Process()
+    seen: dict[int, psutil.Process] = {}
+    killed: list[float] = []
+
+    def kill_site_2() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline:
+            for p in me.children(recursive=True):
+                seen.setdefault(p.pid, p)
+            if metrics.is_file() and metrics.read_text().count("\n") >= 2:  # round 1 done
+                victims = []
+                for p in me.children(recursive=True):
+                    try:
+                        cmd = p.cmdline()
+                    except psutil.NoSuchProcess:
+                        continue
+                    if "nvflare.private.fed.app.simulator.simulator_worker" in cmd and "site-2" in cmd:
+                        victims.append(p)
+                assert len(victims) == 1, victims
+                victims[0].kill()
+                killed.append(time.monotonic())
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_site_2, daemon=True)
+    killer.start()
+    with pytest.raises(FedummError) as info:
+        simulate_nvflare(config)
+    ended = time.monotonic()
+    killer.join(5)
+    assert killed, "site-2's worker was never killed"
+    assert ended - killed[0] < 30
+    message = str(info.value)
+    assert "\n" not in message and "client site-2's process died" in message
+    run_folder = workspace / "simulator/server/simulate_job/fedumm_run"
+    assert str(run_folder) in message
+    assert [r["round"] for r in _records(run_folder)][:2] == [0, 1]  # what was finished stays
+    assert len(seen) >= 3  # the simulator and its two workers
+    assert not _alive(seen.values()) and not _alive(me.children(recursive=True))
+    assert not list(outer_tmp.iterdir())
+    assert (workspace / "tmp").is_dir()
+    assert not (tmp_path / "runs" / "killed").exists()

@@ -65,7 +65,8 @@ class ClientSession:
             data = build_federated_data(config.data, num_clients, config.seed).clients[cid]
             source = f"partition of data.* (client {cid} of {num_clients})"
         else:
-            site_config, source = P.load_site_config(self.site, self.workspace_root, config, self.environ)
+            site_config, source = P.load_site_config(self.site, self.workspace_root, config, self.environ,
+                                                     self.app_dir / "config")
             train, test = P.load_site_rows(site_config, config.seed)
             if not train:
                 raise RuntimeError(f"site {self.site}: its data config ({source}) gave no training rows")

@@ -29,6 +29,9 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from fedumm.engines.nvflare import protocol as P
 
 ERROR_FILE = "fedumm_error.txt"
+# Seconds a round (and the setup task) waits for its clients before the job fails naming the
+# missing ones: generous for real models; engine.task_timeout sets it per job, 0 = no limit.
+DEFAULT_TASK_TIMEOUT = 14_400
 
 
 class FedummController(ModelController):
@@ -36,13 +39,13 @@ class FedummController(ModelController):
         self,
         config_file: str = P.CONFIG_FILE,
         data_placement: str = "partition",
-        task_timeout: int = 0,
+        task_timeout: int = DEFAULT_TASK_TIMEOUT,
         task_check_period: float = 0.5,
     ):
         """Args (all land in the exported job's config_fed_server.json):
             config_file: the run config, in the app's config folder.
             data_placement: "partition" (clients split data.* with the run seed) or "site".
-            task_timeout: seconds a round waits for its clients; 0 = no limit.
+            task_timeout: seconds a round (and the setup task) waits for its clients; 0 = no limit.
             task_check_period: seconds between checks for finished tasks.
         """
         super().__init__(persistor_id="", ignore_result_error=False, task_check_period=task_check_period)
@@ -52,8 +55,12 @@ class FedummController(ModelController):
         self.data_placement = data_placement
         self.task_timeout = task_timeout
         self.task_check_period = task_check_period
-        # Bytes of the serialized FLARE task data / results, as FLARE's server hands them over.
-        self._wire: dict[str, list[int]] = {"download": [], "upload": []}
+        # This round's whole FLARE messages (serialized task data / results as FLARE's server
+        # hands them over), client name -> bytes; the task data every client of a round shares
+        # is serialized once.
+        self._wire: dict[str, dict[str, int]] = {"download": {}, "upload": {}}
+        self._wire_lock = threading.Lock()
+        self._download_seen: tuple[Any, int] | None = None  # (the round's shared task content, its size)
         self._rounds: int | None = None
 
     def start_controller(self, fl_ctx: FLContext) -> None:
@@ -77,12 +84,34 @@ class FedummController(ModelController):
     def _measure(self, direction: str, fl_ctx: FLContext, shareable: Any) -> None:
         if shareable is None or fl_ctx.get_prop(FLContextKey.TASK_NAME) != P.TRAIN_TASK:
             return
+        peer = fl_ctx.get_peer_context()
+        client = peer.get_identity_name() if peer is not None else ""
         try:
             from nvflare.fuel.utils import fobs
 
-            self._wire[direction].append(len(fobs.dumps(shareable)))
-        except Exception as exc:  # measuring must never break a round
-            self.warning(f"could not measure the {direction} message: {exc}")
+            with self._wire_lock:
+                # FLARE gives each client a shallow copy of the task: the same content (the DXO
+                # with the payload), its own few headers. Serialize that content once per round.
+                content = shareable.get("DXO") if direction == "download" else None
+                if content is not None and self._download_seen is not None and self._download_seen[0] is content:
+                    size = self._download_seen[1]
+                else:
+                    size = len(fobs.dumps(shareable))
+                    if content is not None:
+                        self._download_seen = (content, size)
+                self._wire[direction][client] = size
+        except Exception as exc:  # measuring must never break a round; the record then lacks this client
+            self.warning(f"could not measure the {direction} message of {client or '?'}: {exc}")
+
+    def _take_wire(self, ids: dict[str, int]) -> dict[str, Any]:
+        """The round's FLARE message sizes by client id (and the total), for the record."""
+        with self._wire_lock:
+            wire, self._wire = self._wire, {"download": {}, "upload": {}}
+            self._download_seen = None
+        out: dict[str, Any] = {d: {str(ids[name]): n for name, n in sorted(wire[d].items(), key=lambda kv: ids.get(kv[0], -1))
+                                   if name in ids} for d in ("download", "upload")}
+        out["total"] = sum(out["download"].values()) + sum(out["upload"].values())
+        return out
 
     # ------------------------------------------------------------------ workflow
 
@@ -107,8 +136,11 @@ class FedummController(ModelController):
         if self.abort_signal is not None and self.abort_signal.triggered:
             raise RuntimeError(f"{task}: the job was aborted")
         if len(results) != len(targets):
-            got = sorted(r.meta.get("client_name", "?") for r in results)
-            raise RuntimeError(f"{task}: {len(results)} of {len(targets)} clients answered ({got} of {sorted(targets)})")
+            got = {r.meta.get("client_name", "?") for r in results}
+            missing = sorted(set(targets) - got)
+            limit = f"engine.task_timeout={self.task_timeout}s" if self.task_timeout else "no engine.task_timeout"
+            raise RuntimeError(f"{task}: {len(results)} of {len(targets)} clients answered; no answer from "
+                               f"{missing} ({limit})")
         return results
 
     def _send(self, task: str, targets: list[str], data: FLModel) -> list[FLModel]:
@@ -210,8 +242,10 @@ class FedummController(ModelController):
             selected = server.sample_clients(round_num, sorted(ids.values()))
             download = server.broadcast(round_num)
             meta = {**base_meta, P.META_ROUND: round_num}
+            self._take_wire(ids)  # start the round's count afresh
             results = self._send(P.TRAIN_TASK, [name_of[c] for c in selected],
                                  self._task_data(meta, download, round_num))
+            wire = self._take_wire(ids)
             by_id = {ids[r.meta["client_name"]]: r for r in results}
             # In the sampled order, as the in-process engine aggregates them.
             replies = [FitReply(cid, P.unpack(by_id[cid].params), int(by_id[cid].meta[P.META_NUM_SAMPLES]),
@@ -238,6 +272,8 @@ class FedummController(ModelController):
                     "full_finetune_per_message": full_bytes,
                     "reduction_pct": 100.0 * (1 - len(download) / full_bytes),
                 },
+                # Whole FLARE messages (payload + FLARE's envelope), as serialized on the server.
+                "nvflare_bytes": wire,
                 "seconds": {"fit": fit_seconds, "eval": time.perf_counter() - eval_start,
                             "round": time.perf_counter() - start},
             }
@@ -278,10 +314,10 @@ class FedummController(ModelController):
         summary["engine"] = "nvflare"
         summary["nvflare_data_placement"] = self.data_placement
         summary["nvflare_clients"] = {str(cid): name for cid, name in name_of.items()}
-        # Whole FLARE messages (payload + FLARE's own envelope), as serialized on the server.
-        if self._wire["download"] and self._wire["upload"]:
-            summary["nvflare_message_bytes"] = {"download": max(self._wire["download"]),
-                                                "upload": max(self._wire["upload"])}
+        # The largest whole FLARE message each way (the records' nvflare_bytes).
+        sizes = {d: [n for r in result.records[1:] for n in r["nvflare_bytes"][d].values()] for d in ("download", "upload")}
+        if sizes["download"] and sizes["upload"]:
+            summary["nvflare_message_bytes"] = {d: max(v) for d, v in sizes.items()}
         run.write_json("summary.json", summary)
         (out / "summary.txt").write_text(format_summary(summary, run.read_metrics()) + "\n")
         save_plot(run, metric)

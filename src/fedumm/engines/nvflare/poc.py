@@ -9,8 +9,13 @@ machine, contacting no address but 127.0.0.1.
         result = fl.download(job_id, root / "results")
 
 Everything lives under ``root`` (startup kits, workspaces, FLARE's job and snapshot stores,
-HOME for the CLI's settings), and ``stop`` (also on leaving the ``with`` block, whatever
-happened) ends every process this object started, their children included.
+HOME for the CLI's settings, TMPDIR for every process's temporary files), and ``stop`` (also
+on leaving the ``with`` block, whatever happened, SIGTERM included) ends every process this
+object started, their children included. The processes also get SIGTERM when the thread that
+started them ends (Linux), so a driver killed outright does not leave the server behind: use
+the deployment from the thread that starts it. FLARE's job processes (children of the server
+and the sites) end once orphaned: every Python process of the deployment watches its parent
+(a ``sitecustomize`` on the deployment's PYTHONPATH).
 
 ``python -m fedumm.engines.nvflare.poc JOB_DIR`` runs a job folder this way (``make nvflare-poc``).
 """
@@ -18,6 +23,7 @@ happened) ends every process this object started, their children included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -31,7 +37,9 @@ from pathlib import Path
 
 import yaml
 
-from fedumm.engines.nvflare.runner import child_env, stop_process_tree
+from fedumm.engines.nvflare import processes
+from fedumm.engines.nvflare.processes import sigterm_as_interrupt, stop_process_tree
+from fedumm.engines.nvflare.runner import child_env
 from fedumm.errors import FedummError
 
 ADMIN = "admin@fedumm.local"
@@ -39,6 +47,23 @@ SERVER = "localhost"  # a loopback name: FLARE's server then listens on 127.0.0.
 PROJECT = "fedumm_loopback"
 # Classes of fedumm a site must allow when jobs carry no custom code (see README, NVIDIA FLARE).
 FEDUMM_CLASSES = ["fedumm.engines.nvflare.", "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"]
+
+
+# Loaded by every Python process of the deployment (PYTHONPATH): once its parent is gone (the
+# driver, or the FLARE parent of a job process, was killed outright), the process ends too.
+ORPHAN_WATCH = """\
+# written by fedumm.engines.nvflare.poc: end this process when its parent is gone
+import os, signal, threading, time
+
+def _fedumm_orphan_watch(parent=os.getppid()):
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(15.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+threading.Thread(target=_fedumm_orphan_watch, name="fedumm-orphan-watch", daemon=True).start()
+"""
 
 
 def free_port() -> int:
@@ -78,6 +103,7 @@ class LoopbackDeployment:
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}
         self._env = child_env(env)
+        self._signals = contextlib.ExitStack()
 
     # ------------------------------------------------------------------ layout
 
@@ -92,11 +118,14 @@ class LoopbackDeployment:
         return self.kit(site)
 
     def env(self) -> dict[str, str]:
-        """The kits' start scripts run ``python3``: ours, first on PATH. HOME is private so the
-        CLI's settings (~/.nvflare) stay inside the deployment."""
+        """The kits' start scripts run ``python3``: ours, first on PATH. HOME and TMPDIR are
+        private so the CLI's settings (~/.nvflare) and FLARE's temporary files (job uploads,
+        streamed logs) stay inside the deployment."""
         env = dict(self._env)
         env["PATH"] = os.pathsep.join([str(self.root / "bin"), env.get("PATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(self.root / "pyhooks"), env.get("PYTHONPATH", "")] if p)
         env["HOME"] = str(self.root / "home")
+        env["TMPDIR"] = str(self.root / "tmp")
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -105,12 +134,15 @@ class LoopbackDeployment:
     def provision(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "home").mkdir(exist_ok=True)
+        (self.root / "tmp").mkdir(exist_ok=True)
         bin_dir = self.root / "bin"
         bin_dir.mkdir(exist_ok=True)
         # A wrapper, not a symlink: a virtual environment's python must be started by its own path.
         wrapper = bin_dir / "python3"
         wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(self.python)} "$@"\n')
         wrapper.chmod(0o755)
+        (self.root / "pyhooks").mkdir(exist_ok=True)
+        (self.root / "pyhooks" / "sitecustomize.py").write_text(ORPHAN_WATCH)
         project = {
             "api_version": 3,
             "name": PROJECT,
@@ -143,8 +175,8 @@ class LoopbackDeployment:
         with open(self.root / f"{name}.out", "ab") as out:
             # --once: the kit's script execs FLARE directly (no restart loop); new session so
             # stop() can end the whole group.
-            self.procs[name] = subprocess.Popen(["bash", str(script), "--once"], stdout=out, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=self.env(), start_new_session=True)
+            self.procs[name] = processes.popen(["bash", str(script), "--once"], stdout=out, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=self.env())
 
     def start(self, timeout: float = 120) -> None:
         self._start(SERVER)
@@ -189,24 +221,31 @@ class LoopbackDeployment:
         self.procs.clear()
 
     def __enter__(self) -> LoopbackDeployment:
+        # SIGTERM while inside the block ends it like Ctrl-C: __exit__ stops every process.
+        self._signals.enter_context(sigterm_as_interrupt())
         try:
             self.provision()
             self.start()
         except BaseException:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                self._signals.close()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._signals.close()
 
     # ------------------------------------------------------------------ admin CLI
 
     def _cli(self, args: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [self.python, "-m", "nvflare.cli", *args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+            proc = processes.run(cmd, timeout, capture_output=True, text=True, env=self.env(), stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise FedummError(f"nvflare {' '.join(args[:2])} did not finish within {timeout:g}s") from None
         if check and proc.returncode != 0:
@@ -273,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="fedumm-poc-"))
     try:
-        with LoopbackDeployment(root, args.sites.split(","), log=print) as fl:
+        with sigterm_as_interrupt(), LoopbackDeployment(root, args.sites.split(","), log=print) as fl:
             job_id = fl.submit(args.job)
             fl.wait(job_id, args.timeout)
             run = find_run_folder(fl.download(job_id, root / "download"))
@@ -288,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedummError as exc:
         print(f"fedumm: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fedumm: interrupted; stopped the deployment's processes", file=sys.stderr)
+        return 130
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)

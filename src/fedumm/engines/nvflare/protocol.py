@@ -35,6 +35,7 @@ CONFIG_FILE = "fedumm_config.yaml"  # app config folder: the resolved run config
 CLIENT_SCRIPT = "fedumm_client.py"  # app custom folder: the client entry script
 RUN_FOLDER = "fedumm_run"  # server job workspace: the run folder the controller writes
 CLIENT_STATE_FILE = "fedumm_client_state.safetensors"  # client app folder: state kept across restarts
+JOB_SITE_FILE = "fedumm_site.yaml"  # a per-site client app's config folder: its engine.sites entry
 
 # Where a site keeps its own data config (relative to its workspace root) and the variable that
 # overrides it.
@@ -87,30 +88,34 @@ def resolve_placement(config: RunConfig, exported: bool) -> str:
     return placement
 
 
+def _read_site_file(path: Path) -> SiteConfig:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"site config {path} is not valid YAML: {exc}") from None
+    try:
+        return SiteConfig.model_validate(raw)
+    except Exception as exc:  # pydantic ValidationError: name the file and the first problem
+        first = getattr(exc, "errors", lambda: [{"loc": (), "msg": str(exc)}])()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"site config {path}: {key}: {first['msg']}") from None
+
+
 def load_site_config(site: str, workspace_root: Path | None, config: RunConfig,
-                     environ: Mapping[str, str]) -> tuple[SiteConfig, str]:
+                     environ: Mapping[str, str], app_config_dir: Path | None = None) -> tuple[SiteConfig, str]:
     """The site's own data config and where it came from: ``$FEDUMM_SITE_CONFIG``, else the
-    site workspace's ``local/fedumm_site.yaml``, else ``engine.sites.<site>`` of the job."""
-    candidates: list[Path] = []
+    site workspace's ``local/fedumm_site.yaml``, else the job's entry for the site
+    (``engine.sites.<site>``: in an exported per-site app, its ``config/fedumm_site.yaml``)."""
     if environ.get(SITE_CONFIG_ENV):
-        candidates.append(Path(environ[SITE_CONFIG_ENV]))
-    elif workspace_root is not None:
-        local = workspace_root / SITE_CONFIG_FILE
-        if local.is_file():
-            candidates.append(local)
-    for path in candidates:
+        path = Path(environ[SITE_CONFIG_ENV])
         if not path.is_file():
             raise ConfigError(f"{SITE_CONFIG_ENV}: site config file {path} not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"site config {path} is not valid YAML: {exc}") from None
-        try:
-            return SiteConfig.model_validate(raw), str(path)
-        except Exception as exc:  # pydantic ValidationError: name the file and the first problem
-            first = getattr(exc, "errors", lambda: [{"loc": (), "msg": str(exc)}])()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"site config {path}: {key}: {first['msg']}") from None
+        return _read_site_file(path), str(path)
+    if workspace_root is not None and (workspace_root / SITE_CONFIG_FILE).is_file():
+        path = workspace_root / SITE_CONFIG_FILE
+        return _read_site_file(path), str(path)
+    if app_config_dir is not None and (app_config_dir / JOB_SITE_FILE).is_file():
+        return _read_site_file(app_config_dir / JOB_SITE_FILE), f"engine.sites.{site}"
     if site in config.engine.sites:
         return config.engine.sites[site], f"engine.sites.{site}"
     where = f"{workspace_root / SITE_CONFIG_FILE}" if workspace_root is not None else str(SITE_CONFIG_FILE)

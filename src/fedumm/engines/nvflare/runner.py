@@ -11,27 +11,25 @@ in-process engine runs it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fedumm.config import RunConfig
 from fedumm.engines.nvflare import protocol as P
+from fedumm.engines.nvflare.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.errors import ConfigError, FedummError
 
 SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"  # what FedJob.simulator_run runs
 SIM_JOB_ID = "simulate_job"  # the simulator's fixed job id
-STOP_GRACE_SECONDS = 10.0
 
 
 # ---------------------------------------------------------------------------- preflight
@@ -77,9 +75,10 @@ def _site_names(config: RunConfig) -> list[str] | None:
     return None
 
 
-def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(base: dict[str, str] | None = None, tmpdir: str | Path | None = None) -> dict[str, str]:
     """The environment of FLARE processes we start: ours, with this fedumm importable (a
-    source checkout need not be installed)."""
+    source checkout need not be installed); with ``tmpdir``, their temporary files go there
+    (created), not to the machine's /tmp."""
     import fedumm
 
     env = dict(os.environ if base is None else base)
@@ -88,6 +87,9 @@ def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     if root not in paths and "site-packages" not in root:
         env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if tmpdir is not None:
+        Path(tmpdir).mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
     return env
 
 
@@ -101,38 +103,6 @@ def _warm_model_cache(config: RunConfig) -> None:
 
 # ---------------------------------------------------------------------------- process control
 
-def stop_process_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM the process's group and every descendant (job processes, external trainers in
-    their own sessions), then SIGKILL whatever is left after ``grace`` seconds."""
-    import psutil
-
-    try:
-        parent = psutil.Process(proc.pid)
-        procs = [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def first_error(workspace: Path) -> str | None:
     """The first line of a fedumm error file left by a client (the usual root cause) or the
     controller."""
@@ -144,21 +114,85 @@ def first_error(workspace: Path) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM ends the wait like Ctrl-C, so the simulator's processes are stopped too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+# What FLARE's simulator logs when a client's worker process ends in the middle of the job (its
+# SimulatorClientRunner.do_one_task); the job then waits for that client forever.
+_WORKER_DIED = re.compile(r"(Communication error with client|Subprocess died for client) ([A-Za-z0-9._-]+?)[:,\s]")
+WORKER_MODULE = "nvflare.private.fed.app.simulator.simulator_worker"
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class WorkerWatch:
+    """Notices a simulated client whose process died, which FLARE's simulator does not survive
+    (it logs the error and the server waits for that client's result forever).
+
+    Two signals: the simulator's own log line for a worker it lost (any ``engine.threads``), and
+    the worker processes themselves (psutil): with one thread per client each worker lives
+    for the whole job, so one that is gone before the job's summary exists, with the
+    simulator still running ``grace`` seconds later, died."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path, done: Path, persistent: bool,
+                 grace: float = 10.0, scan_every: float = 1.0):
+        self.proc, self.log, self.done, self.persistent = proc, log, done, persistent
+        self.grace, self.scan_every = grace, scan_every
+        self.offset = 0
+        self.workers: dict[int, tuple[str, object]] = {}  # pid -> (site, psutil.Process)
+        self.gone: dict[str, float] = {}  # site -> when its worker was found gone
+        self.last_scan = 0.0
+
+    def _log_death(self) -> tuple[str, str] | None:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return None
+        end = chunk.rfind(b"\n") + 1  # whole lines only
+        self.offset += end
+        match = _WORKER_DIED.search(chunk[:end].decode(errors="replace"))
+        return (match.group(2), f"FLARE logged '{match.group(1)} {match.group(2)}'") if match else None
+
+    def _scan(self) -> None:
+        import psutil
+
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for child in children:
+            if child.pid in self.workers:
+                continue
+            try:
+                cmd = child.cmdline()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if WORKER_MODULE in cmd and "--client" in cmd[:-1]:
+                self.workers[child.pid] = (cmd[cmd.index("--client") + 1], child)
+
+    def dead_site(self) -> tuple[str, str] | None:
+        """``(site, how it was noticed)`` once a client's process died, else None."""
+        import psutil
+
+        found = self._log_death()
+        if found:
+            return found
+        now = time.monotonic()
+        if not self.persistent or now - self.last_scan < self.scan_every:
+            return None
+        self.last_scan = now
+        self._scan()
+        if self.done.is_file():
+            return None
+        for pid, (site, process) in list(self.workers.items()):
+            try:
+                alive = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                alive = False
+            if not alive:
+                self.gone.setdefault(site, now)
+                del self.workers[pid]
+        for site, since in self.gone.items():
+            if now - since >= self.grace and not self.done.is_file():
+                return site, f"its process ({WORKER_MODULE}) ended before the job did"
+        return None
 
 
 class _RoundPrinter:
@@ -206,16 +240,26 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
         result_dir = sim_ws / "server" / SIM_JOB_ID / P.RUN_FOLDER
         printer = _RoundPrinter(result_dir / "metrics.jsonl", config)
         deadline = time.monotonic() + config.engine.timeout if config.engine.timeout else None
-        with open(workspace / "simulator.log", "wb") as log, _sigterm_as_interrupt():
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=child_env(), start_new_session=True)
+        log_path = workspace / "simulator.log"
+        threads = config.engine.threads or num_clients
+        with open(log_path, "wb") as log, sigterm_as_interrupt():
+            proc = popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env=child_env(tmpdir=workspace / "tmp"))
+            watch = WorkerWatch(proc, log_path, result_dir / "summary.json", persistent=threads >= num_clients)
             try:
                 while proc.poll() is None:
                     if progress:
                         printer.poll()
+                    dead = watch.dead_site()
+                    if dead is not None:
+                        site, how = dead
+                        raise FedummError(
+                            f"NVIDIA FLARE simulator: client {site}'s process died during the job ({how}); "
+                            f"stopped the simulator; the rounds finished so far are in {result_dir} "
+                            f"(log: {log_path})")
                     if deadline is not None and time.monotonic() > deadline:
                         raise FedummError(f"engine.timeout: the FLARE simulator ran longer than "
-                                          f"{config.engine.timeout:g}s (log: {workspace / 'simulator.log'})")
+                                          f"{config.engine.timeout:g}s (log: {log_path})")
                     time.sleep(0.25)
             finally:
                 if proc.poll() is None:

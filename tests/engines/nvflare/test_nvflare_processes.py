@@ -1,0 +1,121 @@
+"""The processes the FLARE engine starts end with their starter: SIGTERM becomes an interrupt,
+a child gets SIGTERM when its starter dies (Linux), and the loopback deployment's Python
+processes end once orphaned. No FLARE needed: plain ``sleep`` / Python children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedumm.engines.nvflare import processes
+from fedumm.engines.nvflare.poc import ORPHAN_WATCH
+
+SRC = str(Path(__file__).resolve().parents[3] / "src")
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _starter(code: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """A Python process running ``code``, which prints the pid of the child it starts."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": SRC, **(env or {})})
+    child = int(proc.stdout.readline())
+    return proc, child
+
+
+@linux
+def test_a_child_gets_sigterm_when_its_starter_is_killed():
+    starter, child = _starter("""
+        import time
+        from fedumm.engines.nvflare import processes
+        print(processes.popen(["sleep", "60"]).pid, flush=True)
+        time.sleep(60)
+    """)
+    try:
+        assert psutil.Process(child).is_running()
+        starter.kill()  # no cleanup can run
+        assert _gone_within(child, 5)
+    finally:
+        starter.kill()
+        starter.wait()
+        if not _gone_within(child, 0):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_sigterm_interrupts_the_wait_and_the_cleanup_runs():
+    starter, child = _starter("""
+        import subprocess, sys, time
+        from fedumm.engines.nvflare import processes
+        proc = processes.popen(["sleep", "60"])
+        print(proc.pid, flush=True)
+        try:
+            with processes.sigterm_as_interrupt():
+                time.sleep(60)
+        except KeyboardInterrupt:
+            processes.stop_process_tree(proc, grace=5)
+            print("stopped", proc.returncode, flush=True)
+            sys.exit(3)
+    """)
+    try:
+        time.sleep(0.3)
+        starter.send_signal(signal.SIGTERM)
+        assert starter.wait(timeout=20) == 3
+        assert starter.stdout.read().split() == ["stopped", str(-signal.SIGTERM)]
+        assert _gone_within(child, 1)
+    finally:
+        starter.kill()
+        starter.wait()
+
+
+def test_stop_process_tree_ends_descendants_in_their_own_sessions():
+    proc = processes.popen([sys.executable, "-c", textwrap.dedent("""
+        import subprocess, sys, time
+        inner = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        print(inner.pid, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    inner = int(proc.stdout.readline())
+    processes.stop_process_tree(proc, grace=5)
+    assert proc.returncode == -signal.SIGTERM
+    assert _gone_within(inner, 1)
+
+
+def test_deployment_processes_end_once_orphaned(tmp_path):
+    """The loopback deployment's sitecustomize: a Python process whose parent was killed ends."""
+    (tmp_path / "sitecustomize.py").write_text(ORPHAN_WATCH)
+    starter, grandchild = _starter(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{SRC}"})
+    try:
+        time.sleep(1.5)  # the grandchild's watch has started
+        assert psutil.Process(grandchild).is_running()
+        starter.kill()
+        assert _gone_within(grandchild, 5)
+    finally:
+        starter.kill()
+        starter.wait()
+        if not _gone_within(grandchild, 0):
+            os.kill(grandchild, signal.SIGKILL)
