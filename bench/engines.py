@@ -57,7 +57,9 @@ def measure(config) -> dict:
     summary = result.summary
     return {"wall": wall, "rounds": rounds, "round": sum(rounds) / len(rounds), "fixed": wall - sum(rounds),
             "state": result.federated.final_state, "payload": summary["adapter_message_bytes"],
-            "wire": summary.get("nvflare_message_bytes"), "per_round_bytes": summary["bytes_per_round"]}
+            "wire": summary.get("nvflare_message_bytes"), "per_round_bytes": summary["bytes_per_round"],
+            # Whole FLARE messages of a round, as FLARE's server serialized them (records' nvflare_bytes).
+            "wire_per_round": max((r["nvflare_bytes"]["total"] for r in records if "nvflare_bytes" in r), default=None)}
 
 
 def main() -> None:
@@ -125,7 +127,7 @@ def main() -> None:
             if r["wire"]:
                 print(f"{k} clients, {label}: payload {r['payload']:,} B per message; FLARE message "
                       f"{r['wire']['download']:,} B down / {r['wire']['upload']:,} B up; "
-                      f"{r['per_round_bytes']:,} B payload per round")
+                      f"{r['per_round_bytes']:,} B payload / {r['wire_per_round']:,} B FLARE messages per round")
 
 
 if __name__ == "__main__":

@@ -105,9 +105,10 @@ SITES = {"site-1": {"seed": 1, "data": {"synthetic": {"train_samples": 30, "test
 
 
 def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypatch):
-    """A job to completion, then a job whose site-2 job process dies after round 1 (FLARE ends it
-    with FINISHED:EXECUTION_EXCEPTION; the server's run folder keeps round 1), then teardown
-    after a failure: nothing ever started is left, and no socket was anything but loopback."""
+    """A job to completion and, at the same time, a job whose site-2 job process dies after round
+    1 (FLARE ends it with FINISHED:EXECUTION_EXCEPTION; the server's run folder keeps round 1),
+    then teardown after a failure: nothing ever started is left, and no socket was anything
+    but loopback."""
     outer_tmp = tmp_path / "outer-tmp"
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
@@ -128,20 +129,21 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
             local.write_text("seed: 5\ndata:\n  synthetic:\n    train_samples: 24\n    test_samples: 6\n")
             fl.start(timeout=180)
             with sampler:
+                # Two jobs at once (the kit runs up to 4): one to completion; in the other,
+                # site-2's job process dies after round 1.
                 job_id = fl.submit(job)
-                assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
-                run = find_run_folder(fl.download(job_id, tmp_path / "download"))
-
-                # A client's job process dies in the middle of a job.
                 fail_id = fl.submit(failing)
-                _wait_for_rounds(fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl", 2, 180)
-                victims = _job_processes(psutil.Process(fl.procs["site-2"].pid).children(recursive=True))
+                _wait_for_rounds(fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl", 2, 240)
+                victims = [p for p in _job_processes(psutil.Process(fl.procs["site-2"].pid).children(recursive=True))
+                           if fail_id in p.cmdline()]
                 assert len(victims) == 1, victims
                 victims[0].kill()
+                assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
                 with pytest.raises(FedummError, match=r"status FINISHED:EXECUTION_EXCEPTION"):
                     fl.wait(fail_id, timeout=120)
-                failed = fl.download(fail_id, tmp_path / "download-failed")
                 sampler.sample()
+            run = find_run_folder(fl.download(job_id, tmp_path / "download"))
+            failed = fl.download(fail_id, tmp_path / "download-failed")
             raise RuntimeError("a failure in the driver")
         finally:
             fl.stop()

@@ -119,3 +119,42 @@ def test_deployment_processes_end_once_orphaned(tmp_path):
         starter.wait()
         if not _gone_within(grandchild, 0):
             os.kill(grandchild, signal.SIGKILL)
+
+
+def test_worker_watch_names_a_client_whose_process_is_gone(tmp_path):
+    """The simulator runner's watch, on a stand-in simulator whose two "workers" carry FLARE's
+    worker command line: one killed is reported after the grace period, not before, and not
+    once the job's summary exists; FLARE's own log line is reported at once."""
+    from fedumm.engines.nvflare.runner import WORKER_MODULE, WorkerWatch
+
+    code = textwrap.dedent(f"""
+        import subprocess, sys, time
+        workers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "{WORKER_MODULE}",
+                                     "--client", site]) for site in ("site-1", "site-2")]
+        print(" ".join(str(w.pid) for w in workers), flush=True)
+        time.sleep(60)
+    """)
+    sim = processes.popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        site_1, site_2 = map(int, sim.stdout.readline().split())
+        log, done = tmp_path / "simulator.log", tmp_path / "summary.json"
+        log.write_text("2026-01-01 - INFO - Finished one task run for client: site-1\n")
+        watch = WorkerWatch(sim, log, done, persistent=True, grace=0.6, scan_every=0)
+        assert watch.dead_site() is None and sorted(s for s, _ in watch.workers.values()) == ["site-1", "site-2"]
+        os.kill(site_2, signal.SIGKILL)
+        time.sleep(0.3)
+        assert watch.dead_site() is None  # found gone; within the grace period the simulator may end on its own
+        time.sleep(0.8)
+        site, how = watch.dead_site()
+        assert site == "site-2" and WORKER_MODULE in how
+        done.write_text("{}")
+        assert watch.dead_site() is None  # the job had finished: its workers end normally
+
+        restarting = WorkerWatch(sim, log, tmp_path / "none.json", persistent=False)
+        assert restarting.dead_site() is None  # workers come and go between rounds
+        with open(log, "a") as f:
+            f.write("2026-01-01 - ERROR - Communication error with client site-1: \n")
+        assert restarting.dead_site() == ("site-1", "FLARE logged 'Communication error with client site-1'")
+    finally:
+        processes.stop_process_tree(sim, grace=5)
+    assert _gone_within(site_1, 2)
