@@ -315,7 +315,8 @@ class FedummController(ModelController):
         summary["nvflare_data_placement"] = self.data_placement
         summary["nvflare_clients"] = {str(cid): name for cid, name in name_of.items()}
         # The largest whole FLARE message each way (the records' nvflare_bytes).
-        sizes = {d: [n for r in result.records[1:] for n in r["nvflare_bytes"][d].values()] for d in ("download", "upload")}
+        sizes = {d: [n for r in result.records for n in r.get("nvflare_bytes", {}).get(d, {}).values()]
+                 for d in ("download", "upload")}
         if sizes["download"] and sizes["upload"]:
             summary["nvflare_message_bytes"] = {d: max(v) for d, v in sizes.items()}
         run.write_json("summary.json", summary)
