@@ -137,3 +137,17 @@ def test_registered_names_and_adagrad_has_no_beta2():
     assert STRATEGIES["fedadam"] is FedAdam and STRATEGIES["fedyogi"] is FedYogi
     assert STRATEGIES["fedadagrad"] is FedAdagrad
     assert "beta2" not in FedAdagrad.Params.model_fields and "beta2" in FedAdam.Params.model_fields
+
+
+def test_default_etas_give_the_same_first_server_step():
+    # Prepare: one client delta of 1 per coordinate (>> tau), from θ = 0.
+    updates = [ClientUpdate(0, 1, {"w": torch.tensor([1.0, -1.0])})]
+    steps = {}
+    for cls in (FedAdam, FedYogi, FedAdagrad):
+        # Execute
+        steps[cls.name] = cls().aggregate({"w": torch.zeros(2)}, updates, 1)["w"]
+    # Assert: Adam/Yogi: eta (1 - beta1) Δ / (sqrt((1 - beta2) Δ²) + tau) = 0.01 * 0.1 / (0.1 + 0.001) ≈ 0.0099;
+    # Adagrad: v = tau² + Δ², so 0.1 * 0.1 / (1 + 0.001) ≈ 0.00999: its 10x larger default eta matches them.
+    for name in ("fedadam", "fedyogi"):
+        assert torch.allclose(steps[name], torch.tensor([0.0099, -0.0099]), atol=1e-5), name
+    assert torch.allclose(steps["fedadagrad"], torch.tensor([0.00999, -0.00999]), atol=1e-5)

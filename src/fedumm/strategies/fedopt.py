@@ -25,8 +25,13 @@ differs from the paper variant in three ways:
 It has no bias correction either; v_0 = tau² and the θ update are as above.
 Their defaults are eta = tau = 1e-3 and beta1 = 0.9 (set them to reproduce their runs).
 
-Once |Δ| >> tau the step per coordinate is about eta whatever the scale of Δ, so eta should
-be of the order of a client's movement per round (about lr × local steps).
+Once |Δ| >> tau the step per coordinate is about eta whatever the scale of Δ (FedAdam,
+FedYogi), so eta should be of the order of a client's movement per round (about lr × local
+steps); FedAdagrad's growing v makes its step 0.1 eta in round 1 and eta / sqrt(t) later, so its
+default eta is 10x theirs (0.1 against 0.01). 0.01 fits LoRA on real VLMs (lr ~1e-4); on the
+tiny quickstart (lr 5e-3, ~25 local steps, 8 rounds) FedAdam reaches 0.23 / 0.28 global VQA
+accuracy at eta 0.01 (Dirichlet 0.1 / 1.0), 0.37 / 0.44 at 0.03 and 0.38 / 0.44 at 0.1, and
+diverges at 0.3; FedAdagrad 0.01 / 0.02 at eta 0.01 and 0.40 / 0.41 at 0.1 (bench/algorithms.py).
 
 Server state (float32, created the first time a key is trained, since clients may train a
 subset of the tensors in a round), in ``state_dict`` as ``m/<key>``, ``v/<key>`` and
@@ -100,7 +105,13 @@ def fedopt_step(
 
 
 class FedAdagradParams(StrategyParams):
-    eta: float = Field(1e-2, gt=0, le=10, description="Server learning rate eta.")
+    eta: float = Field(
+        0.1, gt=0, le=10,
+        description="Server learning rate eta. FedAdagrad's v sums Δ², so a steady Δ moves each coordinate about "
+        "0.1 eta in round 1 (m starts at 0, beta1 0.9) and eta / sqrt(t) by round t: 10x the FedAdam/FedYogi eta "
+        "for the same step (0.1 is also Flower's default). Aim the step at a client's movement per round "
+        "(~ train.lr x local steps).",
+    )
     beta1: float = Field(
         0.9, ge=0, lt=1, description="First-moment decay beta1 (unused by FedAdagrad in variant openfedllm)."
     )
@@ -124,6 +135,13 @@ class FedAdagradParams(StrategyParams):
 
 
 class FedOptParams(FedAdagradParams):
+    eta: float = Field(
+        1e-2, gt=0, le=10,
+        description="Server learning rate eta: once |Δ| >> tau each coordinate moves about eta a round, so set it "
+        "near a client's movement per round (~ train.lr x local steps; Reddi et al. tune it per task, Flower uses "
+        "0.1 for FedAdam, 0.01 for FedYogi). 0.01 suits LoRA at lr ~1e-4 over ~100 steps; the tiny quickstart "
+        "(lr 5e-3, ~25 steps) wants 0.03-0.1, and 3x the movement diverges (bench/algorithms.py --sweep eta=...).",
+    )
     beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay beta2.")
 
 
