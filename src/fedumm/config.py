@@ -252,11 +252,11 @@ class EngineConfig(Section):
         description="nvflare, in-process clients: seconds between the Client API's checks for a new task "
         "or a finished result (FLARE 2.9 polls every 0.5 s and has no setting; fedumm's client sets it).",
     )
-    heartbeat_timeout: float = Field(
-        600, gt=0, description="nvflare: seconds without a client heartbeat before the server drops it."
-    )
+    # No heartbeat key: FLARE 2.9 drops silent clients by the server startup kit's
+    # local/resources.json (heart_beat_timeout), never by a job's settings.
     task_timeout: int = Field(
-        0, ge=0, description="nvflare: seconds a round waits for its clients; 0 = no limit."
+        14_400, ge=0,
+        description="nvflare: seconds a round (and the setup task) waits for its clients; 0 = no limit.",
     )
     timeout: float | None = Field(
         None, gt=0, description="nvflare simulator: wall-clock limit of the whole run in seconds; null = none."

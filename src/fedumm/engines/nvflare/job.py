@@ -81,14 +81,6 @@ def check_exported_command(config: RunConfig) -> None:
                     f"folder; give the absolute path it has on the sites")
 
 
-def _check_heartbeat(config: RunConfig) -> None:
-    # FLARE 2.9 drops silent clients by the server's startup-kit setting (local/resources.json
-    # "servers": heart_beat_timeout; the simulator fixes it at 600 s), never by the job's.
-    if "heartbeat_timeout" in getattr(config.engine, "model_fields_set", ()):
-        raise ConfigError("engine.heartbeat_timeout: has no effect in NVIDIA FLARE 2.9 jobs; set heart_beat_timeout "
-                          "in the server startup kit's local/resources.json (servers entry) instead")
-
-
 def client_config(config: RunConfig, placement: str) -> RunConfig:
     """The run config a client app carries: no other site's data config, and, when sites load
     their own data, none of the server's ``data.*`` (the partition's label column stays: the
@@ -104,7 +96,6 @@ def client_config(config: RunConfig, placement: str) -> RunConfig:
 def build_job(config: RunConfig, staging: Path, exported: bool) -> FedJob:
     """The FedJob for ``config``. ``staging`` holds files the job copies at export time."""
     engine = config.engine
-    _check_heartbeat(config)
     if exported:
         check_exported_command(config)
     placement = P.resolve_placement(config, exported)
