@@ -83,3 +83,28 @@ def test_resume_uses_the_run_folders_config_and_fails_early(tmp_path, capsys):
     assert "give no config file" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_partition_command_writes_the_skipped_rows_messages(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    # Prepare: 8 good rows and one whose image file does not exist, skipped by policy.
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "question": "what color?", "answer": "red"}] * 8
+    rows.insert(3, {"image": "gone.png", "question": "what color?", "answer": "red"})
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "split"
+    # Execute
+    code = main(["partition", "--set", "data.source=table", "--set", f"data.table.path={table}",
+                 "--set", "data.table.on_error=skip", "--set", "federation.num_clients=2",
+                 "--set", "data.partition.method=iid", "--set", "data.partition.min_samples=1",
+                 "--out", str(out)])
+    # Assert
+    printed = capsys.readouterr().out
+    assert code == 0 and "1 rows skipped" in printed
+    problems = (out / "load_problems.txt").read_text().splitlines()
+    assert len(problems) == 1 and "line 4" in problems[0] and "gone.png" in problems[0]
+    assert json.loads((out / "partition.json").read_text())["skipped_rows_by_file"] == {str(table): 1}

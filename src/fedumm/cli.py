@@ -48,19 +48,21 @@ def _parser() -> argparse.ArgumentParser:
 def _partition(config, out: str | None) -> int:
     import json
 
-    from fedumm.data.federated import build_federated_data
+    from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
     from fedumm.data.partition import save_partition_heatmap
 
-    data = build_federated_data(config.data, config.federation.num_clients, config.seed)
+    data = build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
     folder = Path(out) if out else Path(config.output.dir) / f"{config.output.name or config.name}-partition"
     folder.mkdir(parents=True, exist_ok=True)
     stats = data.partition
     (folder / "partition.json").write_text(json.dumps(stats.to_dict(), indent=2, sort_keys=True) + "\n")
     heatmap = save_partition_heatmap(stats, folder / "partition.png")
+    data.load_report(folder)  # the skipped rows' messages, as a run folder has them
     print(stats.table())
     print(f"{len(stats.sizes)} clients, label skew {stats.skew():.3f} (0 = IID), "
           f"{len(data.global_test)} global test rows, {data.skipped_rows} rows skipped")
-    print(f"wrote {folder / 'partition.json'} and {heatmap}")
+    problems = f" and {folder / LOAD_PROBLEMS_FILE}" if data.load_problems else ""
+    print(f"wrote {folder / 'partition.json'}, {heatmap}{problems}")
     return 0
 
 

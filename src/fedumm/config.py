@@ -28,6 +28,11 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in."
     )
+    family: str | None = Field(
+        None,
+        description="hf_vlm: the family table entry (a model_type such as llava, qwen2_vl, idefics3) "
+        "for a checkpoint whose model_type is not in the table; null = the checkpoint's model_type.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_new_tokens: int = Field(8, ge=1, le=512, description="Answer length limit at evaluation.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")

@@ -242,12 +242,13 @@ class RunFolder:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         _atomic_write_bytes(self.metrics_path, text.encode())
 
-    def save_adapter(self, peft_model: torch.nn.Module, name: str = "adapter") -> Path:
-        """PEFT format: loads with ``PeftModel.from_pretrained(base, path)``."""
+    def save_adapter(self, host, name: str = "adapter") -> Path:
+        """``host.save_pretrained`` (a ``ModelHost``: the PEFT folder plus any parameters trained
+        in place) into ``name``, written to a temporary folder first so a crash keeps the old one."""
         path = self.path / name
         tmp = self.path / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        peft_model.save_pretrained(str(tmp))
+        host.save_pretrained(str(tmp))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
         return path

@@ -128,6 +128,27 @@ def test_unknown_model_type_warns_with_the_known_families():
         assert all(family_for(t) is FAMILIES[t] for t in FAMILIES)  # known types: silent
 
 
+@pytest.mark.parametrize(("family", "expected"), [("qwen2_vl", "qwen2_vl"), ("idefics3", "idefics3")])
+def test_model_family_picks_the_table_entry_for_an_unknown_type(family, expected):
+    import warnings
+
+    from fedumm.models.hf_vlm import FAMILIES, HFVisionLanguageBackend
+
+    backend = HFVisionLanguageBackend(ModelConfig(device="cpu", family=family))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit family: no "unknown model_type" warning
+        backend._set_family("mystery_vlm")
+    assert backend.family is FAMILIES[expected] and backend.model_type == "mystery_vlm"
+
+
+def test_unknown_model_family_names_the_key_and_the_known_ones():
+    from fedumm.models.hf_vlm import HFVisionLanguageBackend
+
+    backend = HFVisionLanguageBackend(ModelConfig(device="cpu", family="llama9"))
+    with pytest.raises(ConfigError, match=r"^model.family: unknown family 'llama9'; known: idefics3, janus, llava"):
+        backend._set_family("llava")
+
+
 def test_a_failing_fallback_processor_is_chained(tmp_path):
     """A Qwen2-VL folder with a tokenizer but no image processor: AutoProcessor returns the bare
     tokenizer, fedumm's Qwen processor cannot find preprocessor_config.json either."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedumm.adapters import check_state_matches, count_parameters, full_model_nbytes
+from fedumm.adapters import check_state_matches, full_model_nbytes
 from fedumm.config import RunConfig, StrategyConfig
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.data.federated import ClientData, FederatedData, build_federated_data
@@ -202,7 +202,8 @@ def simulate(
     if not in_place:
         RunFolder.check_available(config)
     # Data and model load next: a bad path or column fails before the run folder exists.
-    data = data or build_federated_data(config.data, config.federation.num_clients, config.seed)
+    data = data or build_federated_data(config.data, config.federation.num_clients, config.seed,
+                                         task=config.eval.task)
     host = host or ModelHost(config)
     server, prior = None, []
     if federated:  # a resumed checkpoint is checked against the model before the folder changes
@@ -221,7 +222,7 @@ def simulate(
     run.write_json("partition.json", data.partition.to_dict())
     save_partition_heatmap(data.partition, run.path / "partition.png")
     majority, baseline = majority_baseline_accuracy(data.pooled_train, data.global_test, config.eval.task)
-    trainable, total = count_parameters(host.model)
+    trainable, total = host.count_parameters()
     if config.output.progress:
         tqdm.write(
             f"{len(data.pooled_train)} training rows over {len(data.clients)} clients "
@@ -235,14 +236,14 @@ def simulate(
         fed_result = run_rounds(config, host, data.clients, data.global_test, run, "federated", server, prior)
         host.set_state(fed_result.final_state)
         host.reset_local()
-        run.save_adapter(host.model)
+        run.save_adapter(host)
     if centralized if centralized is not None else config.eval.centralized_baseline:
         central = centralized_config(config, clients_per_round(config.federation, config.federation.num_clients))
         pooled = [ClientData(0, data.pooled_train, [])]
         host.set_state(host.initial_state)
         host.reset_local()
         cen_result = run_rounds(central, host, pooled, data.global_test, run, "centralized")
-        run.save_adapter(host.model, "centralized_adapter" if federated else "adapter")
+        run.save_adapter(host, "centralized_adapter" if federated else "adapter")
 
     summary = {
         "name": config.name,
@@ -254,6 +255,7 @@ def simulate(
         "partition_skew": data.partition.skew(),
         "trainable_parameters": trainable,
         "total_parameters": total,
+        **({"trainable_by_stage": stages} if len(stages := host.trainable_by_stage()) > 1 else {}),
         "task": config.eval.task,
         "metric": PRIMARY_METRIC[config.eval.task],
         "majority_answer": majority,

@@ -181,7 +181,8 @@ def family_for(model_type: str) -> Family:
     warnings.warn(
         f"model.name_or_path: model_type {model_type!r} is not in the hf_vlm family table "
         f"(known: {', '.join(sorted(FAMILIES))}); assuming the LLaVA layout (language_model, "
-        "vision_tower, multi_modal_projector): LoRA presets and module groups may not fit",
+        "vision_tower, multi_modal_projector): LoRA presets and module groups may not fit; "
+        "model.family picks another entry",
         UserWarning,
         stacklevel=2,
     )
@@ -230,7 +231,10 @@ class HFVisionLanguageBackend(Backend):
                 f"checkpoints, got model_type {model_type!r}"
             )
         self.model_type = model_type
-        self.family = family_for(model_type)
+        chosen = self.config.family
+        if chosen is not None and chosen not in FAMILIES:
+            raise ConfigError(f"model.family: unknown family {chosen!r}; known: {', '.join(sorted(FAMILIES))}")
+        self.family = FAMILIES[chosen] if chosen is not None else family_for(model_type)
 
     def _read_model_type(self, path: str) -> str:
         from transformers import AutoConfig

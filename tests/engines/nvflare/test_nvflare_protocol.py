@@ -46,6 +46,24 @@ def test_server_rebuilds_partition_and_majority_from_client_counts():
         data.pooled_train, data.global_test)
 
 
+def test_server_reports_sites_skipped_rows_and_modalities():
+    # Prepare: two sites' counts, one with a text-only row and broken rows skipped in two files.
+    both = {"multiple_choice_answer": "yes", "answer_type": "yes/no", "image": object(), "question": "q?"}
+    text_only = dict(both, image=None)
+    config = load_config(None, [])
+    stats = [P.data_stats([both, both], [text_only], config.data, {"a.json": 2, "b.json": 1}),
+             P.data_stats([both], [], config.data, {})]
+    # Execute
+    by_site = P.partition_from_stats(stats, ["site-1", "site-2"])
+    shared = P.partition_from_stats([stats[0], stats[0]])  # partition placement: same skips everywhere
+    # Assert
+    assert by_site.skipped_summary() == {"skipped_rows": 3,
+                                         "skipped_rows_by_file": {"site-1: a.json": 2, "site-1: b.json": 1}}
+    assert shared.skipped_summary() == {"skipped_rows": 3, "skipped_rows_by_file": {"a.json": 2, "b.json": 1}}
+    assert by_site.to_dict()["modality_counts"][0]["text"] == 1
+    assert by_site.to_dict()["modality_counts"][1]["text"] == 0
+
+
 def test_site_config_precedence(tmp_path):
     config = load_config(None, ["engine.name=nvflare", "federation.num_clients=1",
                                 "engine.sites={site-1: {seed: 5, data: {synthetic: {train_samples: 11}}}}"])
@@ -85,7 +103,7 @@ def test_bad_site_file_names_the_file_and_key(tmp_path):
 def test_site_rows_come_from_the_sites_own_source():
     config = load_config(None, ["engine.name=nvflare", "federation.num_clients=1",
                                 "engine.sites={site-1: {seed: 3, data: {synthetic: {train_samples: 12, test_samples: 5}}}}"])
-    train, test = P.load_site_rows(config.engine.sites["site-1"], config.seed)
-    assert (len(train), len(test)) == (12, 5)
-    again, _ = P.load_site_rows(config.engine.sites["site-1"], seed=999)  # the site's seed wins
+    train, test, skipped = P.load_site_rows(config.engine.sites["site-1"], config.seed)
+    assert (len(train), len(test), skipped) == (12, 5, {})
+    again, _, _ = P.load_site_rows(config.engine.sites["site-1"], seed=999)  # the site's seed wins
     assert [r["question_id"] for r in again] == [r["question_id"] for r in train]

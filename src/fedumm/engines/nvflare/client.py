@@ -62,16 +62,17 @@ class ClientSession:
             torch.set_num_threads(config.engine.torch_threads)
         if meta[P.META_PLACEMENT] == "partition":
             # The in-process split: every site derives the same partition from the run seed.
-            data = build_federated_data(config.data, num_clients, config.seed).clients[cid]
+            federated = build_federated_data(config.data, num_clients, config.seed, task=config.eval.task)
+            data, skipped = federated.clients[cid], federated.skipped_by_file
             source = f"partition of data.* (client {cid} of {num_clients})"
         else:
             site_config, source = P.load_site_config(self.site, self.workspace_root, config, self.environ,
                                                      self.app_dir / "config")
-            train, test = P.load_site_rows(site_config, config.seed)
+            train, test, skipped = P.load_site_rows(site_config, config.seed)
             if not train:
                 raise RuntimeError(f"site {self.site}: its data config ({source}) gave no training rows")
             data = ClientData(cid, train, test)
-        self.stats = P.data_stats(data.train, data.test, config.data)
+        self.stats = P.data_stats(data.train, data.test, config.data, skipped)
         host = ModelHost(config)
         strategy = build_strategy(config.federation.strategy, num_clients=num_clients)
         self.runtime = ClientRuntime(data, host, config, strategy.client_algorithm())

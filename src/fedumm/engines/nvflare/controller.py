@@ -194,7 +194,7 @@ class FedummController(ModelController):
         import torch
         from transformers.utils import logging as hf_logging
 
-        from fedumm.adapters import count_parameters, full_model_nbytes
+        from fedumm.adapters import full_model_nbytes
         from fedumm.data.federated import load_source
         from fedumm.data.partition import save_partition_heatmap
         from fedumm.engines.simulation import PhaseResult
@@ -224,7 +224,8 @@ class FedummController(ModelController):
         setup = wait_setup()
         stats_by_id = {ids[r.meta["client_name"]]: r.meta[P.META_STATS] for r in setup}
         stats = [stats_by_id[cid] for cid in range(num_clients)]
-        partition = P.partition_from_stats(stats)
+        sites = [name_of[cid] for cid in range(num_clients)] if self.data_placement == "site" else None
+        partition = P.partition_from_stats(stats, sites)
         run.write_json("partition.json", partition.to_dict())
         save_partition_heatmap(partition, out / "partition.png")
         majority, baseline = P.majority_from_stats(stats, test, config.eval.task)
@@ -286,8 +287,8 @@ class FedummController(ModelController):
         result.final_state = server.global_state
         host.set_state(server.global_state)
         host.reset_local()
-        run.save_adapter(host.model)
-        trainable, total = count_parameters(host.model)
+        run.save_adapter(host)
+        trainable, total = host.count_parameters()
         # The in-process engine's summary (engines/simulation.py simulate), then FLARE's extras.
         summary = {
             "name": config.name,
@@ -299,11 +300,12 @@ class FedummController(ModelController):
             "partition_skew": partition.skew(),
             "trainable_parameters": trainable,
             "total_parameters": total,
+            **({"trainable_by_stage": stages} if len(stages := host.trainable_by_stage()) > 1 else {}),
             "task": config.eval.task,
             "metric": metric,
             "majority_answer": majority,
             "majority_baseline_accuracy": baseline,
-            **partition.skipped_summary(),  # None until FLARE clients report their skipped rows
+            **partition.skipped_summary(),  # as the clients reported them (counts, never rows)
             **phase_summary(result),
         }
         last = result.records[-1]["bytes"]

@@ -336,11 +336,12 @@ def _centralized_baseline(config: RunConfig, run):
     from fedumm.engines.simulation import centralized_config, run_rounds
     from fedumm.federation import ModelHost, clients_per_round
 
-    data = build_federated_data(config.data, config.federation.num_clients, config.seed)
+    data = build_federated_data(config.data, config.federation.num_clients, config.seed,
+                                task=config.eval.task)
     host = ModelHost(config)
     central = centralized_config(config, clients_per_round(config.federation, config.federation.num_clients))
     host.set_state(host.initial_state)
     host.reset_local()
     result = run_rounds(central, host, [ClientData(0, data.pooled_train, [])], data.global_test, run, "centralized")
-    run.save_adapter(host.model, "centralized_adapter")
+    run.save_adapter(host, "centralized_adapter")
     return result
