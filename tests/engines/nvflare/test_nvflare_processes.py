@@ -43,6 +43,14 @@ def _starter(code: str, env: dict | None = None) -> tuple[subprocess.Popen, int]
     return proc, child
 
 
+def _reap(starter, pid: int) -> None:
+    """Whatever a test asserted: no process of its outlives it."""
+    starter.kill()
+    starter.wait()
+    if not _gone_within(pid, 0):
+        os.kill(pid, signal.SIGKILL)
+
+
 @linux
 def test_a_child_gets_sigterm_when_its_starter_is_killed():
     starter, child = _starter("""
@@ -56,10 +64,7 @@ def test_a_child_gets_sigterm_when_its_starter_is_killed():
         starter.kill()  # no cleanup can run
         assert _gone_within(child, 5)
     finally:
-        starter.kill()
-        starter.wait()
-        if not _gone_within(child, 0):
-            os.kill(child, signal.SIGKILL)
+        _reap(starter, child)
 
 
 def test_sigterm_interrupts_the_wait_and_the_cleanup_runs():
@@ -115,10 +120,7 @@ def test_deployment_processes_end_once_orphaned(tmp_path):
         starter.kill()
         assert _gone_within(grandchild, 5)
     finally:
-        starter.kill()
-        starter.wait()
-        if not _gone_within(grandchild, 0):
-            os.kill(grandchild, signal.SIGKILL)
+        _reap(starter, grandchild)
 
 
 def test_worker_watch_names_a_client_whose_process_is_gone(tmp_path):
