@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench-memory clean
+.PHONY: demo test install bench-memory bench-algorithms bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python bench/memory.py
+
+bench-algorithms: $(STAMP)
+	$(BIN)/python bench/algorithms.py
+
+# Needs a CUDA GPU (and torch's CUDA build); `bench/gpu_train.py --smoke` checks it on the CPU.
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu_train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
