@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from fedumm.config import RunConfig, save_config
 from fedumm.errors import ConfigError
@@ -37,9 +37,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    _atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def clients_path(checkpoint: Path) -> Path:
