@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench-memory bench-algorithms bench-gpu clean
+.PHONY: demo test test-fast lint install bench-memory bench-algorithms bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedumm run configs/quickstart.yaml --set output.overwrite=true
 
-test: $(STAMP)
+# The whole suite (CI runs this): lint, format check, import layering, every test.
+test: lint
 	$(BIN)/python -m pytest
+
+# The inner loop: lint and the tests not marked slow (end-to-end runs).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 bench-memory: $(STAMP)
 	$(BIN)/python bench/memory.py

@@ -16,6 +16,7 @@ import torch
 
 from fedumm.config import AdapterConfig
 from fedumm.errors import AdapterStateError, ConfigError
+from fedumm.types import check_state_matches, describe_keys
 
 _WRAPPER_PREFIX = "base_model.model."
 
@@ -137,35 +138,6 @@ def get_adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return copy_state(trainable_parameters(model))
 
 
-def _describe(keys: set[str], limit: int = 3) -> str:
-    shown = sorted(keys)[:limit]
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(shown) + more
-
-
-def check_state_matches(
-    reference: Mapping[str, torch.Tensor | torch.Size], state: Mapping[str, torch.Tensor], what: str
-) -> None:
-    """Raise unless ``state`` has exactly the keys and shapes of ``reference``."""
-    missing = set(reference) - set(state)
-    unexpected = set(state) - set(reference)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_describe(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_describe(unexpected)}")
-        raise AdapterStateError(f"{what}: " + "; ".join(parts))
-    for key, tensor in state.items():
-        ref = reference[key]
-        ref_shape = ref if isinstance(ref, torch.Size) else ref.shape
-        if tuple(tensor.shape) != tuple(ref_shape):
-            raise AdapterStateError(
-                f"{what}: shape mismatch for {key!r}: got {tuple(tensor.shape)}, "
-                f"expected {tuple(ref_shape)}"
-            )
-
-
 @torch.no_grad()
 def load_state(params: Mapping[str, torch.nn.Parameter], state: Mapping[str, torch.Tensor], what: str) -> None:
     """Copy ``state`` into ``params`` after checking keys and shapes; nothing is written on error."""
@@ -234,6 +206,6 @@ def load_adapter(base: torch.nn.Module, path: str):
         params = {canonical_key(n): p for n, p in model.named_parameters() if ".original_module." not in n}
         unknown = set(state) - set(params)
         if unknown:
-            raise AdapterStateError(f"{extra}: {len(unknown)} key(s) the model lacks: {_describe(unknown)}")
+            raise AdapterStateError(f"{extra}: {len(unknown)} key(s) the model lacks: {describe_keys(unknown)}")
         load_state({k: params[k] for k in state}, state, f"{extra} does not match the model")
     return model

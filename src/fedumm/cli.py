@@ -7,13 +7,22 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Sequence
-
 from pathlib import Path
 
-from fedumm.errors import FedummError
+import yaml
+from transformers.utils import logging as hf_logging
+
+from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
+from fedumm.data.partition import save_partition_heatmap
+from fedumm.engines.nvflare import export_job, simulate_nvflare
+from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
+from fedumm.engines.simulation import simulate
+from fedumm.errors import ConfigError, FedummError
+from fedumm.validation import load_run_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +55,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _partition(config, out: str | None) -> int:
-    import json
-
-    from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
-    from fedumm.data.partition import save_partition_heatmap
-
     data = build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
     folder = Path(out) if out else Path(config.output.dir) / f"{config.output.name or config.name}-partition"
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,9 +71,6 @@ def _partition(config, out: str | None) -> int:
 
 
 def _export(config, out: str) -> int:
-    from fedumm.engines.nvflare import export_job
-    from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
-
     job_dir = export_job(config, out)
     print(f"NVIDIA FLARE job written to {job_dir}")
     if resolve_placement(config, exported=True) == "partition":
@@ -87,10 +88,6 @@ def _export(config, out: str) -> int:
 
 def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]]:
     """``run --resume RUN_DIR``: RUN_DIR's config, resumed from and written back to RUN_DIR."""
-    import json
-
-    from fedumm.errors import ConfigError
-
     if config is not None:
         raise ConfigError(f"run --resume {run_dir}: give no config file; the run's own config.yaml is used "
                           "(change keys with --set)")
@@ -106,10 +103,6 @@ def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]
 
 
 def _run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from fedumm.config import load_config
-
     overrides = list(args.overrides)
     if args.command == "export":  # an exported job always runs on NVIDIA FLARE
         overrides.insert(0, "engine.name=nvflare")
@@ -117,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "resume", None):
         config_path, resume = _resume_overrides(args.config, args.resume)
         overrides += resume
-    config = load_config(config_path, overrides)
+    config = load_run_config(config_path, overrides)
     if args.command == "config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
@@ -126,12 +119,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "partition":
         return _partition(config, args.out)
 
-    from transformers.utils import logging as hf_logging
-
-    from fedumm.engines.simulation import simulate
-    from fedumm.runlog import RunFolder
-    from fedumm.report import format_summary
-
     # Our own progress lines say what happens; the library's per-file load bars are noise here.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -139,17 +126,12 @@ def _run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     if args.command == "run" and config.engine.name == "nvflare":
-        from fedumm.engines.nvflare import simulate_nvflare
-
         result = simulate_nvflare(config)
     elif args.command == "run":
         result = simulate(config)
     else:
         result = simulate(config, federated=False, centralized=True)
-    folder = RunFolder(Path(result.run_dir))
-    text = format_summary(result.summary, folder.read_metrics())
-    (folder.path / "summary.txt").write_text(text + "\n")
-    print(text)
+    print((Path(result.run_dir) / "summary.txt").read_text(), end="")
     return 0
 
 

@@ -18,9 +18,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedumm.errors import AdapterStateError
+from fedumm.types import DTYPES
 
 WireDtype = Literal["float32", "float16", "bfloat16"]
-_WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def encode(
@@ -28,7 +28,7 @@ def encode(
     dtype: WireDtype = "float32",
     metadata: Mapping[str, str] | None = None,
 ) -> bytes:
-    wire = _WIRE_DTYPES[dtype]
+    wire = DTYPES[dtype]
     tensors = {
         k: (v.to(wire) if v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in state.items()

@@ -6,6 +6,8 @@ dotted path before any model or dataset loads. ``load_config`` is the single ent
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,17 +97,8 @@ class StrategyConfig(Section):
     name: str = Field("fedavg", description="Server aggregation strategy (fedumm.strategies.STRATEGIES).")
 
     def params(self) -> dict[str, Any]:
+        """The strategy's own keys; checked against its ``Params`` by ``fedumm.validation``."""
         return dict(self.model_extra or {})
-
-    @model_validator(mode="after")
-    def _check_params(self) -> StrategyConfig:
-        from fedumm.strategies import validate_params
-
-        try:
-            validate_params(self.name, self.params())
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return self
 
 
 class FederationConfig(Section):
@@ -130,8 +123,6 @@ class FederationConfig(Section):
 
     def clients_per_round(self) -> int:
         """ceil(fraction_fit * num_clients), at least min_fit_clients, at most num_clients."""
-        import math
-
         return min(self.num_clients, max(self.min_fit_clients, math.ceil(self.fraction_fit * self.num_clients)))
 
 
@@ -274,8 +265,6 @@ class EngineConfig(Section):
     @field_validator("sites")
     @classmethod
     def _check_site_names(cls, sites: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
-        import re
-
         for site in sites:
             if not re.match(_SITE_NAME, site):
                 raise ValueError(f"engine.sites: {site!r} is not a valid site name (letters, digits, '.', '_', '-')")
@@ -321,13 +310,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        from fedumm.models.registry import available_backends
-
-        if self.model.backend not in available_backends():
-            raise ValueError(
-                f"model.backend: unknown backend {self.model.backend!r}; "
-                f"available: {', '.join(available_backends())}"
-            )
+        """Checks across sections that need no registry (those run in ``fedumm.validation``)."""
         if self.finetune.strategy == "two_stage" and self.finetune.two_stage_rounds >= self.federation.rounds:
             raise ValueError(
                 f"finetune.two_stage_rounds ({self.finetune.two_stage_rounds}) must be below "
@@ -344,12 +327,6 @@ class RunConfig(Section):
             # loop and run-folder copy do not continue a run yet.
             raise ValueError("federation.resume_from: not supported with engine.name=nvflare yet; resume with "
                              "engine.name=simulation (it reads checkpoints of FLARE runs too)")
-        from fedumm.strategies import check_strategy_config
-
-        try:
-            check_strategy_config(self)
-        except ConfigError as exc:  # pydantic reports ValueErrors with the other problems
-            raise ValueError(str(exc)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""Human-readable summary of a run, printed at the end and saved as ``summary.txt``."""
+"""Human-readable summary of a run (printed at the end, saved as ``summary.txt``) and its
+accuracy plot. A task whose primary metric is not a fraction of 1 (``Task.bounded`` false,
+e.g. CIDEr-D) prints as a plain number rather than a percentage."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from fedumm.metrics import get_task
 
 
 def _kib(n: float) -> str:
@@ -13,20 +17,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
 
-# Metrics that are not fractions of 1 print as plain numbers.
-_UNBOUNDED = {"cider_d"}
-
-
-def _value(metric: str, x: float) -> str:
-    return f"{x:6.3f}" if metric in _UNBOUNDED else _pct(x)
-
-
-def _gap(metric: str, delta: float) -> str:
-    return f"{delta:+.3f}" if metric in _UNBOUNDED else f"{100 * delta:+.1f} pts"
-
-
 def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    metric = summary.get("metric", "vqa_accuracy")
+    task = get_task(summary.get("task", "vqa"))
+    metric = summary.get("metric", task.primary_metric)
+
+    def show(x: float) -> str:
+        return _pct(x) if task.bounded else f"{x:6.3f}"
+
+    def difference(delta: float) -> str:
+        return f"{100 * delta:+.1f} pts" if task.bounded else f"{delta:+.3f}"
+
     lines = [
         f"fedumm run {summary['name']!r}: {summary['num_clients']} clients, {summary['rounds']} rounds, "
         f"strategy {summary['strategy']}, partition alpha {summary['partition_alpha']} "
@@ -42,10 +42,10 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         for r in fed:
             local = [m[f"local_{metric}"] for m in r.get("client_metrics", {}).values()
                      if f"local_{metric}" in m]
-            local_s = _value(metric, sum(local) / len(local)) if local else "-"
+            local_s = show(sum(local) / len(local)) if local else "-"
             secs = f"{r['seconds']['round']:.1f}" if "seconds" in r else "-"
             lines.append(
-                f"{r['round']:>5}  {_value(metric, r['global'][metric]):>10}  "
+                f"{r['round']:>5}  {show(r['global'][metric]):>10}  "
                 f"{len(r.get('clients', [])) or '-':>7}  {local_s:>14}  {secs:>7}"
             )
         lines.append("")
@@ -55,20 +55,20 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         lines.append(f"{'majority-answer baseline (' + repr(summary['majority_answer']) + '):':<{width}}{_pct(baseline)}")
     if "federated_final_accuracy" in summary:
         fed_acc = summary["federated_final_accuracy"]
-        versus = f"{_gap(metric, fed_acc - baseline)} vs majority, " if baseline is not None else ""
+        versus = f"{difference(fed_acc - baseline)} vs majority, " if baseline is not None else ""
         lines.append(
-            f"{'federated global ' + metric + ':':<{width}}{_value(metric, fed_acc)}  "
-            f"({versus}untrained {_value(metric, summary['federated_initial_accuracy']).strip()})"
+            f"{'federated global ' + metric + ':':<{width}}{show(fed_acc)}  "
+            f"({versus}untrained {show(summary['federated_initial_accuracy']).strip()})"
         )
-        by_type = ", ".join(f"{k} {_value(metric, v).strip()}" for k, v in summary["federated_by_answer_type"].items())
+        by_type = ", ".join(f"{k} {show(v).strip()}" for k, v in summary["federated_by_answer_type"].items())
         if by_type:
             lines.append(f"  by answer type: {by_type}")
     if "centralized_final_accuracy" in summary:
         cen_acc = summary["centralized_final_accuracy"]
         gap = ""
         if "federated_final_accuracy" in summary:
-            gap = f"  (federated {_gap(metric, summary['federated_final_accuracy'] - cen_acc)})"
-        lines.append(f"{'centralized, same budget:':<{width}}{_value(metric, cen_acc)}{gap}")
+            gap = f"  (federated {difference(summary['federated_final_accuracy'] - cen_acc)})"
+        lines.append(f"{'centralized, same budget:':<{width}}{show(cen_acc)}{gap}")
     if "bytes_per_round" in summary:
         msg, full = summary["adapter_message_bytes"], summary["full_finetune_message_bytes"]
         lines.append(
@@ -85,8 +85,9 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
-def save_accuracy_plot(records: list[dict[str, Any]], path, metric: str = "vqa_accuracy") -> None:
-    """The global primary metric per round for each phase (federated, centralized) as a PNG."""
+def save_accuracy_plot(records: list[dict[str, Any]], path, metric: str = "vqa_accuracy", bounded: bool = True) -> None:
+    """The global primary metric per round for each phase (federated, centralized) as a PNG;
+    ``bounded`` metrics (fractions of 1) are drawn in percent on a 0-100 axis."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render straight to the file
@@ -98,12 +99,12 @@ def save_accuracy_plot(records: list[dict[str, Any]], path, metric: str = "vqa_a
         points = [(r["round"], r["global"][metric]) for r in records if r["phase"] == phase]
         if points:
             xs, ys = zip(*points)
-            scale = 1 if metric in _UNBOUNDED else 100
+            scale = 100 if bounded else 1
             ax.plot(xs, [scale * y for y in ys], marker="o", label=phase)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"global {metric}" + ("" if metric in _UNBOUNDED else " (%)"))
-    if metric not in _UNBOUNDED:
+    ax.set_ylabel(f"global {metric}" + (" (%)" if bounded else ""))
+    if bounded:
         ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()

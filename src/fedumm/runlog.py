@@ -25,8 +25,8 @@ from safetensors.torch import save
 
 from fedumm.config import RunConfig, save_config
 from fedumm.errors import ConfigError
+from fedumm.types import State
 
-State = dict[str, torch.Tensor]
 CHECKPOINT = "last"  # the federated phase's checkpoint name (centralized: centralized_last)
 
 

@@ -21,8 +21,9 @@ import torch
 
 from fedumm.config import AdapterConfig, ModelConfig
 from fedumm.errors import ConfigError
+from fedumm.models.loading import cast_inputs
+from fedumm.types import DTYPES, IGNORE_INDEX
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 _BLANK_SIZE = (32, 32)  # processors resize it like any other image
@@ -149,7 +150,7 @@ class Backend(ABC):
         logits = self.answer_logits(model, batch).float()
         log_probs = logits[:, :-1].log_softmax(dim=-1)
         targets = labels[:, 1:]
-        supervised = targets != -100
+        supervised = targets != IGNORE_INDEX
         picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         totals = (picked * supervised).sum(dim=1)
         return totals.view(len(samples), len(choices)).cpu()
@@ -159,6 +160,4 @@ class Backend(ABC):
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors to the model device; floating-point ones (pixel values) to ``model.dtype``."""
-        from fedumm.models.loading import cast_inputs
-
         return cast_inputs(batch, self.device, DTYPES[self.config.dtype])

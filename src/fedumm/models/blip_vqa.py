@@ -30,8 +30,8 @@ from fedumm.models.base import Backend
 from fedumm.models.loading import load_error, load_frozen_model
 from fedumm.models.registry import register_backend
 from fedumm.models.tiny import resolve_model_path
+from fedumm.types import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 #: A regex that matches no parameter name (an empty module group).
 NO_PARAMETERS = r"(?!)"
 

@@ -34,8 +34,8 @@ from fedumm.models.base import Backend
 from fedumm.models.loading import first_line, load_error, load_frozen_model
 from fedumm.models.registry import register_backend
 from fedumm.models.tiny import resolve_model_path
+from fedumm.types import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 
 def _qwen_fallback(path: str):

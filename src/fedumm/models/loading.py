@@ -23,7 +23,7 @@ import torch
 
 from fedumm.config import ModelConfig
 from fedumm.errors import ConfigError
-from fedumm.models.base import DTYPES
+from fedumm.types import DTYPES
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,17 +1,15 @@
 """Backend registry: a name maps to a backend class; registering a name twice fails.
 
-Backend modules import only light dependencies at module level, so importing the registry
-is cheap; heavy imports (transformers model classes) happen inside the backend's methods.
+The built-in backends register when ``fedumm.models`` is imported (its ``__init__`` holds one
+import line per backend module), which any import of this module does first. Backend modules
+import only light dependencies at module level; heavy imports (transformers model classes)
+happen inside the backend's methods.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fedumm.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fedumm.models.base import Backend
+from fedumm.models.base import Backend
 
 _BACKENDS: dict[str, type[Backend]] = {}
 
@@ -29,18 +27,11 @@ def register_backend(name: str):
     return decorator
 
 
-def _load_builtin_backends() -> None:
-    # Importing the modules runs their @register_backend decorators.
-    from fedumm.models import blip_vqa, hf_vlm, janus  # noqa: F401
-
-
 def available_backends() -> list[str]:
-    _load_builtin_backends()
     return sorted(_BACKENDS)
 
 
 def get_backend(name: str) -> type[Backend]:
-    _load_builtin_backends()
     try:
         return _BACKENDS[name]
     except KeyError:

@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from fedumm.adapters import check_state_matches
 from fedumm.config_base import Section
-from fedumm.train import LocalHooks, TrainResult
+from fedumm.types import LocalHooks, State, TrainResult, check_state_matches
 
 if TYPE_CHECKING:
     from fedumm.config import RunConfig
 
-State = dict[str, torch.Tensor]
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedumm.adapters import check_state_matches
+from fedumm.types import check_state_matches
 from fedumm.strategies.base import ClientUpdate, State, Strategy, sample_weights, weighted_average
 
 

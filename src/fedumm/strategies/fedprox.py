@@ -11,7 +11,7 @@ from pydantic import Field
 
 from fedumm.strategies.base import ClientAlgorithm, State, StrategyParams
 from fedumm.strategies.fedavg import FedAvg
-from fedumm.train import LocalHooks
+from fedumm.types import LocalHooks
 
 
 def proximal_term(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], mu: float) -> torch.Tensor:

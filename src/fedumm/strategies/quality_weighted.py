@@ -24,8 +24,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedumm.adapters import check_state_matches
+from fedumm.types import check_state_matches
 from fedumm.errors import ConfigError
+from fedumm.metrics import get_task
 from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams, weighted_average
 
 
@@ -98,9 +99,7 @@ class QualityWeighted(Strategy):
     @classmethod
     def resolve_params(cls, params, task):
         if params.metric is None and task is not None:
-            from fedumm.task_metrics import PRIMARY_METRIC  # heavy imports: only when building a run
-
-            return params.model_copy(update={"metric": f"local_{PRIMARY_METRIC[task]}"})
+            return params.model_copy(update={"metric": f"local_{get_task(task).primary_metric}"})
         return params
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:

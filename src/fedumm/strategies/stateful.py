@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedumm.adapters import check_state_matches
+from fedumm.types import check_state_matches
 from fedumm.strategies.base import ClientUpdate, State, deltas, sample_weights, weighted_average
 
 

@@ -19,7 +19,7 @@ from fedumm.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedumm.config import RunConfig
-    from fedumm.engines.simulation import RunResult
+    from fedumm.federation import RunResult
 
 
 def require_nvflare() -> None:

@@ -17,9 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedumm import codec
-from fedumm.config import RunConfig, load_config
+from fedumm.config import RunConfig
+from fedumm.data.federated import ClientData, build_federated_data
 from fedumm.engines.nvflare import protocol as P
+from fedumm.federation import ClientRuntime, ModelHost
+from fedumm.federation.setup import data_stats
+from fedumm.strategies import build_strategy
+from fedumm.validation import load_run_config
 
 log = logging.getLogger("fedumm.nvflare.client")
 ERROR_FILE = "fedumm_error.txt"
@@ -47,12 +54,6 @@ class ClientSession:
     def _ensure(self, meta: Mapping[str, Any]) -> None:
         if self.runtime is not None:
             return
-        import torch
-
-        from fedumm.data.federated import ClientData, build_federated_data
-        from fedumm.federation import ClientRuntime, ModelHost
-        from fedumm.strategies import build_strategy
-
         config = self.config
         ids = meta[P.META_CLIENT_IDS]
         if self.site not in ids:
@@ -72,7 +73,7 @@ class ClientSession:
             if not train:
                 raise RuntimeError(f"site {self.site}: its data config ({source}) gave no training rows")
             data = ClientData(cid, train, test)
-        self.stats = P.data_stats(data.train, data.test, config.data, skipped)
+        self.stats = data_stats(data.train, data.test, config.data, skipped)
         host = ModelHost(config)
         strategy = build_strategy(config.federation.strategy, num_clients=num_clients)
         self.runtime = ClientRuntime(data, host, config, strategy.client_algorithm())
@@ -141,7 +142,7 @@ def main() -> None:
 
     app_dir = _app_dir()
     try:
-        config = load_config(app_dir / "config" / P.CONFIG_FILE)
+        config = load_run_config(app_dir / "config" / P.CONFIG_FILE)
         flare.init()
         if tune_in_process_polling(config.engine.client_poll_interval):
             log.info("in-process Client API polls every %gs", config.engine.client_poll_interval)

@@ -1,4 +1,5 @@
-"""The server side inside NVIDIA FLARE: fedumm's ``Server`` and strategy in a ModelController.
+"""The server side inside NVIDIA FLARE: a ModelController whose ``run()`` builds the FLARE
+transport (``FlareTransport``) and calls fedumm's one job and round loop (``federation.run_job``).
 
 Not FLARE's FedAvg: every round goes through ``federation.Server`` (sampling, broadcast with
 the strategy's extras, aggregation with its server state), exactly as the in-process engine
@@ -17,16 +18,26 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from transformers.utils import logging as hf_logging
+
+from fedumm.config import RunConfig, save_config
+from fedumm.data.federated import load_source
 from fedumm.engines.nvflare import protocol as P
+from fedumm.federation import FitReply, ModelHost, Server, SetupInfo, Transport, run_job
+from fedumm.federation.setup import partition_from_stats, pooled_answer_counts
+from fedumm.runlog import RunFolder
+from fedumm.validation import load_run_config
 
 ERROR_FILE = "fedumm_error.txt"
 # Seconds a round (and the setup task) waits for its clients before the job fails naming the
@@ -171,175 +182,78 @@ class FedummController(ModelController):
         return wait
 
     def _run(self, config_path: Path, out: Path) -> None:
-        from fedumm.config import load_config, save_config
-
-        config = load_config(config_path)
-        num_clients = config.federation.num_clients
+        config = load_run_config(config_path)
         self._rounds = config.federation.rounds
+        # The setup task goes out first, without waiting: the sites load their data and model
+        # while the server builds its own.
+        transport = FlareTransport(self, config)
+        hf_logging.disable_progress_bar()
+        if config.engine.torch_threads:
+            torch.set_num_threads(config.engine.torch_threads)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        host = ModelHost(config)  # the seeded initial adapter: what every engine starts from
+        test = list(load_source(config.data, config.seed).test) if config.engine.server_eval else []
+        server = Server.from_config(config, host.initial_state, config.federation.num_clients)
+        run_job(config, transport, host, RunFolder(out), test, server, log=self.info)
 
-        names = [c.name for c in self.engine.get_clients()]
+
+class FlareTransport(Transport):
+    """The round loop's clients as FLARE sites: ``setup`` and ``fit`` are FLARE tasks carrying
+    fedumm's safetensors message; replies come back in the sampled order. Its hooks add the
+    whole FLARE message bytes to each round's record and the site names to the summary."""
+
+    def __init__(self, controller: FedummController, config: RunConfig):
+        self.controller = controller
+        num_clients = config.federation.num_clients
+        names = [c.name for c in controller.engine.get_clients()]
         if len(names) != num_clients:
             raise RuntimeError(
                 f"federation.num_clients is {num_clients} but {len(names)} FLARE clients joined: {sorted(names)}"
             )
-        ids = P.client_ids(names)
-        name_of = {cid: name for name, cid in ids.items()}
+        self.ids = P.client_ids(names)
+        self.name_of = {cid: name for name, cid in self.ids.items()}
+        self.base_meta = {P.META_CLIENT_IDS: self.ids, P.META_NUM_CLIENTS: num_clients,
+                          P.META_PLACEMENT: controller.data_placement}
+        self.wire: dict[str, Any] = {}
+        controller.info(f"fedumm: setting up {num_clients} clients {sorted(names)}")
+        self._wait_setup = controller._send_async(P.SETUP_TASK, sorted(names),
+                                                  controller._task_data(dict(self.base_meta)))
 
-        base_meta = {P.META_CLIENT_IDS: ids, P.META_NUM_CLIENTS: num_clients, P.META_PLACEMENT: self.data_placement}
-        # Setup first, without waiting: the clients load their data and model while the server
-        # builds its own; each answers with its data statistics (counts, never rows).
-        self.info(f"fedumm: setting up {num_clients} clients {sorted(names)}")
-        wait_setup = self._send_async(P.SETUP_TASK, sorted(names), self._task_data(dict(base_meta)))
+    @property
+    def client_ids(self) -> list[int]:
+        return sorted(self.ids.values())
 
-        import torch
-        from transformers.utils import logging as hf_logging
+    def setup(self) -> SetupInfo:
+        by_id = {self.ids[r.meta["client_name"]]: r.meta[P.META_STATS] for r in self._wait_setup()}
+        stats = [by_id[cid] for cid in self.client_ids]
+        sites = [self.name_of[cid] for cid in self.client_ids] if self.controller.data_placement == "site" else None
+        return SetupInfo(partition_from_stats(stats, sites), pooled_answer_counts(stats))
 
-        from fedumm.adapters import full_model_nbytes
-        from fedumm.data.federated import load_source
-        from fedumm.data.partition import save_partition_heatmap
-        from fedumm.engines.simulation import PhaseResult
-        from fedumm.federation import FitReply, ModelHost, Server
-        from fedumm.report import format_summary
-        from fedumm.runlog import RunFolder
-        from fedumm.strategies import build_strategy
-        from fedumm.task_metrics import PRIMARY_METRIC
+    def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
+        controller = self.controller
+        meta = {**self.base_meta, P.META_ROUND: round_num}
+        controller._take_wire(self.ids)  # start the round's count afresh
+        results = controller._send(P.TRAIN_TASK, [self.name_of[c] for c in client_ids],
+                                   controller._task_data(meta, message, round_num))
+        self.wire = controller._take_wire(self.ids)
+        by_id = {self.ids[r.meta["client_name"]]: r for r in results}
+        return [FitReply(cid, P.unpack(by_id[cid].params), int(by_id[cid].meta[P.META_NUM_SAMPLES]),
+                         dict(by_id[cid].meta.get(P.META_METRICS, {}))) for cid in client_ids]
 
-        hf_logging.disable_progress_bar()
-        if config.engine.torch_threads:
-            torch.set_num_threads(config.engine.torch_threads)
+    def round_extras(self) -> dict[str, Any]:
+        # Whole FLARE messages (payload + FLARE's envelope), as serialized on the server.
+        return {"nvflare_bytes": self.wire}
 
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-        run = RunFolder(out)
-        host = ModelHost(config)  # the seeded initial adapter: what every engine starts from
-        test: list[dict] = []
-        if config.engine.server_eval:
-            test = list(load_source(config.data, config.seed).test)
-            if config.eval.max_samples:
-                test = test[: config.eval.max_samples]
-        # Built as the in-process engine builds it (strategy for this run, federation.resume_from restore).
-        server = Server.from_config(config, host.initial_state, num_clients)
-        full_bytes = full_model_nbytes(host.model)
-
-        setup = wait_setup()
-        stats_by_id = {ids[r.meta["client_name"]]: r.meta[P.META_STATS] for r in setup}
-        stats = [stats_by_id[cid] for cid in range(num_clients)]
-        sites = [name_of[cid] for cid in range(num_clients)] if self.data_placement == "site" else None
-        partition = P.partition_from_stats(stats, sites)
-        run.write_json("partition.json", partition.to_dict())
-        save_partition_heatmap(partition, out / "partition.png")
-        majority, baseline = P.majority_from_stats(stats, test, config.eval.task)
-
-        host.set_state(server.global_state)
-        host.reset_local()
-        metric = PRIMARY_METRIC[config.eval.task]
-        record: dict[str, Any] = {"phase": "federated", "round": 0,
-                                  "global": host.evaluate(test, config.eval.batch_size)}
-        run.append_metrics(record)
-        result = PhaseResult("federated", metric=metric, records=[record])
-
-        for round_num in range(1, config.federation.rounds + 1):
-            start = time.perf_counter()
-            selected = server.sample_clients(round_num, sorted(ids.values()))
-            download = server.broadcast(round_num)
-            meta = {**base_meta, P.META_ROUND: round_num}
-            self._take_wire(ids)  # start the round's count afresh
-            results = self._send(P.TRAIN_TASK, [name_of[c] for c in selected],
-                                 self._task_data(meta, download, round_num))
-            wire = self._take_wire(ids)
-            by_id = {ids[r.meta["client_name"]]: r for r in results}
-            # In the sampled order, as the in-process engine aggregates them.
-            replies = [FitReply(cid, P.unpack(by_id[cid].params), int(by_id[cid].meta[P.META_NUM_SAMPLES]),
-                                dict(by_id[cid].meta.get(P.META_METRICS, {}))) for cid in selected]
-            server.aggregate(replies, round_num)
-            fit_seconds = time.perf_counter() - start
-
-            host.set_state(server.global_state)
-            host.reset_local()
-            eval_start = time.perf_counter()
-            global_metrics = host.evaluate(test, config.eval.batch_size)
-            # The in-process engine's record (engines/simulation.py run_rounds), field for field.
-            upload = {str(r.client_id): len(r.payload) for r in replies}
-            record = {
-                "phase": "federated",
-                "round": round_num,
-                "clients": selected,
-                "global": global_metrics,
-                "client_metrics": {str(r.client_id): {"num_samples": r.num_samples, **r.metrics} for r in replies},
-                "bytes": {
-                    "upload": upload,
-                    "download": {str(cid): len(download) for cid in selected},
-                    "total": sum(upload.values()) + len(download) * len(selected),
-                    "full_finetune_per_message": full_bytes,
-                    "reduction_pct": 100.0 * (1 - len(download) / full_bytes),
-                },
-                # Whole FLARE messages (payload + FLARE's envelope), as serialized on the server.
-                "nvflare_bytes": wire,
-                "seconds": {"fit": fit_seconds, "eval": time.perf_counter() - eval_start,
-                            "round": time.perf_counter() - start},
-            }
-            run.append_metrics(record)
-            run.save_checkpoint(round_num, server.global_state, server.strategy.state_dict())
-            result.records.append(record)
-            self.info(f"fedumm round {round_num}/{config.federation.rounds}: global {metric} "
-                      f"{global_metrics[metric]:.3f}, {record['seconds']['round']:.1f}s")
-
-        result.final_state = server.global_state
-        host.set_state(server.global_state)
-        host.reset_local()
-        run.save_adapter(host)
-        trainable, total = host.count_parameters()
-        # The in-process engine's summary (engines/simulation.py simulate), then FLARE's extras.
-        summary = {
-            "name": config.name,
-            "run_dir": str(out),
-            "num_clients": num_clients,
-            "rounds": config.federation.rounds,
-            "strategy": config.federation.strategy.name,
-            "partition_alpha": config.data.partition.alpha,
-            "partition_skew": partition.skew(),
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            **({"trainable_by_stage": stages} if len(stages := host.trainable_by_stage()) > 1 else {}),
-            "task": config.eval.task,
-            "metric": metric,
-            "majority_answer": majority,
-            "majority_baseline_accuracy": baseline,
-            **partition.skipped_summary(),  # as the clients reported them (counts, never rows)
-            **phase_summary(result),
+    def summary_extras(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        extras: dict[str, Any] = {
+            "engine": "nvflare",
+            "nvflare_data_placement": self.controller.data_placement,
+            "nvflare_clients": {str(cid): name for cid, name in self.name_of.items()},
         }
-        last = result.records[-1]["bytes"]
-        summary["bytes_per_round"] = last["total"]
-        summary["adapter_message_bytes"] = next(iter(last["download"].values()))
-        summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
-        summary["communication_reduction_pct"] = last["reduction_pct"]
-        summary["engine"] = "nvflare"
-        summary["nvflare_data_placement"] = self.data_placement
-        summary["nvflare_clients"] = {str(cid): name for cid, name in name_of.items()}
-        # The largest whole FLARE message each way (the records' nvflare_bytes).
-        sizes = {d: [n for r in result.records for n in r.get("nvflare_bytes", {}).get(d, {}).values()]
+        # The largest whole FLARE message each way.
+        sizes = {d: [n for r in records for n in r.get("nvflare_bytes", {}).get(d, {}).values()]
                  for d in ("download", "upload")}
         if sizes["download"] and sizes["upload"]:
-            summary["nvflare_message_bytes"] = {d: max(v) for d, v in sizes.items()}
-        run.write_json("summary.json", summary)
-        (out / "summary.txt").write_text(format_summary(summary, run.read_metrics()) + "\n")
-        save_plot(run, metric)
-
-
-def phase_summary(result) -> dict[str, Any]:
-    """A phase's summary keys, as ``simulate`` writes them."""
-    return {
-        f"{result.phase}_initial_accuracy": result.initial_accuracy,
-        f"{result.phase}_final_accuracy": result.final_accuracy,
-        f"{result.phase}_by_answer_type": {
-            k: v[result.metric] for k, v in result.records[-1]["global"].get("by_answer_type", {}).items()
-        },
-        f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
-    }
-
-
-def save_plot(run, metric: str) -> None:
-    """The run folder's accuracy plot, as ``simulate`` draws it."""
-    from fedumm.report import save_accuracy_plot
-
-    save_accuracy_plot(run.read_metrics(), run.path / "accuracy.png", metric)
+            extras["nvflare_message_bytes"] = {d: max(v) for d, v in sizes.items()}
+        return extras

@@ -15,7 +15,6 @@ the sampled clients.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedumm.config import DataConfig, RunConfig, SiteConfig
+from fedumm.config import RunConfig, SiteConfig
+from fedumm.data.federated import load_source
 from fedumm.errors import ConfigError, FedummError
 
 SETUP_TASK = "fedumm_setup"
@@ -129,71 +129,5 @@ def load_site_rows(site: SiteConfig, seed: int) -> tuple[list[dict], list[dict],
     """(train, test, skipped rows per file) of one site: its source's training rows and its
     test split (or the held-out share of its rows when the source has none) as the local test
     set, and the broken rows its ``on_error: skip`` policy dropped."""
-    from fedumm.data.federated import load_source
-
     loaded = load_source(site.data, site.seed if site.seed is not None else seed)
     return list(loaded.train), list(loaded.test), dict(loaded.skipped_by_file)
-
-
-def data_stats(train: Sequence[Mapping], test: Sequence[Mapping], data: DataConfig,
-               skipped_by_file: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """What a client tells the server about its data: counts only, never rows. Partition label
-    counts and modality counts over all its rows (as ``partition.json`` counts them), the
-    answer counts of its training rows (for the majority-answer baseline) and the broken rows
-    its loader skipped, per file."""
-    from fedumm.data.modality import modality_counts
-    from fedumm.data.partition import column_values
-
-    rows = list(train) + list(test)
-    labels = column_values(rows, data.partition.label_column, "data.partition.label_column")
-    return {
-        "size": len(rows),
-        "label_counts": [[_jsonable(k), v] for k, v in Counter(labels).items()],
-        "answer_counts": dict(Counter(str(row["multiple_choice_answer"]) for row in train)),
-        "modality_counts": modality_counts(rows),
-        "skipped_rows_by_file": {str(k): int(v) for k, v in (skipped_by_file or {}).items()},
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
-
-def partition_from_stats(stats: Sequence[Mapping[str, Any]], sites: Sequence[str] | None = None):
-    """``PartitionStats`` from the clients' reported counts (in client-id order), with the
-    extras the in-process partition has: modality counts when some row lacks a modality, and
-    skipped rows per file. With ``sites`` (site placement: each site loaded its own files) the
-    sites' skipped rows are listed as ``"<site>: <file>"``; without (partition placement) every
-    client loaded the same ``data.*`` and reports the same skips, counted once."""
-    from fedumm.data.modality import BOTH
-    from fedumm.data.partition import PartitionStats
-
-    counts = [{label: n for label, n in s["label_counts"]} for s in stats]
-    labels = sorted({label for c in counts for label in c}, key=str)
-    modalities = [dict(s.get("modality_counts", {})) for s in stats]
-    if sites is None:
-        skipped = dict(stats[0].get("skipped_rows_by_file", {})) if stats else {}
-    else:
-        skipped = {f"{site}: {name}": n for site, s in zip(sites, stats)
-                   for name, n in s.get("skipped_rows_by_file", {}).items()}
-    return PartitionStats(
-        sizes=[int(s["size"]) for s in stats],
-        label_counts=[{label: c.get(label, 0) for label in labels} for c in counts],
-        labels=labels,
-    ).with_extras(
-        modality_counts=modalities if any(m.get(BOTH, 0) != sum(m.values()) for m in modalities) else None,
-        skipped_rows_by_file=skipped,
-    )
-
-
-def majority_from_stats(stats: Sequence[Mapping[str, Any]], test: Sequence[Mapping],
-                        task: str = "vqa") -> tuple[str, float | None]:
-    """The majority-answer baseline from the clients' answer counts (= over the pooled
-    training rows, as the in-process engine computes it)."""
-    from fedumm.engines.simulation import majority_baseline_accuracy
-
-    pooled = [{"multiple_choice_answer": answer} for s in stats
-              for answer, n in s["answer_counts"].items() for _ in range(int(n))]
-    if not pooled:
-        return "", None if task == "caption" else 0.0
-    return majority_baseline_accuracy(pooled, test, task)

@@ -23,10 +23,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
+import fedumm
 from fedumm.config import RunConfig
+from fedumm.data.federated import build_federated_data
 from fedumm.engines.nvflare import protocol as P
+from fedumm.engines.nvflare.job import build_job
 from fedumm.engines.nvflare.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.errors import ConfigError, FedummError
+from fedumm.federation import ModelHost, PhaseResult, RunResult
+from fedumm.federation.job import phase_summary, run_centralized, write_summary
+from fedumm.federation.loop import round_line
+from fedumm.metrics import get_task
+from fedumm.models import tiny
+from fedumm.runlog import RunFolder
 
 SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"  # what FedJob.simulator_run runs
 SIM_JOB_ID = "simulate_job"  # the simulator's fixed job id
@@ -79,8 +90,6 @@ def child_env(base: dict[str, str] | None = None, tmpdir: str | Path | None = No
     """The environment of FLARE processes we start: ours, with this fedumm importable (a
     source checkout need not be installed); with ``tmpdir``, their temporary files go there
     (created), not to the machine's /tmp."""
-    import fedumm
-
     env = dict(os.environ if base is None else base)
     root = str(Path(fedumm.__file__).resolve().parent.parent)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -95,8 +104,6 @@ def child_env(base: dict[str, str] | None = None, tmpdir: str | Path | None = No
 
 def _warm_model_cache(config: RunConfig) -> None:
     """Build an embedded tiny model once here, not in every FLARE process at the same time."""
-    from fedumm.models import tiny
-
     if config.model.name_or_path in getattr(tiny, "TINY_MODELS", {}):
         tiny.resolve_model_path(config.model.name_or_path)
 
@@ -199,31 +206,23 @@ class _RoundPrinter:
     """Prints the controller's rounds as they land in its metrics.jsonl."""
 
     def __init__(self, metrics: Path, config: RunConfig):
-        from fedumm.task_metrics import PRIMARY_METRIC
-
         self.metrics, self.config, self.seen = metrics, config, 0
-        self.metric = PRIMARY_METRIC[config.eval.task]
+        self.metric = get_task(config.eval.task).primary_metric
 
     def poll(self) -> None:
         if not self.metrics.is_file():
             return
         text = self.metrics.read_text()
         complete = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # skip a partial line
-        metric = self.metric
         for line in complete[self.seen:]:
             record = json.loads(line)
             if record["round"] > 0:
-                upload = next(iter(record["bytes"]["upload"].values()), 0)
-                print(f"[federated/nvflare] round {record['round']}/{self.config.federation.rounds}: "
-                      f"global {metric} {record['global'][metric]:.3f} | clients {len(record['clients'])} | "
-                      f"upload {upload / 1024:.1f} KiB/client | {record['seconds']['round']:.1f}s", flush=True)
+                print(round_line(record, self.config.federation.rounds, self.metric, "federated/nvflare"), flush=True)
         self.seen = len(complete)
 
 
 def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) -> Path:
     """Export the job, run it in FLARE's simulator and return the server's run folder."""
-    from fedumm.engines.nvflare.job import build_job
-
     staging = Path(tempfile.mkdtemp(prefix="fedumm-job-"))
     try:
         job = build_job(config, staging, exported=False)
@@ -279,19 +278,13 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
 # ---------------------------------------------------------------------------- fedumm run
 
 def _final_state(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(folder / "checkpoints" / "last.safetensors"))
     return {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
 
 
-def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None):
-    """Run the federated job in FLARE's simulator and write ``runs/<name>/`` like ``simulate``."""
-    from fedumm.engines.nvflare.controller import phase_summary, save_plot
-    from fedumm.engines.simulation import PhaseResult, RunResult
-    from fedumm.report import format_summary
-    from fedumm.runlog import RunFolder
-
+def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None) -> RunResult:
+    """Run the federated job in FLARE's simulator and write ``runs/<name>/`` like ``simulate``;
+    with data placement ``partition`` the centralized baseline then runs here, in-process."""
     RunFolder.check_available(config)
     local = local_engine_config(config)
     _warm_model_cache(config)
@@ -299,11 +292,10 @@ def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None):
         workspace, temporary = Path(local.engine.workspace).resolve(), False
     else:
         workspace, temporary = Path(tempfile.mkdtemp(prefix="fedumm-nvflare-")), True
-    progress = config.output.progress
-    if progress:
+    if config.output.progress:
         print(f"NVIDIA FLARE simulator: {config.federation.num_clients} clients, "
               f"{config.federation.rounds} rounds (workspace {workspace})", flush=True)
-    result_dir = run_simulator(local, workspace, progress)
+    result_dir = run_simulator(local, workspace, config.output.progress)
 
     run = RunFolder.create(config)  # config.yaml = the config as given
     for item in result_dir.iterdir():
@@ -313,35 +305,16 @@ def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None):
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
     summary: dict[str, Any] = json.loads((run.path / "summary.json").read_text())
     summary["run_dir"] = str(run.path)
-    metric = summary.get("metric", "vqa_accuracy")
-    federated = PhaseResult("federated", metric=metric, records=run.read_metrics(), final_state=_final_state(run.path))
-
+    federated = PhaseResult("federated", metric=summary["metric"], records=run.read_metrics(),
+                            final_state=_final_state(run.path))
     cen_result = None
     placement = P.resolve_placement(config, exported=False)
     if (centralized if centralized is not None else config.eval.centralized_baseline) and placement == "partition":
-        cen_result = _centralized_baseline(config, run)
+        data = build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
+        cen_result = run_centralized(config, ModelHost(config), data.pooled_train, data.global_test, run,
+                                     "centralized_adapter", print if config.output.progress else None)
         summary.update(phase_summary(cen_result))
-    run.write_json("summary.json", summary)
-    (run.path / "summary.txt").write_text(format_summary(summary, run.read_metrics()) + "\n")
-    if cen_result is not None:
-        save_plot(run, metric)
+    write_summary(run, summary)
     if temporary:
         shutil.rmtree(workspace, ignore_errors=True)
     return RunResult(str(run.path), federated, cen_result, summary["majority_baseline_accuracy"], summary)
-
-
-def _centralized_baseline(config: RunConfig, run):
-    """The pooled-data baseline, in this process, exactly as ``simulate`` runs it."""
-    from fedumm.data.federated import ClientData, build_federated_data
-    from fedumm.engines.simulation import centralized_config, run_rounds
-    from fedumm.federation import ModelHost, clients_per_round
-
-    data = build_federated_data(config.data, config.federation.num_clients, config.seed,
-                                task=config.eval.task)
-    host = ModelHost(config)
-    central = centralized_config(config, clients_per_round(config.federation, config.federation.num_clients))
-    host.set_state(host.initial_state)
-    host.reset_local()
-    result = run_rounds(central, host, [ClientData(0, data.pooled_train, [])], data.global_test, run, "centralized")
-    run.save_adapter(host, "centralized_adapter")
-    return result

@@ -1,21 +1,13 @@
-"""Round logic shared by every engine: ``ClientRuntime.fit``/``evaluate`` and ``Server``.
-
-Messages between server and clients are safetensors bytes (``fedumm.codec``), so the byte
-counts reported are those of the real payload. No engine is imported here: the in-process
-simulation and the NVIDIA FLARE engine both drive these classes.
-"""
+"""The model every engine trains on: ONE frozen base model with LoRA (and trainable copies of
+fully trained module groups). Clients borrow it: their states are swapped in and out, so
+memory does not grow with the number of clients."""
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from fedumm import codec
 from fedumm.adapters import (
     apply_lora,
     copy_state,
@@ -25,26 +17,14 @@ from fedumm.adapters import (
     save_adapter,
     unit_parameters,
 )
-from fedumm.config import FederationConfig, RunConfig, TrainConfig
-from fedumm.data.federated import ClientData
+from fedumm.config import RunConfig, TrainConfig
 from fedumm.errors import ConfigError
-from fedumm.evaluate import normalize_answer
-from fedumm.task_metrics import PRIMARY_METRIC, summarize_task
+from fedumm.federation.train import train_local
 from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
+from fedumm.metrics import get_task, normalize_answer
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
-from fedumm.strategies import ClientAlgorithm, ClientUpdate, State, Strategy
-from fedumm.train import LocalHooks, TrainResult, train_local
-
-
-def derive_seed(*parts: int) -> int:
-    """A stable 32-bit seed from integers (run seed, round, client)."""
-    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
-
-
-def clients_per_round(config: FederationConfig, num_clients: int) -> int:
-    """ceil(fraction_fit * K), at least min_fit_clients, at most K."""
-    return min(num_clients, max(config.min_fit_clients, math.ceil(config.fraction_fit * num_clients)))
+from fedumm.types import LocalHooks, State, TrainResult
 
 
 class ModelHost:
@@ -163,21 +143,21 @@ class ModelHost:
     def evaluate(self, samples: Sequence[dict], batch_size: int) -> dict:
         """Generate answers for ``samples`` with the current adapter and score them.
 
-        Classification also scores each row: ``score`` = P(eval.positive_label), the softmax of
+        A task that scores choices (classification) also scores each row: ``score`` = P(eval.positive_label), the softmax of
         the label texts' answer log-likelihoods (``Backend.score_choices``), for ROC-AUC."""
-        task = self.config.eval.task
+        task = get_task(self.config.eval.task)
         if not samples:
-            return {"task": task, "n": 0, PRIMARY_METRIC[task]: 0.0}
+            return {"task": task.name, "n": 0, task.primary_metric: 0.0}
         self.model.eval()
         predictions: list[str] = []
         for start in range(0, len(samples), batch_size):
             predictions += self.backend.predict(self.model, samples[start : start + batch_size])
         records = [dict(row, prediction=p) for row, p in zip(samples, predictions)]
-        scores = self.positive_scores(samples, batch_size) if task == "classification" else None
+        scores = self.positive_scores(samples, batch_size) if task.scores_choices else None
         if scores is not None:
             for record, score in zip(records, scores):
                 record["score"] = score
-        return summarize_task(records, task, self.config.eval.positive_label)
+        return task.summarize(records, self.config.eval.positive_label)
 
     def positive_scores(self, samples: Sequence[dict], batch_size: int) -> list[float] | None:
         """P(eval.positive_label) per row: the softmax over ``class_choices`` of their answer
@@ -202,147 +182,3 @@ def _check_lora_outside(base: torch.nn.Module, targets: str, modules_to_save: di
                     f"adapter.target_modules: LoRA target {name!r} lies in the {unit!r} group, which "
                     f"finetune trains fully; anchor the LoRA regex ({targets!r}) outside it or freeze that group"
                 )
-
-
-@dataclass
-class FitReply:
-    client_id: int
-    payload: bytes
-    num_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-class ClientRuntime:
-    """One client's side of a round. Holds its data, its algorithm's client half and any
-    per-client state that must persist between rounds (e.g. SCAFFOLD's control variate)."""
-
-    def __init__(self, data: ClientData, host: ModelHost, config: RunConfig,
-                 algorithm: ClientAlgorithm | None = None):
-        self.data = data
-        self.host = host
-        self.config = config
-        self.algorithm = algorithm or ClientAlgorithm()
-        self.client_state: State = {}  # the algorithm's per-client tensors
-        self.local_state: State = {}  # kept-local units (personalisation)
-
-    @property
-    def client_id(self) -> int:
-        return self.data.client_id
-
-    def fit(self, message: bytes, round_num: int, progress: bool = False) -> FitReply:
-        """Load the global state (and this client's kept-local units), train the units this
-        round's plan trains, evaluate on the local test split, reply with the shared ones."""
-        parts = codec.decode_message(message)
-        global_state, server_extras = parts["state"], parts.get("extras", {})
-        host = self.host
-        plan = plan_for_round(self.config.finetune, round_num)
-        host.configure(plan)
-        host.set_state(global_state)
-        if host.local_units:
-            host.set_state(self.local_state or host.initial_local_state, host.local_units)
-        trained_keys = list(host.parameters_of(plan.shared))
-        round_global = {k: global_state[k] for k in trained_keys}
-        hooks = self.algorithm.hooks(round_global, server_extras, self.client_state)
-        seed = derive_seed(self.config.seed, round_num, self.client_id)
-        result = host.train(
-            self.data.train, self.config.train, seed, hooks, progress,
-            description=f"round {round_num} client {self.client_id}",
-        )
-        trained = host.get_state(plan.shared)
-        extras, self.client_state = self.algorithm.finish(
-            round_global, trained, server_extras, self.client_state, result, self.config.train.lr
-        )
-        if host.local_units:
-            self.local_state = host.get_state(host.local_units)
-        metrics: dict[str, float] = {
-            "train_loss": result.mean_loss,
-            "steps": result.steps,
-            "train_seconds": result.seconds,
-        }
-        if self.config.eval.clients and self.data.test:
-            local = host.evaluate(self.data.test, self.config.eval.batch_size)
-            primary = PRIMARY_METRIC[self.config.eval.task]
-            metrics[f"local_{primary}"] = local[primary]
-            metrics["local_test_samples"] = local["n"]
-        payload = codec.encode_message({"state": trained, "extras": extras}, self.config.federation.wire_dtype)
-        return FitReply(self.client_id, payload, result.num_samples, metrics)
-
-
-class Server:
-    """Holds the global state and the strategy; samples clients, broadcasts, aggregates."""
-
-    def __init__(self, strategy: Strategy, initial_state: State, config: FederationConfig, seed: int):
-        self.strategy = strategy
-        self.global_state: State = {k: v.clone() for k, v in initial_state.items()}
-        self.config = config
-        self.seed = seed
-        self.start_round = 0  # rounds already done: a resumed run continues at start_round + 1
-        self.resumed = None  # the runlog.Checkpoint restored from, if any
-
-    @classmethod
-    def from_config(cls, config: RunConfig, initial_state: State, num_clients: int, checkpoint=None) -> Server:
-        """The run's server, as every engine builds it: federation.strategy for this run and,
-        with federation.resume_from, the global adapter and strategy state of that checkpoint
-        (``checkpoint``: the one already read from there)."""
-        from fedumm.runlog import read_checkpoint
-        from fedumm.strategies import build_strategy
-
-        strategy = build_strategy(config.federation.strategy, num_clients=num_clients, task=config.eval.task)
-        server = cls(strategy, initial_state, config.federation, config.seed)
-        if config.federation.resume_from:
-            server.restore(checkpoint or read_checkpoint(config.federation.resume_from), config, num_clients)
-        return server
-
-    def restore(self, checkpoint, config: RunConfig, num_clients: int) -> None:
-        """Load a ``runlog.Checkpoint`` after checking it against this run: the model's adapter
-        keys and shapes, the strategy's state keys, the clients' state keys, rounds left."""
-        from fedumm.adapters import check_state_matches
-        from fedumm.errors import AdapterStateError
-        from fedumm.strategies.stateful import check_per_key_state
-
-        where = f"federation.resume_from: {checkpoint.path}"
-        name = self.strategy.name
-        checkpoint.check_config(config, num_clients)
-        try:
-            check_state_matches(self.global_state, checkpoint.global_state,
-                                "its global adapter does not match the model's adapter")
-        except AdapterStateError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        restored = {k: v.to(self.global_state[k].dtype) for k, v in checkpoint.global_state.items()}
-        try:
-            self.strategy.load_state_dict(checkpoint.server_state, reference=restored)
-            for cid, state in checkpoint.client_states.items():
-                if not 0 <= cid < num_clients:
-                    raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
-                check_per_key_state(restored, state, f"client {cid}'s algorithm state")
-        except ValueError as exc:
-            raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
-        self.global_state = restored
-        self.start_round = checkpoint.round
-        self.resumed = checkpoint
-
-    def sample_clients(self, round_num: int, client_ids: Sequence[int]) -> list[int]:
-        count = clients_per_round(self.config, len(client_ids))
-        if count == len(client_ids):
-            return list(client_ids)
-        rng = np.random.default_rng(derive_seed(self.seed, round_num, 7919))
-        return sorted(rng.choice(list(client_ids), size=count, replace=False).tolist())
-
-    def broadcast(self, round_num: int) -> bytes:
-        """The message every sampled client receives: global state + strategy extras."""
-        extras = self.strategy.server_extras(self.global_state, round_num)
-        return codec.encode_message({"state": self.global_state, "extras": extras}, self.config.wire_dtype)
-
-    def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
-        updates = []
-        for reply in replies:
-            parts = codec.decode_message(reply.payload)
-            updates.append(ClientUpdate(reply.client_id, reply.num_samples, parts["state"],
-                                        dict(reply.metrics), parts.get("extras", {})))
-        if not updates:
-            return self.global_state
-        # Clients send only the units trained this round; the rest of the global state stays.
-        trained = {k: self.global_state[k] for k in updates[0].state if k in self.global_state}
-        new = self.strategy.aggregate(trained, updates, round_num)
-        self.global_state = {**self.global_state, **new}
-        return self.global_state

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -18,30 +18,7 @@ from tqdm.auto import tqdm
 from fedumm.adapters import trainable_parameters
 from fedumm.config import TrainConfig
 from fedumm.models.base import Backend
-
-
-class LocalHooks:
-    """Extension points of the local update; the default changes nothing."""
-
-    def extra_loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor | None:
-        return None
-
-    def after_backward(self, params: dict[str, torch.nn.Parameter]) -> None:
-        """Gradients are final (unscaled, summed over accumulation), before clipping and the step."""
-        return None
-
-    def after_step(self, params: dict[str, torch.nn.Parameter], lr: float) -> None:
-        """Right after each optimizer step; ``lr`` is the step's learning rate. Changes to the
-        parameters here bypass the optimizer (no clipping, no Adam normalisation)."""
-        return None
-
-
-@dataclass
-class TrainResult:
-    num_samples: int
-    steps: int
-    mean_loss: float
-    seconds: float
+from fedumm.types import LocalHooks, TrainResult
 
 
 def plan_steps(num_samples: int, config: TrainConfig) -> int:
@@ -84,8 +61,6 @@ def train_local(
     description: str = "local",
 ) -> TrainResult:
     """Train the model's trainable tensors in place on ``samples``."""
-    import time
-
     if not samples:
         raise ValueError("train_local needs at least one sample")
     hooks = hooks or LocalHooks()

@@ -1,0 +1,217 @@
+"""THE job, written once for every engine: from a transport, a model host and a run folder
+to the finished run folder. It writes the partition summary, computes the majority-answer
+baseline from the clients' answer counts, runs the federated phase (``run_rounds``) and,
+where the pooled data is at hand, the centralized baseline with the same trainer and budget,
+then the adapter, summary.json, summary.txt and the accuracy plot.
+
+The engine builds the pieces: the in-process engine loads the data itself and hands a
+``LocalTransport``; the FLARE controller hands its FLARE transport and the server's test
+split; both then call ``run_job``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedumm.config import RunConfig, StrategyConfig
+from fedumm.data.federated import ClientData
+from fedumm.data.partition import save_partition_heatmap
+from fedumm.errors import AdapterStateError, ConfigError
+from fedumm.federation.host import ModelHost
+from fedumm.federation.loop import Log, PhaseResult, run_rounds
+from fedumm.federation.server import Server
+from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
+from fedumm.metrics import get_task
+from fedumm.report import format_summary, save_accuracy_plot
+from fedumm.runlog import Checkpoint, RunFolder, clients_path, read_checkpoint
+from fedumm.types import check_state_matches
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    federated: PhaseResult | None
+    centralized: PhaseResult | None
+    majority_baseline: float | None
+    summary: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- resume
+
+def read_resume(config: RunConfig) -> tuple[Checkpoint | None, bool]:
+    """The checkpoint federation.resume_from names (checked against the config, before any model
+    loads) and whether it continues the run folder the output names in place (``fedumm run
+    --resume``). Fails early when the run would replace an earlier folder by accident."""
+    resume = read_checkpoint(config.federation.resume_from) if config.federation.resume_from else None
+    if resume is not None:
+        resume.check_config(config, config.federation.num_clients)
+    in_place = (resume is not None and resume.run_dir is not None
+                and resume.run_dir.resolve() == RunFolder.path_for(config).resolve())
+    if not in_place:
+        RunFolder.check_available(config)
+    return resume, in_place
+
+
+def check_local_states(checkpoint: Checkpoint, host: ModelHost) -> None:
+    """A checkpoint's kept-local units must be this model's (before any run folder changes)."""
+    for cid, state in checkpoint.local_states.items():
+        try:
+            check_state_matches(host.initial_local_state, state, f"client {cid}'s kept-local units")
+        except AdapterStateError as exc:
+            raise ConfigError(f"federation.resume_from: {clients_path(checkpoint.path)}: {exc}") from exc
+
+
+def open_run(config: RunConfig, resume: Checkpoint | None, in_place: bool) -> tuple[RunFolder, list[dict]]:
+    """The run folder and the records of the rounds already done (a resumed run's)."""
+    if in_place:
+        run = RunFolder.reopen(config, resume.round)
+        return run, run.records_through(resume.round)
+    run = RunFolder.create(config)
+    prior: list[dict] = []
+    if resume is not None and resume.run_dir is not None:
+        prior = RunFolder(resume.run_dir).records_through(resume.round)
+        for record in prior:
+            run.append_metrics(record)
+    return run, prior
+
+
+# ---------------------------------------------------------------------------- phases
+
+def centralized_config(config: RunConfig) -> RunConfig:
+    """Same trainer and budget on pooled data: one client, every round, one pass per epoch."""
+    central = config.model_copy(deep=True)
+    central.federation.num_clients = 1
+    central.federation.fraction_fit = 1.0
+    central.federation.min_fit_clients = 1
+    central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
+    central.federation.resume_from = None  # the baseline always trains from the initial adapter
+    if central.train.local_steps is not None:
+        # Federated rounds take local_steps on each sampled client; match the total.
+        central.train.local_steps = config.train.local_steps * config.federation.clients_per_round()
+    return central
+
+
+def eval_rows(config: RunConfig, global_test: Sequence[dict]) -> list[dict]:
+    """The global test rows the server evaluates on (eval.max_samples)."""
+    return list(global_test)[: config.eval.max_samples] if config.eval.max_samples else list(global_test)
+
+
+def run_centralized(config: RunConfig, host: ModelHost, pooled_train: list[dict], global_test: Sequence[dict],
+                    run: RunFolder, adapter_name: str, log: Log | None = None) -> PhaseResult:
+    """The centralized baseline: the same round loop over one client holding the pooled data."""
+    central = centralized_config(config)
+    host.set_state(host.initial_state)
+    host.reset_local()
+    server = Server.from_config(central, host.initial_state, 1)
+    transport = LocalTransport([ClientData(0, pooled_train, [])], host, central,
+                               server.strategy.client_algorithm(), progress=config.output.progress)
+    result = run_rounds(central, host, server, transport, eval_rows(config, global_test), run, "centralized", log=log)
+    run.save_adapter(host, adapter_name)
+    return result
+
+
+# ---------------------------------------------------------------------------- summary
+
+def phase_summary(result: PhaseResult) -> dict[str, Any]:
+    """A phase's summary keys."""
+    return {
+        f"{result.phase}_initial_accuracy": result.initial_accuracy,
+        f"{result.phase}_final_accuracy": result.final_accuracy,
+        f"{result.phase}_by_answer_type": {
+            k: v[result.metric] for k, v in result.records[-1]["global"].get("by_answer_type", {}).items()
+        },
+        f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
+    }
+
+
+def job_summary(config: RunConfig, run: RunFolder, host: ModelHost, setup: SetupInfo,
+                baseline: tuple[str, float | None], phases: Sequence[PhaseResult]) -> dict[str, Any]:
+    trainable, total = host.count_parameters()
+    stages = host.trainable_by_stage()
+    summary: dict[str, Any] = {
+        "name": config.name,
+        "run_dir": str(run.path),
+        "num_clients": config.federation.num_clients,
+        "rounds": config.federation.rounds,
+        "strategy": config.federation.strategy.name,
+        "partition_alpha": config.data.partition.alpha,
+        "partition_skew": setup.partition.skew(),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        **({"trainable_by_stage": stages} if len(stages) > 1 else {}),
+        "task": config.eval.task,
+        "metric": get_task(config.eval.task).primary_metric,
+        "majority_answer": baseline[0],
+        "majority_baseline_accuracy": baseline[1],
+        **setup.partition.skipped_summary(),  # counts only; the messages are in load_problems.txt
+    }
+    for result in phases:
+        summary.update(phase_summary(result))
+    federated = next((r for r in phases if r.phase == "federated"), None)
+    if federated is not None and len(federated.records) > 1:
+        last = federated.records[-1]["bytes"]
+        summary["bytes_per_round"] = last["total"]
+        summary["adapter_message_bytes"] = next(iter(last["download"].values()))
+        summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
+        summary["communication_reduction_pct"] = last["reduction_pct"]
+    return summary
+
+
+def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
+    """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
+    run.write_json("summary.json", summary)
+    records = run.read_metrics()
+    (run.path / "summary.txt").write_text(format_summary(summary, records) + "\n")
+    task = get_task(summary["task"])
+    save_accuracy_plot(records, run.path / "accuracy.png", task.primary_metric, bounded=task.bounded)
+
+
+# ---------------------------------------------------------------------------- the job
+
+def run_job(
+    config: RunConfig,
+    transport: Transport,
+    host: ModelHost,
+    run: RunFolder,
+    global_test: Sequence[dict],
+    server: Server,
+    *,
+    prior_records: Sequence[dict[str, Any]] = (),
+    pooled_train: list[dict] | None = None,
+    federated: bool = True,
+    log: Log | None = None,
+    label: str | None = None,
+) -> RunResult:
+    """Run a job into ``run``: partition summary and baseline from ``transport.setup()``, the
+    federated rounds (``federated``), the centralized baseline where ``pooled_train`` is given,
+    the adapter(s) and the summary. ``server`` may be resumed (``Server.from_config``)."""
+    setup = transport.setup()
+    run.write_json("partition.json", setup.partition.to_dict())
+    save_partition_heatmap(setup.partition, run.path / "partition.png")
+    baseline = get_task(config.eval.task).baseline(setup.answer_counts, global_test)
+    if log is not None:
+        trainable, total = host.count_parameters()
+        log(f"{setup.train_rows} training rows over {len(transport.client_ids)} clients "
+            f"(sizes {setup.partition.sizes}, label skew {setup.partition.skew():.2f}), "
+            f"{len(global_test)} global test rows; {config.model.backend} "
+            f"{host.backend.name_or_path}: {trainable:,} trainable of {total:,} parameters")
+    phases: list[PhaseResult] = []
+    if federated:
+        phases.append(run_rounds(config, host, server, transport, eval_rows(config, global_test), run, "federated",
+                                 prior_records=prior_records, log=log, label=label))
+        host.set_state(phases[-1].final_state)
+        host.reset_local()
+        run.save_adapter(host)
+    if pooled_train is not None:
+        phases.append(run_centralized(config, host, pooled_train, global_test, run,
+                                      "centralized_adapter" if federated else "adapter", log))
+    summary = job_summary(config, run, host, setup, baseline, phases)
+    summary.update(transport.summary_extras(phases[0].records if federated else []))
+    if server.resumed is not None:
+        summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
+    write_summary(run, summary)
+    by_phase = {p.phase: p for p in phases}
+    return RunResult(str(Path(run.path)), by_phase.get("federated"), by_phase.get("centralized"), baseline[1], summary)

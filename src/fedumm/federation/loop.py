@@ -1,0 +1,137 @@
+"""THE round loop, written once for every engine (in the spirit of NVFlare's
+``ModelController.run()`` and Flower's strategy loop): round 0 evaluates the starting
+adapter; each round r = 1..R samples clients, broadcasts the global message, collects the
+replies through the injected ``Transport``, aggregates, evaluates the new global adapter,
+appends the round's record to metrics.jsonl, checkpoints and reports progress.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fedumm.adapters import full_model_nbytes
+from fedumm.config import RunConfig
+from fedumm.federation.client import FitReply
+from fedumm.federation.host import ModelHost
+from fedumm.federation.server import Server
+from fedumm.federation.transport import Transport
+from fedumm.metrics import get_task
+from fedumm.runlog import RunFolder
+from fedumm.types import State
+
+#: Where progress lines go: ``print``-like (the in-process engine writes above the bars, the
+#: FLARE controller into FLARE's log).
+Log = Callable[[str], None]
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    metric: str = "vqa_accuracy"  # the task's primary metric
+    records: list[dict[str, Any]] = field(default_factory=list)
+    final_state: State = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.records[-1]["global"][self.metric]
+
+    @property
+    def initial_accuracy(self) -> float:
+        return self.records[0]["global"][self.metric]
+
+
+def round_line(record: dict[str, Any], rounds: int, metric: str, label: str) -> str:
+    """The one-line summary of a round's record, as every engine prints it."""
+    upload = next(iter(record["bytes"]["upload"].values()), 0)
+    return (f"[{label}] round {record['round']}/{rounds}: global {metric} {record['global'][metric]:.3f} | "
+            f"clients {len(record['clients'])} | upload {upload / 1024:.1f} KiB/client | "
+            f"{record['seconds']['round']:.1f}s")
+
+
+def round_record(phase: str, round_num: int, selected: Sequence[int], global_metrics: dict,
+                 replies: Sequence[FitReply], download: bytes, full_bytes: int) -> dict[str, Any]:
+    """A round's metrics.jsonl record (without its seconds): payload bytes each way per client."""
+    upload = {str(r.client_id): len(r.payload) for r in replies}
+    return {
+        "phase": phase,
+        "round": round_num,
+        "clients": list(selected),
+        "global": global_metrics,
+        "client_metrics": {str(r.client_id): {"num_samples": r.num_samples, **r.metrics} for r in replies},
+        "bytes": {
+            "upload": upload,
+            "download": {str(cid): len(download) for cid in selected},
+            "total": sum(upload.values()) + len(download) * len(selected),
+            "full_finetune_per_message": full_bytes,
+            "reduction_pct": 100.0 * (1 - len(download) / full_bytes),
+        },
+    }
+
+
+def run_rounds(
+    config: RunConfig,
+    host: ModelHost,
+    server: Server,
+    transport: Transport,
+    test: Sequence[dict],
+    run: RunFolder,
+    phase: str,
+    *,
+    prior_records: Sequence[dict[str, Any]] = (),
+    log: Log | None = None,
+    label: str | None = None,
+) -> PhaseResult:
+    """Rounds ``server.start_round + 1 .. federation.rounds`` (a resumed server continues after
+    its checkpoint; ``prior_records`` are the earlier rounds' records, already in the run
+    folder). ``test`` is the global test set the server evaluates on; ``log`` gets one line per
+    round (None: none), tagged ``label`` (default: the phase)."""
+    strategy = server.strategy
+    full_bytes = full_model_nbytes(host.model)
+    metric = get_task(config.eval.task).primary_metric
+    result = PhaseResult(phase, metric, records=list(prior_records))
+
+    host.set_state(server.global_state)
+    host.reset_local()
+    if not result.records or result.records[-1]["round"] != server.start_round:
+        # Round 0, or a resumed checkpoint without the record of its round: evaluate it here.
+        record = {"phase": phase, "round": server.start_round, "global": host.evaluate(test, config.eval.batch_size)}
+        run.append_metrics(record)
+        result.records.append(record)
+
+    # Bars only on a terminal (disable=None) and only where lines go to one.
+    rounds = tqdm(range(server.start_round + 1, config.federation.rounds + 1), desc=f"{phase} rounds",
+                  unit="round", disable=None if config.output.progress and log is not None else True)
+    for round_num in rounds:
+        start = time.perf_counter()
+        selected = server.sample_clients(round_num, transport.client_ids)
+        download = server.broadcast(round_num)
+        replies = transport.fit(selected, download, round_num)
+        server.aggregate(replies, round_num)
+        fit_seconds = time.perf_counter() - start
+
+        host.set_state(server.global_state)
+        host.reset_local()  # the global model has no personalised units
+        eval_start = time.perf_counter()
+        global_metrics = host.evaluate(test, config.eval.batch_size)
+        record = round_record(phase, round_num, selected, global_metrics, replies, download, full_bytes)
+        record.update(transport.round_extras())
+        record["seconds"] = {"fit": fit_seconds, "eval": time.perf_counter() - eval_start,
+                             "round": time.perf_counter() - start}
+        run.append_metrics(record)
+        held = transport.held_client_states()
+        run.save_checkpoint(
+            round_num, server.global_state, strategy.state_dict(),
+            client_states=held.client_states if held else None,
+            local_states=held.local_states if held else None,
+            strategy=strategy.name, num_clients=len(transport.client_ids), phase=phase,
+        )
+        result.records.append(record)
+        if log is not None:
+            log(round_line(record, config.federation.rounds, metric, label or phase))
+    result.final_state = server.global_state
+    return result

@@ -1,0 +1,90 @@
+"""The server's side of a round, the same in every engine: sample clients, broadcast the
+global state with the strategy's extras, aggregate the replies, restore from a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedumm import codec
+from fedumm.config import FederationConfig, RunConfig
+from fedumm.errors import AdapterStateError, ConfigError
+from fedumm.federation.client import FitReply, derive_seed
+from fedumm.runlog import Checkpoint, read_checkpoint
+from fedumm.strategies import ClientUpdate, State, Strategy, build_strategy
+from fedumm.strategies.stateful import check_per_key_state
+from fedumm.types import check_state_matches
+
+
+class Server:
+    """Holds the global state and the strategy; samples clients, broadcasts, aggregates."""
+
+    def __init__(self, strategy: Strategy, initial_state: State, config: FederationConfig, seed: int):
+        self.strategy = strategy
+        self.global_state: State = {k: v.clone() for k, v in initial_state.items()}
+        self.config = config
+        self.seed = seed
+        self.start_round = 0  # rounds already done: a resumed run continues at start_round + 1
+        self.resumed: Checkpoint | None = None  # the checkpoint restored from, if any
+
+    @classmethod
+    def from_config(cls, config: RunConfig, initial_state: State, num_clients: int, checkpoint: Checkpoint | None = None) -> Server:
+        """The run's server, as every engine builds it: federation.strategy for this run and,
+        with federation.resume_from, the global adapter and strategy state of that checkpoint
+        (``checkpoint``: the one already read from there)."""
+        strategy = build_strategy(config.federation.strategy, num_clients=num_clients, task=config.eval.task)
+        server = cls(strategy, initial_state, config.federation, config.seed)
+        if config.federation.resume_from:
+            server.restore(checkpoint or read_checkpoint(config.federation.resume_from), config, num_clients)
+        return server
+
+    def restore(self, checkpoint: Checkpoint, config: RunConfig, num_clients: int) -> None:
+        """Load a ``runlog.Checkpoint`` after checking it against this run: the model's adapter
+        keys and shapes, the strategy's state keys, the clients' state keys, rounds left."""
+        where = f"federation.resume_from: {checkpoint.path}"
+        name = self.strategy.name
+        checkpoint.check_config(config, num_clients)
+        try:
+            check_state_matches(self.global_state, checkpoint.global_state,
+                                "its global adapter does not match the model's adapter")
+        except AdapterStateError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        restored = {k: v.to(self.global_state[k].dtype) for k, v in checkpoint.global_state.items()}
+        try:
+            self.strategy.load_state_dict(checkpoint.server_state, reference=restored)
+            for cid, state in checkpoint.client_states.items():
+                if not 0 <= cid < num_clients:
+                    raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
+                check_per_key_state(restored, state, f"client {cid}'s algorithm state")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
+        self.global_state = restored
+        self.start_round = checkpoint.round
+        self.resumed = checkpoint
+
+    def sample_clients(self, round_num: int, client_ids: Sequence[int]) -> list[int]:
+        count = min(len(client_ids), self.config.clients_per_round())
+        if count == len(client_ids):
+            return list(client_ids)
+        rng = np.random.default_rng(derive_seed(self.seed, round_num, 7919))
+        return sorted(rng.choice(list(client_ids), size=count, replace=False).tolist())
+
+    def broadcast(self, round_num: int) -> bytes:
+        """The message every sampled client receives: global state + strategy extras."""
+        extras = self.strategy.server_extras(self.global_state, round_num)
+        return codec.encode_message({"state": self.global_state, "extras": extras}, self.config.wire_dtype)
+
+    def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
+        updates = []
+        for reply in replies:
+            parts = codec.decode_message(reply.payload)
+            updates.append(ClientUpdate(reply.client_id, reply.num_samples, parts["state"],
+                                        dict(reply.metrics), parts.get("extras", {})))
+        if not updates:
+            return self.global_state
+        # Clients send only the units trained this round; the rest of the global state stays.
+        trained = {k: self.global_state[k] for k in updates[0].state if k in self.global_state}
+        new = self.strategy.aggregate(trained, updates, round_num)
+        self.global_state = {**self.global_state, **new}
+        return self.global_state

@@ -1,0 +1,127 @@
+"""How the round loop reaches its clients: a ``Transport`` is injected into ``run_rounds``, so
+the algorithm is written once and an engine only carries messages (Flower's grid,
+NVFlare's ``send_model_and_wait``).
+
+A transport answers four calls: ``client_ids``, ``setup()`` (what the clients tell the server
+about their data before round 1: counts, never rows), ``fit(client_ids, message, round)``
+(one safetensors message out, one ``FitReply`` per client back, in the order asked) and
+``held_client_states()`` (the clients' state when the server process holds it, for the
+checkpoint; None where the clients keep their own). Two documented hooks add an engine's
+own facts without a second record builder: ``round_extras()`` goes into the round's record
+(FLARE: whole message bytes on the wire) and ``summary_extras(records)`` into summary.json
+(FLARE: site names, data placement).
+
+``LocalTransport`` is the in-process one: ``ClientRuntime.fit`` called directly on one shared
+``ModelHost``. Every engine uses it for the centralized baseline.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedumm.config import RunConfig
+from fedumm.data.federated import ClientData
+from fedumm.data.partition import PartitionStats
+from fedumm.federation.client import ClientRuntime, FitReply
+from fedumm.federation.host import ModelHost
+from fedumm.runlog import Checkpoint
+from fedumm.strategies import ClientAlgorithm
+from fedumm.types import State
+
+
+@dataclass
+class SetupInfo:
+    """What the server knows of the clients' data before round 1."""
+
+    partition: PartitionStats  # sizes, label counts, modality counts, skipped rows
+    answer_counts: dict[str, int]  # training answers pooled over the clients (the majority baseline)
+
+    @property
+    def train_rows(self) -> int:
+        return sum(self.answer_counts.values())
+
+
+@dataclass
+class ClientStates:
+    """Per-client tensors the server process holds: algorithm state and kept-local units."""
+
+    client_states: dict[int, State]
+    local_states: dict[int, State]
+
+
+class Transport(ABC):
+    """The round loop's view of its clients (see the module docstring)."""
+
+    @property
+    @abstractmethod
+    def client_ids(self) -> list[int]:
+        """Every client's integer id, sorted."""
+
+    @abstractmethod
+    def setup(self) -> SetupInfo:
+        """The clients' data statistics, once, before round 1."""
+
+    @abstractmethod
+    def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
+        """Send ``message`` to ``client_ids``; their replies in the same order."""
+
+    def held_client_states(self) -> ClientStates | None:
+        """The clients' state for the checkpoint; None = the clients keep it themselves."""
+        return None
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Give the clients their state from a resumed checkpoint (checked by ``Server.restore``)."""
+
+    def round_extras(self) -> dict[str, Any]:
+        """Hook: engine-specific keys for the record of the round ``fit`` just ran."""
+        return {}
+
+    def summary_extras(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Hook: engine-specific keys for summary.json."""
+        return {}
+
+
+class LocalTransport(Transport):
+    """Clients as ``ClientRuntime`` objects in this process, sharing one frozen base model."""
+
+    def __init__(self, clients: Sequence[ClientData], host: ModelHost, config: RunConfig,
+                 algorithm: ClientAlgorithm, partition: PartitionStats | None = None, progress: bool = False):
+        self.runtimes = {c.client_id: ClientRuntime(c, host, config, algorithm) for c in clients}
+        self.host = host
+        self.partition = partition
+        self.progress = progress
+
+    @property
+    def client_ids(self) -> list[int]:
+        return sorted(self.runtimes)
+
+    def setup(self) -> SetupInfo:
+        if self.partition is None:
+            raise ValueError("LocalTransport.setup: built without the partition statistics")
+        answers = Counter(str(row["multiple_choice_answer"]) for r in self.runtimes.values() for row in r.data.train)
+        return SetupInfo(self.partition, dict(answers))
+
+    def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
+        return [self.runtimes[cid].fit(message, round_num, self.progress) for cid in client_ids]
+
+    def held_client_states(self) -> ClientStates:
+        runtimes = self.runtimes.items()
+        return ClientStates({cid: r.client_state for cid, r in runtimes if r.client_state},
+                            {cid: r.local_state for cid, r in runtimes if r.local_state})
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        algorithm = next(iter(self.runtimes.values())).algorithm if self.runtimes else None
+        stateful = self.host.local_units or (algorithm is not None and type(algorithm) is not ClientAlgorithm)
+        if stateful and not checkpoint.clients_saved:
+            warnings.warn(f"{checkpoint.path}: no client state was saved with it (e.g. an NVIDIA FLARE run, whose "
+                          "sites keep theirs): clients restart their algorithm state and kept-local units",
+                          stacklevel=2)
+        for cid, state in checkpoint.client_states.items():
+            self.runtimes[cid].client_state = dict(state)
+        for cid, state in checkpoint.local_states.items():
+            self.runtimes[cid].local_state = dict(state)

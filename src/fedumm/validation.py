@@ -1,0 +1,49 @@
+"""The one validation step after parsing: the config checks that need a registry.
+
+``fedumm.config`` only declares sections and their own field checks; what needs to know
+the registered backends, strategies and tasks runs here, on the parsed ``RunConfig``,
+before any data or model loads. ``load_run_config`` is the entry point every command,
+engine and site uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedumm.config import RunConfig, load_config
+from fedumm.errors import ConfigError
+from fedumm.models.registry import available_backends
+from fedumm.strategies import check_strategy_config, validate_params
+
+
+def _check_backend(config: RunConfig) -> None:
+    if config.model.backend not in available_backends():
+        raise ConfigError(
+            f"model.backend: unknown backend {config.model.backend!r}; available: {', '.join(available_backends())}"
+        )
+
+
+def _check_strategy(config: RunConfig) -> None:
+    strategy = config.federation.strategy
+    validate_params(strategy.name, strategy.params())
+    check_strategy_config(config)
+
+
+#: Run in order; each raises ``ConfigError`` naming its key.
+CHECKS = (_check_backend, _check_strategy)
+
+
+def validate(config: RunConfig, source: str = "<config>") -> RunConfig:
+    """Run every registry check on ``config``; the first problem is raised as one line."""
+    for check in CHECKS:
+        try:
+            check(config)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid config {source}: {exc}") from None
+    return config
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """``fedumm.config.load_config`` (YAML + ``--set``, section checks), then ``validate``."""
+    config = load_config(path, overrides)
+    return validate(config, str(path) if path is not None else "<defaults>")
