@@ -1,4 +1,4 @@
-"""VQA v2 evaluation metric and helpers (pure Python).
+"""VQA v2: answer normalisation, accuracy, exact match and the VQA summary (pure Python).
 
 Implements the accuracy metric of the VQA benchmark (Antol et al. 2015, "VQA:
 Visual Question Answering"; Goyal et al. 2017, "Making the V in VQA Matter"),
@@ -42,16 +42,10 @@ penalised only on questions where annotators happened to agree.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = [
-    "normalize_answer",
-    "vqa_accuracy",
-    "exact_match",
-    "summarize",
-    "majority_answer",
-]
+__all__ = ["baseline", "exact_match", "metrics", "normalize_answer", "summarize", "vqa_accuracy"]
 
 # The official evaluator's punctuation list; the apostrophe is deliberately
 # absent so contractions survive.
@@ -249,16 +243,12 @@ def summarize(records: Iterable[Mapping]) -> dict:
     }
 
 
-def majority_answer(answers: Iterable[str]) -> str:
-    """Most common normalised answer; ties go to the lexicographically smallest.
+def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
+    """The vqa task's metrics of one group: ``{"vqa_accuracy", "exact_match"}`` (``positive_label`` unused)."""
+    summary = summarize(records)
+    return {"vqa_accuracy": summary["vqa_accuracy"], "exact_match": summary["exact_match"]}
 
-    Used for the "always predict the training-set majority answer" baseline.
 
-    Raises:
-        ValueError: if ``answers`` is empty.
-    """
-    counts = Counter(normalize_answer(answer) for answer in answers)
-    if not counts:
-        raise ValueError("majority_answer needs at least one answer; got none")
-    # Sort key: highest count first, then smallest string, so ties are stable.
-    return min(counts.items(), key=lambda item: (-item[1], item[0]))[0]
+def baseline(answer: str, test_rows: Sequence[Mapping]) -> float:
+    """The baseline score: mean VQA accuracy of always answering ``answer`` against each test row's "answers"."""
+    return sum(vqa_accuracy(answer, row["answers"]) for row in test_rows) / len(test_rows)

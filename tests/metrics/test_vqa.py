@@ -1,16 +1,11 @@
-"""Tests for fedumm.evaluate: VQA v2 normalisation, accuracy and summaries."""
+"""Tests for fedumm.metrics.vqa: VQA v2 normalisation, accuracy and summaries."""
 
 from __future__ import annotations
 
 import pytest
 
-from fedumm.evaluate import (
-    exact_match,
-    majority_answer,
-    normalize_answer,
-    summarize,
-    vqa_accuracy,
-)
+from fedumm.metrics import summarize_task
+from fedumm.metrics.vqa import exact_match, normalize_answer, summarize, vqa_accuracy
 
 
 @pytest.mark.parametrize(
@@ -215,38 +210,17 @@ def test_summarize_empty() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("answers", "expected"),
-    [
-        (["yes", "no", "yes"], "yes"),
-        # "two" and "2" count as the same answer: "2" x3 beats "yes" x2.
-        (["yes", "two", "2", "yes", "2"], "2"),
-        # Tie (2 each): lexicographically smallest wins.
-        (["yes", "no", "no", "yes"], "no"),
-        (["zebra", "apple", "mango"], "apple"),
-        (["The Dog."], "dog"),
-    ],
-)
-def test_majority_answer(answers: list[str], expected: str) -> None:
-    # Prepare / Execute
-    result = majority_answer(answers)
-
-    # Assert
-    assert result == expected
-
-
-def test_majority_answer_accepts_generator() -> None:
-    # Prepare
-    answers = (a for a in ["cat", "dog", "dog"])
-
+def test_summarize_vqa_by_answer_type() -> None:
+    # Prepare: 3 of 10 annotators say "2" -> 0.9; exact match against "3" fails.
+    records = [
+        {"prediction": "2", "answers": ["2"] * 3 + ["3"] * 7, "multiple_choice_answer": "3", "answer_type": "number"},
+        {"prediction": "yes", "answers": ["yes"] * 10, "multiple_choice_answer": "yes", "answer_type": "yes/no"},
+        {"prediction": "no", "answers": ["yes"] * 10, "multiple_choice_answer": "yes", "answer_type": "yes/no"},
+    ]
     # Execute
-    result = majority_answer(answers)
-
+    summary = summarize_task(records, "vqa")
     # Assert
-    assert result == "dog"
-
-
-def test_majority_answer_empty_raises() -> None:
-    # Prepare / Execute / Assert
-    with pytest.raises(ValueError, match="at least one"):
-        majority_answer([])
+    assert summary["vqa_accuracy"] == pytest.approx((0.9 + 1 + 0) / 3)
+    assert summary["exact_match"] == pytest.approx(1 / 3)
+    assert summary["by_answer_type"]["number"] == pytest.approx({"n": 1, "vqa_accuracy": 0.9, "exact_match": 0.0})
+    assert summary["by_answer_type"]["yes/no"] == pytest.approx({"n": 2, "vqa_accuracy": 0.5, "exact_match": 0.5})

@@ -1,4 +1,4 @@
-"""Worked examples for the classification and captioning metrics and summarize_task."""
+"""Worked examples for fedumm.metrics.classification and the classification summary."""
 
 from __future__ import annotations
 
@@ -6,16 +6,8 @@ import math
 
 import pytest
 
-from fedumm.task_metrics import (
-    accuracy,
-    bleu4,
-    caption_tokens,
-    cider_d,
-    macro_f1,
-    roc_auc,
-    rouge_l,
-    summarize_task,
-)
+from fedumm.metrics import summarize_task
+from fedumm.metrics.classification import accuracy, macro_f1, roc_auc
 
 LABELS = ["cat", "cat", "cat", "dog", "dog", "bird"]
 PREDICTIONS = ["cat", "Cat.", "dog", "dog", "bird", "bird"]
@@ -65,73 +57,6 @@ def test_roc_auc_bad_inputs(scores, labels, fragment: str) -> None:
         roc_auc(scores, labels)
 
 
-@pytest.mark.parametrize(
-    ("text", "tokens"),
-    [("A dog, running.", "a dog running"), ("Don't  STOP!", "don't stop"), ("", "")],
-)
-def test_caption_tokens(text: str, tokens: str) -> None:
-    assert caption_tokens(text) == tokens
-
-
-@pytest.mark.parametrize(
-    ("prediction", "reference", "expected"),
-    [
-        ("a man rides a horse", "a man rides a horse", 1.0),
-        ("A man rides a horse.", "a man rides a horse", 1.0),  # tokenisation drops case and punctuation
-        # All n-gram precisions 1, brevity penalty exp(1 - 6/5).
-        ("a man rides a horse", "a man rides a horse today", math.exp(-0.2)),
-        ("red apple on table", "blue sky with clouds", 0.0),
-    ],
-)
-def test_bleu4_worked_examples(prediction: str, reference: str, expected: float) -> None:
-    assert bleu4([prediction], [[reference]]) == pytest.approx(expected, abs=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("predictions", "references", "expected"),
-    [
-        # LCS "one three" = 2: P = 2/4, R = 2/3, F1 = 2PR/(P+R) = 4/7.
-        (["one two three four"], [["one three five"]], 4 / 7),
-        # The better of two references counts.
-        (["one two three four"], [["one three five", "one two three four"]], 1.0),
-        # Mean over captions: (4/7 + 1) / 2.
-        (["one two three four", "x y"], [["one three five"], ["x y"]], (4 / 7 + 1) / 2),
-        (["red apple"], [["blue sky"]], 0.0),
-    ],
-)
-def test_rouge_l_worked_examples(predictions, references, expected: float) -> None:
-    assert rouge_l(predictions, references) == pytest.approx(expected)
-
-
-CAPTION_REFS = [
-    ["a dog runs on the grass", "a brown dog running in a field"],
-    ["a red car parked on a street", "a car on the road"],
-    ["two birds sit on a wire", "birds perched on a power line"],
-]
-
-
-def test_cider_d_prefers_the_matching_caption() -> None:
-    # Prepare
-    matching = ["a dog runs on the grass", "a red car parked on a street", "two birds sit on a wire"]
-    swapped = ["a red car parked on a street", "a dog runs on the grass", "two birds sit on a wire"]
-    # Execute
-    good, bad = cider_d(matching, CAPTION_REFS), cider_d(swapped, CAPTION_REFS)
-    # Assert: the swapped captions only keep the third image's score (a third of the matching corpus's at most).
-    assert good > 1.0
-    assert bad < good / 2
-
-
-def test_cider_d_of_one_caption_is_zero() -> None:
-    # With one image every n-gram has document frequency 1 = the corpus size, so IDF is 0.
-    assert cider_d(["a dog runs"], [["a dog runs"]]) == 0.0
-
-
-@pytest.mark.parametrize("metric", [bleu4, rouge_l, cider_d])
-def test_caption_metrics_reject_missing_references(metric) -> None:
-    with pytest.raises(ValueError, match=r"references\[1\] is empty"):
-        metric(["a", "b"], [["a"], []])
-
-
 def test_summarize_classification_overall_and_by_client() -> None:
     # Prepare: the six predictions above; client 0 holds the cats, client 1 the rest.
     records = [
@@ -168,38 +93,9 @@ def test_summarize_binary_with_scores_gives_roc_auc_none_for_one_class_groups() 
     assert summary["by_client"][10]["roc_auc"] is None
 
 
-def test_summarize_vqa_by_answer_type() -> None:
-    # Prepare: 3 of 10 annotators say "2" -> 0.9; exact match against "3" fails.
-    records = [
-        {"prediction": "2", "answers": ["2"] * 3 + ["3"] * 7, "multiple_choice_answer": "3", "answer_type": "number"},
-        {"prediction": "yes", "answers": ["yes"] * 10, "multiple_choice_answer": "yes", "answer_type": "yes/no"},
-        {"prediction": "no", "answers": ["yes"] * 10, "multiple_choice_answer": "yes", "answer_type": "yes/no"},
-    ]
-    # Execute
-    summary = summarize_task(records, "vqa")
-    # Assert
-    assert summary["vqa_accuracy"] == pytest.approx((0.9 + 1 + 0) / 3)
-    assert summary["exact_match"] == pytest.approx(1 / 3)
-    assert summary["by_answer_type"]["number"] == pytest.approx({"n": 1, "vqa_accuracy": 0.9, "exact_match": 0.0})
-    assert summary["by_answer_type"]["yes/no"] == pytest.approx({"n": 2, "vqa_accuracy": 0.5, "exact_match": 0.5})
-
-
-def test_summarize_caption_uses_answers_as_references() -> None:
-    # Prepare
-    records = [{"prediction": refs[0], "answers": refs, "client_id": i % 2} for i, refs in enumerate(CAPTION_REFS)]
-    # Execute
-    summary = summarize_task(records, "caption")
-    # Assert
-    assert summary["bleu4"] == pytest.approx(1.0, abs=1e-6)
-    assert summary["rouge_l"] == pytest.approx(1.0)
-    assert summary["cider_d"] > 1.0
-    assert [g["n"] for g in summary["by_client"].values()] == [2, 1]
-
-
 @pytest.mark.parametrize(
     ("records", "task", "fragment"),
     [
-        ([{"prediction": "a", "label": "a"}], "detection", "task must be one of"),
         ([], "classification", "no records"),
         ([{"prediction": "a", "label": "a"}, {"prediction": "b"}], "classification",
          "record 1 (0-based) has no 'multiple_choice_answer' or 'label'"),
