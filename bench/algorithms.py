@@ -99,7 +99,7 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
     from fedumm.engines.simulation import simulate
     from fedumm.federation import ModelHost
     from fedumm.strategies import validate_params
@@ -111,7 +111,7 @@ def run_all(args: argparse.Namespace) -> None:
         "output.progress=false",
         *args.set,
     ]
-    base = load_config(args.config, common)
+    base = load_run_config(args.config, common)
     print(f"base config: {args.config}")
     print(f"changed for the bench: {', '.join(common)}; eval.clients=false except for "
           f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha")
@@ -121,7 +121,7 @@ def run_all(args: argparse.Namespace) -> None:
           f"{base.train.local_epochs} local epoch(s), model {model_name} "
           f"on {base.model.device}")
     for label, name, extra in args.runs:  # resolved params; a bad --param fails here, before any run
-        strategy = load_config(args.config, common + [f"federation.strategy.name={name}", *extra]).federation.strategy
+        strategy = load_run_config(args.config, common + [f"federation.strategy.name={name}", *extra]).federation.strategy
         params = validate_params(name, strategy.params()).model_dump()
         print(f"  {label}: {', '.join(f'{k}={v}' for k, v in params.items()) or '(no params)'}")
 
@@ -142,7 +142,7 @@ def run_all(args: argparse.Namespace) -> None:
                 ]
                 t0 = time.perf_counter()
                 try:
-                    result = simulate(load_config(args.config, overrides), host=host)
+                    result = simulate(load_run_config(args.config, overrides), host=host)
                 except Exception as exc:  # one failing strategy should not lose the others' rows
                     rows.append((label, alpha, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
                     print(f"  {label} alpha={alpha}: FAILED {type(exc).__name__}: {exc}", flush=True)

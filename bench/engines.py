@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a checko
 
 
 def job(model_path: str, out: Path, name: str, clients: int, rounds: int, *extra: str):
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
 
-    return load_config(None, [
+    return load_run_config(None, [
         f"name={name}", f"model.name_or_path={model_path}", "model.device=cpu",
         f"federation.num_clients={clients}", f"federation.rounds={rounds}",
         f"data.synthetic.train_samples={30 * clients}", "data.synthetic.test_samples=16",

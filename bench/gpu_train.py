@@ -117,7 +117,7 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
     import torch
 
     from fedumm.adapters import count_parameters
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
     from fedumm.data.synthetic import make_synthetic_vqa
     from fedumm.federation import ModelHost
 
@@ -135,7 +135,7 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
         f"train.batch_size={args.batch_size}",
         "train.lr=1e-4",
     ]
-    config = load_config(None, overrides)
+    config = load_run_config(None, overrides)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -54,10 +54,10 @@ def build_base(path: Path) -> int:
 
 
 def child(num_clients: int, model_path: str, out_dir: str) -> None:
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
     from fedumm.engines.simulation import simulate
 
-    config = load_config(None, [
+    config = load_run_config(None, [
         f"model.name_or_path={model_path}", "model.device=cpu", "model.max_new_tokens=2",
         f"federation.num_clients={num_clients}", "federation.rounds=2",
         "data.synthetic.train_samples=320", "data.synthetic.test_samples=8",

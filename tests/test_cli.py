@@ -63,13 +63,14 @@ def test_partition_command_shows_and_saves_the_split_without_training(tmp_path, 
 def test_resume_uses_the_run_folders_config_and_fails_early(tmp_path, capsys):
     import torch
 
-    from fedumm.config import load_config, save_config
+    from fedumm.config import save_config
+    from fedumm.validation import load_run_config
     from fedumm.runlog import RunFolder
 
     # Prepare: a finished 1-round run folder (config + checkpoint; no model needed to refuse it).
     run_dir = tmp_path / "runs" / "done"
     run_dir.mkdir(parents=True)
-    save_config(load_config(None, ["federation.rounds=1", f"output.dir={tmp_path / 'runs'}", "output.name=done"]),
+    save_config(load_run_config(None, ["federation.rounds=1", f"output.dir={tmp_path / 'runs'}", "output.name=done"]),
                 run_dir / "config.yaml")
     (run_dir / "metrics.jsonl").write_text("")
     RunFolder(run_dir).save_checkpoint(1, {"w": torch.zeros(1)}, {}, strategy="fedavg", num_clients=4)

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from fedumm.config import RunConfig, apply_overrides, load_config, save_config
+from fedumm.config import RunConfig, apply_overrides, save_config
+from fedumm.validation import load_run_config
 from fedumm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -10,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_quickstart_yaml_equals_builtin_defaults():
     # Prepare / Execute
-    from_file = load_config(REPO / "configs" / "quickstart.yaml")
+    from_file = load_run_config(REPO / "configs" / "quickstart.yaml")
     # Assert: `fedumm run` without a file and with the quickstart file run the same job
     assert from_file == RunConfig()
     assert from_file.federation.num_clients == 4
@@ -20,7 +21,7 @@ def test_quickstart_yaml_equals_builtin_defaults():
 
 
 def test_overrides_parse_yaml_types():
-    config = load_config(None, ["federation.rounds=3", "train.lr=1e-4", "eval.clients=false",
+    config = load_run_config(None, ["federation.rounds=3", "train.lr=1e-4", "eval.clients=false",
                                 "adapter.target_modules=.*q_proj", "train.local_steps=null"])
     assert config.federation.rounds == 3
     assert config.train.lr == pytest.approx(1e-4)
@@ -46,7 +47,7 @@ def test_overrides_parse_yaml_types():
 )
 def test_bad_values_fail_naming_the_key(overrides, expected_fragments):
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        load_run_config(None, overrides)
     message = str(info.value)
     for fragment in expected_fragments:
         assert fragment in message
@@ -63,26 +64,26 @@ def test_malformed_overrides(override, fragment):
         if override.startswith("train.lr.x"):
             apply_overrides(data, [override])
         else:
-            load_config(None, [override])
+            load_run_config(None, [override])
 
 
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
-        load_config(tmp_path / "missing.yaml")
+        load_run_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
-        load_config(bad)
+        load_run_config(bad)
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: {lr: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(broken)
+        load_run_config(broken)
 
 
 def test_saved_config_round_trips(tmp_path):
-    config = load_config(None, ["federation.rounds=7", "name=x"])
+    config = load_run_config(None, ["federation.rounds=7", "name=x"])
     save_config(config, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == config
+    assert load_run_config(tmp_path / "config.yaml") == config
 
 
 @pytest.mark.parametrize(
@@ -95,13 +96,13 @@ def test_saved_config_round_trips(tmp_path):
 )
 def test_strategy_params_are_validated_per_strategy(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
-        load_config(None, overrides)
+        load_run_config(None, overrides)
 
 
 def test_strategy_params_survive_the_saved_config(tmp_path):
-    config = load_config(None, ["federation.strategy.name=fedprox", "federation.strategy.mu=0.2"])
+    config = load_run_config(None, ["federation.strategy.name=fedprox", "federation.strategy.mu=0.2"])
     save_config(config, tmp_path / "c.yaml")
-    assert load_config(tmp_path / "c.yaml").federation.strategy.params() == {"mu": 0.2}
+    assert load_run_config(tmp_path / "c.yaml").federation.strategy.params() == {"mu": 0.2}
 
 
 @pytest.mark.parametrize(
@@ -118,27 +119,27 @@ def test_strategy_params_survive_the_saved_config(tmp_path):
 )
 def test_krum_round_size_is_checked_before_anything_loads(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        load_config(None, ["federation.strategy.name=krum", *overrides])
+        load_run_config(None, ["federation.strategy.name=krum", *overrides])
 
 
 def test_krum_config_that_fits_the_round_size_loads():
-    config = load_config(None, ["federation.strategy.name=krum", "federation.num_clients=10",
+    config = load_run_config(None, ["federation.strategy.name=krum", "federation.num_clients=10",
                                 "federation.fraction_fit=0.5", "federation.strategy.f=1"])
     assert config.federation.clients_per_round() == 5  # 5 > 2 * 1 + 2
 
 
 def test_sgd_optimizer_and_momentum():
-    config = load_config(None, ["train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.1"])
+    config = load_run_config(None, ["train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.1"])
     assert (config.train.optimizer, config.train.momentum) == ("sgd", 0.9)
-    assert load_config(None).train.optimizer == "adamw"
+    assert load_run_config(None).train.optimizer == "adamw"
     with pytest.raises(ConfigError, match="train.momentum: only used with train.optimizer=sgd"):
-        load_config(None, ["train.momentum=0.9"])
+        load_run_config(None, ["train.momentum=0.9"])
     with pytest.raises(ConfigError, match="train.optimizer: must be one of 'adamw' or 'sgd'"):
-        load_config(None, ["train.optimizer=lion"])
+        load_run_config(None, ["train.optimizer=lion"])
 
 
 def test_resume_from_is_a_path_and_not_yet_for_nvflare():
-    assert load_config(None).federation.resume_from is None
-    assert load_config(None, ["federation.resume_from=runs/x"]).federation.resume_from == "runs/x"
+    assert load_run_config(None).federation.resume_from is None
+    assert load_run_config(None, ["federation.resume_from=runs/x"]).federation.resume_from == "runs/x"
     with pytest.raises(ConfigError, match="federation.resume_from: not supported with engine.name=nvflare"):
-        load_config(None, ["federation.resume_from=runs/x", "engine.name=nvflare"])
+        load_run_config(None, ["federation.resume_from=runs/x", "engine.name=nvflare"])

@@ -7,7 +7,8 @@ import torch
 
 from fedumm import codec
 from fedumm.adapters import canonical_key
-from fedumm.config import FinetuneConfig, load_config
+from fedumm.config import FinetuneConfig
+from fedumm.validation import load_run_config
 from fedumm.data.federated import ClientData
 from fedumm.data.synthetic import make_synthetic_vqa
 from fedumm.errors import ConfigError
@@ -51,11 +52,11 @@ def test_custom_modes_and_units_over_run():
 )
 def test_bad_finetune_configs(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        load_config(None, overrides)
+        load_run_config(None, overrides)
 
 
 def _setup(tiny_llava_path, tmp_path, *overrides):
-    config = load_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
+    config = load_run_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
                                 "federation.rounds=3", "train.local_steps=2", "train.batch_size=4",
                                 "eval.clients=false", *overrides])
     host = ModelHost(config)
@@ -131,7 +132,7 @@ def test_backend_without_the_group_is_a_config_error(tiny_llava_path, monkeypatc
     from fedumm.models.hf_vlm import HFVisionLanguageBackend
 
     monkeypatch.setattr(HFVisionLanguageBackend, "module_groups", {"language": r".*language_model\..*"})
-    config = load_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
+    config = load_run_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
                                 "finetune.strategy=connector"])
     with pytest.raises(ConfigError, match="has no 'connector' module group"):
         ModelHost(config)
@@ -141,7 +142,7 @@ def test_backend_without_the_group_is_a_config_error(tiny_llava_path, monkeypatc
 
 from fedumm.models.tiny import resolve_model_path  # noqa: E402
 from fedumm.strategies import ClientAlgorithm  # noqa: E402
-from fedumm.train import LocalHooks  # noqa: E402
+from fedumm.types import LocalHooks  # noqa: E402
 
 #: tiny model -> backend; every family with a vision-language connector (BLIP has none).
 CONNECTOR_FAMILIES = {
@@ -200,7 +201,7 @@ def _expected_keys(host, units):
 @pytest.mark.parametrize("tiny", list(CONNECTOR_FAMILIES))
 def test_strategy_sends_and_changes_exactly_its_units_on_every_family(tiny, strategy):
     overrides, rounds = STRATEGY_ROUNDS[strategy]
-    config = load_config(None, [
+    config = load_run_config(None, [
         f"model.backend={CONNECTOR_FAMILIES[tiny]}", f"model.name_or_path={resolve_model_path(tiny)}",
         "model.device=cpu", "federation.rounds=2", "train.local_steps=1", "train.batch_size=4",
         "eval.clients=false", *overrides,
@@ -262,7 +263,7 @@ def test_full_language_model_fine_tuning_trains_and_sends_only_language(tiny_lla
 
 
 def test_lora_inside_a_fully_trained_group_is_a_config_error(tiny_llava_path):
-    config = load_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
+    config = load_run_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
                                 "finetune.strategy=custom", "finetune.groups={lora: share, vision: share}",
                                 "adapter.target_modules=.*q_proj"])
     with pytest.raises(ConfigError, match=r"adapter.target_modules: LoRA target 'model.vision_tower\..*q_proj' lies in the 'vision' group"):
@@ -289,7 +290,7 @@ def test_in_place_parameters_persist_in_the_adapter_folder(tmp_path):
     from fedumm.adapters import IN_PLACE_FILE, load_adapter
 
     path = resolve_model_path("tiny-llava-next")
-    config = load_config(None, [f"model.name_or_path={path}", "model.device=cpu", "finetune.strategy=connector"])
+    config = load_run_config(None, [f"model.name_or_path={path}", "model.device=cpu", "finetune.strategy=connector"])
     host = ModelHost(config)
     trained = {k: torch.randn_like(v) for k, v in host.get_state().items()}
     host.set_state(trained)
@@ -314,7 +315,7 @@ def test_adapter_save_does_not_read_the_base_folder(tmp_path):
     from transformers import AutoProcessor
 
     AutoProcessor.from_pretrained(resolve_model_path("tiny-llava")).save_pretrained(folder)
-    host = ModelHost(load_config(None, [f"model.name_or_path={folder}", "model.device=cpu"]))
+    host = ModelHost(load_run_config(None, [f"model.name_or_path={folder}", "model.device=cpu"]))
     shutil.rmtree(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -374,7 +375,7 @@ def test_classification_run_reports_roc_auc(tmp_path):
         lines.append(json.dumps({"image": f"img/{i}.png", "question": "is it red ?", "answer": "yes" if i % 2 else "no"}))
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:32]) + "\n")
     (tmp_path / "test.jsonl").write_text("\n".join(lines[32:]) + "\n")
-    config = load_config(None, [
+    config = load_run_config(None, [
         "model.device=cpu", "data.source=table", f"data.table.path={tmp_path / 'train.jsonl'}",
         f"data.table.test_path={tmp_path / 'test.jsonl'}", "federation.num_clients=2", "federation.rounds=1",
         "data.partition.min_samples=4", "train.local_steps=2", "train.batch_size=4",

@@ -23,7 +23,7 @@ def test_vqa_summary_lines():
 
 
 def test_caption_summary_has_no_majority_baseline():
-    summary = {**BASE, "metric": "cider_d", "majority_answer": "a cat", "majority_baseline_accuracy": None,
+    summary = {**BASE, "task": "caption", "metric": "cider_d", "majority_answer": "a cat", "majority_baseline_accuracy": None,
                "federated_final_accuracy": 0.4, "federated_initial_accuracy": 0.1, "federated_by_answer_type": {}}
     text = format_summary(summary, [_record("cider_d", 0.4)])
     assert "majority" not in text

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from fedumm.config_base import Section
 from fedumm.data.config import DataConfig, PartitionConfig, SyntheticDataConfig
 from fedumm.errors import ConfigError
+from fedumm.metrics import TASKS
 
 
 class ModelConfig(Section):
@@ -161,10 +162,11 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    task: Literal["vqa", "classification", "caption"] = Field(
+    task: str = Field(
         "vqa",
-        description="Metrics: vqa (VQA v2 accuracy, exact match), classification (accuracy, "
-        "macro-F1), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is the primary metric.",
+        description="A task of the registry (fedumm.metrics.TASKS): vqa (VQA v2 accuracy, exact match), "
+        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is "
+        "the primary metric.",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
     batch_size: int = Field(32, ge=1)
@@ -173,6 +175,13 @@ class EvalConfig(Section):
     centralized_baseline: bool = Field(
         True, description="After the federated job, train the centralized baseline (same budget)."
     )
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, value: str) -> str:
+        if value not in TASKS:
+            raise ValueError(f"must be one of {', '.join(repr(t) for t in TASKS)}")
+        return value
 
 
 class OutputConfig(Section):

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedumm.config import load_config
-from fedumm.engines.simulation import centralized_config, majority_baseline_accuracy, simulate
+from fedumm.validation import load_run_config
+from fedumm.engines.simulation import simulate
+from fedumm.federation.job import centralized_config
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_llava_path):
     out = tmp_path_factory.mktemp("runs")
-    config = load_config(None, [
+    config = load_run_config(None, [
         f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
         "federation.num_clients=2", "federation.rounds=2",
         "data.synthetic.train_samples=300", "data.synthetic.test_samples=80",
@@ -59,7 +60,7 @@ def test_run_folder_contents(run):
                  "checkpoints/last.safetensors", "adapter/adapter_model.safetensors",
                  "adapter/adapter_config.json", "centralized_adapter/adapter_config.json", "accuracy.png", "partition.png"):
         assert (folder / name).is_file(), name
-    assert load_config(folder / "config.yaml") == config
+    assert load_run_config(folder / "config.yaml") == config
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["federated_final_accuracy"] == result.federated.final_accuracy
     assert summary["trainable_parameters"] == 12_288
@@ -94,18 +95,9 @@ def test_existing_run_folder_is_not_overwritten(run):
     assert marker.read_text() == before
 
 
-def test_majority_baseline_hand_computed():
-    train = [{"multiple_choice_answer": a} for a in ["yes", "yes", "no"]]
-    test = [{"answers": ["yes"] * 10}, {"answers": ["no"] * 10}, {"answers": ["yes"] * 2 + ["no"] * 8}]
-    answer, accuracy = majority_baseline_accuracy(train, test)
-    # 1.0, 0.0, and for 2 matching of 10: (2 * 1/3 + 8 * 2/3) / 10 = 0.6
-    assert answer == "yes"
-    assert accuracy == pytest.approx((1.0 + 0.0 + 0.6) / 3)
-
-
 def test_centralized_budget_matches_federated_steps():
-    config = load_config(None, ["federation.num_clients=8", "federation.fraction_fit=0.5", "train.local_steps=5"])
-    central = centralized_config(config, 4)
+    config = load_run_config(None, ["federation.num_clients=8", "federation.fraction_fit=0.5", "train.local_steps=5"])
+    central = centralized_config(config)
     assert central.federation.num_clients == 1
     assert central.train.local_steps == 20  # 4 sampled clients x 5 steps per round
 
@@ -114,7 +106,7 @@ def test_centralized_budget_matches_federated_steps():
 def test_one_set_switches_the_backend_and_its_tiny_model(tmp_path, backend, tiny_model):
     from fedumm.federation import ModelHost
 
-    config = load_config(None, [
+    config = load_run_config(None, [
         f"model.backend={backend}", "model.device=cpu", "federation.num_clients=2", "federation.rounds=1",
         "data.synthetic.train_samples=24", "data.synthetic.test_samples=4", "data.partition.min_samples=4",
         "train.local_steps=1", "train.batch_size=4", "eval.centralized_baseline=false",
@@ -130,7 +122,7 @@ def test_connector_strategy_on_blip_is_a_config_error():
     from fedumm.errors import ConfigError
     from fedumm.federation import ModelHost
 
-    config = load_config(None, ["model.backend=blip_vqa", "model.device=cpu", "finetune.strategy=connector"])
+    config = load_run_config(None, ["model.backend=blip_vqa", "model.device=cpu", "finetune.strategy=connector"])
     with pytest.raises(ConfigError, match="backend blip_vqa has no 'connector' module group"):
         ModelHost(config)
 
@@ -139,7 +131,7 @@ def test_connector_strategy_on_blip_is_a_config_error():
 
 
 def _tiny(model_path, out, name, *extra):
-    return load_config(None, [
+    return load_run_config(None, [
         f"name={name}", f"model.name_or_path={model_path}", "model.device=cpu", "model.max_new_tokens=2",
         "federation.num_clients=3", "federation.fraction_fit=0.5",  # 2 of 3 clients a round
         "data.synthetic.train_samples=60", "data.synthetic.test_samples=8", "data.partition.min_samples=4",
@@ -198,7 +190,7 @@ def test_two_rounds_equal_one_round_then_resume_bit_for_bit(tmp_path, tiny_llava
     assert [r.get("clients") for r in records_b] == [r.get("clients") for r in records_a]
     summary = json.loads((resumed_dir / "summary.json").read_text())
     assert summary["resumed_from"]["round"] == 1
-    assert load_config(resumed_dir / "config.yaml").federation.rounds == 2
+    assert load_run_config(resumed_dir / "config.yaml").federation.rounds == 2
 
 
 def test_resume_refuses_another_models_checkpoint_before_touching_the_run(tmp_path, tiny_llava_path):

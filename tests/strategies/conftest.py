@@ -9,7 +9,7 @@ import torch
 
 from fedumm import codec
 from fedumm.adapters import copy_state, load_state
-from fedumm.train import train_local
+from fedumm.federation.train import train_local
 
 
 class ToyModel(torch.nn.Module):
@@ -59,12 +59,12 @@ class ToyHost:
 def toy_fit():
     """``toy_fit(algorithm, w, extras, train_overrides, client_state=None, target=(0, 0))`` ->
     (trained w, extras sent, runtime) after one ClientRuntime.fit round."""
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
     from fedumm.data.federated import ClientData
     from fedumm.federation import ClientRuntime
 
     def fit(algorithm, w, extras, train=(), client_state=None, target=(0.0, 0.0)):
-        config = load_config(None, ["train.optimizer=sgd", "train.weight_decay=0", "train.max_grad_norm=null",
+        config = load_run_config(None, ["train.optimizer=sgd", "train.weight_decay=0", "train.max_grad_norm=null",
                                     "train.batch_size=1", "eval.clients=false", *train])
         runtime = ClientRuntime(ClientData(0, [{"t": list(target)}], []), ToyHost(len(w)), config, algorithm)
         runtime.client_state = dict(client_state or {})

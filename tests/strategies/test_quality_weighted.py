@@ -79,17 +79,17 @@ def test_client_without_a_score_gets_the_mean_of_the_others():
 @pytest.mark.parametrize(("task", "metric"), [("vqa", "local_vqa_accuracy"), ("classification", "local_accuracy"),
                                               ("caption", "local_cider_d")])
 def test_default_metric_follows_the_task(task, metric):
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
     from fedumm.strategies import build_strategy
 
-    config = load_config(None, ["federation.strategy.name=quality_weighted", f"eval.task={task}"])
+    config = load_run_config(None, ["federation.strategy.name=quality_weighted", f"eval.task={task}"])
     strategy = build_strategy(config.federation.strategy, num_clients=4, task=config.eval.task)
     assert strategy.params.metric == metric
     # A classification client's score is read under its own name: weights 3/4, 1/4 -> θ = 3 * 0.75 + 7 * 0.25
     updates = _updates([(3.0, 1, {metric: 0.75}), (7.0, 1, {metric: 0.25})])
     assert strategy.aggregate({"w": torch.zeros(1)}, updates, 1)["w"].item() == pytest.approx(4.0)
     # An explicit metric is kept.
-    explicit = load_config(None, ["federation.strategy.name=quality_weighted", "federation.strategy.metric=f1",
+    explicit = load_run_config(None, ["federation.strategy.name=quality_weighted", "federation.strategy.metric=f1",
                                   f"eval.task={task}"])
     assert build_strategy(explicit.federation.strategy, 4, task=task).params.metric == "f1"
 
@@ -104,7 +104,7 @@ def test_unresolved_metric_is_a_clear_error():
     ("data.local_test_fraction=0", "data.local_test_fraction: federation.strategy.name=quality_weighted needs"),
 ])
 def test_config_without_client_scores_fails_before_anything_loads(override, fragment):
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
 
     with pytest.raises(ConfigError, match=fragment):
-        load_config(None, ["federation.strategy.name=quality_weighted", override])
+        load_run_config(None, ["federation.strategy.name=quality_weighted", override])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fedumm.config import load_config
+from fedumm.validation import load_run_config
 from fedumm.errors import ConfigError
 from fedumm.strategies import STRATEGIES, FedAdam, build_strategy
 
@@ -20,7 +20,7 @@ def test_new_strategies_are_registered():
 
 def test_fedadam_config_validates_and_builds():
     # Execute
-    config = load_config(None, ["federation.strategy.name=fedadam", "federation.strategy.eta=0.01"])
+    config = load_run_config(None, ["federation.strategy.name=fedadam", "federation.strategy.eta=0.01"])
     strategy = build_strategy(config.federation.strategy, num_clients=4)
     # Assert: eta set, the rest at their defaults
     assert isinstance(strategy, FedAdam)
@@ -45,15 +45,15 @@ def test_fedadam_config_validates_and_builds():
 def test_bad_values_name_the_strategy_key(name, setting, key):
     overrides = [f"federation.strategy.name={name}", f"federation.strategy.{setting}"]
     if key is None:
-        load_config(None, overrides)
+        load_run_config(None, overrides)
         return
     with pytest.raises(ConfigError, match=rf"federation\.strategy\.{key}: "):
-        load_config(None, overrides)
+        load_run_config(None, overrides)
 
 
 def test_openfedllm_variant_refuses_bias_correction():
     with pytest.raises(ConfigError, match=r"federation\.strategy\.bias_correction: the openfedllm variant"):
-        load_config(None, ["federation.strategy.name=fedyogi", "federation.strategy.variant=openfedllm",
+        load_run_config(None, ["federation.strategy.name=fedyogi", "federation.strategy.variant=openfedllm",
                            "federation.strategy.bias_correction=true"])
 
 
@@ -74,7 +74,7 @@ def test_two_rounds_end_to_end(name, tiny_llava_path, tmp_path):
     from fedumm.federation import ModelHost
 
     # Prepare
-    config = load_config(None, [
+    config = load_run_config(None, [
         f"federation.strategy.name={name}", *EXTRA.get(name, []),
         f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
         "model.max_new_tokens=2",  # answers are one word; 8 decode steps would quadruple eval time

@@ -4,7 +4,7 @@ import torch
 from fedumm.errors import AdapterStateError
 from fedumm.strategies import ClientUpdate
 from fedumm.strategies.scaffold import Scaffold, ScaffoldParams, option_ii_variate
-from fedumm.train import TrainResult
+from fedumm.types import TrainResult
 
 
 def _client(correction="parameter"):

@@ -7,13 +7,13 @@ import stat
 
 import pytest
 
-from fedumm.config import load_config
+from fedumm.validation import load_run_config
 from fedumm.engines.nvflare.runner import local_engine_config
 from fedumm.errors import ConfigError
 
 
 def test_defaults_keep_the_in_process_engine():
-    config = load_config(None, [])
+    config = load_run_config(None, [])
     assert config.engine.name == "simulation"
     assert config.engine.python is None and config.engine.client_command is None and config.engine.sites == {}
 
@@ -39,19 +39,19 @@ def test_defaults_keep_the_in_process_engine():
 )
 def test_bad_engine_settings_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        load_run_config(None, overrides)
     message = str(info.value)
     assert fragment in message and "\n" not in message
 
 
 def test_missing_interpreter_names_engine_python(tmp_path):
-    config = load_config(None, ["engine.name=nvflare", f"engine.python={tmp_path}/no/such/python"])
+    config = load_run_config(None, ["engine.name=nvflare", f"engine.python={tmp_path}/no/such/python"])
     with pytest.raises(ConfigError, match=r"^engine.python: .*/no/such/python is not an executable file$"):
         local_engine_config(config)
 
 
 def test_unknown_client_command_names_the_key():
-    config = load_config(None, ["engine.name=nvflare", "engine.client_command=no-such-launcher --env x"])
+    config = load_run_config(None, ["engine.name=nvflare", "engine.client_command=no-such-launcher --env x"])
     with pytest.raises(ConfigError, match=r"^engine.client_command: 'no-such-launcher' not found on PATH$"):
         local_engine_config(config)
 
@@ -61,7 +61,7 @@ def test_local_paths_become_absolute_and_cores_are_shared(tmp_path, monkeypatch)
     script.write_text("#!/bin/sh\nexec python3 \"$@\"\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, ["engine.name=nvflare", "federation.num_clients=2",
+    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=2",
                                 "engine.client_command=bash launch.sh --flag"])
     local = local_engine_config(config)
     assert local.engine.client_command.split()[1:] == [str(script), "--flag"]

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("nvflare")
 
 from fedumm.cli import main  # noqa: E402
-from fedumm.config import load_config  # noqa: E402
+from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
 from fedumm.engines.nvflare import protocol as P  # noqa: E402
 from fedumm.engines.nvflare.job import job_name  # noqa: E402
@@ -25,7 +25,7 @@ def _files(job: Path) -> set[str]:
 
 
 def test_export_for_all_sites(tmp_path):
-    config = load_config(None, ["engine.name=nvflare", "name=demo run", "federation.num_clients=3",
+    config = load_run_config(None, ["engine.name=nvflare", "name=demo run", "federation.num_clients=3",
                                 "federation.strategy.name=scaffold", "engine.task_request_interval=0.5"])
     job = export_job(config, tmp_path)
     assert job == tmp_path / "demo-run" == tmp_path / job_name(config)
@@ -51,13 +51,13 @@ def test_export_for_all_sites(tmp_path):
     assert args["server_expected_format"] == "raw" and args.get("params_exchange_format", "raw") == "raw"
 
     # One app for the server and every site (FLARE's @ALL): the whole config.
-    assert load_config(job / "app/config/fedumm_config.yaml") == config
+    assert load_run_config(job / "app/config/fedumm_config.yaml") == config
     script = (job / "app/custom/fedumm_client.py").read_text()
     assert "from fedumm.engines.nvflare.client import main" in script
 
 
 def test_export_per_site_with_an_external_interpreter(tmp_path):
-    config = load_config(None, [
+    config = load_run_config(None, [
         "engine.name=nvflare", "federation.num_clients=2", "engine.python=/opt/envs/janus/bin/python",
         "data.synthetic.train_samples=77", "data.partition.label_column=answer_type",
         "engine.sites={hospital-a: {seed: 1}, hospital-b: {data: {synthetic: {train_samples: 50}}}}",
@@ -77,7 +77,7 @@ def test_export_per_site_with_an_external_interpreter(tmp_path):
                                "config/fedumm_site.yaml", "custom/fedumm_client.py"}
         # Nothing of the other site, nothing of the server's data.
         assert not [p for p in app.rglob("*") if p.is_file() and other in p.read_text()]
-        site_config = load_config(app / "config/fedumm_config.yaml")
+        site_config = load_run_config(app / "config/fedumm_config.yaml")
         assert site_config.engine.sites == {}
         assert site_config.data.synthetic.train_samples == 2000 != config.data.synthetic.train_samples
         assert site_config.data.partition.label_column == "answer_type"  # clients count labels over it
@@ -86,7 +86,7 @@ def test_export_per_site_with_an_external_interpreter(tmp_path):
         entry, source = P.load_site_config(site, tmp_path / "no-workspace", site_config, {}, app / "config")
         assert entry == config.engine.sites[site] and source == f"engine.sites.{site}"
     assert not (job / "app_server/custom").exists()
-    assert load_config(job / "app_server/config/fedumm_config.yaml") == config
+    assert load_run_config(job / "app_server/config/fedumm_config.yaml") == config
 
 
 @pytest.mark.parametrize(("overrides", "fragment"), [
@@ -96,7 +96,7 @@ def test_export_per_site_with_an_external_interpreter(tmp_path):
     (["engine.python=venv/bin/python"], "engine.python: relative path 'venv/bin/python'"),
 ])
 def test_export_refuses_relative_trainer_paths(tmp_path, overrides, fragment):
-    config = load_config(None, ["engine.name=nvflare", *overrides])
+    config = load_run_config(None, ["engine.name=nvflare", *overrides])
     with pytest.raises(ConfigError) as info:
         export_job(config, tmp_path)
     assert str(info.value).startswith(fragment) and "absolute path" in str(info.value)
@@ -104,12 +104,12 @@ def test_export_refuses_relative_trainer_paths(tmp_path, overrides, fragment):
 
 
 def test_export_keeps_absolute_paths_and_command_names(tmp_path):
-    config = load_config(None, ["engine.name=nvflare", "engine.client_command=conda run -n janus --no-capture-output python -u"])
+    config = load_run_config(None, ["engine.name=nvflare", "engine.client_command=conda run -n janus --no-capture-output python -u"])
     job = export_job(config, tmp_path / "a")
     args = json.loads((job / "app/config/config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
     assert args["command"] == ["conda", "run", "-n", "janus", "--no-capture-output", "python", "-u",
                                "custom/fedumm_client.py"]
-    config = load_config(None, ["engine.name=nvflare", "engine.client_command=bash /opt/envs/launch_janus.sh"])
+    config = load_run_config(None, ["engine.name=nvflare", "engine.client_command=bash /opt/envs/launch_janus.sh"])
     job = export_job(config, tmp_path / "b")
     args = json.loads((job / "app/config/config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
     assert args["command"] == ["bash", "/opt/envs/launch_janus.sh", "custom/fedumm_client.py"]
@@ -118,7 +118,7 @@ def test_export_keeps_absolute_paths_and_command_names(tmp_path):
 def test_heartbeat_timeout_is_refused(tmp_path):
     # FLARE ignores a job's heartbeat setting, so fedumm has no key that would pretend otherwise.
     with pytest.raises(ConfigError, match=r"engine.heartbeat_timeout: unknown key"):
-        load_config(None, ["engine.name=nvflare", "engine.heartbeat_timeout=30"])
+        load_run_config(None, ["engine.name=nvflare", "engine.heartbeat_timeout=30"])
 
 
 def test_controller_serializes_a_rounds_shared_task_once(monkeypatch):
@@ -177,7 +177,7 @@ def test_cli_export_implies_the_flare_engine(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"NVIDIA FLARE job written to {tmp_path / 'cli-job'}" in out
     assert f"nvflare job submit -j {tmp_path / 'cli-job'}" in out
-    assert load_config(tmp_path / "cli-job/app_server/config/fedumm_config.yaml").engine.name == "nvflare"
+    assert load_run_config(tmp_path / "cli-job/app_server/config/fedumm_config.yaml").engine.name == "nvflare"
 
 
 def test_run_with_a_missing_interpreter_fails_before_flare_starts(tmp_path, capsys):

@@ -22,9 +22,9 @@ import sys
 sys.modules["nvflare"] = None  # as if it were not installed
 import fedumm, fedumm.cli, fedumm.engines.simulation, fedumm.engines.nvflare
 from fedumm.engines.nvflare import protocol, runner
-from fedumm.config import load_config
+from fedumm.validation import load_run_config
 from fedumm.errors import ConfigError
-config = load_config(None, ["engine.name=nvflare", "output.dir={tmp_path}"])
+config = load_run_config(None, ["engine.name=nvflare", "output.dir={tmp_path}"])
 try:
     fedumm.engines.nvflare.simulate_nvflare(config)
 except ConfigError as exc:

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("nvflare")
 
-from fedumm.config import load_config  # noqa: E402
+from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
 from fedumm.engines.nvflare.poc import LoopbackDeployment, find_run_folder  # noqa: E402
 from fedumm.engines.nvflare.processes import stop_process_tree  # noqa: E402
@@ -112,10 +112,10 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
     outer_tmp = tmp_path / "outer-tmp"
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
-    config = load_config(None, tiny_job(tmp_path / "runs", "poc-job", "engine.name=nvflare",
+    config = load_run_config(None, tiny_job(tmp_path / "runs", "poc-job", "engine.name=nvflare",
                                         f"engine.sites={json.dumps(SITES)}"))
     job = export_job(config, tmp_path / "jobs")
-    failing = export_job(load_config(None, tiny_job(tmp_path / "runs", "poc-fail", "engine.name=nvflare",
+    failing = export_job(load_run_config(None, tiny_job(tmp_path / "runs", "poc-fail", "engine.name=nvflare",
                                                     "federation.rounds=30", f"engine.sites={json.dumps(SITES)}")),
                          tmp_path / "jobs")
 
@@ -171,7 +171,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
     assert summary["adapter_message_bytes"] < summary["nvflare_message_bytes"]["download"]
     for name in ("config.yaml", "summary.txt", "checkpoints/last.safetensors", "adapter/adapter_model.safetensors"):
         assert (run / name).is_file(), name
-    assert load_config(run / "config.yaml") == config
+    assert load_run_config(run / "config.yaml") == config
 
     [kept] = [p.parent for p in failed.rglob("metrics.jsonl") if p.parent.name == "fedumm_run"]
     rounds = [json.loads(line)["round"] for line in (kept / "metrics.jsonl").read_text().splitlines()]
@@ -181,7 +181,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
 def test_sigterm_to_the_driver_stops_every_process(tmp_path, tiny_job):
     """``python -m fedumm.engines.nvflare.poc`` gets SIGTERM in the middle of a job: it stops the
     server, the sites and their job processes before it exits."""
-    config = load_config(None, tiny_job(tmp_path / "runs", "poc-term", "engine.name=nvflare", "federation.rounds=30",
+    config = load_run_config(None, tiny_job(tmp_path / "runs", "poc-term", "engine.name=nvflare", "federation.rounds=30",
                                         f"engine.sites={json.dumps(SITES)}"))
     job = export_job(config, tmp_path / "jobs")
     root = tmp_path / "deploy"

@@ -1,5 +1,5 @@
 """The pieces controller and client agree on, checked without FLARE: payload packing, client
-ids, per-site data configs, and the statistics the server rebuilds partition.json from."""
+ids, per-site data configs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from fedumm import codec
-from fedumm.config import load_config
-from fedumm.data.federated import build_federated_data
+from fedumm.validation import load_run_config
 from fedumm.engines.nvflare import protocol as P
-from fedumm.engines.simulation import majority_baseline_accuracy
 from fedumm.errors import ConfigError, FedummError
 
 
@@ -36,36 +34,8 @@ def test_client_ids_follow_natural_site_order():
     assert P.client_ids([f"site-{i}" for i in range(1, 4)]) == {"site-1": 0, "site-2": 1, "site-3": 2}
 
 
-def test_server_rebuilds_partition_and_majority_from_client_counts():
-    config = load_config(None, ["federation.num_clients=3", "data.synthetic.train_samples=90",
-                                "data.synthetic.test_samples=20", "data.partition.min_samples=4"])
-    data = build_federated_data(config.data, 3, config.seed)
-    stats = [P.data_stats(c.train, c.test, config.data) for c in data.clients]
-    assert P.partition_from_stats(stats).to_dict() == data.partition.to_dict()
-    assert P.majority_from_stats(stats, data.global_test) == majority_baseline_accuracy(
-        data.pooled_train, data.global_test)
-
-
-def test_server_reports_sites_skipped_rows_and_modalities():
-    # Prepare: two sites' counts, one with a text-only row and broken rows skipped in two files.
-    both = {"multiple_choice_answer": "yes", "answer_type": "yes/no", "image": object(), "question": "q?"}
-    text_only = dict(both, image=None)
-    config = load_config(None, [])
-    stats = [P.data_stats([both, both], [text_only], config.data, {"a.json": 2, "b.json": 1}),
-             P.data_stats([both], [], config.data, {})]
-    # Execute
-    by_site = P.partition_from_stats(stats, ["site-1", "site-2"])
-    shared = P.partition_from_stats([stats[0], stats[0]])  # partition placement: same skips everywhere
-    # Assert
-    assert by_site.skipped_summary() == {"skipped_rows": 3,
-                                         "skipped_rows_by_file": {"site-1: a.json": 2, "site-1: b.json": 1}}
-    assert shared.skipped_summary() == {"skipped_rows": 3, "skipped_rows_by_file": {"a.json": 2, "b.json": 1}}
-    assert by_site.to_dict()["modality_counts"][0]["text"] == 1
-    assert by_site.to_dict()["modality_counts"][1]["text"] == 0
-
-
 def test_site_config_precedence(tmp_path):
-    config = load_config(None, ["engine.name=nvflare", "federation.num_clients=1",
+    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=1",
                                 "engine.sites={site-1: {seed: 5, data: {synthetic: {train_samples: 11}}}}"])
     # 1. the job's entry
     site, source = P.load_site_config("site-1", tmp_path, config, {})
@@ -84,14 +54,14 @@ def test_site_config_precedence(tmp_path):
 
 
 def test_site_without_data_config_says_where_to_put_it(tmp_path):
-    config = load_config(None, ["engine.name=nvflare"])
+    config = load_run_config(None, ["engine.name=nvflare"])
     with pytest.raises(ConfigError, match=r"site site-9: no data config; write .*local/fedumm_site.yaml.*"
                                           r"engine.sites.site-9"):
         P.load_site_config("site-9", tmp_path, config, {})
 
 
 def test_bad_site_file_names_the_file_and_key(tmp_path):
-    config = load_config(None, ["engine.name=nvflare"])
+    config = load_run_config(None, ["engine.name=nvflare"])
     bad = tmp_path / "site.yaml"
     bad.write_text("data:\n  partition:\n    alpha: -1\n")
     with pytest.raises(ConfigError, match=r"site config .*site.yaml: data.partition.alpha"):
@@ -101,7 +71,7 @@ def test_bad_site_file_names_the_file_and_key(tmp_path):
 
 
 def test_site_rows_come_from_the_sites_own_source():
-    config = load_config(None, ["engine.name=nvflare", "federation.num_clients=1",
+    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=1",
                                 "engine.sites={site-1: {seed: 3, data: {synthetic: {train_samples: 12, test_samples: 5}}}}"])
     train, test, skipped = P.load_site_rows(config.engine.sites["site-1"], config.seed)
     assert (len(train), len(test), skipped) == (12, 5, {})

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 pytest.importorskip("nvflare")
 
 from fedumm.cli import main  # noqa: E402
-from fedumm.config import load_config  # noqa: E402
+from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import simulate_nvflare  # noqa: E402
 from fedumm.engines.simulation import simulate  # noqa: E402
 from fedumm.errors import ConfigError, FedummError  # noqa: E402
@@ -75,11 +75,11 @@ def _alive(procs) -> list:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_job):
     out = tmp_path_factory.mktemp("runs")
-    _simulate_in_process(load_config(None, tiny_job(out, "inproc", STRATEGY)))
+    _simulate_in_process(load_run_config(None, tiny_job(out, "inproc", STRATEGY)))
     # Through the CLI, as a user runs it.
     overrides = tiny_job(out, "flare", STRATEGY, "engine.name=nvflare", "engine.timeout=300")
     assert main(["run", *(arg for o in overrides for arg in ("--set", o))]) == 0
-    return out / "inproc", out / "flare", load_config(None, overrides)
+    return out / "inproc", out / "flare", load_run_config(None, overrides)
 
 
 def test_flare_simulator_reproduces_the_in_process_adapter(runs):
@@ -95,7 +95,7 @@ def test_run_folder_matches_the_in_process_format(runs):
     expected = {str(p.relative_to(inproc)) for p in inproc.rglob("*") if p.is_file()} | {"summary.txt"}
     assert {"partition.json", "accuracy.png", "checkpoints/last.safetensors", "adapter/adapter_model.safetensors"} <= expected
     assert expected <= {str(p.relative_to(flare)) for p in flare.rglob("*") if p.is_file()}
-    assert load_config(flare / "config.yaml") == config
+    assert load_run_config(flare / "config.yaml") == config
     assert (flare / "partition.json").read_text() == (inproc / "partition.json").read_text()
     ours, theirs = _records(flare), _records(inproc)
     assert [(r["phase"], r["round"]) for r in ours] == [(r["phase"], r["round"]) for r in theirs]
@@ -160,7 +160,7 @@ def test_clients_run_through_a_wrapper_command(tiny_job, tmp_path):
     in-process."""
     job = ("federation.num_clients=3", "federation.fraction_fit=0.5", "federation.strategy.name=fedadam",
            "data.synthetic.train_samples=90")
-    _simulate_in_process(load_config(None, tiny_job(tmp_path / "runs", "inproc-adam", *job)))
+    _simulate_in_process(load_run_config(None, tiny_job(tmp_path / "runs", "inproc-adam", *job)))
     inproc = tmp_path / "runs" / "inproc-adam"
     calls = tmp_path / "calls.txt"
     wrapper = tmp_path / "launch_env.sh"
@@ -172,7 +172,7 @@ def test_clients_run_through_a_wrapper_command(tiny_job, tmp_path):
     )
     overrides = tiny_job(tmp_path / "runs", "wrapped", *job, "engine.name=nvflare", "engine.timeout=300",
                          f"engine.client_command=bash {wrapper}")
-    result = simulate_nvflare(load_config(None, overrides))
+    result = simulate_nvflare(load_run_config(None, overrides))
     lines = calls.read_text().splitlines()
     assert len(lines) == 3  # one trainer per client, launched once for the whole job
     assert sorted(line.split()[1].rsplit("/", 1)[-1] for line in lines) == ["app_site-1", "app_site-2", "app_site-3"]
@@ -195,7 +195,7 @@ def test_a_dead_client_process_ends_the_run_naming_the_site(tiny_job, tmp_path, 
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
     workspace = tmp_path / "ws"
-    config = load_config(None, tiny_job(tmp_path / "runs", "killed", "federation.rounds=30", "engine.timeout=240",
+    config = load_run_config(None, tiny_job(tmp_path / "runs", "killed", "federation.rounds=30", "engine.timeout=240",
                                         f"engine.workspace={workspace}", "engine.name=nvflare"))
     metrics = workspace / "simulator/server/simulate_job/fedumm_run/metrics.jsonl"
     me = psutil.Process()

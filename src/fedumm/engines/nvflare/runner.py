@@ -29,7 +29,6 @@ import fedumm
 from fedumm.config import RunConfig
 from fedumm.data.federated import build_federated_data
 from fedumm.engines.nvflare import protocol as P
-from fedumm.engines.nvflare.job import build_job
 from fedumm.engines.nvflare.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.errors import ConfigError, FedummError
 from fedumm.federation import ModelHost, PhaseResult, RunResult
@@ -223,6 +222,8 @@ class _RoundPrinter:
 
 def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) -> Path:
     """Export the job, run it in FLARE's simulator and return the server's run folder."""
+    from fedumm.engines.nvflare.job import build_job  # noqa: PLC0415 (nvflare is optional: job needs it)
+
     staging = Path(tempfile.mkdtemp(prefix="fedumm-job-"))
     try:
         job = build_job(config, staging, exported=False)

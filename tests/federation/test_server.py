@@ -3,7 +3,7 @@ import torch
 
 from fedumm import codec
 from fedumm.config import FederationConfig
-from fedumm.federation import FitReply, Server, clients_per_round, derive_seed
+from fedumm.federation import FitReply, Server
 from fedumm.strategies import FedAvg
 
 
@@ -11,9 +11,10 @@ from fedumm.strategies import FedAvg
     ("fraction", "minimum", "num_clients", "expected"),
     [(1.0, 1, 4, 4), (0.5, 1, 4, 2), (0.3, 1, 10, 3), (0.1, 2, 10, 2), (0.01, 1, 10, 1), (0.5, 3, 3, 3)],
 )
-def test_clients_per_round(fraction, minimum, num_clients, expected):
+def test_round_size_is_the_configs(fraction, minimum, num_clients, expected):
     config = FederationConfig(num_clients=num_clients, fraction_fit=fraction, min_fit_clients=minimum)
-    assert clients_per_round(config, num_clients) == expected
+    assert config.clients_per_round() == expected
+    assert len(Server(FedAvg(), {}, config, seed=3).sample_clients(1, list(range(num_clients)))) == expected
 
 
 def test_sampling_is_seeded_and_varies_by_round():
@@ -39,11 +40,6 @@ def test_server_aggregates_decoded_payloads():
     assert message["extras"] == {}
 
 
-def test_derive_seed_is_stable_and_distinct():
-    assert derive_seed(42, 1, 0) == derive_seed(42, 1, 0)
-    assert len({derive_seed(42, r, c) for r in range(5) for c in range(5)}) == 25
-
-
 def test_half_precision_wire_halves_the_message_and_keeps_server_state_float32():
     state = {"w": torch.full((1000,), 1.0 / 3.0)}
     full = Server(FedAvg(), state, FederationConfig(num_clients=1), seed=0)
@@ -56,19 +52,13 @@ def test_half_precision_wire_halves_the_message_and_keeps_server_state_float32()
     assert half.global_state["w"].dtype == torch.float32
 
 
-@pytest.mark.parametrize(("fraction", "minimum", "num_clients"), [(0.5, 1, 4), (0.3, 1, 10), (0.1, 2, 10), (0.01, 1, 10)])
-def test_config_round_size_is_the_servers(fraction, minimum, num_clients):
-    config = FederationConfig(num_clients=num_clients, fraction_fit=fraction, min_fit_clients=minimum)
-    assert config.clients_per_round() == clients_per_round(config, num_clients)
-
-
 # ---------------------------------------------------------------- resume: Server.restore
 
 
 def _fedadam_server(initial=None, rounds=3):
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
 
-    config = load_config(None, ["federation.strategy.name=fedadam", "federation.num_clients=2",
+    config = load_run_config(None, ["federation.strategy.name=fedadam", "federation.num_clients=2",
                                 f"federation.rounds={rounds}"])
     state = initial if initial is not None else {"w": torch.zeros(2), "b": torch.zeros(1)}
     return Server.from_config(config, state, 2), config
@@ -130,7 +120,7 @@ def test_restore_casts_to_the_models_dtype(tmp_path):
     ("client_state", r"does not fit strategy 'fedadam': client 0's algorithm state: key 'q' is not a tensor"),
 ])
 def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragment):
-    from fedumm.config import load_config
+    from fedumm.validation import load_run_config
     from fedumm.errors import ConfigError
     from fedumm.runlog import RunFolder, read_checkpoint
 
@@ -153,7 +143,7 @@ def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragme
         overrides[0] = "federation.strategy.name=fedyogi"
     elif change == "clients":
         num_clients, overrides[1] = 3, "federation.num_clients=3"
-    config = load_config(None, [*overrides, "federation.rounds=1" if change == "rounds" else "federation.rounds=3"])
+    config = load_run_config(None, [*overrides, "federation.rounds=1" if change == "rounds" else "federation.rounds=3"])
     fresh = Server.from_config(config, initial, num_clients)
     with pytest.raises(ConfigError, match=r"federation.resume_from: .*last.safetensors.*" + fragment):
         fresh.restore(read_checkpoint(tmp_path), config, num_clients)

@@ -4,7 +4,8 @@ import torch
 from fedumm.adapters import get_adapter_state
 from fedumm.config import TrainConfig
 from fedumm.data.synthetic import make_synthetic_vqa
-from fedumm.train import LocalHooks, plan_steps, train_local
+from fedumm.federation.train import plan_steps, train_local
+from fedumm.types import LocalHooks
 
 
 @pytest.mark.parametrize(
