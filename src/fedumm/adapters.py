@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.constants import DUMMY_TARGET_MODULES
+from safetensors.torch import load_file, save_file
 
 from fedumm.config import AdapterConfig
 from fedumm.errors import AdapterStateError, ConfigError
@@ -37,9 +41,6 @@ def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str | Non
     ``targets=None`` adds no LoRA layer at all (a run that never trains LoRA): peft then
     wraps only ``modules_to_save``, and the result still saves and loads as a PEFT adapter.
     """
-    from peft import LoraConfig, get_peft_model
-    from peft.utils.constants import DUMMY_TARGET_MODULES
-
     if targets is None and not modules_to_save:
         raise ValueError("apply_lora: no LoRA targets and no modules to save: nothing would train")
     lora = LoraConfig(
@@ -181,9 +182,6 @@ def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch
     find out whether the vocabulary was resized, and warns when that folder is gone (e.g. a
     cache folder removed after loading). fedumm never resizes the vocabulary, and a trained
     embedding is a modules_to_save copy that peft saves anyway."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
 
     model.save_pretrained(path, save_embedding_layers=False)
     if in_place:
@@ -194,10 +192,6 @@ def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch
 def load_adapter(base: torch.nn.Module, path: str):
     """``PeftModel.from_pretrained(base, path)`` plus the in-place parameters of ``IN_PLACE_FILE``
     (strict: a key the model lacks, or a shape mismatch, is an error and nothing is written)."""
-    from pathlib import Path
-
-    from peft import PeftModel
-    from safetensors.torch import load_file
 
     model = PeftModel.from_pretrained(base, path)
     extra = Path(path) / IN_PLACE_FILE

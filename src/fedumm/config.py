@@ -15,7 +15,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedumm.config_base import Section
-from fedumm.data.config import DataConfig, PartitionConfig, SyntheticDataConfig
+from fedumm.data.config import DataConfig
 from fedumm.errors import ConfigError
 from fedumm.metrics import TASKS
 

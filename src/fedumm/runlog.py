@@ -30,14 +30,15 @@ from fedumm.types import State
 CHECKPOINT = "last"  # the federated phase's checkpoint name (centralized: centralized_last)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)  # readers never see a half-written file
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    _atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def clients_path(checkpoint: Path) -> Path:
@@ -191,7 +192,7 @@ class RunFolder:
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.path / name
-        _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
         return path
 
     def save_checkpoint(self, round_num: int, global_state: State, server_state: State, *,
@@ -238,7 +239,7 @@ class RunFolder:
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        _atomic_write_bytes(self.metrics_path, text.encode())
+        atomic_write_bytes(self.metrics_path, text.encode())
 
     def save_adapter(self, host, name: str = "adapter") -> Path:
         """``host.save_pretrained`` (a ``ModelHost``: the PEFT folder plus any parameters trained

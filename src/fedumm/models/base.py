@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 
 from fedumm.config import AdapterConfig, ModelConfig
 from fedumm.errors import ConfigError
 from fedumm.models.loading import cast_inputs
 from fedumm.types import DTYPES, IGNORE_INDEX
-
-
 
 _BLANK_SIZE = (32, 32)  # processors resize it like any other image
 
@@ -101,8 +100,6 @@ class Backend(ABC):
         """A row's images: ``images`` when it holds any, else ``[image]``; a text-only row (no
         image, e.g. under a missing-modality scenario) gets one black placeholder, the
         zero-filling baseline for a missing modality."""
-        from PIL import Image
-
         images = sample.get("images")
         if images:
             return list(images)

@@ -37,7 +37,6 @@ from fedumm.models.tiny import resolve_model_path
 from fedumm.types import IGNORE_INDEX
 
 
-
 def _qwen_fallback(path: str):
     from fedumm.models.processors import QwenVLImageTextProcessor
 

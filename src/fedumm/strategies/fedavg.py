@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedumm.types import check_state_matches
 from fedumm.strategies.base import ClientUpdate, State, Strategy, sample_weights, weighted_average
+from fedumm.types import check_state_matches
 
 
 class FedAvg(Strategy):

@@ -24,10 +24,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from fedumm.types import check_state_matches
 from fedumm.errors import ConfigError
 from fedumm.metrics import get_task
 from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams, weighted_average
+from fedumm.types import check_state_matches
 
 
 def quality_weights(updates: Sequence[ClientUpdate], metric: str, epsilon: float,

@@ -29,7 +29,6 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from fedumm.types import check_state_matches
 from fedumm.strategies.base import (
     ClientAlgorithm,
     ClientUpdate,
@@ -39,7 +38,7 @@ from fedumm.strategies.base import (
     deltas,
 )
 from fedumm.strategies.stateful import check_known_shapes, check_per_key_state, split_prefixed
-from fedumm.types import LocalHooks, TrainResult
+from fedumm.types import LocalHooks, TrainResult, check_state_matches
 
 PREFIX = "control/"
 Correction = Literal["parameter", "gradient"]

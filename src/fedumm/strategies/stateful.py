@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedumm.types import check_state_matches
 from fedumm.strategies.base import ClientUpdate, State, deltas, sample_weights, weighted_average
+from fedumm.types import check_state_matches
 
 
 def mean_delta(global_state: State, updates: Sequence[ClientUpdate], weighted: bool = True) -> State:

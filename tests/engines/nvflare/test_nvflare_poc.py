@@ -23,7 +23,7 @@ pytest.importorskip("nvflare")
 from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
 from fedumm.engines.nvflare.poc import LoopbackDeployment, find_run_folder  # noqa: E402
-from fedumm.engines.nvflare.processes import stop_process_tree  # noqa: E402
+from fedumm.processes import stop_process_tree  # noqa: E402
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE  # noqa: E402
 from fedumm.engines.nvflare.runner import child_env  # noqa: E402
 from fedumm.errors import FedummError  # noqa: E402

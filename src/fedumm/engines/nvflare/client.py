@@ -17,7 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import nvflare.client as flare
 import torch
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.client.api import get_context
 
 from fedumm import codec
 from fedumm.config import RunConfig
@@ -25,6 +28,7 @@ from fedumm.data.federated import ClientData, build_federated_data
 from fedumm.engines.nvflare import protocol as P
 from fedumm.federation import ClientRuntime, ModelHost
 from fedumm.federation.setup import data_stats
+from fedumm.runlog import atomic_write_bytes
 from fedumm.strategies import build_strategy
 from fedumm.validation import load_run_config
 
@@ -95,10 +99,8 @@ class ClientSession:
         runtime = self.runtime
         if not (runtime.client_state or runtime.local_state):
             return
-        data = codec.encode_message({"client": runtime.client_state, "local": runtime.local_state}, "float32")
-        tmp = self._state_path.with_name(f".{self._state_path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self._state_path)
+        atomic_write_bytes(self._state_path, codec.encode_message(
+            {"client": runtime.client_state, "local": runtime.local_state}, "float32"))
 
     def setup(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         self._ensure(meta)
@@ -116,14 +118,12 @@ def tune_in_process_polling(interval: float) -> bool:
     pick-up on the executor side). FLARE 2.9 fixes both at 0.5 s with no setting, which adds
     up to a second to every round; this sets the two values it reads. Returns whether it
     applied (in-process execution only; a later FLARE without these attributes is left alone)."""
-    from nvflare.client.api import get_context
-
     api = getattr(get_context(), "api", None)
     if type(api).__name__ != "InProcessClientAPI" or not hasattr(api, "result_check_interval"):
         return False
     api.result_check_interval = interval
-    try:
-        from nvflare.app_common.executors.client_api import in_process_backend
+    try:  # a FLARE version without this module keeps its own polling
+        from nvflare.app_common.executors.client_api import in_process_backend  # noqa: PLC0415
     except ImportError:
         return True
     if hasattr(in_process_backend, "_RESULT_POLL_INTERVAL"):
@@ -137,9 +137,6 @@ def _app_dir() -> Path:
 
 
 def main() -> None:
-    import nvflare.client as flare
-    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-
     app_dir = _app_dir()
     try:
         config = load_run_config(app_dir / "config" / P.CONFIG_FILE)

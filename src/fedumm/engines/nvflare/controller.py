@@ -28,7 +28,7 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
-
+from nvflare.fuel.utils import fobs
 from transformers.utils import logging as hf_logging
 
 from fedumm.config import RunConfig, save_config
@@ -98,8 +98,6 @@ class FedummController(ModelController):
         peer = fl_ctx.get_peer_context()
         client = peer.get_identity_name() if peer is not None else ""
         try:
-            from nvflare.fuel.utils import fobs
-
             with self._wire_lock:
                 # FLARE gives each client a shallow copy of the task: the same content (the DXO
                 # with the payload), its own few headers. Serialize that content once per round.

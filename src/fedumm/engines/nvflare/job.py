@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
 from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor, ExecutionMode
 from nvflare.client.config import ExchangeFormat, TransferType
 from nvflare.job_config.api import FedJob

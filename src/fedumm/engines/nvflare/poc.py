@@ -31,16 +31,18 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
-from fedumm.engines.nvflare import processes
-from fedumm.engines.nvflare.processes import sigterm_as_interrupt, stop_process_tree
+from fedumm import processes
+from fedumm.engines.nvflare.protocol import RUN_FOLDER
 from fedumm.engines.nvflare.runner import child_env
 from fedumm.errors import FedummError
+from fedumm.processes import sigterm_as_interrupt, stop_process_tree
 
 ADMIN = "admin@fedumm.local"
 SERVER = "localhost"  # a loopback name: FLARE's server then listens on 127.0.0.1 only
@@ -292,8 +294,6 @@ class LoopbackDeployment:
 
 def find_run_folder(download: Path) -> Path:
     """The fedumm run folder inside a downloaded job result (the server's job workspace)."""
-    from fedumm.engines.nvflare.protocol import RUN_FOLDER
-
     found = sorted(p.parent for p in download.rglob("summary.json") if p.parent.name == RUN_FOLDER)
     if not found:
         raise FedummError(f"no {RUN_FOLDER}/summary.json in the downloaded job {download}")
@@ -308,8 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the job")
     parser.add_argument("--out", default=None, help="copy the job's fedumm run folder here")
     args = parser.parse_args(argv)
-    import tempfile
-
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="fedumm-poc-"))
     try:
         with sigterm_as_interrupt(), LoopbackDeployment(root, args.sites.split(","), log=print) as fl:

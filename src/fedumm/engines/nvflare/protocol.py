@@ -15,12 +15,13 @@ the sampled clients.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from fedumm.config import RunConfig, SiteConfig
 from fedumm.data.federated import load_source
@@ -95,8 +96,8 @@ def _read_site_file(path: Path) -> SiteConfig:
         raise ConfigError(f"site config {path} is not valid YAML: {exc}") from None
     try:
         return SiteConfig.model_validate(raw)
-    except Exception as exc:  # pydantic ValidationError: name the file and the first problem
-        first = getattr(exc, "errors", lambda: [{"loc": (), "msg": str(exc)}])()[0]
+    except ValidationError as exc:  # name the file and the first problem
+        first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"site config {path}: {key}: {first['msg']}") from None
 

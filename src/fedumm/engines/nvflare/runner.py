@@ -23,19 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from safetensors.torch import load_file
 
 import fedumm
 from fedumm.config import RunConfig
 from fedumm.data.federated import build_federated_data
 from fedumm.engines.nvflare import protocol as P
-from fedumm.engines.nvflare.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.errors import ConfigError, FedummError
 from fedumm.federation import ModelHost, PhaseResult, RunResult
 from fedumm.federation.job import phase_summary, run_centralized, write_summary
 from fedumm.federation.loop import round_line
 from fedumm.metrics import get_task
 from fedumm.models import tiny
+from fedumm.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.runlog import RunFolder
 
 SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"  # what FedJob.simulator_run runs
@@ -157,8 +158,6 @@ class WorkerWatch:
         return (match.group(2), f"FLARE logged '{match.group(1)} {match.group(2)}'") if match else None
 
     def _scan(self) -> None:
-        import psutil
-
         try:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -175,8 +174,6 @@ class WorkerWatch:
 
     def dead_site(self) -> tuple[str, str] | None:
         """``(site, how it was noticed)`` once a client's process died, else None."""
-        import psutil
-
         found = self._log_death()
         if found:
             return found

@@ -1,4 +1,4 @@
-"""The FLARE processes fedumm starts (the simulator, a loopback deployment's server and sites,
+"""Child processes fedumm starts (FLARE's simulator, a loopback deployment's server and sites,
 the ``nvflare`` CLI) and how they end: with their starter, on SIGTERM, or stopped with every
 descendant. No nvflare import here.
 
@@ -22,6 +22,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+
+import psutil
 
 STOP_GRACE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -92,8 +94,6 @@ def stop_process_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS)
     """SIGTERM the process's group and every descendant (job processes, external trainers in
     their own sessions), then SIGKILL whatever is left after ``grace`` seconds. ``proc`` itself
     is reaped through Popen, so its ``returncode`` says how it ended."""
-    import psutil
-
     try:
         procs = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
     except psutil.NoSuchProcess:

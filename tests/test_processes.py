@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedumm.engines.nvflare import processes
+from fedumm import processes
 from fedumm.engines.nvflare.poc import ORPHAN_WATCH
 
 SRC = str(Path(__file__).resolve().parents[3] / "src")
@@ -55,7 +55,7 @@ def _reap(starter, pid: int) -> None:
 def test_a_child_gets_sigterm_when_its_starter_is_killed():
     starter, child = _starter("""
         import time
-        from fedumm.engines.nvflare import processes
+        from fedumm import processes
         print(processes.popen(["sleep", "60"]).pid, flush=True)
         time.sleep(60)
     """)
@@ -70,7 +70,7 @@ def test_a_child_gets_sigterm_when_its_starter_is_killed():
 def test_sigterm_interrupts_the_wait_and_the_cleanup_runs():
     starter, child = _starter("""
         import subprocess, sys, time
-        from fedumm.engines.nvflare import processes
+        from fedumm import processes
         proc = processes.popen(["sleep", "60"])
         print(proc.pid, flush=True)
         try:
