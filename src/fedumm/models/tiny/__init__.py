@@ -15,7 +15,12 @@ To add a tiny model:
 1. Write ``fedumm/models/tiny/<family>.py`` with ``build_tiny_<name>`` of that signature, made
    from ``common`` (``tiny_tokenizer``, ``llama_text_config``, ``vision_dims``, ``save_model``);
    import transformers inside the builder, so importing this package stays cheap.
-2. Register it with one line below: ``register_tiny("tiny-<name>", <family>.build_tiny_<name>)``.
+2. Register it with one line below: ``register_tiny("tiny-<name>", <family>.build_tiny_<name>)``
+   (a new module also joins the ``from fedumm.models.tiny import ...`` line).
+3. Test it in ``tests/models/tiny/test_<family>.py`` and add its row to ``CASES`` in
+   ``tests/models/test_families.py``, which checks that every registered name is covered.
+
+Changing what an existing builder writes needs a bump of ``_TINY_VERSION``; a new name does not.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ __all__ = ["TINY_MODELS", "cache_root", "register_tiny", "resolve_model_path", "
 # Bump when the architecture or vocabulary changes so stale caches are not reused.
 _TINY_VERSION = "2"  # 2: tiny-idefics3 adds BOS and its template starts with it
 
-Builder = Callable[[Path], None]
+Builder = Callable[..., None]  # builder(path, image_size=32, patch_size=8, seed=0)
 
 TINY_MODELS: dict[str, Builder] = {}
 
