@@ -24,9 +24,9 @@ class ModelConfig(Section):
     backend: str = Field("hf_vlm", description="Model backend name from the backend registry.")
     name_or_path: str | None = Field(
         None,
-        description="Hub id, local checkpoint folder, or a built-in tiny model (tiny-llava, "
-        "tiny-llava-next, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-idefics3, tiny-smolvlm, "
-        "tiny-paligemma, tiny-janus, tiny-blip-vqa); null = the backend's own tiny model.",
+        description="Hub id, local checkpoint folder, or a built-in tiny model (fedumm.models.tiny.TINY_MODELS, "
+        "e.g. tiny-llava, tiny-qwen2-vl, tiny-idefics3, tiny-paligemma, tiny-janus, tiny-blip-vqa); null = the "
+        "backend's own tiny model.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in."

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from fedumm.adapters import apply_lora, get_adapter_state
-from fedumm.config import AdapterConfig, ModelConfig, TrainConfig, load_config
+from fedumm.config import AdapterConfig, ModelConfig, TrainConfig
+from fedumm.validation import load_run_config
 from fedumm.data.synthetic import make_synthetic_vqa
 from fedumm.errors import ConfigError
 from fedumm.models.hf_vlm import IGNORE_INDEX
 from fedumm.models.registry import get_backend
 from fedumm.models.tiny import TINY_MODELS, resolve_model_path
-from fedumm.train import train_local
+from fedumm.federation.train import train_local
 
 # tiny model -> (backend, model_type, model class, processor class)
 CASES = {
@@ -183,7 +184,7 @@ def test_predict_returns_one_string_per_sample(name, loaded):
 def test_one_federated_round(name, paths, tmp_path):
     from fedumm.engines.simulation import simulate
 
-    config = load_config(None, [
+    config = load_run_config(None, [
         f"model.backend={CASES[name][0]}", f"model.name_or_path={paths[name]}", "model.device=cpu",
         "model.max_new_tokens=3", "federation.num_clients=2", "federation.rounds=1",
         "data.synthetic.train_samples=40", "data.synthetic.test_samples=8",

@@ -102,7 +102,7 @@ def test_unknown_lora_preset_lists_the_available_ones(model_config):
 
 def test_text_only_rows_get_a_blank_image_and_train(lora_model):
     from fedumm.config import TrainConfig
-    from fedumm.train import train_local
+    from fedumm.federation.train import train_local
 
     model, backend = lora_model
     samples = make_synthetic_vqa(4, seed=6)
