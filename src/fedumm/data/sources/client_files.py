@@ -119,7 +119,9 @@ def load_client_files(
             + (f"no test file for client(s) {lacking}" if lacking else f"no training file for client(s) {extra}")
         )
     clients = [load_llava_json(p, images, on_error) for p in train_by_index.values()]
-    client_tests = [load_llava_json(test_by_index[i], images, on_error) for i in train_by_index] if test_by_index else []
+    client_tests = (
+        [load_llava_json(test_by_index[i], images, on_error) for i in train_by_index] if test_by_index else []
+    )
     global_tests = [load_llava_json(p, images, on_error) for p in global_files]
     if global_tests:
         test = [row for r in global_tests for row in r.rows]
