@@ -104,7 +104,8 @@ class _DataConfigChecks(Section):
         # Only sources this model has a section for (a source registered after it was built has none).
         names = [n for n in available_sources() if n in cls.model_fields]
         if name not in names:
-            raise ValueError(unknown_source_message(names))
+            # The message names its key, so the config error prints it as is: give the value too.
+            raise ValueError(f"{unknown_source_message(names)} (got {name!r})")
         return name
 
     @model_validator(mode="after")
