@@ -13,24 +13,11 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from fedumm.config_base import Section
 from fedumm.data.sources import SourceSpec, available_sources, get_source, unknown_source_message
-from fedumm.data.sources.client_files import ClientFilesSourceConfig
-from fedumm.data.sources.hf import HFSourceConfig
-from fedumm.data.sources.llava_json import LlavaJsonSourceConfig
-from fedumm.data.sources.synthetic import SyntheticDataConfig
-from fedumm.data.sources.table import TableSourceConfig
 
-# The source sections stay importable from here, where other packages import them from.
-__all__ = [
-    "ClientFilesSourceConfig",
-    "DataConfig",
-    "HFSourceConfig",
-    "LlavaJsonSourceConfig",
-    "ModalityConfig",
-    "PartitionConfig",
-    "SyntheticDataConfig",
-    "TableSourceConfig",
-    "data_config_model",
-]
+# Importable from here as before the registry (fedumm.config imports it from here).
+from fedumm.data.sources.synthetic import SyntheticDataConfig
+
+__all__ = ["DataConfig", "ModalityConfig", "PartitionConfig", "SyntheticDataConfig", "data_config_model"]
 
 
 class PartitionConfig(Section):
