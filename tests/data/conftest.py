@@ -1,7 +1,8 @@
-"""Fixtures for the data tests: tiny image files written into tmp_path."""
+"""Fixtures for the data tests: tiny image files and tables written into tmp_path."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,5 +24,23 @@ def write_image(tmp_path: Path) -> Callable[..., str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         solid_image(rgb).save(path)
         return f"images/{name}"
+
+    return write
+
+
+@pytest.fixture()
+def write_memes() -> Callable[..., None]:
+    """Write n Hateful-Memes-style table rows (fedumm columns) and their images: one image each,
+    'is this meme hateful?', yes for every third meme, sites s0/s1 alternating."""
+
+    def write(path: Path, image_dir: Path, n: int, offset: int = 0) -> None:
+        image_dir.mkdir(exist_ok=True)
+        lines = []
+        for i in range(offset, offset + n):
+            Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(image_dir / f"{i}.png")
+            answer = "yes" if i % 3 == 0 else "no"
+            lines.append(json.dumps({"image": f"img/{i}.png", "question": "is this meme hateful?", "answer": answer,
+                                     "label": int(answer == "yes"), "task": "classification", "site": f"s{i % 2}"}))
+        path.write_text("\n".join(lines) + "\n")
 
     return write

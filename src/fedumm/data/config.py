@@ -1,109 +1,23 @@
-"""Config sections for data: sources, partitioning, modality heterogeneity, per-client splits."""
+"""Config sections for data: the source sections (one per registered source), partitioning, modality
+heterogeneity, per-client splits.
+
+``DataConfig`` is built from the source registry (``fedumm.data.sources``): ``data.source`` names a
+registered source and each source contributes its section, ``data.<name>``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from fedumm.config_base import Section
+from fedumm.data.sources import SourceSpec, available_sources, get_source, unknown_source_message
 
-OnError = Literal["raise", "skip"]
+# Importable from here as before the registry (fedumm.config imports it from here).
+from fedumm.data.sources.synthetic import SyntheticDataConfig
 
-_ON_ERROR_DESCRIPTION = (
-    "What a broken row (missing or undecodable image, missing field, wrong type) does: "
-    "raise = stop with an error naming the file, row and field; skip = drop it and count it."
-)
-_MAX_SAMPLES_DESCRIPTION = (
-    "Cap on source records (rows / conversations), drawn deterministically with the run seed "
-    "before images are decoded; null = all."
-)
-
-
-class SyntheticDataConfig(Section):
-    train_samples: int = Field(2000, ge=1)
-    test_samples: int = Field(400, ge=1)
-    image_size: int = Field(32, ge=16, le=1024)
-    max_count: int = Field(3, ge=1, le=10)
-    answer_noise: float = Field(0.1, ge=0, lt=0.5)
-
-
-class HFSourceConfig(Section):
-    """A Hugging Face dataset with the VQAv2 columns (e.g. HuggingFaceM4/VQAv2)."""
-
-    path: str | None = Field(
-        None,
-        description="Hub dataset name, a save_to_disk folder, a parquet file, or a folder of data files. "
-        "A hub dataset that is only a loading script (e.g. HuggingFaceM4/VQAv2) cannot load with "
-        "datasets>=4: use its parquet export (revision: refs/convert/parquet) or a parquet mirror.",
-    )
-    name: str | None = Field(
-        None, description="Dataset configuration (subset) name, as in datasets.load_dataset(path, name)."
-    )
-    revision: str | None = Field(
-        None,
-        description="Hub revision (branch, tag or commit); refs/convert/parquet = the Hub's automatic "
-        "parquet export of a script-only dataset.",
-    )
-    split: str = Field("train", min_length=1, description="Split the clients train on.")
-    test_split: str | None = Field(
-        "validation",
-        description="Split used as the global test set; null = hold out data.global_test_fraction of the train split.",
-    )
-    data_files: dict[str, list[str]] | None = Field(
-        None, description="Split name -> data files (parquet/json/csv), as in datasets.load_dataset."
-    )
-    max_samples: int | None = Field(None, ge=1, description=_MAX_SAMPLES_DESCRIPTION)
-    max_test_samples: int | None = Field(None, ge=1, description="Cap on global test rows; null = all.")
-    allow_missing_images: bool = Field(
-        False,
-        description="A row whose image is null: true = a text-only sample; false = a broken row (on_error).",
-    )
-    on_error: OnError = Field("raise", description=_ON_ERROR_DESCRIPTION)
-
-
-class LlavaJsonSourceConfig(Section):
-    """A LLaVA-style conversation JSON file (FedVLMBench / FedMLLM client-file format)."""
-
-    path: str | None = Field(None, description="Training JSON file (a list of conversation records).")
-    test_path: str | None = Field(
-        None, description="Global test JSON file; null = hold out data.global_test_fraction of the training rows."
-    )
-    image_root: str | None = Field(
-        None, description="Folder the records' image paths are relative to; null = the JSON file's folder."
-    )
-    max_samples: int | None = Field(None, ge=1, description=_MAX_SAMPLES_DESCRIPTION)
-    on_error: OnError = Field("raise", description=_ON_ERROR_DESCRIPTION)
-
-
-class ClientFilesSourceConfig(Section):
-    """Pre-split clients: root/train/client_{i}.json and root/test/*.json (LLaVA JSON)."""
-
-    root: str | None = Field(None, description="Folder holding train/client_{i}.json and test/*.json.")
-    image_root: str | None = Field(
-        None, description="Folder the records' image paths are relative to; null = root."
-    )
-    on_error: OnError = Field("raise", description=_ON_ERROR_DESCRIPTION)
-
-
-class TableSourceConfig(Section):
-    """A JSONL or CSV table with columns image (path), question, and answer or answers."""
-
-    format: Literal["fedumm", "hateful_memes"] = Field(
-        "fedumm",
-        description="fedumm = columns image/images, question, answer/answers; hateful_memes = the Hateful "
-        "Memes files (img, text, label 0/1): question = text + 'Is the content hateful based on the text "
-        "and image?', answer yes/no, task classification.",
-    )
-    path: str | None = Field(None, description="Training table (.jsonl or .csv).")
-    test_path: str | None = Field(
-        None, description="Global test table; null = hold out data.global_test_fraction of the training rows."
-    )
-    image_root: str | None = Field(
-        None, description="Folder the image paths are relative to; null = the table's folder."
-    )
-    max_samples: int | None = Field(None, ge=1, description=_MAX_SAMPLES_DESCRIPTION)
-    on_error: OnError = Field("raise", description=_ON_ERROR_DESCRIPTION)
+__all__ = ["DataConfig", "ModalityConfig", "PartitionConfig", "SyntheticDataConfig", "data_config_model"]
 
 
 class PartitionConfig(Section):
@@ -168,41 +82,68 @@ class ModalityConfig(Section):
     )
 
 
-_SOURCE_REQUIRED: dict[str, tuple[str, str]] = {
-    "hf": ("hf", "path"),
-    "llava_json": ("llava_json", "path"),
-    "client_files": ("client_files", "root"),
-    "table": ("table", "path"),
+class _DataConfigChecks(Section):
+    """The checks of ``DataConfig``; its fields are added by ``data_config_model``."""
+
+    @field_validator("source", check_fields=False)
+    @classmethod
+    def _source_is_registered(cls, name: str) -> str:
+        # Only sources this model has a section for (a source registered after it was built has none).
+        names = [n for n in available_sources() if n in cls.model_fields]
+        if name not in names:
+            # The message names its key, so the config error prints it as is: give the value too.
+            raise ValueError(f"{unknown_source_message(names)} (got {name!r})")
+        return name
+
+    @model_validator(mode="after")
+    def _source_is_located(self) -> _DataConfigChecks:
+        # Checked here so a missing path fails with the config, before any loading starts.
+        spec = get_source(self.source)
+        if spec.required is not None and getattr(getattr(self, spec.name), spec.required) is None:
+            raise ValueError(f"data.{spec.name}.{spec.required}: required when data.source is {self.source!r}")
+        return self
+
+
+# Keys of DataConfig besides the source sections; a source cannot take one of these names.
+_SHARED_FIELDS: dict[str, Any] = {
+    "partition": (PartitionConfig, Field(default_factory=PartitionConfig)),
+    "modality": (ModalityConfig, Field(default_factory=ModalityConfig)),
+    "local_test_fraction": (
+        float,
+        Field(0.2, ge=0, lt=1, description="Share of each client's data held out as its local test split."),
+    ),
+    "global_test_fraction": (
+        float,
+        Field(
+            0.1,
+            gt=0,
+            lt=1,
+            description="Share of the loaded training rows held out as the global test set when the source has "
+            "no test data (hf.test_split, llava_json.test_path or table.test_path null).",
+        ),
+    ),
 }
 
 
-class DataConfig(Section):
-    source: Literal["synthetic", "hf", "llava_json", "client_files", "table"] = Field(
-        "synthetic", description="Where samples come from; each source has its own section below."
+def data_config_model(specs: list[SourceSpec], name: str = "DataConfig") -> type[_DataConfigChecks]:
+    """The ``data`` section model for ``specs``: ``source``, one section per spec, then the shared keys
+    (in this order, which is the order of config dumps)."""
+    taken = {"source", *_SHARED_FIELDS}
+    clashing = [spec.name for spec in specs if spec.name in taken]
+    if clashing:
+        raise ValueError(f"data source name(s) {clashing} clash with data.* keys {sorted(taken)}")
+    sections = {spec.name: (spec.config, Field(default_factory=spec.config)) for spec in specs}
+    source = (
+        str,
+        Field(
+            "synthetic",
+            description="Where samples come from; each source has its own section below.",
+            json_schema_extra={"enum": [spec.name for spec in specs]},  # the schema lists the choices, as a Literal's
+        ),
     )
-    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
-    hf: HFSourceConfig = Field(default_factory=HFSourceConfig)
-    llava_json: LlavaJsonSourceConfig = Field(default_factory=LlavaJsonSourceConfig)
-    client_files: ClientFilesSourceConfig = Field(default_factory=ClientFilesSourceConfig)
-    table: TableSourceConfig = Field(default_factory=TableSourceConfig)
-    partition: PartitionConfig = Field(default_factory=PartitionConfig)
-    modality: ModalityConfig = Field(default_factory=ModalityConfig)
-    local_test_fraction: float = Field(
-        0.2, ge=0, lt=1, description="Share of each client's data held out as its local test split."
-    )
-    global_test_fraction: float = Field(
-        0.1,
-        gt=0,
-        lt=1,
-        description="Share of the loaded training rows held out as the global test set when the source has "
-        "no test data (hf.test_split, llava_json.test_path or table.test_path null).",
+    return create_model(
+        name, __base__=_DataConfigChecks, __module__=__name__, source=source, **sections, **_SHARED_FIELDS
     )
 
-    @model_validator(mode="after")
-    def _source_is_located(self) -> DataConfig:
-        # Checked here so a missing path fails with the config, before any loading starts.
-        if self.source in _SOURCE_REQUIRED:
-            section, key = _SOURCE_REQUIRED[self.source]
-            if getattr(getattr(self, section), key) is None:
-                raise ValueError(f"data.{section}.{key}: required when data.source is {self.source!r}")
-        return self
+
+DataConfig = data_config_model([get_source(name) for name in available_sources()])

@@ -1,8 +1,8 @@
 """Assemble the federated view of a dataset: per-client train/test splits plus a global test set.
 
-Pipeline: load the source's rows (``load_source``) -> clients, either the source's natural
-clients (``client_files``) or ``make_partition`` -> modality scenario per client ->
-local train/test split per client (or the client's own test file).
+Pipeline: load the source's rows (``load_source``: the registered source named by ``data.source``)
+-> clients, either the source's natural clients (``client_files``) or ``make_partition`` ->
+modality scenario per client -> local train/test split per client (or the client's own test file).
 
 Rows skipped as broken (``on_error: skip``) are counted per file; ``load_report`` writes
 their messages to the run folder and gives the counts for the run summary.
@@ -10,17 +10,16 @@ their messages to the run folder and gives the counts for the run summary.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 import numpy as np
 
-from fedumm.config import DataConfig
-from fedumm.data.loaders import load_client_files, load_hf_vqa, load_llava_json, load_table
+from fedumm.data.config import DataConfig
 from fedumm.data.modality import BOTH, apply_modality_scenario, modality_counts
 from fedumm.data.partition import PartitionStats, column_values, make_partition, partition_stats
-from fedumm.data.synthetic import make_synthetic_vqa
+from fedumm.data.sources import LoadedSamples, get_source
 from fedumm.errors import ConfigError, DataError
 
 
@@ -62,88 +61,28 @@ class FederatedData:
         return self.partition.skipped_summary()
 
 
-@dataclass(frozen=True)
-class LoadedSamples:
-    """A source's rows: pooled train and global test, its natural clients if it has them
-    (``client_files``: one list per file, ``train`` is their concatenation), and the
-    broken rows that were skipped."""
-
-    train: list[dict]
-    test: list[dict]
-    natural_clients: list[list[dict]] | None = None
-    client_names: list[str] = field(default_factory=list)
-    skipped: int = 0
-    problems: list[str] = field(default_factory=list)
-    natural_tests: list[list[dict]] | None = None  # client_files: test/client_{i}.json per client
-    skipped_by_file: dict[str, int] = field(default_factory=dict)
-
-
 # Random stream of the global-test hold-out, apart from the partition's and local splits' draws.
 _HOLDOUT_STREAM = 0x686F6C64
 
 
-def _holdout(train: list[dict], test: list[dict] | None, fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """The source's test rows, or ``fraction`` of the train rows held out when it has none."""
-    if test is not None:
-        return train, test
+def _holdout(train: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(kept, held out): ``fraction`` of the train rows held out as the global test set."""
     order = np.random.default_rng([seed % 2**64, _HOLDOUT_STREAM]).permutation(len(train))
     return _split_by_order(train, order, fraction)
 
 
 def load_source(config: DataConfig, seed: int) -> LoadedSamples:
-    """Load the rows of ``config.source`` (see ``fedumm.data.loaders``)."""
-    if config.source == "synthetic":
-        return LoadedSamples(*load_synthetic(config, seed))
-    if config.source == "client_files":
-        cf = config.client_files
-        result = load_client_files(str(cf.root), cf.image_root, cf.on_error)
-        return LoadedSamples(
-            train=[row for rows in result.clients for row in rows],
-            test=result.test,
-            natural_clients=result.clients,
-            client_names=[str(p) for p in result.train_files],
-            skipped=result.skipped,
-            problems=result.problems,
-            natural_tests=result.client_tests,
-            skipped_by_file=result.skipped_by_file,
-        )
-    if config.source == "hf":
-        hf = config.hf
-        hub = {"name": hf.name, "revision": hf.revision, "allow_missing_images": hf.allow_missing_images}
-        train = load_hf_vqa(str(hf.path), hf.split, hf.max_samples, seed, hf.data_files, hf.on_error, **hub)
-        test = (
-            load_hf_vqa(str(hf.path), hf.test_split, hf.max_test_samples, seed, hf.data_files, hf.on_error, **hub)
-            if hf.test_split is not None
-            else None
-        )
-    elif config.source == "llava_json":
-        lj = config.llava_json
-        train = load_llava_json(str(lj.path), lj.image_root, lj.on_error, lj.max_samples, seed)
-        test = load_llava_json(lj.test_path, lj.image_root, lj.on_error) if lj.test_path else None
-    elif config.source == "table":
-        tb = config.table
-        train = load_table(str(tb.path), tb.image_root, tb.on_error, tb.max_samples, seed, tb.format)
-        test = load_table(tb.test_path, tb.image_root, tb.on_error, table_format=tb.format) if tb.test_path else None
-    else:
-        raise ConfigError(f"data.source: unknown source {config.source!r}")
-    rows, test_rows = _holdout(train.rows, test.rows if test else None, config.global_test_fraction, seed)
-    loaded = [train] + ([test] if test else [])
-    return LoadedSamples(
-        train=rows,
-        test=test_rows,
-        skipped=sum(r.skipped for r in loaded),
-        problems=[p for r in loaded for p in r.problems],
-        skipped_by_file={k: v for r in loaded for k, v in r.skipped_by_source.items()},
-    )
-
-
-def load_synthetic(config: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, test) rows of the built-in synthetic VQA task."""
-    syn = config.synthetic
-    kwargs = dict(image_size=syn.image_size, max_count=syn.max_count, answer_noise=syn.answer_noise)
-    train = make_synthetic_vqa(syn.train_samples, seed, split="train", **kwargs)
-    test = make_synthetic_vqa(syn.test_samples, seed, split="test", **kwargs)
-    return train, test
+    """Load the rows of ``config.source`` (a source of ``fedumm.data.sources``) with its section
+    ``config.<source>``; a source without test data gets ``data.global_test_fraction`` held out."""
+    spec = get_source(config.source)
+    loaded = spec.load(getattr(config, spec.name), seed)
+    if loaded.test is not None:
+        return loaded
+    if loaded.natural_clients is not None:
+        # Holding rows out of the pooled train would desynchronise it from the natural clients.
+        raise ValueError(f"data source {spec.name!r}: a source with natural clients must return test rows")
+    train, test = _holdout(loaded.train, config.global_test_fraction, seed)
+    return dataclasses.replace(loaded, train=train, test=test)
 
 
 def load_samples(config: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,234 @@
+"""Shared row helpers of the data sources: the sample schema, broken-row handling, image decoding,
+field checks and seeded subsampling (each source's own reading code is in ``fedumm.data.sources``).
+
+The sample schema (every row is a dict):
+
+- required: ``image`` (RGB ``PIL.Image.Image``, or None for a sample without an image),
+  ``question`` (str, "" when the text is missing), ``answers`` (list of >= 1 str),
+  ``multiple_choice_answer`` (str, the training target);
+- optional: ``images`` (every image of the sample, a list of PIL images, when the source
+  gave a list: ``image`` is then its first item), ``answer_type``, ``label`` and ``task``
+  (str), ``question_id`` (int), ``client_id`` (int: the client whose local test file the
+  row came from), ``metadata`` (dict: source file, 1-based row number, and any further
+  columns such as a site).
+
+Broken rows (a missing or undecodable image file, a missing field, a wrong type) raise
+``DataError`` naming the file, the row (always 1-based, and the unit: row, line or
+record) and what was expected. With ``on_error="skip"`` they are dropped instead, and
+the returned ``LoadResult`` counts them and lists their messages so they can be reported.
+Problems with a whole file (missing, not JSON, a required column absent) always raise.
+
+Images are decoded while loading (a broken file is found now, not mid-training) and
+shared between rows that name the same file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from fedumm.errors import DataError
+
+__all__ = [
+    "SCHEMA_COLUMNS",
+    "ImageReader",
+    "LoadResult",
+    "OnError",
+    "RowProblem",
+    "answer_list",
+    "check_on_error",
+    "collect_rows",
+    "decode_image",
+    "most_common_answer",
+    "optional_fields",
+    "read_images",
+    "subsample_indices",
+    "text_field",
+]
+
+# What a broken row does; the one definition, used by the source config sections too.
+OnError = Literal["raise", "skip"]
+
+# Columns the schema knows; every other column of a table goes into metadata.
+SCHEMA_COLUMNS = frozenset(
+    {"image", "images", "question", "answer", "answers", "multiple_choice_answer", "answer_type",
+     "label", "task", "question_id", "metadata"}
+)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Rows of one source (a file, or a dataset split), plus how many source rows were
+    skipped as broken and why."""
+
+    rows: list[dict]
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def skipped_by_source(self) -> dict[str, int]:
+        """{source: skipped rows}, empty when nothing was skipped."""
+        return {self.source: self.skipped} if self.skipped else {}
+
+
+class RowProblem(Exception):
+    """What is wrong with one source row; the collecting loader adds the file and row number."""
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def subsample_indices(num_rows: int, max_samples: int | None, seed: int) -> list[int]:
+    """Ascending indices of a seeded random subset of ``max_samples`` rows (all rows when None).
+
+    The subset depends only on (num_rows, max_samples, seed); ascending order keeps the
+    source order, so row numbers in messages still read naturally.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    if max_samples is None or max_samples >= num_rows:
+        return list(range(num_rows))
+    chosen = np.random.default_rng(seed).choice(num_rows, size=max_samples, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+def collect_rows(
+    source: str,
+    unit: str,
+    numbered: Iterable[tuple[int, Any]],
+    convert: Callable[[Any, int], list[dict]],
+    on_error: OnError,
+) -> LoadResult:
+    """Convert each (1-based number, raw record); raise or count the broken ones."""
+    check_on_error(on_error)
+    rows: list[dict] = []
+    problems: list[str] = []
+    for number, raw in numbered:
+        try:
+            rows.extend(convert(raw, number))
+        except RowProblem as exc:
+            message = f"{source}, {unit} {number} (1-based): {exc}"
+            if on_error == "raise":
+                raise DataError(message) from None
+            problems.append(message)
+    return LoadResult(rows, len(problems), problems, source)
+
+
+class ImageReader:
+    """Opens image files relative to a root as RGB, once per path (rows share the object)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[Path, Image.Image] = {}
+
+    def read(self, reference: object) -> Image.Image:
+        if not isinstance(reference, str) or not reference.strip():
+            raise RowProblem(f"field 'image': expected a file path string, got {reference!r}")
+        path = self.root / reference
+        if path not in self._cache:
+            self._cache[path] = decode_image(path, f"image file {path}")
+        return self._cache[path]
+
+
+def read_images(record: Mapping, reader: ImageReader, list_text: Callable[[str], list] | None = None) -> dict:
+    """``image`` and, when the source gives a list, ``images``, from a record's ``image`` (a path,
+    a list of paths, or empty = no image) and ``images`` (a list of paths) fields.
+
+    ``list_text`` parses a text cell into a list (CSV); a given ``image`` next to ``images``
+    must be its first item.
+    """
+    single, many = record.get("image"), record.get("images")
+    if isinstance(many, str) and list_text is not None:
+        many = list_text(many) if many.strip() else None
+    if isinstance(single, list):
+        if many not in (None, []):
+            raise RowProblem("fields 'image' and 'images' are both lists; give the list once, in 'images'")
+        single, many = None, single
+    if many in (None, []):
+        # An empty image cell is a text-only sample, which the schema allows.
+        return {"image": None if single in (None, "") else reader.read(single)}
+    if not isinstance(many, list):
+        raise RowProblem(f"field 'images': expected a list of file paths, got {type(many).__name__} {many!r}")
+    if single not in (None, "") and single != many[0]:
+        raise RowProblem(f"field 'image' ({single!r}) is not the first of 'images' ({many!r})")
+    images = []
+    for k, reference in enumerate(many):
+        if not isinstance(reference, str) or not reference.strip():
+            raise RowProblem(f"field 'images': item {k} is {reference!r}, expected a file path string")
+        images.append(reader.read(reference))
+    return {"image": images[0], "images": images}
+
+
+def decode_image(source: Path | io.BytesIO, what: str) -> Image.Image:
+    """Fully decode an image to RGB; a missing or unreadable file is a row problem."""
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise RowProblem(f"{what} not found") from None
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise RowProblem(f"{what} cannot be decoded ({exc})") from None
+
+
+def text_field(record: Mapping, key: str) -> str:
+    if key not in record:
+        raise RowProblem(f"missing field {key!r} (has {sorted(record)})")
+    value = record[key]
+    if not isinstance(value, str):
+        raise RowProblem(f"field {key!r}: expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def answer_list(value: object) -> list[str]:
+    """Answers as a list of str, from a list of str, a list of {"answer": ...} (VQAv2), or a
+    dict of lists (how ``datasets`` returns a Sequence of dicts)."""
+    if isinstance(value, Mapping) and "answer" in value:
+        value = value["answer"]
+    if not isinstance(value, list):
+        raise RowProblem(f"field 'answers': expected a list, got {type(value).__name__} {value!r}")
+    answers = [item["answer"] if isinstance(item, Mapping) and "answer" in item else item for item in value]
+    bad = [(i, a) for i, a in enumerate(answers) if not isinstance(a, str)]
+    if bad:
+        i, a = bad[0]
+        raise RowProblem(f"field 'answers': item {i} is {type(a).__name__} {a!r}, expected a string")
+    if not answers:
+        raise RowProblem("field 'answers': empty, expected at least one answer")
+    return answers
+
+
+def most_common_answer(answers: list[str]) -> str:
+    """The most frequent answer, ties to the first seen: VQAv2's definition of
+    ``multiple_choice_answer``, used when a source lacks that column."""
+    return Counter(answers).most_common(1)[0][0]
+
+
+def optional_fields(record: Mapping) -> dict:
+    """The schema's optional scalar fields present in ``record`` (empty strings = absent)."""
+    out: dict[str, Any] = {}
+    for key in ("answer_type", "task"):
+        if record.get(key) not in (None, ""):
+            out[key] = text_field(record, key)
+    label = record.get("label")
+    if label not in (None, ""):
+        # Class ids are often ints (Hateful Memes: 0/1); the schema keeps labels as text.
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise RowProblem(f"field 'label': expected a string or int, got {type(label).__name__} {label!r}")
+        out["label"] = str(label)
+    qid = record.get("question_id")
+    if qid not in (None, ""):
+        if isinstance(qid, str) and qid.strip().isdigit():
+            qid = int(qid)
+        if isinstance(qid, bool) or not isinstance(qid, int):
+            raise RowProblem(f"field 'question_id': expected an integer, got {type(qid).__name__} {qid!r}")
+        out["question_id"] = qid
+    return out

@@ -1,0 +1,295 @@
+"""Source ``hf``: one split of a Hugging Face dataset with the VQAv2 columns (a hub name, a save_to_disk
+folder, a parquet file, a folder of data files, or ``data_files``), and its test split or a hold-out."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from pydantic import Field
+
+from fedumm.config_base import Section
+from fedumm.data.rows import (
+    SCHEMA_COLUMNS,
+    LoadResult,
+    OnError,
+    RowProblem,
+    answer_list,
+    check_on_error,
+    collect_rows,
+    decode_image,
+    most_common_answer,
+    optional_fields,
+    subsample_indices,
+    text_field,
+)
+from fedumm.data.sources.base import MAX_SAMPLES_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
+from fedumm.errors import DataError
+
+
+class HFSourceConfig(Section):
+    """A Hugging Face dataset with the VQAv2 columns (e.g. HuggingFaceM4/VQAv2)."""
+
+    path: str | None = Field(
+        None,
+        description="Hub dataset name, a save_to_disk folder, a parquet file, or a folder of data files. "
+        "A hub dataset that is only a loading script (e.g. HuggingFaceM4/VQAv2) cannot load with "
+        "datasets>=4: use its parquet export (revision: refs/convert/parquet) or a parquet mirror.",
+    )
+    name: str | None = Field(
+        None, description="Dataset configuration (subset) name, as in datasets.load_dataset(path, name)."
+    )
+    revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit); refs/convert/parquet = the Hub's automatic "
+        "parquet export of a script-only dataset.",
+    )
+    split: str = Field("train", min_length=1, description="Split the clients train on.")
+    test_split: str | None = Field(
+        "validation",
+        description="Split used as the global test set; null = hold out data.global_test_fraction of the train split.",
+    )
+    data_files: dict[str, list[str]] | None = Field(
+        None, description="Split name -> data files (parquet/json/csv), as in datasets.load_dataset."
+    )
+    max_samples: int | None = Field(None, ge=1, description=MAX_SAMPLES_DESCRIPTION)
+    max_test_samples: int | None = Field(None, ge=1, description="Cap on global test rows; null = all.")
+    allow_missing_images: bool = Field(
+        False,
+        description="A row whose image is null: true = a text-only sample; false = a broken row (on_error).",
+    )
+    on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
+
+
+_HF_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+def _check_single_split(own: str, split: str, where: str) -> None:
+    """A split-less source (one saved Dataset, one file) is one split: its own name, else train.
+
+    Answering any split with it would make the test set equal the training set.
+    """
+    if split != own:
+        raise DataError(
+            f"{where} holds a single split ({own!r}), not {split!r}; give the test split its own files "
+            f"via data.hf.data_files, or set data.hf.test_split: null to hold out a test set"
+        )
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _data_files_folder(path_or_name: str, files: str | list[str]) -> Path | None:
+    """The folder relative image paths in ``data_files`` rows are under: the data files' own
+    folder (their common folder when they lie in several), not the working directory.
+    None for remote files (URLs)."""
+    base = Path(path_or_name) if Path(path_or_name).is_dir() else None
+    folders = []
+    for name in [files] if isinstance(files, str) else list(files):
+        if "://" in str(name):
+            return None
+        path = Path(name) if base is None or Path(name).is_absolute() else base / name
+        parts = path.parent.parts
+        # A glob ("data/*/train-*.parquet") names its folder up to the first pattern part.
+        literal = next((i for i, part in enumerate(parts) if _GLOB.search(part)), len(parts))
+        folders.append(str(Path(*parts[:literal])) if literal else ".")
+    if not folders:
+        return None
+    return Path(os.path.commonpath(folders)) if len(set(folders)) > 1 else Path(folders[0])
+
+
+def _open_hf_split(
+    path_or_name: str, split: str, data_files: Any, name: str | None = None, revision: str | None = None
+) -> tuple[Any, Path | None]:
+    """The requested split as a ``datasets.Dataset``, and the local folder (if any) image paths are under."""
+    # Imported here: datasets pulls in pyarrow and takes about a second; only this source needs it.
+    import datasets
+
+    path = Path(path_or_name)
+    where = f"Hugging Face dataset {path_or_name!r}" + (f" (revision {revision!r})" if revision else "")
+    hub = {"name": name, "revision": revision}
+    try:
+        if data_files is not None:
+            files = data_files if isinstance(data_files, Mapping) else {split: data_files}
+            if split not in files:
+                raise DataError(f"{where}: data_files has no split {split!r} (has {sorted(files)})")
+            loaded = datasets.load_dataset(path_or_name, data_files=dict(files), split=split, **hub)
+            return loaded, _data_files_folder(path_or_name, files[split])
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{where} (save_to_disk folder) has no split {split!r} (has {sorted(loaded)})")
+                return loaded[split], path
+            own = str(loaded.split) if loaded.split is not None else "train"
+            _check_single_split(own, split, f"{where} (save_to_disk folder)")
+            return loaded, path
+        if path.is_file():
+            builder = _HF_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(
+                    f"{where}: unsupported file type {path.suffix!r}; expected one of {sorted(_HF_BUILDERS)}"
+                )
+            _check_single_split("train", split, f"{where} (single file)")
+            return datasets.load_dataset(builder, data_files={"train": str(path)}, split="train"), path.parent
+        # A local folder of data files (a hub snapshot: data/train-*.parquet, ...) or a hub name.
+        return datasets.load_dataset(path_or_name, split=split, **hub), path if path.is_dir() else None
+    except RuntimeError as exc:
+        if "scripts are no longer supported" not in str(exc):
+            raise
+        # datasets>=4 refuses loading scripts (HuggingFaceM4/VQAv2 is one): say how to get parquet instead.
+        raise DataError(
+            f"cannot load {where}, split {split!r}: it is a dataset loading script, which datasets>=4 no longer "
+            f"runs ({exc}). Point data.hf.path at a parquet copy instead: the Hub's parquet export "
+            f"(data.hf.revision: refs/convert/parquet, where the Hub made one), a parquet mirror of the "
+            f"dataset, parquet files via data.hf.data_files, or a save_to_disk folder"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load {where}, split {split!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _hf_image(value: object, base: Path | None, field_name: str = "image") -> Image.Image | None:
+    """Decode an undecoded ``datasets.Image`` value ({"bytes", "path"}), a path string, or None."""
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, Mapping) and value.get("bytes"):
+        return decode_image(io.BytesIO(value["bytes"]), f"embedded image ({value.get('path') or 'no path'})")
+    reference = value.get("path") if isinstance(value, Mapping) else value
+    if isinstance(reference, str) and reference:
+        path = Path(reference) if base is None else base / reference
+        return decode_image(path, f"image file {path}")
+    raise RowProblem(f"field {field_name!r}: expected an image, a path or null, got {value!r}")
+
+
+def _hf_images(record: Mapping, base: Path | None, allow_missing_images: bool) -> dict:
+    """``image`` (and ``images`` from an ``images`` list column) of one HF row."""
+    many = record.get("images")
+    if many is not None:
+        if isinstance(many, Mapping):  # a Sequence of dicts comes back as a dict of lists
+            many = [dict(zip(many, values)) for values in zip(*many.values())]
+        if not isinstance(many, list):
+            raise RowProblem(f"field 'images': expected a list of images, got {type(many).__name__}")
+        images = [_hf_image(value, base, f"images[{k}]") for k, value in enumerate(many)]
+        if any(image is None for image in images):
+            raise RowProblem(f"field 'images': item {images.index(None)} is null, expected an image")
+        if images:
+            return {"image": images[0], "images": images}
+    image = _hf_image(record.get("image"), base)
+    if image is None and not allow_missing_images:
+        # VQAv2-style data always has an image; a null one is more likely a broken export than a
+        # deliberate text-only sample, so it is only accepted when the config says so.
+        raise RowProblem(
+            "field 'image' is null (no image); set data.hf.allow_missing_images: true if text-only rows are expected"
+        )
+    return {"image": image}
+
+
+def _hf_sample(record: Mapping, base: Path | None, metadata: dict, allow_missing_images: bool) -> dict:
+    answers = answer_list(record.get("answers"))
+    row = {
+        **_hf_images(record, base, allow_missing_images),
+        "question": text_field(record, "question"),
+        "answers": answers,
+        "multiple_choice_answer": (
+            text_field(record, "multiple_choice_answer")
+            if record.get("multiple_choice_answer") is not None
+            else most_common_answer(answers)
+        ),
+        **optional_fields(record),
+    }
+    extra = {k: v for k, v in record.items() if k not in SCHEMA_COLUMNS and isinstance(v, (str, int, float, bool))}
+    row["metadata"] = {**metadata, **extra}
+    return row
+
+
+def _undecoded(dataset: Any) -> Any:
+    """``dataset`` with its image columns left undecoded, so that one broken image names its
+    row instead of failing the whole batch."""
+    import datasets
+
+    image = dataset.features.get("image")
+    if isinstance(image, datasets.Image):
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    images = dataset.features.get("images")
+    if isinstance(images, datasets.List) and isinstance(images.feature, datasets.Image):
+        dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False), length=images.length))
+    return dataset
+
+
+def load_hf_vqa(
+    path_or_name: str,
+    split: str = "train",
+    max_samples: int | None = None,
+    seed: int = 0,
+    data_files: str | list[str] | Mapping[str, str | list[str]] | None = None,
+    on_error: OnError = "raise",
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    allow_missing_images: bool = False,
+) -> LoadResult:
+    """Load one split of a VQAv2-schema Hugging Face dataset (e.g. a parquet copy of VQAv2).
+
+    Goyal et al. (2017), "Making the V in VQA Matter", CVPR: the VQAv2 columns ``image``,
+    ``question``, ``answers`` (list of {"answer", ...} dicts or of str),
+    ``multiple_choice_answer`` (derived as the most frequent answer when absent),
+    ``answer_type``, ``question_id``; other scalar columns go into ``metadata``. An
+    ``images`` column (a list of images) gives multi-image rows (``image`` = its first).
+    A null image is a broken row unless ``allow_missing_images`` (then: text-only).
+
+    ``path_or_name`` is, in this order: with ``data_files``, the ``datasets.load_dataset``
+    path (a builder such as "parquet", or a folder the files are relative to; relative image
+    paths in the rows are under the data files' folder); a ``save_to_disk`` folder (a
+    DatasetDict, or one Dataset = one split); a single parquet/json/csv file (one split:
+    "train"); a local folder of data files; else a hub name (with ``name`` and ``revision``,
+    e.g. "refs/convert/parquet"). ``max_samples`` rows are drawn with ``seed`` before any
+    image is decoded.
+
+    Raises:
+        DataError: if the dataset or split cannot be loaded (a loading-script dataset says how
+            to load a parquet copy instead), a required column is missing, or (with
+            on_error="raise") a row is broken; "row N (1-based)" counts the split's rows
+            before subsampling.
+    """
+    check_on_error(on_error)
+    dataset, base = _open_hf_split(path_or_name, split, data_files, name, revision)
+    source = f"Hugging Face dataset {path_or_name!r} split {split!r}"
+    columns = dataset.column_names
+    missing = [c for c in ("question", "answers") if c not in columns]
+    if "image" not in columns and "images" not in columns:
+        missing.insert(0, "image (or images)")
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing} (has {columns})")
+    indices = subsample_indices(len(dataset), max_samples, seed)
+    dataset = _undecoded(dataset.select(indices))
+    meta = {"source": str(path_or_name), "split": split}
+    return collect_rows(
+        source,
+        "row",
+        ((i + 1, record) for i, record in zip(indices, dataset)),
+        lambda record, number: [_hf_sample(record, base, {**meta, "row": number}, allow_missing_images)],
+        on_error,
+    )
+
+
+def load(config: HFSourceConfig, seed: int) -> LoadedSamples:
+    """``config.split`` (train) and ``config.test_split`` (global test; None = hold out), each capped."""
+    hub = {"name": config.name, "revision": config.revision, "allow_missing_images": config.allow_missing_images}
+    path, files, on_error = str(config.path), config.data_files, config.on_error
+    train = load_hf_vqa(path, config.split, config.max_samples, seed, files, on_error, **hub)
+    test = (
+        load_hf_vqa(path, config.test_split, config.max_test_samples, seed, files, on_error, **hub)
+        if config.test_split is not None
+        else None
+    )
+    return LoadedSamples.from_results(train, test)
+
+
+SPEC = SourceSpec("hf", HFSourceConfig, load, required="path")
