@@ -36,20 +36,39 @@ NEEDS_CLIENT_EVAL = {"quality_weighted"}  # aggregates with the clients' local v
 def parse_args(available: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8, help="federation.rounds (quickstart: 12)")
-    parser.add_argument("--strategies", nargs="+", default=available, metavar="NAME",
-                        help=f"strategies to run (default: all registered: {' '.join(available)})")
-    parser.add_argument("--alphas", nargs="+", type=float, default=[0.1, 1.0],
-                        help="Dirichlet alphas (data.partition.alpha; 0 = IID)")
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        default=available,
+        metavar="NAME",
+        help=f"strategies to run (default: all registered: {' '.join(available)})",
+    )
+    parser.add_argument(
+        "--alphas", nargs="+", type=float, default=[0.1, 1.0], help="Dirichlet alphas (data.partition.alpha; 0 = IID)"
+    )
     parser.add_argument("--target", type=float, default=0.45, help="global VQA accuracy to reach")
     parser.add_argument("--test-samples", type=int, default=200, help="data.synthetic.test_samples (quickstart: 400)")
     parser.add_argument("--config", default=str(QUICKSTART), help="base config (default: the quickstart)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every run (repeatable)")
-    parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
-                        help="hyperparameter for one strategy's runs, e.g. fedavgm.momentum=0.5 (repeatable)")
-    parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
-                        help="run each strategy once per value of its param KEY (one table row each), "
-                             "e.g. eta=0.01,0.1")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (repeatable)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="STRATEGY.KEY=VALUE",
+        help="hyperparameter for one strategy's runs, e.g. fedavgm.momentum=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="KEY=V1,V2,...",
+        help="run each strategy once per value of its param KEY (one table row each), e.g. eta=0.01,0.1",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
     args = parser.parse_args()
     unknown = [s for s in args.strategies if s not in available]
@@ -99,10 +118,10 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    from fedumm.validation import load_run_config
     from fedumm.engines.simulation import simulate
     from fedumm.federation import ModelHost
     from fedumm.strategies import validate_params
+    from fedumm.validation import load_run_config
 
     common = [
         f"federation.rounds={args.rounds}",
@@ -113,15 +132,22 @@ def run_all(args: argparse.Namespace) -> None:
     ]
     base = load_run_config(args.config, common)
     print(f"base config: {args.config}")
-    print(f"changed for the bench: {', '.join(common)}; eval.clients=false except for "
-          f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha")
+    print(
+        f"changed for the bench: {', '.join(common)}; eval.clients=false except for "
+        f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha"
+    )
     model_name = base.model.name_or_path or f"({base.model.backend} built-in tiny)"
-    print(f"task: {base.federation.num_clients} clients, {base.data.synthetic.train_samples} train / "
-          f"{base.data.synthetic.test_samples} test questions, {base.train.optimizer} lr {base.train.lr}, batch {base.train.batch_size}, "
-          f"{base.train.local_epochs} local epoch(s), model {model_name} "
-          f"on {base.model.device}")
+    print(
+        f"task: {base.federation.num_clients} clients, {base.data.synthetic.train_samples} train / "
+        f"{base.data.synthetic.test_samples} test questions, {base.train.optimizer} lr {base.train.lr}, "
+        f"batch {base.train.batch_size}, "
+        f"{base.train.local_epochs} local epoch(s), model {model_name} "
+        f"on {base.model.device}"
+    )
     for label, name, extra in args.runs:  # resolved params; a bad --param fails here, before any run
-        strategy = load_run_config(args.config, common + [f"federation.strategy.name={name}", *extra]).federation.strategy
+        strategy = load_run_config(
+            args.config, common + [f"federation.strategy.name={name}", *extra]
+        ).federation.strategy
         params = validate_params(name, strategy.params()).model_dump()
         print(f"  {label}: {', '.join(f'{k}={v}' for k, v in params.items()) or '(no params)'}")
 
@@ -133,13 +159,17 @@ def run_all(args: argparse.Namespace) -> None:
     try:
         for alpha in args.alphas:
             for run_index, (label, name, extra) in enumerate(args.runs):
-                overrides = common + extra + [
-                    f"federation.strategy.name={name}",
-                    f"data.partition.alpha={alpha}",
-                    f"eval.clients={'true' if name in NEEDS_CLIENT_EVAL else 'false'}",
-                    f"output.dir={out}",
-                    f"output.name={name}-{run_index}-alpha{alpha}",
-                ]
+                overrides = (
+                    common
+                    + extra
+                    + [
+                        f"federation.strategy.name={name}",
+                        f"data.partition.alpha={alpha}",
+                        f"eval.clients={'true' if name in NEEDS_CLIENT_EVAL else 'false'}",
+                        f"output.dir={out}",
+                        f"output.name={name}-{run_index}-alpha{alpha}",
+                    ]
+                )
                 t0 = time.perf_counter()
                 try:
                     result = simulate(load_run_config(args.config, overrides), host=host)
@@ -150,18 +180,24 @@ def run_all(args: argparse.Namespace) -> None:
                 accs = [r["global"]["vqa_accuracy"] for r in result.federated.records]
                 seconds = time.perf_counter() - t0
                 rows.append((label, alpha, accs, None, seconds))
-                print(f"  {label} alpha={alpha}: " + " ".join(f"{a:.3f}" for a in accs) + f"  ({seconds:.0f}s)",
-                      flush=True)
+                print(
+                    f"  {label} alpha={alpha}: " + " ".join(f"{a:.3f}" for a in accs) + f"  ({seconds:.0f}s)",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
 
     print()
-    print(f"global VQA accuracy after {args.rounds} rounds (round 0 = untrained adapter); "
-          f"target {args.target:.2f}; total {(time.perf_counter() - started) / 60:.1f} min")
+    print(
+        f"global VQA accuracy after {args.rounds} rounds (round 0 = untrained adapter); "
+        f"target {args.target:.2f}; total {(time.perf_counter() - started) / 60:.1f} min"
+    )
     to_target = f"rounds to {args.target:.2f}"
     width = max([17, *(len(label) for label, _, _ in args.runs)])
-    header = f"{'strategy':<{width}} {'alpha':>5}  {'final':>6}  {'best':>6} {'(round)':>7}  {to_target:>15}  {'seconds':>7}"
+    header = (
+        f"{'strategy':<{width}} {'alpha':>5}  {'final':>6}  {'best':>6} {'(round)':>7}  {to_target:>15}  {'seconds':>7}"
+    )
     print(header)
     print("-" * len(header))
     for name, alpha, accs, error, seconds in rows:
@@ -171,8 +207,10 @@ def run_all(args: argparse.Namespace) -> None:
         best_round = max(range(len(accs)), key=lambda r: (accs[r], -r))
         final = accs[-1]
         final_s = f"{final:.3f}" if math.isfinite(final) else "nan"
-        print(f"{name:<{width}} {alpha:>5}  {final_s:>6}  {accs[best_round]:>6.3f} {f'({best_round})':>7}  "
-              f"{rounds_to_target(accs, args.target):>15}  {seconds:>7.0f}")
+        print(
+            f"{name:<{width}} {alpha:>5}  {final_s:>6}  {accs[best_round]:>6.3f} {f'({best_round})':>7}  "
+            f"{rounds_to_target(accs, args.target):>15}  {seconds:>7.0f}"
+        )
 
 
 if __name__ == "__main__":

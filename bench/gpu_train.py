@@ -117,9 +117,9 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
     import torch
 
     from fedumm.adapters import count_parameters
-    from fedumm.validation import load_run_config
     from fedumm.data.synthetic import make_synthetic_vqa
     from fedumm.federation import ModelHost
+    from fedumm.validation import load_run_config
 
     spec = SPECS[name]
     cuda = args.device.startswith("cuda")
@@ -142,8 +142,7 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
     host = ModelHost(config)
     trainable, total = count_parameters(host.model)
     loaded_bytes = torch.cuda.max_memory_allocated() if cuda else 0
-    samples = make_synthetic_vqa(args.batch_size * (args.steps + args.warmup), seed=0,
-                                 image_size=args.image_size)
+    samples = make_synthetic_vqa(args.batch_size * (args.steps + args.warmup), seed=0, image_size=args.image_size)
 
     def run(steps: int) -> float:
         train = config.train.model_copy(update={"local_steps": steps})
@@ -169,7 +168,7 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "weights_gpu_mib": loaded_bytes / 2**20 if cuda else None,
     }
-    del host
+    host = None  # frees the model (run() closes over the name) before the next one loads
     return result
 
 
@@ -183,8 +182,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="synthetic image side (the processor resizes)")
     parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="2-layer towers in fp32 on the CPU: checks the script, not a measurement")
+    parser.add_argument(
+        "--smoke", action="store_true", help="2-layer towers in fp32 on the CPU: checks the script, not a measurement"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
@@ -197,30 +197,37 @@ def main() -> None:
         args.batch_size, args.steps, args.warmup = min(args.batch_size, 2), min(args.steps, 2), 1
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device {gpu}; torch {torch.__version__}; batch {args.batch_size}, {args.warmup} warm-up + "
-          f"{args.steps} timed steps, LoRA r={args.rank}{'; SMOKE (2-layer, fp32)' if args.smoke else ', bf16'}")
+    print(
+        f"device {gpu}; torch {torch.__version__}; batch {args.batch_size}, {args.warmup} warm-up + "
+        f"{args.steps} timed steps, LoRA r={args.rank}{'; SMOKE (2-layer, fp32)' if args.smoke else ', bf16'}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedumm-gpu-bench-") as tmp:
         for name in args.models:
             path = Path(tmp) / name
             t0 = time.perf_counter()
             count = save_checkpoint(name, path, args.smoke, args.device)
-            print(f"{name}: {count / 1e6:.0f}M parameters, built and saved in {time.perf_counter() - t0:.0f}s",
-                  flush=True)
+            print(
+                f"{name}: {count / 1e6:.0f}M parameters, built and saved in {time.perf_counter() - t0:.0f}s", flush=True
+            )
             for checkpointing in settings:
                 row = measure(name, path, args, checkpointing)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    header = (f"{'model':<14} {'params':>7} {'trainable':>10} {'grad ckpt':>9} {'batch':>5} "
-              f"{'s/step':>7} {'samples/s':>9} {'peak GPU MiB':>12}")
+    header = (
+        f"{'model':<14} {'params':>7} {'trainable':>10} {'grad ckpt':>9} {'batch':>5} "
+        f"{'s/step':>7} {'samples/s':>9} {'peak GPU MiB':>12}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         peak = f"{r['peak_gpu_mib']:.0f}" if r["peak_gpu_mib"] is not None else "-"
-        print(f"{r['model']:<14} {r['parameters'] / 1e6:>6.0f}M {r['trainable']:>10,} "
-              f"{'on' if r['gradient_checkpointing'] else 'off':>9} {r['batch_size']:>5} "
-              f"{r['seconds_per_step']:>7.3f} {r['samples_per_s']:>9.1f} {peak:>12}")
+        print(
+            f"{r['model']:<14} {r['parameters'] / 1e6:>6.0f}M {r['trainable']:>10,} "
+            f"{'on' if r['gradient_checkpointing'] else 'off':>9} {r['batch_size']:>5} "
+            f"{r['seconds_per_step']:>7.3f} {r['samples_per_s']:>9.1f} {peak:>12}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -119,8 +119,11 @@ def test_peft_errors_on_matching_targets_are_passed_through(model_config):
 
     backend = get_backend("hf_vlm")(model_config)
     # The regex matches a module (the final norm), but LoRA cannot wrap an RMSNorm.
-    with pytest.raises(ConfigError, match=r"adapter.target_modules: peft cannot add LoRA on '.*norm': "
-                                          r"Target module .*RMSNorm.* is not supported") as info:
+    with pytest.raises(
+        ConfigError,
+        match=r"adapter.target_modules: peft cannot add LoRA on '.*norm': "
+        r"Target module .*RMSNorm.* is not supported",
+    ) as info:
         apply_lora(backend.load(), AdapterConfig(), r".*language_model\.norm")
     assert isinstance(info.value.__cause__, ValueError)
 
@@ -137,8 +140,10 @@ def test_no_lora_targets_wrap_only_the_modules_to_save(model_config, tmp_path):
     assert set(state) == {"model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_1.bias"}
     set_adapter_state(model, {k: torch.full_like(v, 0.5) for k, v in state.items()})
     model.save_pretrained(str(tmp_path / "adapter"))
-    loaded = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_config.name_or_path),
-                                       str(tmp_path / "adapter"))
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(model_config.name_or_path), str(tmp_path / "adapter")
+    )
     weight = dict(loaded.named_parameters())[
-        "base_model.model.model.multi_modal_projector.linear_1.modules_to_save.default.weight"]
+        "base_model.model.model.multi_modal_projector.linear_1.modules_to_save.default.weight"
+    ]
     assert torch.equal(weight, torch.full_like(weight, 0.5))

@@ -7,7 +7,6 @@ import pytest
 
 from fedumm.cli import main
 
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -50,8 +49,19 @@ def test_config_command_prints_resolved_yaml(capsys):
 def test_partition_command_shows_and_saves_the_split_without_training(tmp_path, capsys):
     import json
 
-    code = main(["partition", "--set", "data.synthetic.train_samples=120", "--set", "data.partition.alpha=0",
-                 "--set", "federation.num_clients=3", "--out", str(tmp_path)])
+    code = main(
+        [
+            "partition",
+            "--set",
+            "data.synthetic.train_samples=120",
+            "--set",
+            "data.partition.alpha=0",
+            "--set",
+            "federation.num_clients=3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     saved = json.loads((tmp_path / "partition.json").read_text())
@@ -64,21 +74,35 @@ def test_resume_uses_the_run_folders_config_and_fails_early(tmp_path, capsys):
     import torch
 
     from fedumm.config import save_config
-    from fedumm.validation import load_run_config
     from fedumm.runlog import RunFolder
+    from fedumm.validation import load_run_config
 
     # Prepare: a finished 1-round run folder (config + checkpoint; no model needed to refuse it).
     run_dir = tmp_path / "runs" / "done"
     run_dir.mkdir(parents=True)
-    save_config(load_run_config(None, ["federation.rounds=1", f"output.dir={tmp_path / 'runs'}", "output.name=done"]),
-                run_dir / "config.yaml")
+    save_config(
+        load_run_config(None, ["federation.rounds=1", f"output.dir={tmp_path / 'runs'}", "output.name=done"]),
+        run_dir / "config.yaml",
+    )
     (run_dir / "metrics.jsonl").write_text("")
     RunFolder(run_dir).save_checkpoint(1, {"w": torch.zeros(1)}, {}, strategy="fedavg", num_clients=4)
     # Execute / Assert: its own config is used (rounds = 1), so nothing is left to run.
     assert main(["run", "--resume", str(run_dir)]) == 2
     assert "is at round 1 and federation.rounds is 1: nothing left to run" in capsys.readouterr().err
-    assert main(["run", "--resume", str(run_dir), "--set", "federation.strategy.name=fedadam",
-                 "--set", "federation.rounds=3"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--resume",
+                str(run_dir),
+                "--set",
+                "federation.strategy.name=fedadam",
+                "--set",
+                "federation.rounds=3",
+            ]
+        )
+        == 2
+    )
     assert "written by strategy 'fedavg', but federation.strategy.name is 'fedadam'" in capsys.readouterr().err
     assert main(["run", "configs/quickstart.yaml", "--resume", str(run_dir)]) == 2
     assert "give no config file" in capsys.readouterr().err
@@ -99,10 +123,25 @@ def test_partition_command_writes_the_skipped_rows_messages(tmp_path, capsys):
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "split"
     # Execute
-    code = main(["partition", "--set", "data.source=table", "--set", f"data.table.path={table}",
-                 "--set", "data.table.on_error=skip", "--set", "federation.num_clients=2",
-                 "--set", "data.partition.method=iid", "--set", "data.partition.min_samples=1",
-                 "--out", str(out)])
+    code = main(
+        [
+            "partition",
+            "--set",
+            "data.source=table",
+            "--set",
+            f"data.table.path={table}",
+            "--set",
+            "data.table.on_error=skip",
+            "--set",
+            "federation.num_clients=2",
+            "--set",
+            "data.partition.method=iid",
+            "--set",
+            "data.partition.min_samples=1",
+            "--out",
+            str(out),
+        ]
+    )
     # Assert
     printed = capsys.readouterr().out
     assert code == 0 and "1 rows skipped" in printed

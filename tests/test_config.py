@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from fedumm.config import RunConfig, apply_overrides, save_config
-from fedumm.validation import load_run_config
 from fedumm.errors import ConfigError
+from fedumm.validation import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,8 +21,16 @@ def test_quickstart_yaml_equals_builtin_defaults():
 
 
 def test_overrides_parse_yaml_types():
-    config = load_run_config(None, ["federation.rounds=3", "train.lr=1e-4", "eval.clients=false",
-                                "adapter.target_modules=.*q_proj", "train.local_steps=null"])
+    config = load_run_config(
+        None,
+        [
+            "federation.rounds=3",
+            "train.lr=1e-4",
+            "eval.clients=false",
+            "adapter.target_modules=.*q_proj",
+            "train.local_steps=null",
+        ],
+    )
     assert config.federation.rounds == 3
     assert config.train.lr == pytest.approx(1e-4)
     assert config.eval.clients is False
@@ -55,8 +63,12 @@ def test_bad_values_fail_naming_the_key(overrides, expected_fragments):
 
 @pytest.mark.parametrize(
     ("override", "fragment"),
-    [("federation", "expected key.sub=value"), ("=3", "expected key.sub=value"),
-     ("train.lr=[1,", "not valid YAML"), ("train.lr.x=1", "train.lr is a value")],
+    [
+        ("federation", "expected key.sub=value"),
+        ("=3", "expected key.sub=value"),
+        ("train.lr=[1,", "not valid YAML"),
+        ("train.lr.x=1", "train.lr is a value"),
+    ],
 )
 def test_malformed_overrides(override, fragment):
     data = {"train": {"lr": 0.1}}
@@ -89,9 +101,15 @@ def test_saved_config_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["federation.strategy.name=fedprox", "federation.strategy.mu=-1"], "federation.strategy.mu: Input should be greater than or equal to 0"),
+        (
+            ["federation.strategy.name=fedprox", "federation.strategy.mu=-1"],
+            "federation.strategy.mu: Input should be greater than or equal to 0",
+        ),
         (["federation.strategy.mu=1"], "federation.strategy.mu: unknown key for this strategy"),
-        (["federation.strategy.name=fedsgd"], "federation.strategy.name: unknown strategy 'fedsgd'; available: .*fedavg"),
+        (
+            ["federation.strategy.name=fedsgd"],
+            "federation.strategy.name: unknown strategy 'fedsgd'; available: .*fedavg",
+        ),
     ],
 )
 def test_strategy_params_are_validated_per_strategy(overrides, fragment):
@@ -109,12 +127,21 @@ def test_strategy_params_survive_the_saved_config(tmp_path):
     ("overrides", "fragment"),
     [
         # n = ceil(0.5 * 4) = 2 clients a round: Krum's smallest f = 0 still needs n > 2.
-        (["federation.fraction_fit=0.5"], r"federation.strategy.f: Krum with f = 0 needs more than 2f \+ 2 = 2 "
-                                          r"clients per round, got 2;.*fraction_fit = 0.5"),
-        (["federation.strategy.f=1"], r"federation.strategy.f: Krum with f = 1 needs more than 2f \+ 2 = 4 "
-                                      r"clients per round, got 4"),
-        (["federation.strategy.f=0", "federation.strategy.m=5"], r"federation.strategy.m: multi-Krum selects m = 5 of "
-                                                                 r"n - f = 4"),
+        (
+            ["federation.fraction_fit=0.5"],
+            r"federation.strategy.f: Krum with f = 0 needs more than 2f \+ 2 = 2 "
+            r"clients per round, got 2;.*fraction_fit = 0.5",
+        ),
+        (
+            ["federation.strategy.f=1"],
+            r"federation.strategy.f: Krum with f = 1 needs more than 2f \+ 2 = 4 "
+            r"clients per round, got 4",
+        ),
+        (
+            ["federation.strategy.f=0", "federation.strategy.m=5"],
+            r"federation.strategy.m: multi-Krum selects m = 5 of "
+            r"n - f = 4",
+        ),
     ],
 )
 def test_krum_round_size_is_checked_before_anything_loads(overrides, fragment):
@@ -123,8 +150,15 @@ def test_krum_round_size_is_checked_before_anything_loads(overrides, fragment):
 
 
 def test_krum_config_that_fits_the_round_size_loads():
-    config = load_run_config(None, ["federation.strategy.name=krum", "federation.num_clients=10",
-                                "federation.fraction_fit=0.5", "federation.strategy.f=1"])
+    config = load_run_config(
+        None,
+        [
+            "federation.strategy.name=krum",
+            "federation.num_clients=10",
+            "federation.fraction_fit=0.5",
+            "federation.strategy.f=1",
+        ],
+    )
     assert config.federation.clients_per_round() == 5  # 5 > 2 * 1 + 2
 
 

@@ -1,6 +1,5 @@
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,13 +7,13 @@ import torch
 from fedumm import codec
 from fedumm.adapters import canonical_key
 from fedumm.config import FinetuneConfig
-from fedumm.validation import load_run_config
 from fedumm.data.federated import ClientData
 from fedumm.data.synthetic import make_synthetic_vqa
 from fedumm.errors import ConfigError
 from fedumm.federation import ClientRuntime, ModelHost, Server
 from fedumm.finetune import plan_for_round, units_over_run
 from fedumm.strategies import FedAvg
+from fedumm.validation import load_run_config
 
 
 @pytest.mark.parametrize(
@@ -45,7 +44,10 @@ def test_custom_modes_and_units_over_run():
     [
         (["finetune.groups={lora: share}"], "only used with finetune.strategy=custom"),
         (["finetune.strategy=custom", "finetune.groups={lora: frozen}"], "at least one unit not frozen"),
-        (["finetune.strategy=custom", "finetune.groups={lora: share, language: local}"], "either lora or the full language"),
+        (
+            ["finetune.strategy=custom", "finetune.groups={lora: share, language: local}"],
+            "either lora or the full language",
+        ),
         (["finetune.strategy=two_stage", "finetune.two_stage_rounds=12"], "must be below federation.rounds"),
         (["finetune.strategy=custom", "finetune.groups={audio: share}"], "finetune.groups.audio"),
     ],
@@ -56,9 +58,18 @@ def test_bad_finetune_configs(overrides, fragment):
 
 
 def _setup(tiny_llava_path, tmp_path, *overrides):
-    config = load_run_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
-                                "federation.rounds=3", "train.local_steps=2", "train.batch_size=4",
-                                "eval.clients=false", *overrides])
+    config = load_run_config(
+        None,
+        [
+            f"model.name_or_path={tiny_llava_path}",
+            "model.device=cpu",
+            "federation.rounds=3",
+            "train.local_steps=2",
+            "train.batch_size=4",
+            "eval.clients=false",
+            *overrides,
+        ],
+    )
     host = ModelHost(config)
     client = ClientRuntime(ClientData(0, make_synthetic_vqa(8, seed=9), []), host, config)
     server = Server(FedAvg(), host.initial_state, config.federation, config.seed)
@@ -96,8 +107,9 @@ def test_each_preset_trains_and_sends_exactly_its_units(tiny_llava_path, tmp_pat
 
 
 def test_two_stage_switches_from_connector_to_lora(tiny_llava_path, tmp_path):
-    _, host, client, server = _setup(tiny_llava_path, tmp_path, "finetune.strategy=two_stage",
-                                     "finetune.two_stage_rounds=1")
+    _, host, client, server = _setup(
+        tiny_llava_path, tmp_path, "finetune.strategy=two_stage", "finetune.two_stage_rounds=1"
+    )
     # The server holds both units from the start; round 1 sends back the connector only.
     assert set(server.global_state) == set(host.parameters_of(["lora", "connector"]))
     reply1 = client.fit(server.broadcast(1), 1)
@@ -112,8 +124,9 @@ def test_two_stage_switches_from_connector_to_lora(tiny_llava_path, tmp_path):
 
 
 def test_local_units_stay_on_the_client_and_persist(tiny_llava_path, tmp_path):
-    _, host, client, server = _setup(tiny_llava_path, tmp_path, "finetune.strategy=custom",
-                                     "finetune.groups={lora: share, connector: local}")
+    _, host, client, server = _setup(
+        tiny_llava_path, tmp_path, "finetune.strategy=custom", "finetune.groups={lora: share, connector: local}"
+    )
     connector_keys = set(host.parameters_of(["connector"]))
     reply = client.fit(server.broadcast(1), 1)
     assert connector_keys.isdisjoint(codec.decode_message(reply.payload)["state"])
@@ -132,8 +145,9 @@ def test_backend_without_the_group_is_a_config_error(tiny_llava_path, monkeypatc
     from fedumm.models.hf_vlm import HFVisionLanguageBackend
 
     monkeypatch.setattr(HFVisionLanguageBackend, "module_groups", {"language": r".*language_model\..*"})
-    config = load_run_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
-                                "finetune.strategy=connector"])
+    config = load_run_config(
+        None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu", "finetune.strategy=connector"]
+    )
     with pytest.raises(ConfigError, match="has no 'connector' module group"):
         ModelHost(config)
 
@@ -146,20 +160,31 @@ from fedumm.types import LocalHooks  # noqa: E402
 
 #: tiny model -> backend; every family with a vision-language connector (BLIP has none).
 CONNECTOR_FAMILIES = {
-    "tiny-llava": "hf_vlm", "tiny-llava-next": "hf_vlm", "tiny-qwen2-vl": "hf_vlm",
-    "tiny-qwen2.5-vl": "hf_vlm", "tiny-idefics3": "hf_vlm", "tiny-smolvlm": "hf_vlm",
-    "tiny-paligemma": "hf_vlm", "tiny-janus": "janus",
+    "tiny-llava": "hf_vlm",
+    "tiny-llava-next": "hf_vlm",
+    "tiny-qwen2-vl": "hf_vlm",
+    "tiny-qwen2.5-vl": "hf_vlm",
+    "tiny-idefics3": "hf_vlm",
+    "tiny-smolvlm": "hf_vlm",
+    "tiny-paligemma": "hf_vlm",
+    "tiny-janus": "janus",
 }
 #: strategy -> (overrides, per round: (units sent, units trained and kept on the client))
 STRATEGY_ROUNDS = {
     "lora": (["finetune.strategy=lora"], [(["lora"], []), (["lora"], [])]),
     "connector": (["finetune.strategy=connector"], [(["connector"], []), (["connector"], [])]),
-    "lora+connector": (["finetune.strategy=lora+connector"],
-                       [(["lora", "connector"], []), (["lora", "connector"], [])]),
-    "two_stage": (["finetune.strategy=two_stage", "finetune.two_stage_rounds=1"],
-                  [(["connector"], []), (["lora"], [])]),
-    "custom_local": (["finetune.strategy=custom", "finetune.groups={lora: share, connector: local}"],
-                     [(["lora"], ["connector"]), (["lora"], ["connector"])]),
+    "lora+connector": (
+        ["finetune.strategy=lora+connector"],
+        [(["lora", "connector"], []), (["lora", "connector"], [])],
+    ),
+    "two_stage": (
+        ["finetune.strategy=two_stage", "finetune.two_stage_rounds=1"],
+        [(["connector"], []), (["lora"], [])],
+    ),
+    "custom_local": (
+        ["finetune.strategy=custom", "finetune.groups={lora: share, connector: local}"],
+        [(["lora"], ["connector"]), (["lora"], ["connector"])],
+    ),
 }
 
 
@@ -201,11 +226,19 @@ def _expected_keys(host, units):
 @pytest.mark.parametrize("tiny", list(CONNECTOR_FAMILIES))
 def test_strategy_sends_and_changes_exactly_its_units_on_every_family(tiny, strategy):
     overrides, rounds = STRATEGY_ROUNDS[strategy]
-    config = load_run_config(None, [
-        f"model.backend={CONNECTOR_FAMILIES[tiny]}", f"model.name_or_path={resolve_model_path(tiny)}",
-        "model.device=cpu", "federation.rounds=2", "train.local_steps=1", "train.batch_size=4",
-        "eval.clients=false", *overrides,
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"model.backend={CONNECTOR_FAMILIES[tiny]}",
+            f"model.name_or_path={resolve_model_path(tiny)}",
+            "model.device=cpu",
+            "federation.rounds=2",
+            "train.local_steps=1",
+            "train.batch_size=4",
+            "eval.clients=false",
+            *overrides,
+        ],
+    )
     host = ModelHost(config)
     algorithm = _StartOfTraining()
     client = ClientRuntime(ClientData(0, make_synthetic_vqa(4, seed=9), []), host, config, algorithm)
@@ -234,12 +267,15 @@ def test_strategy_sends_and_changes_exactly_its_units_on_every_family(tiny, stra
 
 
 def test_full_language_model_fine_tuning_trains_and_sends_only_language(tiny_llava_path, tmp_path):
-    _, host, client, server = _setup(tiny_llava_path, tmp_path, "finetune.strategy=custom",
-                                     "finetune.groups={language: share}")
+    _, host, client, server = _setup(
+        tiny_llava_path, tmp_path, "finetune.strategy=custom", "finetune.groups={language: share}"
+    )
     assert not any(".lora_" in n for n, _ in host.model.named_parameters())  # no LoRA layer at all
-    language = {n for n, _ in host.model.get_base_model().named_parameters()
-                if re.fullmatch(r"(.*\.)?(language_model|lm_head)\..*", canonical_key(n))
-                and ".original_module." not in n}
+    language = {
+        n
+        for n, _ in host.model.get_base_model().named_parameters()
+        if re.fullmatch(r"(.*\.)?(language_model|lm_head)\..*", canonical_key(n)) and ".original_module." not in n
+    }
     expected = {canonical_key(n) for n in language}
     # 2 layers x 9 tensors, embeddings, final norm, lm_head
     assert len(expected) == 21 and set(host.initial_state) == expected
@@ -255,18 +291,29 @@ def test_full_language_model_fine_tuning_trains_and_sends_only_language(tiny_lla
     from transformers import AutoModelForImageTextToText
 
     host.save_pretrained(str(tmp_path / "adapter"))
-    loaded = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_llava_path),
-                                       str(tmp_path / "adapter"))
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(tmp_path / "adapter")
+    )
     params = {canonical_key(n): p for n, p in loaded.named_parameters() if ".original_module." not in n}
     trained = host.get_state()
     assert all(torch.equal(params[k], trained[k]) for k in expected)
 
 
 def test_lora_inside_a_fully_trained_group_is_a_config_error(tiny_llava_path):
-    config = load_run_config(None, [f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
-                                "finetune.strategy=custom", "finetune.groups={lora: share, vision: share}",
-                                "adapter.target_modules=.*q_proj"])
-    with pytest.raises(ConfigError, match=r"adapter.target_modules: LoRA target 'model.vision_tower\..*q_proj' lies in the 'vision' group"):
+    config = load_run_config(
+        None,
+        [
+            f"model.name_or_path={tiny_llava_path}",
+            "model.device=cpu",
+            "finetune.strategy=custom",
+            "finetune.groups={lora: share, vision: share}",
+            "adapter.target_modules=.*q_proj",
+        ],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"adapter.target_modules: LoRA target 'model.vision_tower\..*q_proj' lies in the 'vision' group",
+    ):
         ModelHost(config)
 
 
@@ -280,7 +327,9 @@ def test_two_stage_counts_the_parameters_of_both_stages(tiny_llava_path, tmp_pat
     ]
     trainable, total = host.count_parameters()
     assert trainable == connector + lora
-    base = sum(p.numel() for n, p in host.model.named_parameters() if ".modules_to_save." not in n and ".lora_" not in n)
+    base = sum(
+        p.numel() for n, p in host.model.named_parameters() if ".modules_to_save." not in n and ".lora_" not in n
+    )
     assert total == base + lora  # the trained connector copy counted once
 
 
@@ -355,8 +404,14 @@ def test_training_towards_yes_raises_the_yes_score(tiny_llava_path, tmp_path):
     config, host, _, _ = _setup(tiny_llava_path, tmp_path, "eval.task=classification", "train.local_steps=15")
     rows = _yes_no_rows(8, seed=4)
     before = torch.tensor(host.positive_scores(rows, batch_size=8))
-    host.train(_yes_no_rows(8, seed=5, answer="yes"), config.train, seed=0, hooks=None, progress=False,
-               description="prefer yes")
+    host.train(
+        _yes_no_rows(8, seed=5, answer="yes"),
+        config.train,
+        seed=0,
+        hooks=None,
+        progress=False,
+        description="prefer yes",
+    )
     after = torch.tensor(host.positive_scores(rows, batch_size=8))
     assert (after > before).all() and (after > 0.9).all()
 
@@ -372,16 +427,31 @@ def test_classification_run_reports_roc_auc(tmp_path):
     for i in range(40):
         colour = (200, 0, 0) if i % 2 else (0, 0, 200)
         Image.new("RGB", (32, 32), colour).save(tmp_path / "img" / f"{i}.png")
-        lines.append(json.dumps({"image": f"img/{i}.png", "question": "is it red ?", "answer": "yes" if i % 2 else "no"}))
+        lines.append(
+            json.dumps({"image": f"img/{i}.png", "question": "is it red ?", "answer": "yes" if i % 2 else "no"})
+        )
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:32]) + "\n")
     (tmp_path / "test.jsonl").write_text("\n".join(lines[32:]) + "\n")
-    config = load_run_config(None, [
-        "model.device=cpu", "data.source=table", f"data.table.path={tmp_path / 'train.jsonl'}",
-        f"data.table.test_path={tmp_path / 'test.jsonl'}", "federation.num_clients=2", "federation.rounds=1",
-        "data.partition.min_samples=4", "train.local_steps=2", "train.batch_size=4",
-        "eval.task=classification", "eval.positive_label='yes'", "eval.centralized_baseline=false",
-        "output.progress=false", f"output.dir={tmp_path / 'runs'}", "output.name=cls",
-    ])
+    config = load_run_config(
+        None,
+        [
+            "model.device=cpu",
+            "data.source=table",
+            f"data.table.path={tmp_path / 'train.jsonl'}",
+            f"data.table.test_path={tmp_path / 'test.jsonl'}",
+            "federation.num_clients=2",
+            "federation.rounds=1",
+            "data.partition.min_samples=4",
+            "train.local_steps=2",
+            "train.batch_size=4",
+            "eval.task=classification",
+            "eval.positive_label='yes'",
+            "eval.centralized_baseline=false",
+            "output.progress=false",
+            f"output.dir={tmp_path / 'runs'}",
+            "output.name=cls",
+        ],
+    )
     result = simulate(config)
     final = result.federated.records[-1]["global"]
     assert final["task"] == "classification" and final["n"] == 8

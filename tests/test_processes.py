@@ -37,8 +37,12 @@ def _gone_within(pid: int, seconds: float) -> bool:
 
 def _starter(code: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     """A Python process running ``code``, which prints the pid of the child it starts."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": SRC, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC, **(env or {})},
+    )
     child = int(proc.stdout.readline())
     return proc, child
 
@@ -93,12 +97,20 @@ def test_sigterm_interrupts_the_wait_and_the_cleanup_runs():
 
 
 def test_stop_process_tree_ends_descendants_in_their_own_sessions():
-    proc = processes.popen([sys.executable, "-c", textwrap.dedent("""
+    proc = processes.popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import subprocess, sys, time
         inner = subprocess.Popen(["sleep", "60"], start_new_session=True)
         print(inner.pid, flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     inner = int(proc.stdout.readline())
     processes.stop_process_tree(proc, grace=5)
     assert proc.returncode == -signal.SIGTERM
@@ -108,12 +120,15 @@ def test_stop_process_tree_ends_descendants_in_their_own_sessions():
 def test_deployment_processes_end_once_orphaned(tmp_path):
     """The loopback deployment's sitecustomize: a Python process whose parent was killed ends."""
     (tmp_path / "sitecustomize.py").write_text(ORPHAN_WATCH)
-    starter, grandchild = _starter(f"""
+    starter, grandchild = _starter(
+        """
         import subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         print(child.pid, flush=True)
         time.sleep(60)
-    """, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{SRC}"})
+    """,
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{SRC}"},
+    )
     try:
         time.sleep(1.5)  # the grandchild's watch has started
         assert psutil.Process(grandchild).is_running()

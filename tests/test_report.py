@@ -1,19 +1,41 @@
 from fedumm.report import format_summary
 
-BASE = {"name": "t", "num_clients": 2, "rounds": 1, "strategy": "fedavg", "partition_alpha": 0.5,
-        "partition_skew": 0.25, "trainable_parameters": 10, "total_parameters": 1000, "run_dir": "runs/t"}
+BASE = {
+    "name": "t",
+    "num_clients": 2,
+    "rounds": 1,
+    "strategy": "fedavg",
+    "partition_alpha": 0.5,
+    "partition_skew": 0.25,
+    "trainable_parameters": 10,
+    "total_parameters": 1000,
+    "run_dir": "runs/t",
+}
 
 
 def _record(metric, value, local=None):
     client = {"0": {f"local_{metric}": local}} if local is not None else {}
-    return {"phase": "federated", "round": 1, "clients": [0], "global": {metric: value},
-            "client_metrics": client, "seconds": {"round": 2.0}}
+    return {
+        "phase": "federated",
+        "round": 1,
+        "clients": [0],
+        "global": {metric: value},
+        "client_metrics": client,
+        "seconds": {"round": 2.0},
+    }
 
 
 def test_vqa_summary_lines():
-    summary = {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": 0.2,
-               "federated_final_accuracy": 0.55, "federated_initial_accuracy": 0.0,
-               "federated_by_answer_type": {"color": 0.5}, "centralized_final_accuracy": 0.6}
+    summary = {
+        **BASE,
+        "metric": "vqa_accuracy",
+        "majority_answer": "yes",
+        "majority_baseline_accuracy": 0.2,
+        "federated_final_accuracy": 0.55,
+        "federated_initial_accuracy": 0.0,
+        "federated_by_answer_type": {"color": 0.5},
+        "centralized_final_accuracy": 0.6,
+    }
     text = format_summary(summary, [_record("vqa_accuracy", 0.55, local=0.7)])
     assert "majority-answer baseline ('yes'):        20.0%" in text
     assert "federated global vqa_accuracy:           55.0%  (+35.0 pts vs majority, untrained 0.0%)" in text
@@ -23,8 +45,16 @@ def test_vqa_summary_lines():
 
 
 def test_caption_summary_has_no_majority_baseline():
-    summary = {**BASE, "task": "caption", "metric": "cider_d", "majority_answer": "a cat", "majority_baseline_accuracy": None,
-               "federated_final_accuracy": 0.4, "federated_initial_accuracy": 0.1, "federated_by_answer_type": {}}
+    summary = {
+        **BASE,
+        "task": "caption",
+        "metric": "cider_d",
+        "majority_answer": "a cat",
+        "majority_baseline_accuracy": None,
+        "federated_final_accuracy": 0.4,
+        "federated_initial_accuracy": 0.1,
+        "federated_by_answer_type": {},
+    }
     text = format_summary(summary, [_record("cider_d", 0.4)])
     assert "majority" not in text
     # CIDEr-D is not a fraction of 1: plain numbers, not percentages.
@@ -34,17 +64,30 @@ def test_caption_summary_has_no_majority_baseline():
 
 def test_skipped_rows_are_reported_with_their_files():
     # Prepare: 3 rows skipped in two files.
-    summary = {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": 0.2,
-               "skipped_rows": 3, "skipped_rows_by_file": {"dev.jsonl": 1, "train.jsonl": 2}}
+    summary = {
+        **BASE,
+        "metric": "vqa_accuracy",
+        "majority_answer": "yes",
+        "majority_baseline_accuracy": 0.2,
+        "skipped_rows": 3,
+        "skipped_rows_by_file": {"dev.jsonl": 1, "train.jsonl": 2},
+    }
     # Execute
     text = format_summary(summary, [])
     # Assert
-    assert ("skipped broken rows (on_error: skip): 3 (dev.jsonl: 1, train.jsonl: 2); "
-            "messages in load_problems.txt") in text
+    assert (
+        "skipped broken rows (on_error: skip): 3 (dev.jsonl: 1, train.jsonl: 2); messages in load_problems.txt"
+    ) in text
 
 
 def test_no_skipped_line_when_none_or_unknown():
     for skipped in (0, None):
-        summary = {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": 0.2,
-                   "skipped_rows": skipped, "skipped_rows_by_file": {} if skipped == 0 else None}
+        summary = {
+            **BASE,
+            "metric": "vqa_accuracy",
+            "majority_answer": "yes",
+            "majority_baseline_accuracy": 0.2,
+            "skipped_rows": skipped,
+            "skipped_rows_by_file": {} if skipped == 0 else None,
+        }
         assert "skipped" not in format_summary(summary, [])

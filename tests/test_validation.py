@@ -16,8 +16,10 @@ from fedumm.validation import load_run_config, validate
         (["model.backend=nope"], r"model\.backend: unknown backend 'nope'; available: blip_vqa, hf_vlm, janus"),
         (["federation.strategy.name=nope"], r"federation\.strategy\.name: unknown strategy 'nope'"),
         (["federation.strategy.mu=0.1"], r"federation\.strategy\.mu: unknown key for this strategy"),
-        (["federation.strategy.name=krum", "federation.strategy.f=1", "federation.num_clients=4"],
-         r"federation\.strategy\.f: "),
+        (
+            ["federation.strategy.name=krum", "federation.strategy.f=1", "federation.num_clients=4"],
+            r"federation\.strategy\.f: ",
+        ),
     ],
 )
 def test_registry_problems_are_one_line_naming_the_key(overrides, fragment):
@@ -36,8 +38,14 @@ def test_a_valid_config_passes_unchanged():
 
 @pytest.mark.parametrize("module", ["fedumm.config", "fedumm.strategies"])
 def test_config_and_strategies_load_no_model_trainer_or_engine(module):
-    code = f"import {module}, sys; print(sorted(m for m in sys.modules if m.startswith(('fedumm', 'transformers', 'peft'))))"
+    prefixes = ("fedumm", "transformers", "peft")
+    code = f"import {module}, sys; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
     loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert loaded, "the probe printed nothing"
-    assert not [m for m in loaded if m.startswith(("fedumm.models", "fedumm.federation", "fedumm.engines",
-                                                   "fedumm.validation", "transformers", "peft"))]
+    assert not [
+        m
+        for m in loaded
+        if m.startswith(
+            ("fedumm.models", "fedumm.federation", "fedumm.engines", "fedumm.validation", "transformers", "peft")
+        )
+    ]

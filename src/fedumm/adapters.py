@@ -32,8 +32,9 @@ def matching_module_names(model: torch.nn.Module, targets: str) -> list[str]:
     return [name for name, _ in model.named_modules() if name and regex.fullmatch(name)]
 
 
-def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str | None,
-               modules_to_save: list[str] | None = None):
+def apply_lora(
+    model: torch.nn.Module, config: AdapterConfig, targets: str | None, modules_to_save: list[str] | None = None
+):
     """Wrap a frozen model with LoRA adapters on the modules ``targets`` (a regex) matches.
 
     ``modules_to_save`` (full module names) get a trainable copy that peft saves with the
@@ -44,7 +45,9 @@ def apply_lora(model: torch.nn.Module, config: AdapterConfig, targets: str | Non
     if targets is None and not modules_to_save:
         raise ValueError("apply_lora: no LoRA targets and no modules to save: nothing would train")
     lora = LoraConfig(
-        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
         target_modules=DUMMY_TARGET_MODULES if targets is None else targets,
         modules_to_save=modules_to_save or None,
     )
@@ -97,7 +100,9 @@ def group_layout(model: torch.nn.Module, pattern: str) -> tuple[list[str], list[
     return modules, bare
 
 
-def unit_parameters(model: torch.nn.Module, module_groups: Mapping[str, str]) -> dict[str, dict[str, torch.nn.Parameter]]:
+def unit_parameters(
+    model: torch.nn.Module, module_groups: Mapping[str, str]
+) -> dict[str, dict[str, torch.nn.Parameter]]:
     """Parameters of a (peft-wrapped) model by unit: "lora" and each module group.
 
     peft's frozen ``original_module`` copies belong to no unit; a parameter matching two
@@ -185,8 +190,7 @@ def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch
 
     model.save_pretrained(path, save_embedding_layers=False)
     if in_place:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in in_place.items()},
-                  str(Path(path) / IN_PLACE_FILE))
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in in_place.items()}, str(Path(path) / IN_PLACE_FILE))
 
 
 def load_adapter(base: torch.nn.Module, path: str):

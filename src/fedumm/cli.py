@@ -33,23 +33,41 @@ def _parser() -> argparse.ArgumentParser:
     def job(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", nargs="?", help="YAML config (default: the built-in quickstart)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set federation.rounds=3 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set federation.rounds=3 (repeatable)",
+        )
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
 
-    run = job("run", "run a federated job (and its centralized baseline if eval.centralized_baseline); "
-                     "engine.name=nvflare runs it in NVIDIA FLARE's simulator")
-    run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue RUN_DIR in place from its last checkpoint, with its config.yaml (plus --set, "
-                          "e.g. --set federation.rounds=20); metrics.jsonl gets the new rounds")
+    run = job(
+        "run",
+        "run a federated job (and its centralized baseline if eval.centralized_baseline); "
+        "engine.name=nvflare runs it in NVIDIA FLARE's simulator",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue RUN_DIR in place from its last checkpoint, with its config.yaml (plus --set, "
+        "e.g. --set federation.rounds=20); metrics.jsonl gets the new rounds",
+    )
     job("centralized", "train the same adapter on the pooled data with the same budget")
     export = job("export", "write an NVIDIA FLARE job folder for a real deployment (nvflare job submit)")
-    export.add_argument("--out", required=True, metavar="DIR",
-                        help="folder to write the job into (the job is DIR/<name>)")
+    export.add_argument(
+        "--out", required=True, metavar="DIR", help="folder to write the job into (the job is DIR/<name>)"
+    )
     partition = job("partition", "load and partition the data and show the split, without training")
-    partition.add_argument("--out", metavar="DIR", default=None,
-                           help="folder for partition.json and partition.png (default: output.dir/<name>-partition)")
+    partition.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="folder for partition.json and partition.png (default: output.dir/<name>-partition)",
+    )
     job("config", "print the resolved config as YAML")
     return parser
 
@@ -63,8 +81,10 @@ def _partition(config, out: str | None) -> int:
     heatmap = save_partition_heatmap(stats, folder / "partition.png")
     data.load_report(folder)  # the skipped rows' messages, as a run folder has them
     print(stats.table())
-    print(f"{len(stats.sizes)} clients, label skew {stats.skew():.3f} (0 = IID), "
-          f"{len(data.global_test)} global test rows, {data.skipped_rows} rows skipped")
+    print(
+        f"{len(stats.sizes)} clients, label skew {stats.skew():.3f} (0 = IID), "
+        f"{len(data.global_test)} global test rows, {data.skipped_rows} rows skipped"
+    )
     problems = f" and {folder / LOAD_PROBLEMS_FILE}" if data.load_problems else ""
     print(f"wrote {folder / 'partition.json'}, {heatmap}{problems}")
     return 0
@@ -74,14 +94,20 @@ def _export(config, out: str) -> int:
     job_dir = export_job(config, out)
     print(f"NVIDIA FLARE job written to {job_dir}")
     if resolve_placement(config, exported=True) == "partition":
-        print("data: every site splits data.* with the run seed (engine.data_placement=partition): a demo, "
-              "not a deployment where sites own their data")
+        print(
+            "data: every site splits data.* with the run seed (engine.data_placement=partition): a demo, "
+            "not a deployment where sites own their data"
+        )
     elif config.engine.sites:
-        print(f"data: engine.sites names {len(config.engine.sites)} sites ({', '.join(sorted(config.engine.sites))}); "
-              f"a site's own {SITE_CONFIG_FILE} overrides its entry")
+        print(
+            f"data: engine.sites names {len(config.engine.sites)} sites ({', '.join(sorted(config.engine.sites))}); "
+            f"a site's own {SITE_CONFIG_FILE} overrides its entry"
+        )
     else:
-        print(f"data: each site reads its own {SITE_CONFIG_FILE} in its workspace (a YAML mapping with a "
-              f"'data:' section); all sites of the deployment join, federation.num_clients must match")
+        print(
+            f"data: each site reads its own {SITE_CONFIG_FILE} in its workspace (a YAML mapping with a "
+            f"'data:' section); all sites of the deployment join, federation.num_clients must match"
+        )
     print(f"submit it with: nvflare job submit -j {job_dir}")
     return 0
 
@@ -89,8 +115,9 @@ def _export(config, out: str) -> int:
 def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]]:
     """``run --resume RUN_DIR``: RUN_DIR's config, resumed from and written back to RUN_DIR."""
     if config is not None:
-        raise ConfigError(f"run --resume {run_dir}: give no config file; the run's own config.yaml is used "
-                          "(change keys with --set)")
+        raise ConfigError(
+            f"run --resume {run_dir}: give no config file; the run's own config.yaml is used (change keys with --set)"
+        )
     folder = Path(run_dir)
     if not (folder / "config.yaml").is_file():
         raise ConfigError(f"run --resume: {folder} is not a run folder (no config.yaml)")

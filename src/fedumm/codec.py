@@ -29,10 +29,7 @@ def encode(
     metadata: Mapping[str, str] | None = None,
 ) -> bytes:
     wire = DTYPES[dtype]
-    tensors = {
-        k: (v.to(wire) if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in state.items()
-    }
+    tensors = {k: (v.to(wire) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
     meta = {"fedumm_wire_dtype": dtype, **(metadata or {})}
     return st_save(tensors, metadata=meta)
 

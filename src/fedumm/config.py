@@ -114,7 +114,8 @@ class FederationConfig(Section):
         "aggregates and keeps its state in float32).",
     )
     resume_from: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="Continue a run from its checkpoint: a run folder (its checkpoints/last.safetensors) or a "
         "checkpoint .safetensors file. The global adapter, the strategy's server state and the clients' "
         "algorithm state are restored and rounds continue from the checkpoint's round + 1 to "
@@ -134,13 +135,16 @@ class TrainConfig(Section):
         "optimizer FedAvg, FedProx and SCAFFOLD are analysed with).",
     )
     lr: float = Field(
-        5e-3, gt=0, le=10,
+        5e-3,
+        gt=0,
+        le=10,
         description="Local learning rate (AdamW: 5e-3 suits the tiny default, real VLMs want ~1e-4; SGD needs "
         "a larger one).",
     )
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd: heavy-ball momentum (0 = plain SGD).")
     weight_decay: float = Field(
-        0.05, ge=0,
+        0.05,
+        ge=0,
         description="adamw: decoupled weight decay (FedUMM's 0.05); sgd: L2 penalty added to the gradient.",
     )
     batch_size: int = Field(16, ge=1)
@@ -214,7 +218,8 @@ class EngineConfig(Section):
         "after a successful run.",
     )
     threads: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="nvflare simulator: clients running at once; null = one per client (each keeps its "
         "process and model for the whole job; fewer threads restart a client process every round).",
     )
@@ -245,30 +250,36 @@ class EngineConfig(Section):
         "(false where the server holds no data: global metrics are then empty).",
     )
     task_request_interval: float = Field(
-        0.1, gt=0, le=60,
-        description="nvflare: seconds a client waits before asking the server again for a task (FLARE's "
-        "default is 2).",
+        0.1,
+        gt=0,
+        le=60,
+        description="nvflare: seconds a client waits before asking the server again for a task (FLARE's default is 2).",
     )
     task_check_period: float = Field(
         0.05, gt=0, le=10, description="nvflare: seconds between the controller's checks for finished tasks."
     )
     client_poll_interval: float = Field(
-        0.05, gt=0, le=10,
+        0.05,
+        gt=0,
+        le=10,
         description="nvflare, in-process clients: seconds between the Client API's checks for a new task "
         "or a finished result (FLARE 2.9 polls every 0.5 s and has no setting; fedumm's client sets it).",
     )
     # No heartbeat key: FLARE 2.9 drops silent clients by the server startup kit's
     # local/resources.json (heart_beat_timeout), never by a job's settings.
     task_timeout: int = Field(
-        14_400, ge=0,
+        14_400,
+        ge=0,
         description="nvflare: seconds a round (and the setup task) waits for its clients; 0 = no limit.",
     )
     timeout: float | None = Field(
         None, gt=0, description="nvflare simulator: wall-clock limit of the whole run in seconds; null = none."
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="nvflare: torch threads in each client and server process; null = the simulator splits the "
-        "cores among the clients it runs at once (exported jobs: torch's default)."
+        None,
+        ge=1,
+        description="nvflare: torch threads in each client and server process; null = the simulator splits the "
+        "cores among the clients it runs at once (exported jobs: torch's default).",
     )
 
     @field_validator("sites")
@@ -334,8 +345,10 @@ class RunConfig(Section):
         if self.federation.resume_from and self.engine.name == "nvflare":
             # The FLARE controller builds its server through Server.from_config, but its round
             # loop and run-folder copy do not continue a run yet.
-            raise ValueError("federation.resume_from: not supported with engine.name=nvflare yet; resume with "
-                             "engine.name=simulation (it reads checkpoints of FLARE runs too)")
+            raise ValueError(
+                "federation.resume_from: not supported with engine.name=nvflare yet; resume with "
+                "engine.name=simulation (it reads checkpoints of FLARE runs too)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

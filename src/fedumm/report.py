@@ -37,11 +37,9 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     ]
     fed = [r for r in records if r["phase"] == "federated"]
     if fed:
-        lines.append(f"{'round':>5}  {'global':>10}  {'clients':>7}  {'mean local':>14}  {'seconds':>7}"
-                     f"   ({metric})")
+        lines.append(f"{'round':>5}  {'global':>10}  {'clients':>7}  {'mean local':>14}  {'seconds':>7}   ({metric})")
         for r in fed:
-            local = [m[f"local_{metric}"] for m in r.get("client_metrics", {}).values()
-                     if f"local_{metric}" in m]
+            local = [m[f"local_{metric}"] for m in r.get("client_metrics", {}).values() if f"local_{metric}" in m]
             local_s = show(sum(local) / len(local)) if local else "-"
             secs = f"{r['seconds']['round']:.1f}" if "seconds" in r else "-"
             lines.append(
@@ -52,7 +50,9 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     baseline = summary["majority_baseline_accuracy"]
     width = 40
     if baseline is not None:
-        lines.append(f"{'majority-answer baseline (' + repr(summary['majority_answer']) + '):':<{width}}{_pct(baseline)}")
+        lines.append(
+            f"{'majority-answer baseline (' + repr(summary['majority_answer']) + '):':<{width}}{_pct(baseline)}"
+        )
     if "federated_final_accuracy" in summary:
         fed_acc = summary["federated_final_accuracy"]
         versus = f"{difference(fed_acc - baseline)} vs majority, " if baseline is not None else ""
@@ -79,8 +79,11 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     skipped = summary.get("skipped_rows")
     if skipped:  # None (not known) and 0 print nothing
         by_file = ", ".join(f"{name}: {n}" for name, n in (summary.get("skipped_rows_by_file") or {}).items())
-        lines.append(f"skipped broken rows (on_error: skip): {skipped}" + (f" ({by_file})" if by_file else "")
-                     + "; messages in load_problems.txt")
+        lines.append(
+            f"skipped broken rows (on_error: skip): {skipped}"
+            + (f" ({by_file})" if by_file else "")
+            + "; messages in load_problems.txt"
+        )
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)
 

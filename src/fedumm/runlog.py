@@ -64,14 +64,18 @@ class Checkpoint:
         where = f"federation.resume_from: {self.path}"
         name, meta = config.federation.strategy.name, self.metadata
         if meta.get("strategy", name) != name:
-            raise ConfigError(f"{where} was written by strategy {meta['strategy']!r}, but "
-                              f"federation.strategy.name is {name!r}")
+            raise ConfigError(
+                f"{where} was written by strategy {meta['strategy']!r}, but federation.strategy.name is {name!r}"
+            )
         if meta.get("num_clients", str(num_clients)) != str(num_clients):
-            raise ConfigError(f"{where} is from a run with {meta['num_clients']} clients, but "
-                              f"federation.num_clients is {num_clients}")
+            raise ConfigError(
+                f"{where} is from a run with {meta['num_clients']} clients, but federation.num_clients is {num_clients}"
+            )
         if self.round >= config.federation.rounds:
-            raise ConfigError(f"{where} is at round {self.round} and federation.rounds is "
-                              f"{config.federation.rounds}: nothing left to run; raise federation.rounds")
+            raise ConfigError(
+                f"{where} is at round {self.round} and federation.rounds is "
+                f"{config.federation.rounds}: nothing left to run; raise federation.rounds"
+            )
 
     @property
     def run_dir(self) -> Path | None:
@@ -96,8 +100,10 @@ def _split_clients(tensors: State, path: Path) -> tuple[dict[int, State], dict[i
         kind, _, rest = name.partition("/")
         cid, _, key = rest.partition("/")
         if kind not in parts or not cid.isdigit() or not key:
-            raise ConfigError(f"federation.resume_from: {path}: unexpected key {name!r} "
-                              "(expected client/<id>/<key> or local/<id>/<key>)")
+            raise ConfigError(
+                f"federation.resume_from: {path}: unexpected key {name!r} "
+                "(expected client/<id>/<key> or local/<id>/<key>)"
+            )
         parts[kind].setdefault(int(cid), {})[key] = tensor
     return parts["client"], parts["local"]
 
@@ -115,11 +121,15 @@ def read_checkpoint(location: str | Path) -> Checkpoint:
     tensors, metadata = _read_tensors(path)
     round_text = metadata.get("round", "")
     if not round_text.isdigit() or int(round_text) < 1:
-        raise ConfigError(f"federation.resume_from: {path} has no round number >= 1 in its metadata "
-                          f"(got {round_text!r}); is it a fedumm checkpoint?")
+        raise ConfigError(
+            f"federation.resume_from: {path} has no round number >= 1 in its metadata "
+            f"(got {round_text!r}); is it a fedumm checkpoint?"
+        )
     if metadata.get("phase", "federated") != "federated":
-        raise ConfigError(f"federation.resume_from: {path} is a {metadata['phase']} checkpoint; "
-                          f"only the federated phase resumes (checkpoints/{CHECKPOINT}.safetensors)")
+        raise ConfigError(
+            f"federation.resume_from: {path} is a {metadata['phase']} checkpoint; "
+            f"only the federated phase resumes (checkpoints/{CHECKPOINT}.safetensors)"
+        )
     global_state: State = {}
     server_state: State = {}
     for name, tensor in tensors.items():
@@ -129,8 +139,9 @@ def read_checkpoint(location: str | Path) -> Checkpoint:
         elif part == "server" and key:
             server_state[key] = tensor
         else:
-            raise ConfigError(f"federation.resume_from: {path}: unexpected key {name!r} "
-                              "(expected global/<key> or server/<key>)")
+            raise ConfigError(
+                f"federation.resume_from: {path}: unexpected key {name!r} (expected global/<key> or server/<key>)"
+            )
     if not global_state:
         raise ConfigError(f"federation.resume_from: {path} holds no global/* adapter tensors")
     checkpoint = Checkpoint(path, int(round_text), global_state, server_state, metadata)
@@ -161,8 +172,7 @@ class RunFolder:
         path = cls.path_for(config)
         if path.exists() and any(path.iterdir()) and not config.output.overwrite:
             raise ConfigError(
-                f"output: run folder {path} already exists; set output.overwrite=true "
-                "or choose another output.name"
+                f"output: run folder {path} already exists; set output.overwrite=true or choose another output.name"
             )
         return path
 
@@ -195,11 +205,18 @@ class RunFolder:
         atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
         return path
 
-    def save_checkpoint(self, round_num: int, global_state: State, server_state: State, *,
-                        client_states: dict[int, State] | None = None,
-                        local_states: dict[int, State] | None = None,
-                        strategy: str | None = None, num_clients: int | None = None,
-                        phase: str = "federated") -> Path:
+    def save_checkpoint(
+        self,
+        round_num: int,
+        global_state: State,
+        server_state: State,
+        *,
+        client_states: dict[int, State] | None = None,
+        local_states: dict[int, State] | None = None,
+        strategy: str | None = None,
+        num_clients: int | None = None,
+        phase: str = "federated",
+    ) -> Path:
         """Latest global adapter + strategy state (and the clients' state where the caller holds
         it: ``None`` = not held here), so a run can be inspected or resumed."""
         directory = self.path / "checkpoints"

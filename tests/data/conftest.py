@@ -39,8 +39,18 @@ def write_memes() -> Callable[..., None]:
         for i in range(offset, offset + n):
             Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(image_dir / f"{i}.png")
             answer = "yes" if i % 3 == 0 else "no"
-            lines.append(json.dumps({"image": f"img/{i}.png", "question": "is this meme hateful?", "answer": answer,
-                                     "label": int(answer == "yes"), "task": "classification", "site": f"s{i % 2}"}))
+            lines.append(
+                json.dumps(
+                    {
+                        "image": f"img/{i}.png",
+                        "question": "is this meme hateful?",
+                        "answer": answer,
+                        "label": int(answer == "yes"),
+                        "task": "classification",
+                        "site": f"s{i % 2}",
+                    }
+                )
+            )
         path.write_text("\n".join(lines) + "\n")
 
     return write

@@ -30,13 +30,21 @@ def test_new_config_keys_fail_naming_the_key(overrides: list[str], fragment: str
         load_config(None, overrides)
     assert fragment in str(info.value)
 
+
 def test_new_config_keys_parse() -> None:
-    config = load_config(None, [
-        "data.source=table", "data.table.path=t.jsonl", "data.table.on_error=skip",
-        "data.partition.method=shards", "data.partition.shards_per_client=3",
-        "data.modality.scenario=missing", "data.modality.rate=0.3",
-        "data.hf.data_files={train: [a.parquet], validation: [b.parquet]}",
-    ])
+    config = load_config(
+        None,
+        [
+            "data.source=table",
+            "data.table.path=t.jsonl",
+            "data.table.on_error=skip",
+            "data.partition.method=shards",
+            "data.partition.shards_per_client=3",
+            "data.modality.scenario=missing",
+            "data.modality.rate=0.3",
+            "data.hf.data_files={train: [a.parquet], validation: [b.parquet]}",
+        ],
+    )
     assert (config.data.table.path, config.data.table.on_error) == ("t.jsonl", "skip")
     assert (config.data.partition.method, config.data.partition.shards_per_client) == ("shards", 3)
     assert (config.data.modality.scenario, config.data.modality.rate) == ("missing", 0.3)

@@ -43,14 +43,17 @@ def test_unknown_label_column_names_it():
 
 
 def test_single_scenario_needs_enough_clients(tmp_path: Path) -> None:
-    config = DataConfig.model_validate({
-        "synthetic": {"train_samples": 40, "test_samples": 4},
-        "partition": {"alpha": 0, "min_samples": 1},
-        "modality": {"scenario": "single", "num_image_clients": 3},
-    })
+    config = DataConfig.model_validate(
+        {
+            "synthetic": {"train_samples": 40, "test_samples": 4},
+            "partition": {"alpha": 0, "min_samples": 1},
+            "modality": {"scenario": "single", "num_image_clients": 3},
+        }
+    )
     expected = "data.modality.num_image_clients (3) exceeds federation.num_clients (2)"
     with pytest.raises(ConfigError, match=re.escape(expected)):
         build_federated_data(config, num_clients=2, seed=0)
+
 
 # ---------------------------------------------------------------------------------------------
 # min_samples counts training rows, after the local test split
@@ -58,24 +61,29 @@ def test_single_scenario_needs_enough_clients(tmp_path: Path) -> None:
 
 def test_min_samples_holds_after_the_local_test_split() -> None:
     # Prepare: 120 synthetic rows, 4 clients, Dirichlet(0.1) (skewed sizes), at least 8 to train.
-    config = DataConfig.model_validate({
-        "synthetic": {"train_samples": 120, "test_samples": 8},
-        "partition": {"alpha": 0.1, "min_samples": 8},
-        "local_test_fraction": 0.2,
-    })
+    config = DataConfig.model_validate(
+        {
+            "synthetic": {"train_samples": 120, "test_samples": 8},
+            "partition": {"alpha": 0.1, "min_samples": 8},
+            "local_test_fraction": 0.2,
+        }
+    )
     # Execute
     data = build_federated_data(config, num_clients=4, seed=3)
     # Assert: every client trains on >= 8 rows (a client of 8 would have ended with 6).
     assert min(len(c.train) for c in data.clients) >= 8
     assert sum(data.partition.sizes) == 120
 
+
 def test_min_samples_error_explains_the_local_test_split() -> None:
     # Prepare: 30 rows over 3 IID clients = 10 each; 10 to train needs 12 once round(0.2 x 12) = 2 are held out.
-    config = DataConfig.model_validate({
-        "synthetic": {"train_samples": 30, "test_samples": 4},
-        "partition": {"method": "iid", "min_samples": 10},
-        "local_test_fraction": 0.2,
-    })
+    config = DataConfig.model_validate(
+        {
+            "synthetic": {"train_samples": 30, "test_samples": 4},
+            "partition": {"method": "iid", "min_samples": 10},
+            "local_test_fraction": 0.2,
+        }
+    )
     # Execute / Assert
     with pytest.raises(DataError) as info:
         build_federated_data(config, num_clients=3, seed=0)
@@ -86,12 +94,15 @@ def test_min_samples_error_explains_the_local_test_split() -> None:
     none_held = config.model_copy(update={"local_test_fraction": 0.0})
     assert [len(c.train) for c in build_federated_data(none_held, num_clients=3, seed=0).clients] == [10, 10, 10]
 
-@pytest.mark.parametrize(("min_train", "fraction", "rows"), [(8, 0.2, 10), (1, 0.2, 1), (2, 0.2, 3), (5, 0.0, 5),
-                                                               (10, 0.5, 20)])
+
+@pytest.mark.parametrize(
+    ("min_train", "fraction", "rows"), [(8, 0.2, 10), (1, 0.2, 1), (2, 0.2, 3), (5, 0.0, 5), (10, 0.5, 20)]
+)
 def test_rows_for_min_train(min_train: int, fraction: float, rows: int) -> None:
     assert rows_for_min_train(min_train, fraction) == rows
     assert local_train_size(rows, fraction) >= min_train
     assert rows == min_train or local_train_size(rows - 1, fraction) < min_train  # the fewest
+
 
 # ---------------------------------------------------------------------------------------------
 # Skipped rows and modality counts reach the run folder
@@ -101,15 +112,23 @@ def test_skipped_rows_per_file_reach_partition_json_and_load_problems(tmp_path: 
     # Prepare: 40 memes with 2 broken training lines and 1 broken test line.
     write_memes(tmp_path / "train.jsonl", tmp_path / "img", 40)
     write_memes(tmp_path / "test.jsonl", tmp_path / "img", 8, offset=100)
-    for name, bad in (("train.jsonl", ["{oops", '{"image": "img/none.png", "question": "q", "answer": "no"}']),
-                      ("test.jsonl", ['{"question": "q"}'])):
+    for name, bad in (
+        ("train.jsonl", ["{oops", '{"image": "img/none.png", "question": "q", "answer": "no"}']),
+        ("test.jsonl", ['{"question": "q"}']),
+    ):
         with (tmp_path / name).open("a") as handle:
             handle.write("\n".join(bad) + "\n")
-    config = DataConfig.model_validate({
-        "source": "table",
-        "table": {"path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl"), "on_error": "skip"},
-        "partition": {"method": "iid", "min_samples": 3},
-    })
+    config = DataConfig.model_validate(
+        {
+            "source": "table",
+            "table": {
+                "path": str(tmp_path / "train.jsonl"),
+                "test_path": str(tmp_path / "test.jsonl"),
+                "on_error": "skip",
+            },
+            "partition": {"method": "iid", "min_samples": 3},
+        }
+    )
     data = build_federated_data(config, num_clients=2, seed=0)
     (tmp_path / "run").mkdir()
     # Execute
@@ -123,21 +142,26 @@ def test_skipped_rows_per_file_reach_partition_json_and_load_problems(tmp_path: 
     assert len(problems) == 3 and "train.jsonl, line 41 (1-based): not valid JSON" in problems[0]
     assert "img/none.png not found" in problems[1] and "test.jsonl, line 9 (1-based)" in problems[2]
 
+
 def test_clean_runs_keep_partition_json_unchanged(tmp_path: Path) -> None:
     data = build_federated_data(
-        DataConfig.model_validate({"synthetic": {"train_samples": 40, "test_samples": 4}}), num_clients=2, seed=0)
+        DataConfig.model_validate({"synthetic": {"train_samples": 40, "test_samples": 4}}), num_clients=2, seed=0
+    )
     (tmp_path / "run").mkdir()
     assert data.load_report(tmp_path / "run") == {"skipped_rows": 0, "skipped_rows_by_file": {}}
     assert not (tmp_path / "run" / "load_problems.txt").exists()
     assert set(data.partition.to_dict()) == {"num_clients", "sizes", "labels", "label_counts", "skew"}
 
+
 def test_partition_json_has_per_client_modality_counts_under_a_scenario() -> None:
     # Prepare: 200 rows, 2 clients, missing at 0.5.
-    config = DataConfig.model_validate({
-        "synthetic": {"train_samples": 200, "test_samples": 4},
-        "partition": {"method": "iid"},
-        "modality": {"scenario": "missing", "rate": 0.5},
-    })
+    config = DataConfig.model_validate(
+        {
+            "synthetic": {"train_samples": 200, "test_samples": 4},
+            "partition": {"method": "iid"},
+            "modality": {"scenario": "missing", "rate": 0.5},
+        }
+    )
     # Execute
     data = build_federated_data(config, num_clients=2, seed=0)
     saved = data.partition.to_dict()["modality_counts"]

@@ -30,8 +30,13 @@ IMAGE = Image.new("RGB", (4, 4), (1, 2, 3))
 
 
 def _row(i: int, task: str | None = None) -> dict:
-    row = {"image": IMAGE, "question": f"q{i}?", "answers": ["a"], "multiple_choice_answer": "a",
-           "metadata": {"row": i}}
+    row = {
+        "image": IMAGE,
+        "question": f"q{i}?",
+        "answers": ["a"],
+        "multiple_choice_answer": "a",
+        "metadata": {"row": i},
+    }
     return row if task is None else {**row, "task": task}
 
 
@@ -185,8 +190,10 @@ def test_the_run_task_picks_the_prompt_when_rows_have_no_task_column() -> None:
 def test_configured_prompts_replace_the_task_defaults() -> None:
     # Prepare: FedMLLM's Hateful Memes prompts.
     clients = [[_row(0, "classification")] * 50]
-    prompts = {"image_only_prompt": "Is the content hateful based on the image?",
-               "no_modality_prompt": "Is the content hateful?"}
+    prompts = {
+        "image_only_prompt": "Is the content hateful based on the image?",
+        "no_modality_prompt": "Is the content hateful?",
+    }
     # Execute: missing at 0.7 gives image-only and neither rows among 50.
     out = apply_modality_scenario(clients, "missing", 0.7, 0, seed=0, **prompts)[0]
     # Assert
@@ -198,8 +205,10 @@ def test_configured_prompts_replace_the_task_defaults() -> None:
 @pytest.mark.parametrize(
     ("question", "expected"),
     [
-        ("meme text\nIs the content hateful based on the text and image?",
-         "meme text\nIs the content hateful based on the text?"),
+        (
+            "meme text\nIs the content hateful based on the text and image?",
+            "meme text\nIs the content hateful based on the text?",
+        ),
         ("Does the image and the text agree?", "Does the text agree?"),
         ("Judge the Text and Image together.", "Judge the Text together."),
         ("What colour is the shape?", "What colour is the shape?"),  # nothing to narrow

@@ -200,8 +200,10 @@ def test_make_partition_natural_needs_matching_client_count() -> None:
 @pytest.mark.parametrize(
     ("rows", "fragment"),
     [
-        ([{"answer_type": "x"}],
-         "data.partition.label_column: column 'multiple_choice_answer' not in the training rows"),
+        (
+            [{"answer_type": "x"}],
+            "data.partition.label_column: column 'multiple_choice_answer' not in the training rows",
+        ),
         ([{"multiple_choice_answer": ["a"]}], "is a list, expected a single value"),
     ],
 )

@@ -18,6 +18,7 @@ def test_subsample_indices_sizes(num_rows: int, max_samples: int | None, expecte
     assert len(indices) == expected_len
     assert indices == sorted(set(indices)) and all(0 <= i < num_rows for i in indices)
 
+
 def test_subsample_indices_depend_on_seed_only() -> None:
     assert subsample_indices(100, 5, seed=1) == subsample_indices(100, 5, seed=1)
     assert subsample_indices(100, 5, seed=1) != subsample_indices(100, 5, seed=2)

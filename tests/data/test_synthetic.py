@@ -11,7 +11,13 @@ from PIL import Image
 from fedumm.data.synthetic import ANSWER_TYPES, COLORS, SHAPES, make_synthetic_vqa
 
 VQA_COLUMNS = {
-    "image", "question", "answers", "multiple_choice_answer", "answer_type", "question_id", "image_id",
+    "image",
+    "question",
+    "answers",
+    "multiple_choice_answer",
+    "answer_type",
+    "question_id",
+    "image_id",
 }
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedumm.validation import load_run_config
 from fedumm.engines.simulation import simulate
 from fedumm.federation.job import centralized_config
+from fedumm.validation import load_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -16,13 +16,23 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_llava_path):
     out = tmp_path_factory.mktemp("runs")
-    config = load_run_config(None, [
-        f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
-        "federation.num_clients=2", "federation.rounds=2",
-        "data.synthetic.train_samples=300", "data.synthetic.test_samples=80",
-        "train.batch_size=8", "train.local_epochs=2", "train.lr=0.005",
-        "output.progress=false", f"output.dir={out}", "output.name=e2e",
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"model.name_or_path={tiny_llava_path}",
+            "model.device=cpu",
+            "federation.num_clients=2",
+            "federation.rounds=2",
+            "data.synthetic.train_samples=300",
+            "data.synthetic.test_samples=80",
+            "train.batch_size=8",
+            "train.local_epochs=2",
+            "train.lr=0.005",
+            "output.progress=false",
+            f"output.dir={out}",
+            "output.name=e2e",
+        ],
+    )
     return config, simulate(config)
 
 
@@ -56,9 +66,18 @@ def test_metrics_jsonl_has_one_record_per_round(run):
 def test_run_folder_contents(run):
     config, result = run
     folder = Path(result.run_dir)
-    for name in ("config.yaml", "metrics.jsonl", "partition.json", "summary.json",
-                 "checkpoints/last.safetensors", "adapter/adapter_model.safetensors",
-                 "adapter/adapter_config.json", "centralized_adapter/adapter_config.json", "accuracy.png", "partition.png"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "partition.json",
+        "summary.json",
+        "checkpoints/last.safetensors",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "centralized_adapter/adapter_config.json",
+        "accuracy.png",
+        "partition.png",
+    ):
         assert (folder / name).is_file(), name
     assert load_run_config(folder / "config.yaml") == config
     summary = json.loads((folder / "summary.json").read_text())
@@ -71,14 +90,15 @@ def test_adapter_loads_with_peft_and_equals_the_final_global_state(run, tiny_lla
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from fedumm.adapters import get_adapter_state
-
     _, result = run
     base = AutoModelForImageTextToText.from_pretrained(tiny_llava_path)
     loaded = PeftModel.from_pretrained(base, str(Path(result.run_dir) / "adapter"))
     # Loaded adapters are frozen by default; compare by name instead of trainability.
-    state = {k.removeprefix("base_model.model.").replace(".default.", "."): p
-             for k, p in loaded.named_parameters() if "lora_" in k}
+    state = {
+        k.removeprefix("base_model.model.").replace(".default.", "."): p
+        for k, p in loaded.named_parameters()
+        if "lora_" in k
+    }
     assert set(state) == set(result.federated.final_state)
     for key, tensor in result.federated.final_state.items():
         assert torch.equal(state[key].detach(), tensor), key
@@ -106,12 +126,23 @@ def test_centralized_budget_matches_federated_steps():
 def test_one_set_switches_the_backend_and_its_tiny_model(tmp_path, backend, tiny_model):
     from fedumm.federation import ModelHost
 
-    config = load_run_config(None, [
-        f"model.backend={backend}", "model.device=cpu", "federation.num_clients=2", "federation.rounds=1",
-        "data.synthetic.train_samples=24", "data.synthetic.test_samples=4", "data.partition.min_samples=4",
-        "train.local_steps=1", "train.batch_size=4", "eval.centralized_baseline=false",
-        "output.progress=false", f"output.dir={tmp_path}",
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"model.backend={backend}",
+            "model.device=cpu",
+            "federation.num_clients=2",
+            "federation.rounds=1",
+            "data.synthetic.train_samples=24",
+            "data.synthetic.test_samples=4",
+            "data.partition.min_samples=4",
+            "train.local_steps=1",
+            "train.batch_size=4",
+            "eval.centralized_baseline=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+        ],
+    )
     host = ModelHost(config)
     assert host.backend.name == backend and host.backend.name_or_path == tiny_model
     result = simulate(config, host=host)
@@ -131,13 +162,27 @@ def test_connector_strategy_on_blip_is_a_config_error():
 
 
 def _tiny(model_path, out, name, *extra):
-    return load_run_config(None, [
-        f"name={name}", f"model.name_or_path={model_path}", "model.device=cpu", "model.max_new_tokens=2",
-        "federation.num_clients=3", "federation.fraction_fit=0.5",  # 2 of 3 clients a round
-        "data.synthetic.train_samples=60", "data.synthetic.test_samples=8", "data.partition.min_samples=4",
-        "train.batch_size=4", "train.local_steps=2", "eval.clients=false", "eval.centralized_baseline=false",
-        "output.progress=false", f"output.dir={out}", *extra,
-    ])
+    return load_run_config(
+        None,
+        [
+            f"name={name}",
+            f"model.name_or_path={model_path}",
+            "model.device=cpu",
+            "model.max_new_tokens=2",
+            "federation.num_clients=3",
+            "federation.fraction_fit=0.5",  # 2 of 3 clients a round
+            "data.synthetic.train_samples=60",
+            "data.synthetic.test_samples=8",
+            "data.partition.min_samples=4",
+            "train.batch_size=4",
+            "train.local_steps=2",
+            "eval.clients=false",
+            "eval.centralized_baseline=false",
+            "output.progress=false",
+            f"output.dir={out}",
+            *extra,
+        ],
+    )
 
 
 def _checkpoint_files(run_dir):
@@ -174,8 +219,14 @@ def test_two_rounds_equal_one_round_then_resume_bit_for_bit(tmp_path, tiny_llava
         assert main(["run", "--resume", str(tmp_path / "one"), "--set", "federation.rounds=2"]) == 0
         resumed_dir = tmp_path / "one"
     else:
-        resumed = _tiny(tiny_llava_path, tmp_path, "branch", f"federation.strategy.name={strategy}",
-                        "federation.rounds=2", f"federation.resume_from={tmp_path / 'one'}")
+        resumed = _tiny(
+            tiny_llava_path,
+            tmp_path,
+            "branch",
+            f"federation.strategy.name={strategy}",
+            "federation.rounds=2",
+            f"federation.resume_from={tmp_path / 'one'}",
+        )
         resumed_dir = Path(simulate(resumed, host=host).run_dir)
     # Assert: global adapter, strategy state and client state equal the straight run's, bit for bit.
     (state_a, clients_a), (state_b, clients_b) = _checkpoint_files(straight.run_dir), _checkpoint_files(resumed_dir)
@@ -198,10 +249,19 @@ def test_resume_refuses_another_models_checkpoint_before_touching_the_run(tmp_pa
 
     simulate(_tiny(tiny_llava_path, tmp_path, "r8", "federation.rounds=1"))
     before = (tmp_path / "r8" / "metrics.jsonl").read_text()
-    other = _tiny(tiny_llava_path, tmp_path, "r8", "federation.rounds=2", "adapter.r=4",
-                  f"federation.resume_from={tmp_path / 'r8'}")
-    with pytest.raises(ConfigError, match=r"federation.resume_from: .*r8/checkpoints/last.safetensors: its global "
-                                          r"adapter does not match the model's adapter: shape mismatch"):
+    other = _tiny(
+        tiny_llava_path,
+        tmp_path,
+        "r8",
+        "federation.rounds=2",
+        "adapter.r=4",
+        f"federation.resume_from={tmp_path / 'r8'}",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"federation.resume_from: .*r8/checkpoints/last.safetensors: its global "
+        r"adapter does not match the model's adapter: shape mismatch",
+    ):
         simulate(other)
     assert (tmp_path / "r8" / "metrics.jsonl").read_text() == before
 
@@ -211,8 +271,14 @@ def test_partial_participation_end_to_end(tmp_path, tiny_llava_path, strategy):
     from fedumm.federation import ModelHost, Server
 
     # Prepare: 4 clients, fraction_fit 0.5 -> 2 a round, 3 rounds.
-    config = _tiny(tiny_llava_path, tmp_path, strategy, f"federation.strategy.name={strategy}",
-                   "federation.num_clients=4", "federation.rounds=3")
+    config = _tiny(
+        tiny_llava_path,
+        tmp_path,
+        strategy,
+        f"federation.strategy.name={strategy}",
+        "federation.num_clients=4",
+        "federation.rounds=3",
+    )
     host = ModelHost(config)
     initial = {k: v.clone() for k, v in host.initial_state.items()}
     # Execute

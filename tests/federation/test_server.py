@@ -58,8 +58,9 @@ def test_half_precision_wire_halves_the_message_and_keeps_server_state_float32()
 def _fedadam_server(initial=None, rounds=3):
     from fedumm.validation import load_run_config
 
-    config = load_run_config(None, ["federation.strategy.name=fedadam", "federation.num_clients=2",
-                                f"federation.rounds={rounds}"])
+    config = load_run_config(
+        None, ["federation.strategy.name=fedadam", "federation.num_clients=2", f"federation.rounds={rounds}"]
+    )
     state = initial if initial is not None else {"w": torch.zeros(2), "b": torch.zeros(1)}
     return Server.from_config(config, state, 2), config
 
@@ -68,15 +69,23 @@ def _saved_checkpoint(tmp_path, server, round_num=1, **kwargs):
     from fedumm.runlog import RunFolder
 
     (tmp_path / "metrics.jsonl").write_text("")
-    return RunFolder(tmp_path).save_checkpoint(round_num, server.global_state, server.strategy.state_dict(),
-                                               strategy=server.strategy.name, num_clients=2, **kwargs)
+    return RunFolder(tmp_path).save_checkpoint(
+        round_num,
+        server.global_state,
+        server.strategy.state_dict(),
+        strategy=server.strategy.name,
+        num_clients=2,
+        **kwargs,
+    )
 
 
 def _one_round(server):
     from fedumm.strategies import ClientUpdate
 
-    updates = [ClientUpdate(0, 1, {"w": torch.tensor([1.0, -1.0]), "b": torch.tensor([0.5])}),
-               ClientUpdate(1, 3, {"w": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.5])})]
+    updates = [
+        ClientUpdate(0, 1, {"w": torch.tensor([1.0, -1.0]), "b": torch.tensor([0.5])}),
+        ClientUpdate(1, 3, {"w": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.5])}),
+    ]
     server.global_state = server.strategy.aggregate(server.global_state, updates, 1)
 
 
@@ -111,18 +120,21 @@ def test_restore_casts_to_the_models_dtype(tmp_path):
     assert bf16.global_state["w"].dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize(("change", "fragment"), [
-    ("model", r"its global adapter does not match the model's adapter: 1 missing key\(s\): c"),
-    ("strategy", r"was written by strategy 'fedadam', but federation.strategy.name is 'fedyogi'"),
-    ("clients", r"from a run with 2 clients, but federation.num_clients is 3"),
-    ("rounds", r"is at round 1 and federation.rounds is 1: nothing left to run; raise federation.rounds"),
-    ("server", r"does not fit strategy 'fedadam': fedadam server state m/: key 'zzz' is not a tensor"),
-    ("client_state", r"does not fit strategy 'fedadam': client 0's algorithm state: key 'q' is not a tensor"),
-])
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ("model", r"its global adapter does not match the model's adapter: 1 missing key\(s\): c"),
+        ("strategy", r"was written by strategy 'fedadam', but federation.strategy.name is 'fedyogi'"),
+        ("clients", r"from a run with 2 clients, but federation.num_clients is 3"),
+        ("rounds", r"is at round 1 and federation.rounds is 1: nothing left to run; raise federation.rounds"),
+        ("server", r"does not fit strategy 'fedadam': fedadam server state m/: key 'zzz' is not a tensor"),
+        ("client_state", r"does not fit strategy 'fedadam': client 0's algorithm state: key 'q' is not a tensor"),
+    ],
+)
 def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragment):
-    from fedumm.validation import load_run_config
     from fedumm.errors import ConfigError
     from fedumm.runlog import RunFolder, read_checkpoint
+    from fedumm.validation import load_run_config
 
     server, config = _fedadam_server()
     _one_round(server)
@@ -133,8 +145,9 @@ def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragme
     if change == "client_state":
         client_states = {0: {"q": torch.zeros(1)}}
     (tmp_path / "metrics.jsonl").write_text("")
-    RunFolder(tmp_path).save_checkpoint(1, server.global_state, server_state, client_states=client_states,
-                                        strategy="fedadam", num_clients=2)
+    RunFolder(tmp_path).save_checkpoint(
+        1, server.global_state, server_state, client_states=client_states, strategy="fedadam", num_clients=2
+    )
     initial = {"w": torch.zeros(2), "b": torch.zeros(1)}
     num_clients, overrides = 2, ["federation.strategy.name=fedadam", "federation.num_clients=2"]
     if change == "model":
@@ -150,13 +163,16 @@ def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragme
     assert fresh.start_round == 0 and torch.equal(fresh.global_state["w"], torch.zeros(2))  # nothing loaded
 
 
-@pytest.mark.parametrize(("setup", "fragment"), [
-    ("nothing", r"no checkpoint at .*checkpoints/last.safetensors \(expected a run folder"),
-    ("garbage", r"is not a readable safetensors checkpoint"),
-    ("no_round", r"has no round number >= 1 in its metadata"),
-    ("foreign_key", r"unexpected key 'weights' \(expected global/<key> or server/<key>\)"),
-    ("torn_pair", r"last-clients.safetensors is from round '1' but .* from round 2: the run stopped"),
-])
+@pytest.mark.parametrize(
+    ("setup", "fragment"),
+    [
+        ("nothing", r"no checkpoint at .*checkpoints/last.safetensors \(expected a run folder"),
+        ("garbage", r"is not a readable safetensors checkpoint"),
+        ("no_round", r"has no round number >= 1 in its metadata"),
+        ("foreign_key", r"unexpected key 'weights' \(expected global/<key> or server/<key>\)"),
+        ("torn_pair", r"last-clients.safetensors is from round '1' but .* from round 2: the run stopped"),
+    ],
+)
 def test_read_checkpoint_errors_name_the_file(tmp_path, setup, fragment):
     from safetensors.torch import save_file
 

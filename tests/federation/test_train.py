@@ -11,10 +11,10 @@ from fedumm.types import LocalHooks
 @pytest.mark.parametrize(
     ("num_samples", "overrides", "expected"),
     [
-        (100, {"batch_size": 8}, 13),                      # ceil(100/8)
-        (100, {"batch_size": 8, "local_epochs": 3}, 39),   # 13 batches x 3 epochs
-        (100, {"batch_size": 8, "grad_accum": 4}, 4),      # ceil(13/4)
-        (100, {"batch_size": 8, "local_steps": 5}, 5),     # explicit steps win
+        (100, {"batch_size": 8}, 13),  # ceil(100/8)
+        (100, {"batch_size": 8, "local_epochs": 3}, 39),  # 13 batches x 3 epochs
+        (100, {"batch_size": 8, "grad_accum": 4}, 4),  # ceil(13/4)
+        (100, {"batch_size": 8, "local_steps": 5}, 5),  # explicit steps win
         (3, {"batch_size": 8}, 1),
     ],
 )

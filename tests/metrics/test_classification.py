@@ -97,10 +97,16 @@ def test_summarize_binary_with_scores_gives_roc_auc_none_for_one_class_groups() 
     ("records", "task", "fragment"),
     [
         ([], "classification", "no records"),
-        ([{"prediction": "a", "label": "a"}, {"prediction": "b"}], "classification",
-         "record 1 (0-based) has no 'multiple_choice_answer' or 'label'"),
-        ([{"prediction": "a", "label": "a", "score": 0.3}, {"prediction": "b", "label": "b"}], "classification",
-         "record 1 (0-based) has no 'score'"),
+        (
+            [{"prediction": "a", "label": "a"}, {"prediction": "b"}],
+            "classification",
+            "record 1 (0-based) has no 'multiple_choice_answer' or 'label'",
+        ),
+        (
+            [{"prediction": "a", "label": "a", "score": 0.3}, {"prediction": "b", "label": "b"}],
+            "classification",
+            "record 1 (0-based) has no 'score'",
+        ),
     ],
 )
 def test_summarize_bad_input(records: list[dict], task: str, fragment: str) -> None:

@@ -192,9 +192,7 @@ def test_summarize_missing_answer_type_is_unknown() -> None:
     summary = summarize(records)
 
     # Assert
-    assert summary["by_answer_type"] == {
-        "unknown": {"n": 1, "vqa_accuracy": 0.0, "exact_match": 0.0}
-    }
+    assert summary["by_answer_type"] == {"unknown": {"n": 1, "vqa_accuracy": 0.0, "exact_match": 0.0}}
 
 
 def test_summarize_empty() -> None:

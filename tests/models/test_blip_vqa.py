@@ -21,10 +21,22 @@ def blip_vqa_base_config():
     from transformers import BlipConfig
 
     return BlipConfig(
-        text_config=dict(vocab_size=30524, hidden_size=768, encoder_hidden_size=768,
-                         intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, image_size=384, patch_size=16),
+        text_config=dict(
+            vocab_size=30524,
+            hidden_size=768,
+            encoder_hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=384,
+            patch_size=16,
+        ),
     )
 
 

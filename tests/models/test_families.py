@@ -13,13 +13,13 @@ import torch
 
 from fedumm.adapters import apply_lora, get_adapter_state
 from fedumm.config import AdapterConfig, ModelConfig, TrainConfig
-from fedumm.validation import load_run_config
 from fedumm.data.synthetic import make_synthetic_vqa
 from fedumm.errors import ConfigError
+from fedumm.federation.train import train_local
 from fedumm.models.hf_vlm import IGNORE_INDEX
 from fedumm.models.registry import get_backend
 from fedumm.models.tiny import TINY_MODELS, resolve_model_path
-from fedumm.federation.train import train_local
+from fedumm.validation import load_run_config
 
 # tiny model -> (backend, model_type, model class, processor class)
 CASES = {
@@ -68,9 +68,7 @@ class Loaded:
         self.base_parameters = [n for n, _ in base.named_parameters()]
         self.frozen_before_lora = not any(p.requires_grad for p in base.parameters())
         torch.manual_seed(0)
-        self.model = apply_lora(
-            base, AdapterConfig(dropout=0.0), self.backend.lora_target_regex(AdapterConfig())
-        )
+        self.model = apply_lora(base, AdapterConfig(dropout=0.0), self.backend.lora_target_regex(AdapterConfig()))
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +158,7 @@ def test_one_training_step_changes_only_lora(name, loaded):
     model, backend = item.model, item.backend
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     adapter_before = get_adapter_state(model)
-    result = train_local(
-        model, backend, make_synthetic_vqa(4, seed=2), TrainConfig(lr=1e-2, batch_size=4), seed=0
-    )
+    result = train_local(model, backend, make_synthetic_vqa(4, seed=2), TrainConfig(lr=1e-2, batch_size=4), seed=0)
     assert result.steps == 1 and torch.isfinite(torch.tensor(result.mean_loss))
     for n, p in model.named_parameters():
         if ".lora_" not in n:
@@ -184,14 +180,26 @@ def test_predict_returns_one_string_per_sample(name, loaded):
 def test_one_federated_round(name, paths, tmp_path):
     from fedumm.engines.simulation import simulate
 
-    config = load_run_config(None, [
-        f"model.backend={CASES[name][0]}", f"model.name_or_path={paths[name]}", "model.device=cpu",
-        "model.max_new_tokens=3", "federation.num_clients=2", "federation.rounds=1",
-        "data.synthetic.train_samples=40", "data.synthetic.test_samples=8",
-        "train.batch_size=8", "train.local_steps=1", "eval.clients=false",
-        "eval.centralized_baseline=false", "output.progress=false", f"output.dir={tmp_path}",
-        "output.name=round",
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"model.backend={CASES[name][0]}",
+            f"model.name_or_path={paths[name]}",
+            "model.device=cpu",
+            "model.max_new_tokens=3",
+            "federation.num_clients=2",
+            "federation.rounds=1",
+            "data.synthetic.train_samples=40",
+            "data.synthetic.test_samples=8",
+            "train.batch_size=8",
+            "train.local_steps=1",
+            "eval.clients=false",
+            "eval.centralized_baseline=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+            "output.name=round",
+        ],
+    )
     result = simulate(config)
     records = result.federated.records
     assert [r["round"] for r in records] == [0, 1]
@@ -225,11 +233,14 @@ def test_a_prompt_holds_at_most_one_bos(name, loaded):
 #: special token there (Janus: "\n\n"), or no chat template (PaliGemma)), and the token the
 #: backend supervises and stops on.
 END_TOKENS = {
-    "tiny-llava": ("</s>", "</s>"), "tiny-llava-next": ("</s>", "</s>"),
-    "tiny-qwen2-vl": ("<|im_end|>", "<|im_end|>"), "tiny-qwen2.5-vl": ("<|im_end|>", "<|im_end|>"),
+    "tiny-llava": ("</s>", "</s>"),
+    "tiny-llava-next": ("</s>", "</s>"),
+    "tiny-qwen2-vl": ("<|im_end|>", "<|im_end|>"),
+    "tiny-qwen2.5-vl": ("<|im_end|>", "<|im_end|>"),
     "tiny-idefics3": ("<end_of_utterance>", "<end_of_utterance>"),
     "tiny-smolvlm": ("<end_of_utterance>", "<end_of_utterance>"),
-    "tiny-paligemma": (None, "</s>"), "tiny-janus": (None, "</s>"),
+    "tiny-paligemma": (None, "</s>"),
+    "tiny-janus": (None, "</s>"),
 }
 
 
@@ -258,8 +269,15 @@ def test_a_template_end_token_outside_the_family_table_is_used(paths):
     assert backend.answer_ids("red")[-1] == end and end in backend.stop_token_ids()
 
 
-MULTI_IMAGE = ["tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3",
-               "tiny-smolvlm", "tiny-janus"]
+MULTI_IMAGE = [
+    "tiny-llava",
+    "tiny-llava-next",
+    "tiny-qwen2-vl",
+    "tiny-qwen2.5-vl",
+    "tiny-idefics3",
+    "tiny-smolvlm",
+    "tiny-janus",
+]
 
 
 def _image_token_id(backend) -> int:
@@ -325,11 +343,15 @@ def _forced_log_likelihood(backend, model, sample, answer) -> float:
         generate = GenerationMixin.generate.__get__(model.get_base_model())
     with torch.no_grad():
         out = generate(
-            **encoded, max_new_tokens=len(ids), do_sample=False, output_logits=True,
-            return_dict_in_generate=True, logits_processor=LogitsProcessorList([_ForceTokens(ids, start)]),
+            **encoded,
+            max_new_tokens=len(ids),
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            logits_processor=LogitsProcessorList([_ForceTokens(ids, start)]),
         )
     steps = out.logits
-    assert out.sequences[0, -len(ids):].tolist() == ids
+    assert out.sequences[0, -len(ids) :].tolist() == ids
     return sum(float(torch.log_softmax(step[0].float(), dim=-1)[t]) for step, t in zip(steps, ids))
 
 
@@ -341,8 +363,9 @@ def test_score_choices_is_the_answer_log_likelihood(name, loaded):
     choices = ["yes", "red circle"]
     scores = item.backend.score_choices(item.model, samples, choices)
     assert scores.shape == (2, 2) and scores.dtype == torch.float32
-    expected = torch.tensor([[_forced_log_likelihood(item.backend, item.model, s, c) for c in choices]
-                             for s in samples])
+    expected = torch.tensor(
+        [[_forced_log_likelihood(item.backend, item.model, s, c) for c in choices] for s in samples]
+    )
     assert torch.allclose(scores, expected, atol=1e-3), (scores, expected)
     # P(first choice) as ModelHost reports it for ROC-AUC: a probability, the softmax of the two.
     p = scores.softmax(dim=-1)[:, 0]

@@ -58,7 +58,9 @@ def test_folder_without_processor_is_rejected(tmp_path, tiny_llava_path):
     AutoModelForImageTextToText.from_pretrained(tiny_llava_path).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_llava_path).save_pretrained(folder)
     backend = get_backend("hf_vlm")(ModelConfig(name_or_path=str(folder), device="cpu"))
-    with pytest.raises(ConfigError, match=r"model.name_or_path: (cannot load .*image processor|.*no multimodal processor)"):
+    with pytest.raises(
+        ConfigError, match=r"model.name_or_path: (cannot load .*image processor|.*no multimodal processor)"
+    ):
         backend.load()
 
 
@@ -96,7 +98,9 @@ def test_unknown_lora_preset_lists_the_available_ones(model_config):
     from fedumm.config import AdapterConfig
 
     backend = get_backend("hf_vlm")(model_config)
-    with pytest.raises(ConfigError, match="adapter.preset: unknown preset 'qq' for backend hf_vlm; available: all_linear"):
+    with pytest.raises(
+        ConfigError, match="adapter.preset: unknown preset 'qq' for backend hf_vlm; available: all_linear"
+    ):
         backend.lora_target_regex(AdapterConfig(preset="qq"))
 
 
@@ -118,8 +122,11 @@ def test_text_only_rows_get_a_blank_image_and_train(lora_model):
 def test_unknown_model_type_warns_with_the_known_families():
     from fedumm.models.hf_vlm import FAMILIES, LLAVA, family_for
 
-    with pytest.warns(UserWarning, match=r"model_type 'mystery_vlm' is not in the hf_vlm family table "
-                                         r"\(known: idefics3, janus, llava, llava_next, paligemma, .*\); assuming the LLaVA layout"):
+    with pytest.warns(
+        UserWarning,
+        match=r"model_type 'mystery_vlm' is not in the hf_vlm family table "
+        r"\(known: idefics3, janus, llava, llava_next, paligemma, .*\); assuming the LLaVA layout",
+    ):
         assert family_for("mystery_vlm") is LLAVA
     import warnings
 
@@ -161,7 +168,10 @@ def test_a_failing_fallback_processor_is_chained(tmp_path):
     AutoModelForImageTextToText.from_pretrained(source).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     backend = get_backend("hf_vlm")(ModelConfig(name_or_path=str(folder), device="cpu"))
-    with pytest.raises(ConfigError, match=r"has no multimodal processor \(AutoProcessor (returned|failed).*\), and the "
-                                          r"qwen2_vl processor built from the folder's files failed") as info:
+    with pytest.raises(
+        ConfigError,
+        match=r"has no multimodal processor \(AutoProcessor (returned|failed).*\), and the "
+        r"qwen2_vl processor built from the folder's files failed",
+    ) as info:
         backend.load()
     assert isinstance(info.value.__cause__, OSError)

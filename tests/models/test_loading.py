@@ -7,11 +7,11 @@ import torch
 
 from fedumm.adapters import apply_lora, trainable_parameters
 from fedumm.config import AdapterConfig, ModelConfig
-from fedumm.validation import load_run_config
 from fedumm.data.synthetic import make_synthetic_vqa
 from fedumm.errors import ConfigError
 from fedumm.models import loading
 from fedumm.models.registry import get_backend
+from fedumm.validation import load_run_config
 
 
 @pytest.mark.parametrize("mode", ["4bit", "8bit"])
@@ -50,10 +50,16 @@ def test_quantization_config_when_bitsandbytes_can_run(monkeypatch):
 def test_quantization_error_surfaces_from_a_run_config(tmp_path, tiny_llava_path):
     from fedumm.engines.simulation import simulate
 
-    config = load_run_config(None, [
-        f"model.name_or_path={tiny_llava_path}", "model.device=cpu", "model.quantization=8bit",
-        f"output.dir={tmp_path}", "output.progress=false",
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"model.name_or_path={tiny_llava_path}",
+            "model.device=cpu",
+            "model.quantization=8bit",
+            f"output.dir={tmp_path}",
+            "output.progress=false",
+        ],
+    )
     with pytest.raises(ConfigError, match="model.quantization"):
         simulate(config)
 

@@ -61,7 +61,9 @@ def test_smolvlm_checkpoint_with_stock_processor_falls_back_to_idefics3(tmp_path
     SmolVLMImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
     ).save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "SmolVLMProcessor", "image_seq_len": 4}))
+    (folder / "processor_config.json").write_text(
+        json.dumps({"processor_class": "SmolVLMProcessor", "image_seq_len": 4})
+    )
 
     backend = get_backend("hf_vlm")(ModelConfig(name_or_path=str(folder), device="cpu"))
     model = backend.load()

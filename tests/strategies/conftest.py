@@ -59,17 +59,27 @@ class ToyHost:
 def toy_fit():
     """``toy_fit(algorithm, w, extras, train_overrides, client_state=None, target=(0, 0))`` ->
     (trained w, extras sent, runtime) after one ClientRuntime.fit round."""
-    from fedumm.validation import load_run_config
     from fedumm.data.federated import ClientData
     from fedumm.federation import ClientRuntime
+    from fedumm.validation import load_run_config
 
     def fit(algorithm, w, extras, train=(), client_state=None, target=(0.0, 0.0)):
-        config = load_run_config(None, ["train.optimizer=sgd", "train.weight_decay=0", "train.max_grad_norm=null",
-                                    "train.batch_size=1", "eval.clients=false", *train])
+        config = load_run_config(
+            None,
+            [
+                "train.optimizer=sgd",
+                "train.weight_decay=0",
+                "train.max_grad_norm=null",
+                "train.batch_size=1",
+                "eval.clients=false",
+                *train,
+            ],
+        )
         runtime = ClientRuntime(ClientData(0, [{"t": list(target)}], []), ToyHost(len(w)), config, algorithm)
         runtime.client_state = dict(client_state or {})
-        message = codec.encode_message({"state": {"w": torch.tensor(w)},
-                                        "extras": {k: torch.tensor(v) for k, v in extras.items()}})
+        message = codec.encode_message(
+            {"state": {"w": torch.tensor(w)}, "extras": {k: torch.tensor(v) for k, v in extras.items()}}
+        )
         reply = runtime.fit(message, round_num=1)
         parts = codec.decode_message(reply.payload)
         return parts["state"]["w"], parts["extras"], runtime

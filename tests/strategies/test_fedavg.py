@@ -35,9 +35,11 @@ def test_no_updates_keeps_global_state():
 
 @pytest.mark.parametrize(
     ("second", "fragment"),
-    [({"w": torch.zeros(3)}, "shape mismatch for 'w'"),
-     ({"v": torch.zeros(2)}, "1 missing key"),
-     ({"w": torch.zeros(2), "x": torch.zeros(1)}, "1 unexpected key")],
+    [
+        ({"w": torch.zeros(3)}, "shape mismatch for 'w'"),
+        ({"v": torch.zeros(2)}, "1 missing key"),
+        ({"w": torch.zeros(2), "x": torch.zeros(1)}, "1 unexpected key"),
+    ],
 )
 def test_mismatched_client_states_fail_before_arithmetic(second, fragment):
     with pytest.raises(AdapterStateError, match=fragment):

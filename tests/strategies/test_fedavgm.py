@@ -33,7 +33,10 @@ def test_openfedllm_variant_is_an_ema_started_at_the_first_delta():
 
 def test_zero_momentum_and_unit_lr_is_fedavg():
     global_state = {"w": torch.tensor([1.0, -2.0])}
-    updates = [ClientUpdate(0, 3, {"w": torch.tensor([2.0, 0.0])}), ClientUpdate(1, 1, {"w": torch.tensor([-6.0, 4.0])})]
+    updates = [
+        ClientUpdate(0, 3, {"w": torch.tensor([2.0, 0.0])}),
+        ClientUpdate(1, 1, {"w": torch.tensor([-6.0, 4.0])}),
+    ]
     new = FedAvgM(FedAvgMParams(momentum=0.0, server_lr=1.0)).aggregate(global_state, updates, 1)
     # FedAvg: (3*[2,0] + 1*[-6,4]) / 4 = [0, 1]
     assert torch.allclose(new["w"], torch.tensor([0.0, 1.0]))
@@ -43,8 +46,11 @@ def test_zero_momentum_and_unit_lr_is_fedavg():
 def test_velocity_is_created_per_key_when_first_trained():
     strategy = FedAvgM(FedAvgMParams(momentum=0.5, server_lr=1.0))
     strategy.aggregate({"a": torch.zeros(1)}, [ClientUpdate(0, 1, {"a": torch.ones(1)})], 1)  # v_a = 1
-    new = strategy.aggregate({"a": torch.ones(1), "b": torch.zeros(2)},
-                             [ClientUpdate(0, 1, {"a": torch.ones(1), "b": torch.full((2,), 2.0)})], 2)
+    new = strategy.aggregate(
+        {"a": torch.ones(1), "b": torch.zeros(2)},
+        [ClientUpdate(0, 1, {"a": torch.ones(1), "b": torch.full((2,), 2.0)})],
+        2,
+    )
     # a: Δ = 0, v = 0.5*1 + 0 = 0.5, θ = 1.5;  b: first update, v = Δ = 2, θ = 2
     assert new["a"].item() == pytest.approx(1.5)
     assert torch.allclose(new["b"], torch.tensor([2.0, 2.0]))
@@ -74,7 +80,10 @@ def test_load_rejects_foreign_keys_and_mismatched_shapes():
 
 
 def test_keeps_global_dtype():
-    new = FedAvgM().aggregate({"w": torch.zeros(2, dtype=torch.float16)},
-                              [ClientUpdate(0, 1, {"w": torch.full((2,), 0.1, dtype=torch.float16)})], 1)
+    new = FedAvgM().aggregate(
+        {"w": torch.zeros(2, dtype=torch.float16)},
+        [ClientUpdate(0, 1, {"w": torch.full((2,), 0.1, dtype=torch.float16)})],
+        1,
+    )
     assert new["w"].dtype == torch.float16
     assert new["w"][0].item() == pytest.approx(0.1, abs=1e-3)

@@ -115,8 +115,11 @@ def test_state_dict_round_trip_continues_identically(cls):
 def test_server_state_is_created_per_key_when_first_trained():
     strategy = FedAdam(FedOptParams(**ADAM_LIKE))
     strategy.aggregate({"a": torch.zeros(1)}, [ClientUpdate(0, 1, {"a": torch.full((1,), 7.0)})], 1)
-    new = strategy.aggregate({"a": torch.zeros(1), "b": torch.zeros(1)},
-                             [ClientUpdate(0, 1, {"a": torch.zeros(1), "b": torch.full((1,), 7.0)})], 2)
+    new = strategy.aggregate(
+        {"a": torch.zeros(1), "b": torch.zeros(1)},
+        [ClientUpdate(0, 1, {"a": torch.zeros(1), "b": torch.full((1,), 7.0)})],
+        2,
+    )
     # b's first update matches a's first one: θ_b = 3.5 (see the Adam test); a has step 2 now.
     assert new["b"].item() == pytest.approx(3.5)
     assert strategy.steps["a"].item() == 2 and strategy.steps["b"].item() == 1

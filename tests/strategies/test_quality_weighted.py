@@ -17,8 +17,13 @@ def _updates(rows):
 
 def test_weights_are_sample_share_times_score_renormalised():
     # Prepare: n = 10, 20, 40; q = 0.6, 0.3, 0.0 (floored to epsilon = 0.05)
-    updates = _updates([(7.0, 10, {"local_vqa_accuracy": 0.6}), (0.0, 20, {"local_vqa_accuracy": 0.3}),
-                        (14.0, 40, {"local_vqa_accuracy": 0.0})])
+    updates = _updates(
+        [
+            (7.0, 10, {"local_vqa_accuracy": 0.6}),
+            (0.0, 20, {"local_vqa_accuracy": 0.3}),
+            (14.0, 40, {"local_vqa_accuracy": 0.0}),
+        ]
+    )
     strategy = _qw(epsilon=0.05)
     # Execute
     weights = quality_weights(updates, "local_vqa_accuracy", 0.05)
@@ -63,8 +68,9 @@ def test_keeps_global_dtype_and_checks_keys():
 
 def test_client_without_a_score_gets_the_mean_of_the_others():
     # Prepare: client 2 has no local test split, so no score; q = 0.6, 0.2 -> its q = 0.4
-    updates = _updates([(10.0, 1, {"local_vqa_accuracy": 0.6}), (0.0, 1, {"local_vqa_accuracy": 0.2}),
-                        (5.0, 2, {"train_loss": 1.0})])
+    updates = _updates(
+        [(10.0, 1, {"local_vqa_accuracy": 0.6}), (0.0, 1, {"local_vqa_accuracy": 0.2}), (5.0, 2, {"train_loss": 1.0})]
+    )
     # Execute
     weights = quality_weights(updates, "local_vqa_accuracy", 0.01, missing_score="mean")
     new = _qw().aggregate({"w": torch.zeros(1)}, updates, 1)
@@ -76,11 +82,13 @@ def test_client_without_a_score_gets_the_mean_of_the_others():
     assert _qw().aggregate({"w": torch.zeros(1)}, unscored, 1)["w"].item() == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize(("task", "metric"), [("vqa", "local_vqa_accuracy"), ("classification", "local_accuracy"),
-                                              ("caption", "local_cider_d")])
+@pytest.mark.parametrize(
+    ("task", "metric"),
+    [("vqa", "local_vqa_accuracy"), ("classification", "local_accuracy"), ("caption", "local_cider_d")],
+)
 def test_default_metric_follows_the_task(task, metric):
-    from fedumm.validation import load_run_config
     from fedumm.strategies import build_strategy
+    from fedumm.validation import load_run_config
 
     config = load_run_config(None, ["federation.strategy.name=quality_weighted", f"eval.task={task}"])
     strategy = build_strategy(config.federation.strategy, num_clients=4, task=config.eval.task)
@@ -89,8 +97,9 @@ def test_default_metric_follows_the_task(task, metric):
     updates = _updates([(3.0, 1, {metric: 0.75}), (7.0, 1, {metric: 0.25})])
     assert strategy.aggregate({"w": torch.zeros(1)}, updates, 1)["w"].item() == pytest.approx(4.0)
     # An explicit metric is kept.
-    explicit = load_run_config(None, ["federation.strategy.name=quality_weighted", "federation.strategy.metric=f1",
-                                  f"eval.task={task}"])
+    explicit = load_run_config(
+        None, ["federation.strategy.name=quality_weighted", "federation.strategy.metric=f1", f"eval.task={task}"]
+    )
     assert build_strategy(explicit.federation.strategy, 4, task=task).params.metric == "f1"
 
 
@@ -99,10 +108,13 @@ def test_unresolved_metric_is_a_clear_error():
         QualityWeighted().aggregate({"w": torch.zeros(1)}, _updates([(1.0, 1, {"local_vqa_accuracy": 1.0})]), 1)
 
 
-@pytest.mark.parametrize(("override", "fragment"), [
-    ("eval.clients=false", "eval.clients: federation.strategy.name=quality_weighted weights clients"),
-    ("data.local_test_fraction=0", "data.local_test_fraction: federation.strategy.name=quality_weighted needs"),
-])
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("eval.clients=false", "eval.clients: federation.strategy.name=quality_weighted weights clients"),
+        ("data.local_test_fraction=0", "data.local_test_fraction: federation.strategy.name=quality_weighted needs"),
+    ],
+)
 def test_config_without_client_scores_fails_before_anything_loads(override, fragment):
     from fedumm.validation import load_run_config
 

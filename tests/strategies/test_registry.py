@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from fedumm.validation import load_run_config
 from fedumm.errors import ConfigError
 from fedumm.strategies import STRATEGIES, FedAdam, build_strategy
+from fedumm.validation import load_run_config
 
 NEW = ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "quality_weighted", "median", "trimmed_mean", "krum"]
 
@@ -24,24 +24,32 @@ def test_fedadam_config_validates_and_builds():
     strategy = build_strategy(config.federation.strategy, num_clients=4)
     # Assert: eta set, the rest at their defaults
     assert isinstance(strategy, FedAdam)
-    assert (strategy.params.eta, strategy.params.beta1, strategy.params.beta2, strategy.params.tau) == (0.01, 0.9, 0.99, 1e-3)
+    assert (strategy.params.eta, strategy.params.beta1, strategy.params.beta2, strategy.params.tau) == (
+        0.01,
+        0.9,
+        0.99,
+        1e-3,
+    )
     assert strategy.params.variant == "paper" and strategy.params.bias_correction is False
 
 
-@pytest.mark.parametrize(("name", "setting", "key"), [
-    ("fedadam", "eta=-1", "eta"),
-    ("fedyogi", "beta2=1.0", "beta2"),
-    ("fedadagrad", "beta2=0.9", "beta2"),  # FedAdagrad has no beta2: unknown key
-    ("fedadam", "variant=flower", "variant"),
-    ("fedadam", "bias_correction=true", None),  # valid with the paper variant
-    ("fedavgm", "momentum=1.0", "momentum"),
-    ("fedavgm", "server_lr=0", "server_lr"),
-    ("quality_weighted", "epsilon=0", "epsilon"),
-    ("trimmed_mean", "beta=0.5", "beta"),
-    ("krum", "f=-1", "f"),
-    ("krum", "m=0", "m"),
-    ("median", "beta=0.1", "beta"),  # median takes no params
-])
+@pytest.mark.parametrize(
+    ("name", "setting", "key"),
+    [
+        ("fedadam", "eta=-1", "eta"),
+        ("fedyogi", "beta2=1.0", "beta2"),
+        ("fedadagrad", "beta2=0.9", "beta2"),  # FedAdagrad has no beta2: unknown key
+        ("fedadam", "variant=flower", "variant"),
+        ("fedadam", "bias_correction=true", None),  # valid with the paper variant
+        ("fedavgm", "momentum=1.0", "momentum"),
+        ("fedavgm", "server_lr=0", "server_lr"),
+        ("quality_weighted", "epsilon=0", "epsilon"),
+        ("trimmed_mean", "beta=0.5", "beta"),
+        ("krum", "f=-1", "f"),
+        ("krum", "m=0", "m"),
+        ("median", "beta=0.1", "beta"),  # median takes no params
+    ],
+)
 def test_bad_values_name_the_strategy_key(name, setting, key):
     overrides = [f"federation.strategy.name={name}", f"federation.strategy.{setting}"]
     if key is None:
@@ -53,8 +61,14 @@ def test_bad_values_name_the_strategy_key(name, setting, key):
 
 def test_openfedllm_variant_refuses_bias_correction():
     with pytest.raises(ConfigError, match=r"federation\.strategy\.bias_correction: the openfedllm variant"):
-        load_run_config(None, ["federation.strategy.name=fedyogi", "federation.strategy.variant=openfedllm",
-                           "federation.strategy.bias_correction=true"])
+        load_run_config(
+            None,
+            [
+                "federation.strategy.name=fedyogi",
+                "federation.strategy.variant=openfedllm",
+                "federation.strategy.bias_correction=true",
+            ],
+        )
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -74,15 +88,26 @@ def test_two_rounds_end_to_end(name, tiny_llava_path, tmp_path):
     from fedumm.federation import ModelHost
 
     # Prepare
-    config = load_run_config(None, [
-        f"federation.strategy.name={name}", *EXTRA.get(name, []),
-        f"model.name_or_path={tiny_llava_path}", "model.device=cpu",
-        "model.max_new_tokens=2",  # answers are one word; 8 decode steps would quadruple eval time
-        "federation.num_clients=3", "federation.rounds=2",
-        "data.synthetic.train_samples=90", "data.synthetic.test_samples=12", "data.partition.min_samples=4",
-        "train.local_steps=2", "train.batch_size=4",
-        "eval.centralized_baseline=false", "output.progress=false", f"output.dir={tmp_path}",
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"federation.strategy.name={name}",
+            *EXTRA.get(name, []),
+            f"model.name_or_path={tiny_llava_path}",
+            "model.device=cpu",
+            "model.max_new_tokens=2",  # answers are one word; 8 decode steps would quadruple eval time
+            "federation.num_clients=3",
+            "federation.rounds=2",
+            "data.synthetic.train_samples=90",
+            "data.synthetic.test_samples=12",
+            "data.partition.min_samples=4",
+            "train.local_steps=2",
+            "train.batch_size=4",
+            "eval.centralized_baseline=false",
+            "output.progress=false",
+            f"output.dir={tmp_path}",
+        ],
+    )
     host = ModelHost(config)
     initial = {k: v.clone() for k, v in host.initial_state.items()}
     # Execute
@@ -112,8 +137,10 @@ def test_result_keeps_the_global_states_dtype(name):
     strategy = STRATEGIES[name](validate_params(name, DTYPE_PARAMS.get(name, {})), num_clients=3)
     global_state = {"w": torch.tensor([1.0, 2.0], dtype=torch.bfloat16)}
     strategy.server_extras(global_state, 1)
-    updates = [ClientUpdate(i, 1, {"w": torch.tensor([1.0, 2.0]) + 0.5 * i}, {"q": 1.0}, {"w": torch.zeros(2)})
-               for i in range(3)]
+    updates = [
+        ClientUpdate(i, 1, {"w": torch.tensor([1.0, 2.0]) + 0.5 * i}, {"q": 1.0}, {"w": torch.zeros(2)})
+        for i in range(3)
+    ]
     # Execute
     new = strategy.aggregate(global_state, updates, 1)
     # Assert

@@ -35,12 +35,15 @@ def test_median_odd_count():
     assert new["w"].item() == pytest.approx(1.0)  # sorted [-3, 1, 4]
 
 
-@pytest.mark.parametrize(("beta", "expected"), [
-    (0.0, 2.4),   # k = 0: mean (1 + 3 + 2 + 10 - 4)/5 = 2.4
-    (0.2, 2.0),   # k = floor(1.0) = 1: sorted [-4,1,2,3,10] -> mean(1,2,3) = 2
-    (0.3, 2.0),   # k = floor(1.5) = 1
-    (0.4, 2.0),   # k = 2: the median, 2
-])
+@pytest.mark.parametrize(
+    ("beta", "expected"),
+    [
+        (0.0, 2.4),  # k = 0: mean (1 + 3 + 2 + 10 - 4)/5 = 2.4
+        (0.2, 2.0),  # k = floor(1.0) = 1: sorted [-4,1,2,3,10] -> mean(1,2,3) = 2
+        (0.3, 2.0),  # k = floor(1.5) = 1
+        (0.4, 2.0),  # k = 2: the median, 2
+    ],
+)
 def test_trimmed_mean_hand_computed(beta, expected):
     g = {"w": torch.zeros(1)}
     updates = _updates(g, [{"w": torch.tensor([v])} for v in (1.0, 3.0, 2.0, 10.0, -4.0)])
@@ -102,13 +105,17 @@ def test_krum_default_f_is_the_largest_the_round_allows():
 HONEST = (0.98, 1.0, 1.02, 0.99, 1.01)
 
 
-@pytest.mark.parametrize(("strategy", "within"), [
-    (Median(), 0.1),
-    (TrimmedMean(TrimmedMeanParams(beta=0.2)), 0.1),  # k = floor(0.2 * 6) = 1 per side
-    (Krum(KrumParams(f=1)), 0.1),
-    (Krum(KrumParams(f=1, m=4)), 0.1),
-    (FedAvg(), None),
-], ids=["median", "trimmed_mean", "krum", "multi_krum", "fedavg"])
+@pytest.mark.parametrize(
+    ("strategy", "within"),
+    [
+        (Median(), 0.1),
+        (TrimmedMean(TrimmedMeanParams(beta=0.2)), 0.1),  # k = floor(0.2 * 6) = 1 per side
+        (Krum(KrumParams(f=1)), 0.1),
+        (Krum(KrumParams(f=1, m=4)), 0.1),
+        (FedAvg(), None),
+    ],
+    ids=["median", "trimmed_mean", "krum", "multi_krum", "fedavg"],
+)
 def test_one_client_scaling_its_update_by_1e6(strategy, within):
     # Prepare: 5 honest clients near 1.0 per coordinate, 1 attacker at 1e6 x 1.0; global at 0
     g = {"w": torch.zeros(3), "b": torch.zeros(1)}

@@ -13,14 +13,21 @@ def _client(correction="parameter"):
 
 def test_option_ii_variate_hand_computed():
     # c_i+ = c_i - c + (x - y)/(K lr) = [1] - [0.5] + ([2] - [1.6]) / (4 * 0.1) = 0.5 + 1.0 = 1.5
-    new = option_ii_variate({"w": torch.tensor([1.0])}, {"w": torch.tensor([0.5])},
-                            {"w": torch.tensor([2.0])}, {"w": torch.tensor([1.6])}, steps=4, lr=0.1)
+    new = option_ii_variate(
+        {"w": torch.tensor([1.0])},
+        {"w": torch.tensor([0.5])},
+        {"w": torch.tensor([2.0])},
+        {"w": torch.tensor([1.6])},
+        steps=4,
+        lr=0.1,
+    )
     assert new["w"].item() == pytest.approx(1.5)
 
 
 def test_gradient_correction_adds_c_minus_ci():
-    hooks = _client("gradient").hooks({"w": torch.zeros(2)}, {"w": torch.tensor([0.5, 0.5])},
-                                      {"w": torch.tensor([0.2, -0.3])})
+    hooks = _client("gradient").hooks(
+        {"w": torch.zeros(2)}, {"w": torch.tensor([0.5, 0.5])}, {"w": torch.tensor([0.2, -0.3])}
+    )
     param = torch.nn.Parameter(torch.zeros(2))
     param.grad = torch.tensor([1.0, 1.0])
     hooks.after_backward({"w": param})
@@ -47,7 +54,10 @@ def test_local_round_under_sgd_is_the_papers_corrected_step(toy_fit, correction)
     # -> c - c_i = [0.5, 0.25]; SGD, lr 0.5, K = 2 steps, no clipping.
     # Execute
     trained, delta_c, runtime = toy_fit(
-        _client(correction), [1.0, -2.0], {"w": [0.5, 0.0]}, ["train.lr=0.5", "train.local_steps=2"],
+        _client(correction),
+        [1.0, -2.0],
+        {"w": [0.5, 0.0]},
+        ["train.lr=0.5", "train.local_steps=2"],
         client_state={"w": torch.tensor([0.0, -0.25])},
     )
     # Assert: w <- w - 0.5 (w + [0.5, 0.25]) = 0.5 w - [0.25, 0.125] in both forms:
@@ -76,8 +86,14 @@ def test_variates_of_keys_not_trained_this_round_are_kept():
     # two_stage: round 1 trained the connector ("conn"), this round trains LoRA ("w") only.
     result = TrainResult(num_samples=1, steps=1, mean_loss=0.0, seconds=0.0)
     kept = {"conn": torch.tensor([7.0])}
-    extras, state = _client().finish({"w": torch.tensor([1.0])}, {"w": torch.tensor([0.5])},
-                                     {"w": torch.tensor([0.0]), "conn": torch.tensor([1.0])}, kept, result, lr=1.0)
+    extras, state = _client().finish(
+        {"w": torch.tensor([1.0])},
+        {"w": torch.tensor([0.5])},
+        {"w": torch.tensor([0.0]), "conn": torch.tensor([1.0])},
+        kept,
+        result,
+        lr=1.0,
+    )
     assert set(extras) == {"w"}
     assert state["conn"].item() == 7.0 and state["w"].item() == pytest.approx(0.5)  # 0 - 0 + 0.5 / 1
 
@@ -87,8 +103,10 @@ def test_server_updates_model_and_control_over_two_rounds():
     x = {"w": torch.tensor([0.0])}
     assert strategy.server_extras(x, 1)["w"].item() == 0.0
     # Round 1: Δy = [1], [3] -> mean 2 -> x = 0 + 0.5*2 = 1; Δc = [2], [4] -> c = 0 + (2/4)*3 = 1.5
-    updates = [ClientUpdate(0, 10, {"w": torch.tensor([1.0])}, extras={"w": torch.tensor([2.0])}),
-               ClientUpdate(1, 30, {"w": torch.tensor([3.0])}, extras={"w": torch.tensor([4.0])})]
+    updates = [
+        ClientUpdate(0, 10, {"w": torch.tensor([1.0])}, extras={"w": torch.tensor([2.0])}),
+        ClientUpdate(1, 30, {"w": torch.tensor([3.0])}, extras={"w": torch.tensor([4.0])}),
+    ]
     x = strategy.aggregate(x, updates, 1)
     assert x["w"].item() == pytest.approx(1.0)
     assert strategy.server_extras(x, 2)["w"].item() == pytest.approx(1.5)
@@ -98,14 +116,19 @@ def test_server_updates_model_and_control_over_two_rounds():
     assert strategy.control["w"].item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(("extras", "fragment"), [
-    ({}, "client 1 delta c .* 1 missing key"),
-    ({"w": torch.zeros(3)}, "client 1 delta c .* shape mismatch for 'w'"),
-    ({"w": torch.zeros(2), "other": torch.zeros(1)}, "client 1 delta c .* 1 unexpected key"),
-])
+@pytest.mark.parametrize(
+    ("extras", "fragment"),
+    [
+        ({}, "client 1 delta c .* 1 missing key"),
+        ({"w": torch.zeros(3)}, "client 1 delta c .* shape mismatch for 'w'"),
+        ({"w": torch.zeros(2), "other": torch.zeros(1)}, "client 1 delta c .* 1 unexpected key"),
+    ],
+)
 def test_missing_or_mismatched_client_extras_are_clear_errors(extras, fragment):
-    updates = [ClientUpdate(0, 1, {"w": torch.ones(2)}, extras={"w": torch.zeros(2)}),
-               ClientUpdate(1, 1, {"w": torch.ones(2)}, extras=extras)]
+    updates = [
+        ClientUpdate(0, 1, {"w": torch.ones(2)}, extras={"w": torch.zeros(2)}),
+        ClientUpdate(1, 1, {"w": torch.ones(2)}, extras=extras),
+    ]
     with pytest.raises(AdapterStateError, match=fragment):
         Scaffold(num_clients=2).aggregate({"w": torch.zeros(2)}, updates, 1)
 
@@ -123,11 +146,14 @@ def test_server_state_round_trips_through_state_dict():
     assert torch.equal(restored.control["w"], torch.tensor([0.7]))
 
 
-@pytest.mark.parametrize(("state", "fragment"), [
-    ({"momentum/w": torch.zeros(1)}, "unexpected server state key 'momentum/w'"),
-    ({"control/v": torch.zeros(1)}, "key 'v' is not a tensor of the global adapter"),
-    ({"control/w": torch.zeros(2)}, "shape mismatch for 'w'"),
-])
+@pytest.mark.parametrize(
+    ("state", "fragment"),
+    [
+        ({"momentum/w": torch.zeros(1)}, "unexpected server state key 'momentum/w'"),
+        ({"control/v": torch.zeros(1)}, "key 'v' is not a tensor of the global adapter"),
+        ({"control/w": torch.zeros(2)}, "shape mismatch for 'w'"),
+    ],
+)
 def test_load_state_dict_rejects_foreign_keys_and_shapes(state, fragment):
     with pytest.raises(ValueError, match=fragment):
         Scaffold().load_state_dict(state, reference={"w": torch.zeros(1)})

@@ -69,9 +69,7 @@ class ModalityConfig(Section):
         "modality with prob. 1 - rate, drawn once (a client drawing neither gets image or text per sample).",
     )
     rate: float = Field(0.5, ge=0, le=1, description="missing / mix: probability that a modality is dropped.")
-    num_image_clients: int = Field(
-        1, ge=0, description="single: how many clients (the first ones) keep only images."
-    )
+    num_image_clients: int = Field(1, ge=0, description="single: how many clients (the first ones) keep only images.")
     image_only_prompt: str | None = Field(
         None,
         description="Question of a sample that lost its text; null = by task (the row's task column, else "

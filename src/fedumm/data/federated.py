@@ -217,7 +217,7 @@ def build_federated_data(
     clients = []
     for cid, (rows, part) in enumerate(zip(client_rows, parts)):
         if own_tests is not None:
-            local_train, local_test = rows[: len(part)], rows[len(part):]
+            local_train, local_test = rows[: len(part)], rows[len(part) :]
         else:
             local_train, local_test = split_local_test(rows, config.local_test_fraction, seed + 1 + cid)
         clients.append(ClientData(cid, local_train, local_test))

@@ -99,7 +99,7 @@ def _present(row: Mapping) -> str:
 
 
 def modality_of(row: Mapping) -> str:
-    """"image+text", "image", "text" or "none": the tag set by this module, else what the row holds."""
+    """ "image+text", "image", "text" or "none": the tag set by this module, else what the row holds."""
     tagged = (row.get("metadata") or {}).get("modality")
     return str(tagged) if tagged is not None else _present(row)
 
@@ -217,8 +217,9 @@ def apply_modality_scenario(
     for c, rows in enumerate(client_rows):
         # Column 0 drops the image, column 1 the text: two independent draws per sample.
         drops = np.random.default_rng([_seed_words(seed), _STREAM_MISSING, c]).random((len(rows), 2)) < rate
-        out.append([with_modality(row, _missing_kind(bool(d[0]), bool(d[1])), **prompts)
-                    for d, row in zip(drops, rows)])
+        out.append(
+            [with_modality(row, _missing_kind(bool(d[0]), bool(d[1])), **prompts) for d, row in zip(drops, rows)]
+        )
     return out
 
 

@@ -460,9 +460,7 @@ def column_values(rows: Sequence[Mapping], column: str, config_key: str) -> list
     return values
 
 
-def make_partition(
-    config: PartitionConfig, rows: Sequence[Mapping], num_clients: int, seed: int
-) -> list[list[int]]:
+def make_partition(config: PartitionConfig, rows: Sequence[Mapping], num_clients: int, seed: int) -> list[list[int]]:
     """Partition ``range(len(rows))`` with the method ``config.method`` names.
 
     ``dirichlet`` with ``alpha == 0`` is IID, as ``partition`` has always done. ``natural``

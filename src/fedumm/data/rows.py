@@ -58,8 +58,19 @@ OnError = Literal["raise", "skip"]
 
 # Columns the schema knows; every other column of a table goes into metadata.
 SCHEMA_COLUMNS = frozenset(
-    {"image", "images", "question", "answer", "answers", "multiple_choice_answer", "answer_type",
-     "label", "task", "question_id", "metadata"}
+    {
+        "image",
+        "images",
+        "question",
+        "answer",
+        "answers",
+        "multiple_choice_answer",
+        "answer_type",
+        "label",
+        "task",
+        "question_id",
+        "metadata",
+    }
 )
 
 

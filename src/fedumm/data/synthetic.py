@@ -31,9 +31,27 @@ MIN_CORRECT_ANNOTATIONS = 6
 _SPLIT_ID_BLOCK = 100_000
 _PLACEMENT_TRIES = 50
 _NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-    "eighteen", "nineteen", "twenty",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
 )
 
 
@@ -90,9 +108,7 @@ def _place_shapes(rng: np.random.Generator, count: int, image_size: int, size: i
     return placed
 
 
-def _draw_shape(
-    draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, size: int, rgb: tuple[int, int, int]
-) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, size: int, rgb: tuple[int, int, int]) -> None:
     """Draw one filled shape in its size×size box (no anti-aliasing: pixels are exact colours)."""
     right, bottom = x + size - 1, y + size - 1
     if shape == "circle":
@@ -121,9 +137,7 @@ def _other(rng: np.random.Generator, options: tuple[str, ...], exclude: str) -> 
     return rest[int(rng.integers(len(rest)))]
 
 
-def _question(
-    rng: np.random.Generator, answer_type: str, shape: str, color: str, count: int
-) -> tuple[str, str]:
+def _question(rng: np.random.Generator, answer_type: str, shape: str, color: str, count: int) -> tuple[str, str]:
     """The (question, true answer) for one image and answer type."""
     if answer_type == "color":
         return f"what color is the {shape}?", color
@@ -170,9 +184,7 @@ def _annotations(
     return answers
 
 
-def _make_row(
-    index: int, seed: int, split: str, image_size: int, max_count: int, answer_noise: float
-) -> dict:
+def _make_row(index: int, seed: int, split: str, image_size: int, max_count: int, answer_noise: float) -> dict:
     """One VQAv2-schema row; all randomness comes from the sample's own generator."""
     rng = _sample_rng(seed, split, index)
     answer_type = ANSWER_TYPES[index % len(ANSWER_TYPES)]
@@ -215,6 +227,4 @@ def make_synthetic_vqa(
             answer_noise is outside [0, 0.5).
     """
     _validate(num_samples, image_size, max_count, answer_noise)
-    return [
-        _make_row(i, seed, split, image_size, max_count, answer_noise) for i in range(num_samples)
-    ]
+    return [_make_row(i, seed, split, image_size, max_count, answer_noise) for i in range(num_samples)]

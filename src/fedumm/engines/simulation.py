@@ -25,8 +25,7 @@ def simulate(
     ``fedumm centralized``). ``host``/``data`` reuse an already built model or data set."""
     resume, in_place = read_resume(config) if federated else (None, False)
     # Data and model load next: a bad path or column fails before the run folder exists.
-    data = data or build_federated_data(config.data, config.federation.num_clients, config.seed,
-                                         task=config.eval.task)
+    data = data or build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
     host = host or ModelHost(config)
     # A resumed checkpoint is checked against the model before the folder changes.
     server = Server.from_config(config, host.initial_state, len(data.clients), checkpoint=resume)
@@ -35,11 +34,21 @@ def simulate(
     run, prior = open_run(config, resume, in_place)
     data.load_report(run.path)  # skipped broken rows' messages: load_problems.txt
     progress = config.output.progress
-    transport = LocalTransport(data.clients, host, config, server.strategy.client_algorithm(), data.partition,
-                               progress=progress)
+    transport = LocalTransport(
+        data.clients, host, config, server.strategy.client_algorithm(), data.partition, progress=progress
+    )
     if resume is not None:
         transport.restore(resume)
     with_baseline = centralized if centralized is not None else config.eval.centralized_baseline
-    return run_job(config, transport, host, run, data.global_test, server, prior_records=prior,
-                   pooled_train=data.pooled_train if with_baseline else None, federated=federated,
-                   log=tqdm.write if progress else None)
+    return run_job(
+        config,
+        transport,
+        host,
+        run,
+        data.global_test,
+        server,
+        prior_records=prior,
+        pooled_train=data.pooled_train if with_baseline else None,
+        federated=federated,
+        log=tqdm.write if progress else None,
+    )

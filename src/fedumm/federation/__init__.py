@@ -18,6 +18,16 @@ from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 
 __all__ = [
-    "ClientRuntime", "FitReply", "LocalTransport", "ModelHost", "PhaseResult", "RunResult", "Server", "SetupInfo",
-    "Transport", "derive_seed", "run_job", "run_rounds",
+    "ClientRuntime",
+    "FitReply",
+    "LocalTransport",
+    "ModelHost",
+    "PhaseResult",
+    "RunResult",
+    "Server",
+    "SetupInfo",
+    "Transport",
+    "derive_seed",
+    "run_job",
+    "run_rounds",
 ]

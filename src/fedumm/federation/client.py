@@ -34,8 +34,7 @@ class ClientRuntime:
     """One client's side of a round. Holds its data, its algorithm's client half and any
     per-client state that must persist between rounds (e.g. SCAFFOLD's control variate)."""
 
-    def __init__(self, data: ClientData, host: ModelHost, config: RunConfig,
-                 algorithm: ClientAlgorithm | None = None):
+    def __init__(self, data: ClientData, host: ModelHost, config: RunConfig, algorithm: ClientAlgorithm | None = None):
         self.data = data
         self.host = host
         self.config = config
@@ -63,7 +62,11 @@ class ClientRuntime:
         hooks = self.algorithm.hooks(round_global, server_extras, self.client_state)
         seed = derive_seed(self.config.seed, round_num, self.client_id)
         result = host.train(
-            self.data.train, self.config.train, seed, hooks, progress,
+            self.data.train,
+            self.config.train,
+            seed,
+            hooks,
+            progress,
             description=f"round {round_num} client {self.client_id}",
         )
         trained = host.get_state(plan.shared)

@@ -102,7 +102,9 @@ class ModelHost:
         connector and LoRA), and every parameter of the model as it runs (peft's frozen
         original copies of modules_to_save not counted twice)."""
         finetune, rounds = self.config.finetune, self.config.federation.rounds
-        trainable = sum(p.numel() for p in self.parameters_of(units_over_run(finetune, rounds, "share", "local")).values())
+        trainable = sum(
+            p.numel() for p in self.parameters_of(units_over_run(finetune, rounds, "share", "local")).values()
+        )
         total = sum(p.numel() for n, p in self.model.named_parameters() if ".original_module." not in n)
         return trainable, total
 
@@ -110,8 +112,12 @@ class ModelHost:
         """One entry per run of rounds with the same plan: first and last round, the units
         trained and their parameter count (two_stage: the connector stage, then the LoRA stage)."""
         return [
-            {"first_round": first, "last_round": last, "units": plan.trained,
-             "trainable": sum(p.numel() for p in self.parameters_of(plan.trained).values())}
+            {
+                "first_round": first,
+                "last_round": last,
+                "units": plan.trained,
+                "trainable": sum(p.numel() for p in self.parameters_of(plan.trained).values()),
+            }
             for first, last, plan in stages(self.config.finetune, self.config.federation.rounds)
         ]
 
@@ -122,8 +128,15 @@ class ModelHost:
         params = {k: p for unit in self.units.values() for k, p in unit.items()}
         save_adapter(self.model, path, {k: params[k] for k in self.in_place_keys})
 
-    def train(self, samples: Sequence[dict], config: TrainConfig, seed: int, hooks: LocalHooks | None,
-              progress: bool, description: str) -> TrainResult:
+    def train(
+        self,
+        samples: Sequence[dict],
+        config: TrainConfig,
+        seed: int,
+        hooks: LocalHooks | None,
+        progress: bool,
+        description: str,
+    ) -> TrainResult:
         return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description)
 
     def class_choices(self, samples: Sequence[dict]) -> list[str] | None:
@@ -143,8 +156,9 @@ class ModelHost:
     def evaluate(self, samples: Sequence[dict], batch_size: int) -> dict:
         """Generate answers for ``samples`` with the current adapter and score them.
 
-        A task that scores choices (classification) also scores each row: ``score`` = P(eval.positive_label), the softmax of
-        the label texts' answer log-likelihoods (``Backend.score_choices``), for ROC-AUC."""
+        A task that scores choices (classification) also scores each row: ``score`` =
+        P(eval.positive_label), the softmax of the label texts' answer log-likelihoods
+        (``Backend.score_choices``), for ROC-AUC."""
         task = get_task(self.config.eval.task)
         if not samples:
             return {"task": task.name, "n": 0, task.primary_metric: 0.0}

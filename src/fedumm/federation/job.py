@@ -41,6 +41,7 @@ class RunResult:
 
 # ---------------------------------------------------------------------------- resume
 
+
 def read_resume(config: RunConfig) -> tuple[Checkpoint | None, bool]:
     """The checkpoint federation.resume_from names (checked against the config, before any model
     loads) and whether it continues the run folder the output names in place (``fedumm run
@@ -48,8 +49,11 @@ def read_resume(config: RunConfig) -> tuple[Checkpoint | None, bool]:
     resume = read_checkpoint(config.federation.resume_from) if config.federation.resume_from else None
     if resume is not None:
         resume.check_config(config, config.federation.num_clients)
-    in_place = (resume is not None and resume.run_dir is not None
-                and resume.run_dir.resolve() == RunFolder.path_for(config).resolve())
+    in_place = (
+        resume is not None
+        and resume.run_dir is not None
+        and resume.run_dir.resolve() == RunFolder.path_for(config).resolve()
+    )
     if not in_place:
         RunFolder.check_available(config)
     return resume, in_place
@@ -80,6 +84,7 @@ def open_run(config: RunConfig, resume: Checkpoint | None, in_place: bool) -> tu
 
 # ---------------------------------------------------------------------------- phases
 
+
 def centralized_config(config: RunConfig) -> RunConfig:
     """Same trainer and budget on pooled data: one client, every round, one pass per epoch."""
     central = config.model_copy(deep=True)
@@ -99,21 +104,34 @@ def eval_rows(config: RunConfig, global_test: Sequence[dict]) -> list[dict]:
     return list(global_test)[: config.eval.max_samples] if config.eval.max_samples else list(global_test)
 
 
-def run_centralized(config: RunConfig, host: ModelHost, pooled_train: list[dict], global_test: Sequence[dict],
-                    run: RunFolder, adapter_name: str, log: Log | None = None) -> PhaseResult:
+def run_centralized(
+    config: RunConfig,
+    host: ModelHost,
+    pooled_train: list[dict],
+    global_test: Sequence[dict],
+    run: RunFolder,
+    adapter_name: str,
+    log: Log | None = None,
+) -> PhaseResult:
     """The centralized baseline: the same round loop over one client holding the pooled data."""
     central = centralized_config(config)
     host.set_state(host.initial_state)
     host.reset_local()
     server = Server.from_config(central, host.initial_state, 1)
-    transport = LocalTransport([ClientData(0, pooled_train, [])], host, central,
-                               server.strategy.client_algorithm(), progress=config.output.progress)
+    transport = LocalTransport(
+        [ClientData(0, pooled_train, [])],
+        host,
+        central,
+        server.strategy.client_algorithm(),
+        progress=config.output.progress,
+    )
     result = run_rounds(central, host, server, transport, eval_rows(config, global_test), run, "centralized", log=log)
     run.save_adapter(host, adapter_name)
     return result
 
 
 # ---------------------------------------------------------------------------- summary
+
 
 def phase_summary(result: PhaseResult) -> dict[str, Any]:
     """A phase's summary keys."""
@@ -127,8 +145,14 @@ def phase_summary(result: PhaseResult) -> dict[str, Any]:
     }
 
 
-def job_summary(config: RunConfig, run: RunFolder, host: ModelHost, setup: SetupInfo,
-                baseline: tuple[str, float | None], phases: Sequence[PhaseResult]) -> dict[str, Any]:
+def job_summary(
+    config: RunConfig,
+    run: RunFolder,
+    host: ModelHost,
+    setup: SetupInfo,
+    baseline: tuple[str, float | None],
+    phases: Sequence[PhaseResult],
+) -> dict[str, Any]:
     trainable, total = host.count_parameters()
     stages = host.trainable_by_stage()
     summary: dict[str, Any] = {
@@ -171,6 +195,7 @@ def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------- the job
 
+
 def run_job(
     config: RunConfig,
     transport: Transport,
@@ -194,20 +219,37 @@ def run_job(
     baseline = get_task(config.eval.task).baseline(setup.answer_counts, global_test)
     if log is not None:
         trainable, total = host.count_parameters()
-        log(f"{setup.train_rows} training rows over {len(transport.client_ids)} clients "
+        log(
+            f"{setup.train_rows} training rows over {len(transport.client_ids)} clients "
             f"(sizes {setup.partition.sizes}, label skew {setup.partition.skew():.2f}), "
             f"{len(global_test)} global test rows; {config.model.backend} "
-            f"{host.backend.name_or_path}: {trainable:,} trainable of {total:,} parameters")
+            f"{host.backend.name_or_path}: {trainable:,} trainable of {total:,} parameters"
+        )
     phases: list[PhaseResult] = []
     if federated:
-        phases.append(run_rounds(config, host, server, transport, eval_rows(config, global_test), run, "federated",
-                                 prior_records=prior_records, log=log, label=label))
+        phases.append(
+            run_rounds(
+                config,
+                host,
+                server,
+                transport,
+                eval_rows(config, global_test),
+                run,
+                "federated",
+                prior_records=prior_records,
+                log=log,
+                label=label,
+            )
+        )
         host.set_state(phases[-1].final_state)
         host.reset_local()
         run.save_adapter(host)
     if pooled_train is not None:
-        phases.append(run_centralized(config, host, pooled_train, global_test, run,
-                                      "centralized_adapter" if federated else "adapter", log))
+        phases.append(
+            run_centralized(
+                config, host, pooled_train, global_test, run, "centralized_adapter" if federated else "adapter", log
+            )
+        )
     summary = job_summary(config, run, host, setup, baseline, phases)
     summary.update(transport.summary_extras(phases[0].records if federated else []))
     if server.resumed is not None:

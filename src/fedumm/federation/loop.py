@@ -48,13 +48,22 @@ class PhaseResult:
 def round_line(record: dict[str, Any], rounds: int, metric: str, label: str) -> str:
     """The one-line summary of a round's record, as every engine prints it."""
     upload = next(iter(record["bytes"]["upload"].values()), 0)
-    return (f"[{label}] round {record['round']}/{rounds}: global {metric} {record['global'][metric]:.3f} | "
-            f"clients {len(record['clients'])} | upload {upload / 1024:.1f} KiB/client | "
-            f"{record['seconds']['round']:.1f}s")
+    return (
+        f"[{label}] round {record['round']}/{rounds}: global {metric} {record['global'][metric]:.3f} | "
+        f"clients {len(record['clients'])} | upload {upload / 1024:.1f} KiB/client | "
+        f"{record['seconds']['round']:.1f}s"
+    )
 
 
-def round_record(phase: str, round_num: int, selected: Sequence[int], global_metrics: dict,
-                 replies: Sequence[FitReply], download: bytes, full_bytes: int) -> dict[str, Any]:
+def round_record(
+    phase: str,
+    round_num: int,
+    selected: Sequence[int],
+    global_metrics: dict,
+    replies: Sequence[FitReply],
+    download: bytes,
+    full_bytes: int,
+) -> dict[str, Any]:
     """A round's metrics.jsonl record (without its seconds): payload bytes each way per client."""
     upload = {str(r.client_id): len(r.payload) for r in replies}
     return {
@@ -104,8 +113,12 @@ def run_rounds(
         result.records.append(record)
 
     # Bars only on a terminal (disable=None) and only where lines go to one.
-    rounds = tqdm(range(server.start_round + 1, config.federation.rounds + 1), desc=f"{phase} rounds",
-                  unit="round", disable=None if config.output.progress and log is not None else True)
+    rounds = tqdm(
+        range(server.start_round + 1, config.federation.rounds + 1),
+        desc=f"{phase} rounds",
+        unit="round",
+        disable=None if config.output.progress and log is not None else True,
+    )
     for round_num in rounds:
         start = time.perf_counter()
         selected = server.sample_clients(round_num, transport.client_ids)
@@ -120,15 +133,22 @@ def run_rounds(
         global_metrics = host.evaluate(test, config.eval.batch_size)
         record = round_record(phase, round_num, selected, global_metrics, replies, download, full_bytes)
         record.update(transport.round_extras())
-        record["seconds"] = {"fit": fit_seconds, "eval": time.perf_counter() - eval_start,
-                             "round": time.perf_counter() - start}
+        record["seconds"] = {
+            "fit": fit_seconds,
+            "eval": time.perf_counter() - eval_start,
+            "round": time.perf_counter() - start,
+        }
         run.append_metrics(record)
         held = transport.held_client_states()
         run.save_checkpoint(
-            round_num, server.global_state, strategy.state_dict(),
+            round_num,
+            server.global_state,
+            strategy.state_dict(),
             client_states=held.client_states if held else None,
             local_states=held.local_states if held else None,
-            strategy=strategy.name, num_clients=len(transport.client_ids), phase=phase,
+            strategy=strategy.name,
+            num_clients=len(transport.client_ids),
+            phase=phase,
         )
         result.records.append(record)
         if log is not None:

@@ -29,7 +29,9 @@ class Server:
         self.resumed: Checkpoint | None = None  # the checkpoint restored from, if any
 
     @classmethod
-    def from_config(cls, config: RunConfig, initial_state: State, num_clients: int, checkpoint: Checkpoint | None = None) -> Server:
+    def from_config(
+        cls, config: RunConfig, initial_state: State, num_clients: int, checkpoint: Checkpoint | None = None
+    ) -> Server:
         """The run's server, as every engine builds it: federation.strategy for this run and,
         with federation.resume_from, the global adapter and strategy state of that checkpoint
         (``checkpoint``: the one already read from there)."""
@@ -46,8 +48,9 @@ class Server:
         name = self.strategy.name
         checkpoint.check_config(config, num_clients)
         try:
-            check_state_matches(self.global_state, checkpoint.global_state,
-                                "its global adapter does not match the model's adapter")
+            check_state_matches(
+                self.global_state, checkpoint.global_state, "its global adapter does not match the model's adapter"
+            )
         except AdapterStateError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         restored = {k: v.to(self.global_state[k].dtype) for k, v in checkpoint.global_state.items()}
@@ -79,8 +82,11 @@ class Server:
         updates = []
         for reply in replies:
             parts = codec.decode_message(reply.payload)
-            updates.append(ClientUpdate(reply.client_id, reply.num_samples, parts["state"],
-                                        dict(reply.metrics), parts.get("extras", {})))
+            updates.append(
+                ClientUpdate(
+                    reply.client_id, reply.num_samples, parts["state"], dict(reply.metrics), parts.get("extras", {})
+                )
+            )
         if not updates:
             return self.global_state
         # Clients send only the units trained this round; the rest of the global state stays.

@@ -16,8 +16,12 @@ from fedumm.data.modality import BOTH, modality_counts
 from fedumm.data.partition import PartitionStats, column_values
 
 
-def data_stats(train: Sequence[Mapping], test: Sequence[Mapping], data: DataConfig,
-               skipped_by_file: Mapping[str, int] | None = None) -> dict[str, Any]:
+def data_stats(
+    train: Sequence[Mapping],
+    test: Sequence[Mapping],
+    data: DataConfig,
+    skipped_by_file: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """What a client tells the server about its data: counts only, never rows. Partition label
     counts and modality counts over all its rows (as ``partition.json`` counts them), the
     answer counts of its training rows (for the majority-answer baseline) and the broken rows
@@ -49,8 +53,11 @@ def partition_from_stats(stats: Sequence[Mapping[str, Any]], sites: Sequence[str
     if sites is None:
         skipped = dict(stats[0].get("skipped_rows_by_file", {})) if stats else {}
     else:
-        skipped = {f"{site}: {name}": n for site, s in zip(sites, stats)
-                   for name, n in s.get("skipped_rows_by_file", {}).items()}
+        skipped = {
+            f"{site}: {name}": n
+            for site, s in zip(sites, stats)
+            for name, n in s.get("skipped_rows_by_file", {}).items()
+        }
     return PartitionStats(
         sizes=[int(s["size"]) for s in stats],
         label_counts=[{label: c.get(label, 0) for label in labels} for c in counts],

@@ -75,8 +75,9 @@ def train_local(
     model.train()
     start = time.perf_counter()
     total_loss, micro_count = 0.0, 0
-    bar = tqdm(range(steps), desc=description, leave=False, unit="step",
-               disable=None if progress else True)  # None: bars only on a terminal
+    bar = tqdm(
+        range(steps), desc=description, leave=False, unit="step", disable=None if progress else True
+    )  # None: bars only on a terminal
     for _ in bar:
         optimizer.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):

@@ -89,8 +89,15 @@ class Transport(ABC):
 class LocalTransport(Transport):
     """Clients as ``ClientRuntime`` objects in this process, sharing one frozen base model."""
 
-    def __init__(self, clients: Sequence[ClientData], host: ModelHost, config: RunConfig,
-                 algorithm: ClientAlgorithm, partition: PartitionStats | None = None, progress: bool = False):
+    def __init__(
+        self,
+        clients: Sequence[ClientData],
+        host: ModelHost,
+        config: RunConfig,
+        algorithm: ClientAlgorithm,
+        partition: PartitionStats | None = None,
+        progress: bool = False,
+    ):
         self.runtimes = {c.client_id: ClientRuntime(c, host, config, algorithm) for c in clients}
         self.host = host
         self.partition = partition
@@ -111,16 +118,20 @@ class LocalTransport(Transport):
 
     def held_client_states(self) -> ClientStates:
         runtimes = self.runtimes.items()
-        return ClientStates({cid: r.client_state for cid, r in runtimes if r.client_state},
-                            {cid: r.local_state for cid, r in runtimes if r.local_state})
+        return ClientStates(
+            {cid: r.client_state for cid, r in runtimes if r.client_state},
+            {cid: r.local_state for cid, r in runtimes if r.local_state},
+        )
 
     def restore(self, checkpoint: Checkpoint) -> None:
         algorithm = next(iter(self.runtimes.values())).algorithm if self.runtimes else None
         stateful = self.host.local_units or (algorithm is not None and type(algorithm) is not ClientAlgorithm)
         if stateful and not checkpoint.clients_saved:
-            warnings.warn(f"{checkpoint.path}: no client state was saved with it (e.g. an NVIDIA FLARE run, whose "
-                          "sites keep theirs): clients restart their algorithm state and kept-local units",
-                          stacklevel=2)
+            warnings.warn(
+                f"{checkpoint.path}: no client state was saved with it (e.g. an NVIDIA FLARE run, whose "
+                "sites keep theirs): clients restart their algorithm state and kept-local units",
+                stacklevel=2,
+            )
         for cid, state in checkpoint.client_states.items():
             self.runtimes[cid].client_state = dict(state)
         for cid, state in checkpoint.local_states.items():

@@ -71,8 +71,14 @@ class BlipVQABackend(Backend):
                 f"model.name_or_path: {path!r} has no multimodal processor "
                 f"(AutoProcessor returned {type(processor).__name__})"
             )
-        model = load_frozen_model(BlipForQuestionAnswering, path, self.config, self.device,
-                                  skip_modules=("vision_model",), in_place_embeddings=True)
+        model = load_frozen_model(
+            BlipForQuestionAnswering,
+            path,
+            self.config,
+            self.device,
+            skip_modules=("vision_model",),
+            in_place_embeddings=True,
+        )
         self.model, self.processor = model, processor
         return model
 
@@ -122,12 +128,16 @@ class BlipVQABackend(Backend):
         image = base.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
         image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
         question = base.text_encoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            encoder_hidden_states=image, encoder_attention_mask=image_mask,
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_mask,
         ).last_hidden_state
         return base.text_decoder(
-            input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
-            encoder_hidden_states=question, encoder_attention_mask=batch["attention_mask"],
+            input_ids=batch["decoder_input_ids"],
+            attention_mask=batch["decoder_attention_mask"],
+            encoder_hidden_states=question,
+            encoder_attention_mask=batch["attention_mask"],
         ).logits
 
     @torch.no_grad()
@@ -135,7 +145,5 @@ class BlipVQABackend(Backend):
         encoded = self.to_device(self._encode_questions(samples))
         # BLIP's generate starts the decoder from text_config.bos_token_id ([DEC]) and stops at
         # [SEP]; the output holds [DEC] + answer tokens.
-        output = model.generate(
-            **encoded, max_new_tokens=self.config.max_new_tokens, do_sample=False
-        )
+        output = model.generate(**encoded, max_new_tokens=self.config.max_new_tokens, do_sample=False)
         return [t.strip() for t in self.tokenizer.batch_decode(output, skip_special_tokens=True)]

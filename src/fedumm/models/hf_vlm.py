@@ -401,9 +401,9 @@ class HFVisionLanguageBackend(Backend):
         encoded = self._encode_prompts(samples, padding_side="right")
         ids, mask = encoded.pop("input_ids"), encoded.pop("attention_mask").bool()
         per_token = {
-            k: encoded.pop(k) for k in list(encoded)
-            if torch.is_tensor(encoded[k]) and not encoded[k].is_floating_point()
-            and encoded[k].shape == ids.shape
+            k: encoded.pop(k)
+            for k in list(encoded)
+            if torch.is_tensor(encoded[k]) and not encoded[k].is_floating_point() and encoded[k].shape == ids.shape
         }
         rows, labels, extras = [], [], {k: [] for k in per_token}
         for i, sample in enumerate(samples):

@@ -64,7 +64,9 @@ class QwenVLImageTextProcessor:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False,
+            messages,
+            chat_template=self.chat_template,
+            tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
 
@@ -112,4 +114,3 @@ class QwenVLImageTextProcessor:
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
-

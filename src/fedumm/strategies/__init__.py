@@ -29,8 +29,19 @@ from fedumm.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, QualityWeighted,
-                Median, TrimmedMean, Krum)
+    for cls in (
+        FedAvg,
+        FedProx,
+        Scaffold,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        QualityWeighted,
+        Median,
+        TrimmedMean,
+        Krum,
+    )
 }
 
 
@@ -66,7 +77,26 @@ def check_strategy_config(run_config) -> None:
 
 
 __all__ = [
-    "STRATEGIES", "ClientAlgorithm", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedOpt",
-    "FedProx", "FedYogi", "Krum", "Median", "QualityWeighted", "Scaffold", "State", "Strategy",
-    "StrategyParams", "TrimmedMean", "build_strategy", "check_strategy_config", "validate_params", "weighted_average",
+    "STRATEGIES",
+    "ClientAlgorithm",
+    "ClientUpdate",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "Krum",
+    "Median",
+    "QualityWeighted",
+    "Scaffold",
+    "State",
+    "Strategy",
+    "StrategyParams",
+    "TrimmedMean",
+    "build_strategy",
+    "check_strategy_config",
+    "validate_params",
+    "weighted_average",
 ]

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from fedumm.config import RunConfig
 
 
-
 @dataclass
 class ClientUpdate:
     """What one client returns after local training in one round."""
@@ -40,8 +39,11 @@ def check_same_keys(states: Sequence[Mapping[str, torch.Tensor]], what: str = "c
         check_state_matches(reference, state, f"{what} {i} does not match {what} 0")
 
 
-def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
-                     like: Mapping[str, torch.Tensor] | None = None) -> State:
+def weighted_average(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    like: Mapping[str, torch.Tensor] | None = None,
+) -> State:
     """sum_k w_k * state_k / sum_k w_k, accumulated in float32 and cast per key to the dtype of
     ``like`` (the global state: decoded payloads are float32 whatever the model's dtype), else
     to that of states[0]."""

@@ -106,7 +106,9 @@ def fedopt_step(
 
 class FedAdagradParams(StrategyParams):
     eta: float = Field(
-        0.1, gt=0, le=10,
+        0.1,
+        gt=0,
+        le=10,
         description="Server learning rate eta. FedAdagrad's v sums Δ², so a steady Δ moves each coordinate about "
         "0.1 eta in round 1 (m starts at 0, beta1 0.9) and eta / sqrt(t) by round t: 10x the FedAdam/FedYogi eta "
         "for the same step (0.1 is also Flower's default). Aim the step at a client's movement per round "
@@ -136,7 +138,9 @@ class FedAdagradParams(StrategyParams):
 
 class FedOptParams(FedAdagradParams):
     eta: float = Field(
-        1e-2, gt=0, le=10,
+        1e-2,
+        gt=0,
+        le=10,
         description="Server learning rate eta: once |Δ| >> tau each coordinate moves about eta a round, so set it "
         "near a client's movement per round (~ train.lr x local steps; Reddi et al. tune it per task, Flower uses "
         "0.1 for FedAdam, 0.01 for FedYogi). 0.01 suits LoRA at lr ~1e-4 over ~100 steps; the tiny quickstart "
@@ -168,9 +172,18 @@ class FedOpt(Strategy):
         for key, value in global_state.items():
             step = int(self.steps[key].item()) + 1 if key in self.steps else 1
             x, self.m[key], self.v[key] = fedopt_step(
-                value, delta[key], self.m.get(key), self.v.get(key), step,
-                rule=self.rule, variant=p.variant, eta=p.eta, beta1=p.beta1,
-                beta2=getattr(p, "beta2", None), tau=p.tau, bias_correction=p.bias_correction,
+                value,
+                delta[key],
+                self.m.get(key),
+                self.v.get(key),
+                step,
+                rule=self.rule,
+                variant=p.variant,
+                eta=p.eta,
+                beta1=p.beta1,
+                beta2=getattr(p, "beta2", None),
+                tau=p.tau,
+                bias_correction=p.bias_correction,
             )
             self.steps[key] = torch.tensor([float(step)])
             new_state[key] = x.to(value.dtype)
@@ -186,8 +199,9 @@ class FedOpt(Strategy):
         parts = split_prefixed(state, PREFIXES, self.name)
         if reference is not None:
             for prefix in PREFIXES:  # step/<key> is a count, not a tensor of the key's shape
-                check_per_key_state(reference, parts[prefix], f"{self.name} server state {prefix}",
-                                    shapes=prefix != "step/")
+                check_per_key_state(
+                    reference, parts[prefix], f"{self.name} server state {prefix}", shapes=prefix != "step/"
+                )
         m, v, steps = (parts[p] for p in PREFIXES)
         if not (set(m) == set(v) == set(steps)):
             raise ValueError(f"{self.name}: server state m/, v/ and step/ must cover the same keys")

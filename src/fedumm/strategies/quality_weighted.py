@@ -30,8 +30,9 @@ from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams
 from fedumm.types import check_state_matches
 
 
-def quality_weights(updates: Sequence[ClientUpdate], metric: str, epsilon: float,
-                    missing_score: str = "error") -> list[float]:
+def quality_weights(
+    updates: Sequence[ClientUpdate], metric: str, epsilon: float, missing_score: str = "error"
+) -> list[float]:
     """Normalised w_k = n_k max(q_k, epsilon) / sum_j n_j max(q_j, epsilon); a client without
     ``metric`` is an error, or (``missing_score="mean"``) scores the mean of the others."""
     scores: list[float | None] = []
@@ -65,13 +66,12 @@ def quality_weights(updates: Sequence[ClientUpdate], metric: str, epsilon: float
 
 class QualityWeightedParams(StrategyParams):
     metric: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="Client metric used as quality score q_k; null = local_<primary metric of eval.task> "
         "(local_vqa_accuracy, local_accuracy, local_cider_d), which clients report with eval.clients.",
     )
-    epsilon: float = Field(
-        0.01, gt=0, le=1, description="Floor on q_k: all-zero scores fall back to sample weighting."
-    )
+    epsilon: float = Field(0.01, gt=0, le=1, description="Floor on q_k: all-zero scores fall back to sample weighting.")
     missing_score: Literal["mean", "error"] = Field(
         "mean",
         description="A client that reports no score (empty local test split): mean = the mean q of the "
@@ -106,8 +106,10 @@ class QualityWeighted(Strategy):
         if not updates:
             return dict(global_state)
         if self.params.metric is None:
-            raise ValueError("quality_weighted: federation.strategy.metric is null and the task is unknown; "
-                             "build the strategy with build_strategy(..., task=config.eval.task)")
+            raise ValueError(
+                "quality_weighted: federation.strategy.metric is null and the task is unknown; "
+                "build the strategy with build_strategy(..., task=config.eval.task)"
+            )
         for update in updates:
             check_state_matches(global_state, update.state, f"client {update.client_id} state")
         weights = quality_weights(updates, self.params.metric, self.params.epsilon, self.params.missing_score)

@@ -92,7 +92,9 @@ class Median(Strategy):
 
 class TrimmedMeanParams(StrategyParams):
     beta: float = Field(
-        0.25, ge=0, lt=0.5,
+        0.25,
+        ge=0,
+        lt=0.5,
         description="Fraction trimmed from EACH side per coordinate: floor(beta * n) values (0 = mean).",
     )
 
@@ -111,7 +113,8 @@ class TrimmedMean(Strategy):
 
 class KrumParams(StrategyParams):
     f: int | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="Assumed Byzantine clients f; each round needs n > 2f + 2 clients. "
         "null = the largest f the round's n allows, floor((n - 3) / 2).",
     )
@@ -151,8 +154,10 @@ class Krum(Strategy):
         try:
             cls._byzantine_count(params, n)
         except ConfigError as exc:
-            raise ConfigError(f"{exc} (federation.num_clients = {config.federation.num_clients}, "
-                              f"fraction_fit = {config.federation.fraction_fit})") from None
+            raise ConfigError(
+                f"{exc} (federation.num_clients = {config.federation.num_clients}, "
+                f"fraction_fit = {config.federation.fraction_fit})"
+            ) from None
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         if not updates:

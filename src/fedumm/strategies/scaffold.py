@@ -50,7 +50,8 @@ def option_ii_variate(
     """c_i+ = c_i - c + (x - y) / (K * eta_l), in float32."""
     scale = 1.0 / (steps * lr)
     return {
-        k: client_variate[k].float() - server_variate[k].float()
+        k: client_variate[k].float()
+        - server_variate[k].float()
         + (global_state[k].float() - trained[k].float()) * scale
         for k in global_state
     }
@@ -63,8 +64,9 @@ class _CorrectionHooks(LocalHooks):
 
     def _moved(self, params) -> dict[str, torch.Tensor]:
         if self._on_device is None:  # once per local round
-            self._on_device = {k: self.correction[k].to(p.device, p.dtype) for k, p in params.items()
-                               if k in self.correction}
+            self._on_device = {
+                k: self.correction[k].to(p.device, p.dtype) for k, p in params.items() if k in self.correction
+            }
         return self._on_device
 
 
@@ -97,7 +99,9 @@ class ScaffoldClient(ClientAlgorithm):
 
     def hooks(self, global_state, server_extras, client_state):
         sent = {k: server_extras[k] for k in global_state if k in server_extras}
-        check_state_matches(global_state, sent, "SCAFFOLD: the server's control variate c does not match the trained state")
+        check_state_matches(
+            global_state, sent, "SCAFFOLD: the server's control variate c does not match the trained state"
+        )
         c_i = self._client_variate(client_state, global_state)
         correction = {k: server_extras[k].float() - c_i[k].float() for k in global_state}
         if self.correction == "gradient":
@@ -148,8 +152,11 @@ class Scaffold(Strategy):
         control = self._control_for(global_state)
         client_deltas = deltas(global_state, updates)
         for update in updates:
-            check_state_matches(global_state, update.extras,
-                                f"SCAFFOLD: client {update.client_id} delta c (extras) does not match the trained state")
+            check_state_matches(
+                global_state,
+                update.extras,
+                f"SCAFFOLD: client {update.client_id} delta c (extras) does not match the trained state",
+            )
         n = len(updates)
         new_state: State = {}
         for key, value in global_state.items():

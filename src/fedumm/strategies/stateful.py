@@ -24,8 +24,9 @@ def check_known_shapes(global_state: State, state: State, what: str) -> None:
     check_state_matches({k: global_state[k] for k in known}, known, what)
 
 
-def check_per_key_state(reference: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str,
-                        shapes: bool = True) -> None:
+def check_per_key_state(
+    reference: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str, shapes: bool = True
+) -> None:
     """Restored per-tensor server state: every key is a tensor of the global adapter
     (``reference``), of its shape when ``shapes``. Keys not created yet are fine (lazy state)."""
     unknown = sorted(set(state) - set(reference))
@@ -35,8 +36,10 @@ def check_per_key_state(reference: Mapping[str, torch.Tensor], state: Mapping[st
     if shapes:
         for key, tensor in state.items():
             if tuple(tensor.shape) != tuple(reference[key].shape):
-                raise ValueError(f"{what}: shape mismatch for {key!r}: got {tuple(tensor.shape)}, "
-                                 f"expected {tuple(reference[key].shape)}")
+                raise ValueError(
+                    f"{what}: shape mismatch for {key!r}: got {tuple(tensor.shape)}, "
+                    f"expected {tuple(reference[key].shape)}"
+                )
 
 
 def split_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str], who: str) -> dict[str, State]:
@@ -46,5 +49,5 @@ def split_prefixed(state: Mapping[str, torch.Tensor], prefixes: Sequence[str], w
         prefix = next((p for p in prefixes if name.startswith(p)), None)
         if prefix is None:
             raise ValueError(f"{who}: unexpected server state key {name!r} (expected prefixes {list(prefixes)})")
-        parts[prefix][name[len(prefix):]] = tensor.detach().to(torch.float32).clone()
+        parts[prefix][name[len(prefix) :]] = tensor.detach().to(torch.float32).clone()
     return parts

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
-_TINY_RUN = ["model.device=cpu", "model.dtype=float32", "model.gradient_checkpointing=false",
-             "federation.rounds=1", "train.local_steps=1", "train.batch_size=4", "train.precision=fp32",
-             "eval.centralized_baseline=false", "eval.max_samples=null", "output.progress=false"]
+_TINY_RUN = [
+    "model.device=cpu",
+    "model.dtype=float32",
+    "model.gradient_checkpointing=false",
+    "federation.rounds=1",
+    "train.local_steps=1",
+    "train.batch_size=4",
+    "train.precision=fp32",
+    "eval.centralized_baseline=false",
+    "eval.max_samples=null",
+    "output.progress=false",
+]
 
 
 @pytest.fixture()
@@ -40,8 +49,10 @@ def run_seed_config(configs_dir: Path) -> Callable[..., tuple]:
         from fedumm.config import load_config
         from fedumm.engines.simulation import simulate
 
-        config = load_config(configs_dir / name, [f"model.name_or_path={tiny_model}", *_TINY_RUN,
-                                                  f"output.dir={tmp_path / 'runs'}", *overrides])
+        config = load_config(
+            configs_dir / name,
+            [f"model.name_or_path={tiny_model}", *_TINY_RUN, f"output.dir={tmp_path / 'runs'}", *overrides],
+        )
         return config, simulate(config)
 
     return run

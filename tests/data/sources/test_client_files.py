@@ -33,6 +33,7 @@ def write_clients(conversation) -> Callable[..., None]:
 
     return write
 
+
 @pytest.mark.parametrize("first", [0, 1])
 def test_client_files_are_ordered_by_numeric_index(tmp_path: Path, write_image, first: int, write_clients) -> None:
     # Prepare: client i holds i + 1 records; 11 clients, so client_10 sorts after client_9, not client_1.
@@ -45,6 +46,7 @@ def test_client_files_are_ordered_by_numeric_index(tmp_path: Path, write_image, 
     assert [rows[0]["multiple_choice_answer"] for rows in result.clients] == [f"c{first + i}" for i in range(11)]
     assert [p.name for p in result.train_files][-1] == f"client_{first + 10}.json"
     assert len(result.test) == 2 and result.skipped == 0
+
 
 @pytest.mark.parametrize(
     ("names", "fragment"),
@@ -66,11 +68,13 @@ def test_client_files_bad_names_are_errors(tmp_path: Path, names: list[str], fra
     with pytest.raises(DataError, match=re.escape(fragment)):
         load_client_files(tmp_path)
 
+
 def test_client_files_need_a_test_file(tmp_path: Path, write_image, write_clients) -> None:
     write_clients(tmp_path, write_image("x.png"), {0: 1})
     (tmp_path / "test" / "test.json").unlink()
     with pytest.raises(DataError, match="no test"):
         load_client_files(tmp_path)
+
 
 def test_client_files_skip_counts_over_all_files(tmp_path: Path, write_image, write_clients) -> None:
     # Prepare: one broken record in client_1 and one in the test file.
@@ -86,6 +90,7 @@ def test_client_files_skip_counts_over_all_files(tmp_path: Path, write_image, wr
     assert len(result.test) == 1 and result.skipped == 2
     assert "client_1.json, record 1 (1-based)" in result.problems[0]
 
+
 # ---------------------------------------------------------------------------------------------
 # Per-client test files
 
@@ -94,11 +99,14 @@ def test_client_files_skip_counts_over_all_files(tmp_path: Path, write_image, wr
 def write_client_tests(conversation) -> Callable[..., None]:
     def write(root: Path, image: str, sizes: dict[int, int]) -> None:
         for index, size in sizes.items():
-            records = [{"id": k, "image": image, "conversations": conversation((f"t{k}", f"local{index}"))}
-                       for k in range(size)]
+            records = [
+                {"id": k, "image": image, "conversations": conversation((f"t{k}", f"local{index}"))}
+                for k in range(size)
+            ]
             (root / "test" / f"client_{index}.json").write_text(json.dumps(records))
 
     return write
+
 
 def test_client_test_files_are_local_splits_and_their_union_the_global_test(
     tmp_path: Path, write_image, write_clients, write_client_tests
@@ -112,10 +120,16 @@ def test_client_test_files_are_local_splits_and_their_union_the_global_test(
     # Assert: local test splits per client; the global test set is their union, tagged by client.
     assert result.client_tests is not None
     assert [[r["multiple_choice_answer"] for r in rows] for rows in result.client_tests] == [
-        ["local0", "local0"], ["local1"]]
+        ["local0", "local0"],
+        ["local1"],
+    ]
     assert [(r["client_id"], r["multiple_choice_answer"]) for r in result.test] == [
-        (0, "local0"), (0, "local0"), (1, "local1")]
+        (0, "local0"),
+        (0, "local0"),
+        (1, "local1"),
+    ]
     assert all("client_id" not in r for rows in result.client_tests for r in rows)
+
 
 def test_client_test_files_next_to_a_global_test_file(
     tmp_path: Path, write_image, write_clients, write_client_tests
@@ -129,6 +143,7 @@ def test_client_test_files_next_to_a_global_test_file(
     assert [len(rows) for rows in result.client_tests] == [1, 3]
     assert [r["multiple_choice_answer"] for r in result.test] == ["t", "t"]
 
+
 def test_client_test_files_must_cover_every_client(
     tmp_path: Path, write_image, write_clients, write_client_tests
 ) -> None:
@@ -136,6 +151,7 @@ def test_client_test_files_must_cover_every_client(
     write_client_tests(tmp_path, "images/x.png", {0: 1, 2: 1})
     with pytest.raises(DataError, match=re.escape("no test file for client(s) [1]")):
         load_client_files(tmp_path)
+
 
 # ---------------------------------------------------------------------------------------------
 # The source through the config: FedVLMBench stand-ins
@@ -146,6 +162,7 @@ def _llava_record(k: int, image: str, answer: str, turns: int = 1) -> dict:
     for t in range(turns):
         conversations += [{"from": "human", "value": f"<image>\nq{k}.{t}"}, {"from": "gpt", "value": answer}]
     return {"id": f"r{k}", "image": image, "conversations": conversations}
+
 
 def test_fedvlmbench_standin_client_files(tmp_path: Path) -> None:
     # Prepare: client_0: 4 records, one with 2 turns -> 5 samples; client_1: 6; client_2: 8. Test: 3.
@@ -171,6 +188,7 @@ def test_fedvlmbench_standin_client_files(tmp_path: Path) -> None:
     assert data.partition.label_counts[1]["answer1"] == 6
     assert len(data.global_test) == 3 and data.skipped_rows == 0
 
+
 def _fedvlmbench_clients(tmp_path: Path, train_sizes: list[int], test_sizes: list[int]) -> None:
     """clients/train/client_{c}.json and clients/test/client_{c}.json, answers "c{c}" and "t{c}"."""
     (tmp_path / "img").mkdir()
@@ -180,6 +198,7 @@ def _fedvlmbench_clients(tmp_path: Path, train_sizes: list[int], test_sizes: lis
         for c, n in enumerate(sizes):
             records = [_llava_record(k, "img/x.png", f"{answer}{c}") for k in range(n)]
             (tmp_path / folder / f"client_{c}.json").write_text(json.dumps(records))
+
 
 def test_fedvlmbench_per_client_test_files_are_the_local_tests(tmp_path: Path) -> None:
     # Prepare: 3 clients with 4/5/6 training and 2/1/3 test records (FedVLMBench's clients/test/client_i.json).
@@ -199,8 +218,9 @@ def test_fedvlmbench_per_client_test_files_are_the_local_tests(tmp_path: Path) -
     assert data.partition.sizes == [6, 6, 9]
     assert data.partition.label_counts[2]["t2"] == 3 and data.partition.label_counts[2]["c2"] == 6
 
+
 def test_global_metrics_break_down_by_client_over_the_union_of_local_tests(tmp_path: Path) -> None:
-    from fedumm.task_metrics import summarize_task
+    from fedumm.metrics import summarize_task
 
     # Prepare: the union of 2 clients' test files; a model right on client 0, wrong on client 1.
     _fedvlmbench_clients(tmp_path, [2, 2], [2, 3])
@@ -215,6 +235,7 @@ def test_global_metrics_break_down_by_client_over_the_union_of_local_tests(tmp_p
     assert summary["vqa_accuracy"] == pytest.approx(0.4)
     assert {c: (g["n"], g["vqa_accuracy"]) for c, g in summary["by_client"].items()} == {0: (2, 1.0), 1: (3, 0.0)}
 
+
 def test_fedvlmbench_standin_client_count_must_match(tmp_path: Path) -> None:
     (tmp_path / "img").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "x.png")
@@ -223,16 +244,20 @@ def test_fedvlmbench_standin_client_count_must_match(tmp_path: Path) -> None:
     for c in range(2):
         (tmp_path / "train" / f"client_{c}.json").write_text(json.dumps([_llava_record(0, "img/x.png", "a")] * 3))
     (tmp_path / "test" / "t.json").write_text(json.dumps([_llava_record(0, "img/x.png", "a")]))
-    config = DataConfig.model_validate({"source": "client_files", "client_files": {"root": str(tmp_path)},
-                                        "partition": {"min_samples": 1}})
+    config = DataConfig.model_validate(
+        {"source": "client_files", "client_files": {"root": str(tmp_path)}, "partition": {"min_samples": 1}}
+    )
     with pytest.raises(DataError, match="2 client files but federation.num_clients is 3"):
         build_federated_data(config, num_clients=3, seed=0)
     strict = config.model_copy(update={"partition": config.partition.model_copy(update={"min_samples": 4})})
     # 3 rows minus round(0.2 x 3) = 1 local test row leave 2 to train.
-    expected = ("client_0.json: 3 usable samples leave 2 for training (1 held out as its local test split), "
-                "fewer than data.partition.min_samples=4")
+    expected = (
+        "client_0.json: 3 usable samples leave 2 for training (1 held out as its local test split), "
+        "fewer than data.partition.min_samples=4"
+    )
     with pytest.raises(DataError, match=re.escape(expected)):
         build_federated_data(strict, num_clients=2, seed=0)
+
 
 @pytest.mark.slow
 def test_fedvlmbench_config_runs_on_standin_client_files(tmp_path: Path, run_seed_config) -> None:
@@ -242,10 +267,16 @@ def test_fedvlmbench_config_runs_on_standin_client_files(tmp_path: Path, run_see
     (tmp_path / "test").mkdir()
     for c in range(3):
         (tmp_path / "train" / f"client_{c}.json").write_text(
-            json.dumps([_llava_record(k, "img/x.png", "green") for k in range(5)]))
+            json.dumps([_llava_record(k, "img/x.png", "green") for k in range(5)])
+        )
     (tmp_path / "test" / "test.json").write_text(json.dumps([_llava_record(k, "img/x.png", "green") for k in range(4)]))
-    config, result = run_seed_config("fedvlmbench_client_files.yaml", tmp_path, "tiny-llava",
-                                      f"data.client_files.root={tmp_path}", "federation.num_clients=3")
+    config, result = run_seed_config(
+        "fedvlmbench_client_files.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.client_files.root={tmp_path}",
+        "federation.num_clients=3",
+    )
     assert config.finetune.strategy == "lora+connector"
     last = result.federated.records[-1]
     # F-CL: LoRA and connector tensors both travel.

@@ -31,10 +31,12 @@ VQA_FEATURES = datasets.Features(
     }
 )
 
+
 def _png(rgb: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), rgb).save(buffer, format="PNG")
     return buffer.getvalue()
+
 
 def _vqa_columns(n: int, offset: int = 0) -> dict[str, list]:
     """n VQAv2-schema rows; row i's image is grey level i, its answers three votes for str(i)."""
@@ -49,12 +51,15 @@ def _vqa_columns(n: int, offset: int = 0) -> dict[str, list]:
         "image_id": [500 + i for i in ids],
     }
 
+
 def _vqa_dataset(n: int, offset: int = 0) -> datasets.Dataset:
     return datasets.Dataset.from_dict(_vqa_columns(n, offset), features=VQA_FEATURES)
+
 
 def _save_dataset_dict(path: Path) -> Path:
     datasets.DatasetDict({"train": _vqa_dataset(6), "validation": _vqa_dataset(2, offset=100)}).save_to_disk(path)
     return path
+
 
 def _store(tmp_path: Path, layout: str) -> tuple[str, dict | None]:
     """The 6-row train split stored in ``layout``; returns (path_or_name, data_files)."""
@@ -73,6 +78,7 @@ def _store(tmp_path: Path, layout: str) -> tuple[str, dict | None]:
     (tmp_path / "snap" / "data").mkdir(parents=True)
     _vqa_dataset(6).to_parquet(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet")
     return str(tmp_path / "snap"), None
+
 
 @pytest.mark.parametrize(
     "layout", ["save_to_disk DatasetDict", "save_to_disk Dataset", "parquet file", "data_files", "hub snapshot folder"]
@@ -93,10 +99,12 @@ def test_hf_vqa_loads_every_local_layout(tmp_path: Path, layout: str) -> None:
         assert row["question_id"] == 1000 + i and type(row["question_id"]) is int
         assert row["metadata"]["row"] == i + 1 and row["metadata"]["image_id"] == 500 + i
 
+
 def test_hf_vqa_picks_the_requested_split(tmp_path: Path) -> None:
     path = _save_dataset_dict(tmp_path / "vqa")
     rows = load_hf_vqa(str(path), "validation", None, 0).rows
     assert [r["question_id"] for r in rows] == [1100, 1101]
+
 
 def test_hf_vqa_max_samples_is_a_seeded_subset(tmp_path: Path) -> None:
     # Prepare
@@ -109,6 +117,7 @@ def test_hf_vqa_max_samples_is_a_seeded_subset(tmp_path: Path) -> None:
     assert picked == [r["metadata"]["row"] for r in again]
     assert picked == [i + 1 for i in subsample_indices(6, 3, seed=5)]
     assert [r["question"] for r in first] == [f"question {n - 1}?" for n in picked]
+
 
 @pytest.mark.parametrize(
     ("answers", "expected_answers", "expected_target"),
@@ -129,19 +138,27 @@ def test_hf_vqa_answer_formats_and_derived_target(
     assert row["answers"] == expected_answers
     assert row["multiple_choice_answer"] == expected_target
 
+
 def test_hf_vqa_sequence_of_dicts_answers(tmp_path: Path) -> None:
     # Prepare: a Sequence({...}) feature, which datasets returns as a dict of lists.
     features = datasets.Features(
-        {"image": datasets.Image(), "question": datasets.Value("string"),
-         "answers": datasets.Sequence({"answer": datasets.Value("string")})}
+        {
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answers": datasets.Sequence({"answer": datasets.Value("string")}),
+        }
     )
-    data = {"image": [{"bytes": _png((1, 2, 3)), "path": None}], "question": ["q?"],
-            "answers": [{"answer": ["red", "red", "blue"]}]}
+    data = {
+        "image": [{"bytes": _png((1, 2, 3)), "path": None}],
+        "question": ["q?"],
+        "answers": [{"answer": ["red", "red", "blue"]}],
+    }
     datasets.Dataset.from_dict(data, features=features).save_to_disk(tmp_path / "d")
     # Execute
     row = load_hf_vqa(str(tmp_path / "d"), "train", None, 0).rows[0]
     # Assert
     assert row["answers"] == ["red", "red", "blue"] and row["multiple_choice_answer"] == "red"
+
 
 def _dataset_with_broken_image(tmp_path: Path) -> str:
     columns = _vqa_columns(3)
@@ -149,10 +166,12 @@ def _dataset_with_broken_image(tmp_path: Path) -> str:
     datasets.Dataset.from_dict(columns, features=VQA_FEATURES).save_to_disk(tmp_path / "broken")
     return str(tmp_path / "broken")
 
+
 def test_hf_vqa_broken_image_names_the_row(tmp_path: Path) -> None:
     path = _dataset_with_broken_image(tmp_path)
     with pytest.raises(DataError, match=r"split 'train', row 2 \(1-based\): embedded image .*cannot be decoded"):
         load_hf_vqa(path, "train", None, 0)
+
 
 def test_hf_vqa_skip_counts_broken_rows(tmp_path: Path) -> None:
     # Execute
@@ -160,6 +179,7 @@ def test_hf_vqa_skip_counts_broken_rows(tmp_path: Path) -> None:
     # Assert
     assert [r["question"] for r in result.rows] == ["question 0?", "question 2?"]
     assert result.skipped == 1 and len(result.problems) == 1 and "row 2 (1-based)" in result.problems[0]
+
 
 @pytest.mark.parametrize(
     ("make", "split", "fragments"),
@@ -188,6 +208,7 @@ def test_hf_vqa_dataset_level_errors(tmp_path: Path, make: str, split: str, frag
     for fragment in fragments:
         assert fragment in str(info.value)
 
+
 # ---------------------------------------------------------------------------------------------
 # Loading scripts, hub arguments, data_files image base, null and multiple images
 
@@ -204,6 +225,7 @@ def test_hf_loading_script_dataset_says_how_to_load_parquet(tmp_path: Path) -> N
     assert "loading script" in message and "data.hf.path" in message
     assert "data.hf.revision: refs/convert/parquet" in message and "VQAv2.py" in message
 
+
 def test_hf_name_and_revision_reach_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: record what load_dataset is asked (nothing is downloaded in tests).
     calls = []
@@ -219,6 +241,7 @@ def test_hf_name_and_revision_reach_load_dataset(monkeypatch: pytest.MonkeyPatch
     assert calls == [("org/vqa", {"split": "train", "name": "default", "revision": "refs/convert/parquet"})]
     assert [r["question"] for r in rows] == ["question 0?", "question 1?"]
 
+
 def _paths_parquet(folder: Path) -> Path:
     """A parquet file in ``folder`` whose image column holds paths relative to that folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,6 +249,7 @@ def _paths_parquet(folder: Path) -> Path:
     data = {"image": ["rel.png"], "question": ["q?"], "answers": [["a"]]}
     datasets.Dataset.from_dict(data).to_parquet(folder / "paths.parquet")
     return folder / "paths.parquet"
+
 
 @pytest.mark.parametrize("relative", [False, True])
 def test_hf_data_files_image_paths_are_relative_to_the_data_files_folder(
@@ -241,11 +265,13 @@ def test_hf_data_files_image_paths_are_relative_to_the_data_files_folder(
     # Assert: the image next to the data file, not ./rel.png.
     assert row["image"].getpixel((0, 0)) == (7, 8, 9)
 
+
 def _null_image_dataset(path: Path) -> str:
     columns = _vqa_columns(3)
     columns["image"][1] = None
     datasets.Dataset.from_dict(columns, features=VQA_FEATURES).save_to_disk(path)
     return str(path)
+
 
 def test_hf_null_image_is_a_broken_row_unless_allowed(tmp_path: Path) -> None:
     path = _null_image_dataset(tmp_path / "d")
@@ -260,13 +286,24 @@ def test_hf_null_image_is_a_broken_row_unless_allowed(tmp_path: Path) -> None:
     rows = load_hf_vqa(path, "train", allow_missing_images=True).rows
     assert [r["image"] is None for r in rows] == [False, True, False]
 
+
 def test_hf_images_column_gives_multi_image_rows(tmp_path: Path) -> None:
     # Prepare: a Sequence(Image) column with 2 images, then 1; no "image" column.
-    features = datasets.Features({"images": datasets.Sequence(datasets.Image()), "question": datasets.Value("string"),
-                                  "answers": datasets.Sequence(datasets.Value("string"))})
-    data = {"images": [[{"bytes": _png((1, 1, 1)), "path": None}, {"bytes": _png((2, 2, 2)), "path": None}],
-                       [{"bytes": _png((3, 3, 3)), "path": None}]],
-            "question": ["same?", "one?"], "answers": [["yes"], ["no"]]}
+    features = datasets.Features(
+        {
+            "images": datasets.Sequence(datasets.Image()),
+            "question": datasets.Value("string"),
+            "answers": datasets.Sequence(datasets.Value("string")),
+        }
+    )
+    data = {
+        "images": [
+            [{"bytes": _png((1, 1, 1)), "path": None}, {"bytes": _png((2, 2, 2)), "path": None}],
+            [{"bytes": _png((3, 3, 3)), "path": None}],
+        ],
+        "question": ["same?", "one?"],
+        "answers": [["yes"], ["no"]],
+    }
     datasets.Dataset.from_dict(data, features=features).save_to_disk(tmp_path / "multi")
     # Execute
     rows = load_hf_vqa(str(tmp_path / "multi"), "train").rows
@@ -274,10 +311,12 @@ def test_hf_images_column_gives_multi_image_rows(tmp_path: Path) -> None:
     assert [[im.getpixel((0, 0)) for im in r["images"]] for r in rows] == [[(1, 1, 1), (2, 2, 2)], [(3, 3, 3)]]
     assert [r["image"] is r["images"][0] for r in rows] == [True, True]
 
+
 def test_hf_needs_an_image_or_images_column(tmp_path: Path) -> None:
     _vqa_dataset(2).remove_columns("image").save_to_disk(tmp_path / "d")
     with pytest.raises(DataError, match=re.escape("missing column(s) ['image (or images)']")):
         load_hf_vqa(str(tmp_path / "d"), "train")
+
 
 # ---------------------------------------------------------------------------------------------
 # The source through the config: FedUMM on VQAv2 stand-ins
@@ -293,8 +332,10 @@ def _vqav2_split(n: int, offset: int, broken: int | None = None) -> datasets.Dat
     data = {
         "question_type": ["what" for _ in ids],
         "multiple_choice_answer": [("yes", "2", "red")[i % 3] for i in ids],
-        "answers": [[{"answer": ("yes", "2", "red")[i % 3], "answer_confidence": "yes", "answer_id": k}
-                     for k in range(1, 11)] for i in ids],
+        "answers": [
+            [{"answer": ("yes", "2", "red")[i % 3], "answer_confidence": "yes", "answer_id": k} for k in range(1, 11)]
+            for i in ids
+        ],
         "image_id": [10 * i for i in ids],
         "answer_type": [types[i % 3] for i in ids],
         "question_id": [10 * i + 1 for i in ids],
@@ -303,16 +344,19 @@ def _vqav2_split(n: int, offset: int, broken: int | None = None) -> datasets.Dat
     }
     return datasets.Dataset.from_dict(data).cast_column("image", datasets.Image())
 
+
 def test_fedumm_vqav2_standin_hf_source(tmp_path: Path) -> None:
     # Prepare: a save_to_disk'd VQAv2-schema DatasetDict, 41 train rows (one broken) and 10 validation rows.
-    datasets.DatasetDict(
-        {"train": _vqav2_split(41, 0, broken=7), "validation": _vqav2_split(10, 1000)}
-    ).save_to_disk(tmp_path / "vqav2")
-    config = DataConfig.model_validate({
-        "source": "hf",
-        "hf": {"path": str(tmp_path / "vqav2"), "on_error": "skip"},
-        "partition": {"method": "iid", "min_samples": 5},
-    })
+    datasets.DatasetDict({"train": _vqav2_split(41, 0, broken=7), "validation": _vqav2_split(10, 1000)}).save_to_disk(
+        tmp_path / "vqav2"
+    )
+    config = DataConfig.model_validate(
+        {
+            "source": "hf",
+            "hf": {"path": str(tmp_path / "vqav2"), "on_error": "skip"},
+            "partition": {"method": "iid", "min_samples": 5},
+        }
+    )
     # Execute
     data = build_federated_data(config, num_clients=4, seed=0)
     # Assert: 40 usable rows -> 4 IID clients of 10 -> 8 train + 2 local test each.
@@ -325,11 +369,12 @@ def test_fedumm_vqav2_standin_hf_source(tmp_path: Path) -> None:
     assert row["answer_type"] in ("yes/no", "number", "other")
     assert data.modality_counts() == [{BOTH: 10, IMAGE_ONLY: 0, TEXT_ONLY: 0, NEITHER: 0}] * 4
 
+
 def test_fedumm_vqav2_standin_max_samples_and_raise(tmp_path: Path) -> None:
     # Prepare
-    datasets.DatasetDict(
-        {"train": _vqav2_split(41, 0, broken=7), "validation": _vqav2_split(10, 1000)}
-    ).save_to_disk(tmp_path / "vqav2")
+    datasets.DatasetDict({"train": _vqav2_split(41, 0, broken=7), "validation": _vqav2_split(10, 1000)}).save_to_disk(
+        tmp_path / "vqav2"
+    )
     base = {"source": "hf", "hf": {"path": str(tmp_path / "vqav2")}, "partition": {"alpha": 0, "min_samples": 1}}
     # Execute / Assert: by default the broken row stops loading, naming it.
     with pytest.raises(DataError, match=r"split 'train', row 8 \(1-based\)"):
@@ -341,18 +386,27 @@ def test_fedumm_vqav2_standin_max_samples_and_raise(tmp_path: Path) -> None:
     assert [r["metadata"]["row"] for r in train] == [i + 1 for i in drawn if i != 7]
     assert [r["metadata"]["row"] for r in test] == [i + 1 for i in subsample_indices(10, 4, seed=0)]
 
+
 @pytest.mark.slow
 def test_fedumm_vqav2_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
-    datasets.DatasetDict(
-        {"train": _vqav2_split(40, 0), "validation": _vqav2_split(8, 100)}
-    ).save_to_disk(tmp_path / "vqav2")
+    datasets.DatasetDict({"train": _vqav2_split(40, 0), "validation": _vqav2_split(8, 100)}).save_to_disk(
+        tmp_path / "vqav2"
+    )
     config, result = run_seed_config(
-        "fedumm_vqav2.yaml", tmp_path, "tiny-blip-vqa", f"data.hf.path={tmp_path / 'vqav2'}",
-        "data.hf.max_samples=null", "data.hf.max_test_samples=null", "federation.num_clients=2",
-        "data.partition.min_samples=4", "data.hf.split=train", "data.hf.test_split=validation",
+        "fedumm_vqav2.yaml",
+        tmp_path,
+        "tiny-blip-vqa",
+        f"data.hf.path={tmp_path / 'vqav2'}",
+        "data.hf.max_samples=null",
+        "data.hf.max_test_samples=null",
+        "federation.num_clients=2",
+        "data.partition.min_samples=4",
+        "data.hf.split=train",
+        "data.hf.test_split=validation",
     )
     assert config.model.backend == "blip_vqa" and config.adapter.preset == "qv_self"
     assert result.summary["num_clients"] == 2 and result.federated.records[-1]["global"]["n"] == 8
+
 
 def test_fedumm_vqav2_config_points_at_a_parquet_dataset(configs_dir) -> None:
     # The shipped config must not name a loading-script dataset (datasets>=4 refuses those).

@@ -15,14 +15,21 @@ from fedumm.errors import DataError
 # One human/gpt pair, for the parametrized broken records (the other tests use the conversation fixture).
 _ONE_TURN = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
 
+
 def test_llava_multi_turn_gives_one_sample_per_pair(tmp_path: Path, write_image, conversation) -> None:
     # Prepare
     records = [
-        {"id": "a", "image": write_image("a.png", (9, 9, 9)),
-         "conversations": conversation(("<image>\nWhat colour?", "grey"), ("Is it dark?", "yes"))},
+        {
+            "id": "a",
+            "image": write_image("a.png", (9, 9, 9)),
+            "conversations": conversation(("<image>\nWhat colour?", "grey"), ("Is it dark?", "yes")),
+        },
         {"id": "b", "conversations": conversation(("What is 2+2?", "4"))},
-        {"id": "c", "image": [write_image("c1.png", (1, 1, 1)), write_image("c2.png", (2, 2, 2))],
-         "conversations": conversation(("Compare <image> and <image>.", "same"))},
+        {
+            "id": "c",
+            "image": [write_image("c1.png", (1, 1, 1)), write_image("c2.png", (2, 2, 2))],
+            "conversations": conversation(("Compare <image> and <image>.", "same")),
+        },
     ]
     (tmp_path / "train.json").write_text(json.dumps(records))
     # Execute
@@ -36,13 +43,18 @@ def test_llava_multi_turn_gives_one_sample_per_pair(tmp_path: Path, write_image,
     assert rows[2]["image"] is None
     assert [im.getpixel((0, 0)) for im in rows[3]["images"]] == [(1, 1, 1), (2, 2, 2)]
     assert [(r["metadata"]["row"], r["metadata"]["turn"], r["metadata"]["id"]) for r in rows] == [
-        (1, 1, "a"), (1, 2, "a"), (2, 1, "b"), (3, 1, "c")
+        (1, 1, "a"),
+        (1, 2, "a"),
+        (2, 1, "b"),
+        (3, 1, "c"),
     ]
+
 
 def test_llava_image_root_defaults_to_the_json_folder(tmp_path: Path, write_image, conversation) -> None:
     records = [{"id": 1, "image": write_image("x.png"), "conversations": conversation(("q", "a"))}]
     (tmp_path / "f.json").write_text(json.dumps(records))
     assert load_llava_json(tmp_path / "f.json").rows[0]["image"].size == (8, 8)
+
 
 @pytest.mark.parametrize(
     ("record", "fragment"),
@@ -50,8 +62,10 @@ def test_llava_image_root_defaults_to_the_json_folder(tmp_path: Path, write_imag
         ({"image": "images/none.png", "conversations": _ONE_TURN}, "none.png not found"),
         ({"conversations": [{"from": "human", "value": "q"}]}, "alternating human/gpt turns"),
         ({"conversations": []}, "non-empty list"),
-        ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}]},
-         "conversations[0]: 'from' is 'gpt'"),
+        (
+            {"conversations": [{"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}]},
+            "conversations[0]: 'from' is 'gpt'",
+        ),
         ({"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "b"}]}, "conversations[0]"),
         ({"label": [1], "conversations": _ONE_TURN}, "field 'label'"),
         (["not", "a", "record"], "expected a conversation object"),
@@ -72,6 +86,7 @@ def test_llava_broken_record_names_file_and_record(
     skipped = load_llava_json(path, tmp_path, on_error="skip")
     assert (len(skipped.rows), skipped.skipped) == (2, 1)
 
+
 @pytest.mark.parametrize(
     ("text", "fragment"), [("[1, 2", "not valid JSON (line 1"), ('{"a": 1}', "expected a JSON list")]
 )
@@ -80,39 +95,58 @@ def test_llava_bad_file_raises(tmp_path: Path, text: str, fragment: str) -> None
     with pytest.raises(DataError, match=re.escape(fragment)):
         load_llava_json(tmp_path / "f.json", tmp_path, on_error="skip")
 
+
 def test_unknown_on_error_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "f.json").write_text("[]")
     with pytest.raises(ValueError, match="on_error"):
         load_llava_json(tmp_path / "f.json", on_error="ignore")
 
+
 def test_llava_accepts_fedmllm_role_content_turns(tmp_path: Path, write_image) -> None:
     # Prepare: FedMLLM's generator output: "image": null for a text-less record, role/content turns;
     # and a chat-style content list with an image part.
     records = [
-        {"id": 1, "image": None, "conversations": [
-            {"role": "user", "content": "Is the content hateful?"},
-            {"role": "assistant", "content": "(A) not-hateful"}]},
-        {"id": 2, "image": write_image("m.png"), "conversations": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hateful?"}]},
-            {"role": "assistant", "content": "(B) hateful"}]},
+        {
+            "id": 1,
+            "image": None,
+            "conversations": [
+                {"role": "user", "content": "Is the content hateful?"},
+                {"role": "assistant", "content": "(A) not-hateful"},
+            ],
+        },
+        {
+            "id": 2,
+            "image": write_image("m.png"),
+            "conversations": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hateful?"}]},
+                {"role": "assistant", "content": "(B) hateful"},
+            ],
+        },
     ]
     (tmp_path / "client_0.json").write_text(json.dumps(records))
     # Execute
     rows = load_llava_json(tmp_path / "client_0.json", tmp_path).rows
     # Assert
     assert [(r["question"], r["multiple_choice_answer"]) for r in rows] == [
-        ("Is the content hateful?", "(A) not-hateful"), ("Hateful?", "(B) hateful")]
+        ("Is the content hateful?", "(A) not-hateful"),
+        ("Hateful?", "(B) hateful"),
+    ]
     assert rows[0]["image"] is None and rows[1]["image"].size == (8, 8)
+
 
 @pytest.mark.parametrize(
     ("turns", "fragment"),
     [
         ([{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}], "conversations[1]: empty answer"),
         ([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}], "conversations[1]: empty answer"),
-        ([{"role": "system", "content": "q"}, {"role": "assistant", "content": "a"}],
-         "conversations[0]: 'role' is 'system'"),
-        ([{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}],
-         "conversations[0]: expected {'role': ..., 'content': str}"),
+        (
+            [{"role": "system", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "conversations[0]: 'role' is 'system'",
+        ),
+        (
+            [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}],
+            "conversations[0]: expected {'role': ..., 'content': str}",
+        ),
     ],
 )
 def test_llava_bad_turns_are_broken_records(tmp_path: Path, turns: list, fragment: str) -> None:
@@ -121,6 +155,7 @@ def test_llava_bad_turns_are_broken_records(tmp_path: Path, turns: list, fragmen
     with pytest.raises(DataError) as info:
         load_llava_json(path)
     assert f"{path}, record 1 (1-based): {fragment}" in str(info.value)
+
 
 def test_llava_single_item_image_list_still_gives_images(tmp_path: Path, write_image, conversation) -> None:
     record = {"image": [write_image("a.png", (5, 5, 5))], "conversations": conversation(("q", "a"))}

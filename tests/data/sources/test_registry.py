@@ -36,8 +36,10 @@ class ToyConfig(Section):
 def load_toy(config: ToyConfig, seed: int) -> LoadedSamples:
     """``rows`` rows whose answer alternates between the word and its reverse; no test data."""
     answers = [config.word if i % 2 else config.word[::-1] for i in range(config.rows)]
-    rows = [{"image": None, "question": f"q{i}", "answers": [a], "multiple_choice_answer": a, "seed": seed}
-            for i, a in enumerate(answers)]
+    rows = [
+        {"image": None, "question": f"q{i}", "answers": [a], "multiple_choice_answer": a, "seed": seed}
+        for i, a in enumerate(answers)
+    ]
     return LoadedSamples(rows, None)
 
 
@@ -91,16 +93,22 @@ def test_spec_checks_its_name_and_required_key() -> None:
 
 def test_a_registered_toy_source_loads_through_load_source(toy_registered: type[Section]) -> None:
     # Prepare
-    config = toy_registered.model_validate({"source": "toy", "toy": {"word": "ab", "rows": 20},
-                                            "global_test_fraction": 0.25})
+    config = toy_registered.model_validate(
+        {"source": "toy", "toy": {"word": "ab", "rows": 20}, "global_test_fraction": 0.25}
+    )
     # Execute
     loaded = load_source(config, seed=7)
     # Assert: its rows, with the global test set held out for it (it has no test data).
     assert (len(loaded.train), len(loaded.test)) == (15, 5)
     assert {r["multiple_choice_answer"] for r in loaded.train + loaded.test} == {"ab", "ba"}
     assert all(r["seed"] == 7 for r in loaded.train)
-    data = build_federated_data(config.model_copy(update={"partition": config.partition.model_copy(
-        update={"method": "iid", "min_samples": 2})}), num_clients=2, seed=7)
+    data = build_federated_data(
+        config.model_copy(
+            update={"partition": config.partition.model_copy(update={"method": "iid", "min_samples": 2})}
+        ),
+        num_clients=2,
+        seed=7,
+    )
     assert sum(data.partition.sizes) == 15 and len(data.global_test) == 5
 
 

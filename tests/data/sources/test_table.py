@@ -30,16 +30,24 @@ def _write_table(path: Path, records: list[dict]) -> Path:
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
+
 @pytest.mark.parametrize(
     ("suffix", "answers_cell"),
-    [(".jsonl", ["cat", "cat", "dog"]), (".csv", '["cat", "cat", "dog"]'), (".csv", "cat|cat|dog"),
-     (".jsonl", "cat | cat | dog")],
+    [
+        (".jsonl", ["cat", "cat", "dog"]),
+        (".csv", '["cat", "cat", "dog"]'),
+        (".csv", "cat|cat|dog"),
+        (".jsonl", "cat | cat | dog"),
+    ],
 )
 def test_table_answers_formats(tmp_path: Path, write_image, suffix: str, answers_cell) -> None:
     # Prepare
-    path = _write_table(tmp_path / f"t{suffix}", [
-        {"image": write_image("a.png"), "question": "what animal?", "answers": answers_cell, "site": "north"},
-    ])
+    path = _write_table(
+        tmp_path / f"t{suffix}",
+        [
+            {"image": write_image("a.png"), "question": "what animal?", "answers": answers_cell, "site": "north"},
+        ],
+    )
     # Execute
     row = load_table(path).rows[0]
     # Assert
@@ -48,13 +56,24 @@ def test_table_answers_formats(tmp_path: Path, write_image, suffix: str, answers
     assert row["question"] == "what animal?" and row["image"].size == (8, 8)
     assert row["metadata"] == {"source": str(path), "row": 1, "site": "north"}
 
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_table_single_answer_optional_columns_and_no_image(tmp_path: Path, write_image, suffix: str) -> None:
     # Prepare
-    path = _write_table(tmp_path / f"t{suffix}", [
-        {"image": "", "question": "is this meme hateful?", "answer": "no", "label": "0",
-         "task": "classification", "question_id": "7", "answer_type": "yes/no"},
-    ])
+    path = _write_table(
+        tmp_path / f"t{suffix}",
+        [
+            {
+                "image": "",
+                "question": "is this meme hateful?",
+                "answer": "no",
+                "label": "0",
+                "task": "classification",
+                "question_id": "7",
+                "answer_type": "yes/no",
+            },
+        ],
+    )
     # Execute
     row = load_table(path).rows[0]
     # Assert
@@ -62,17 +81,26 @@ def test_table_single_answer_optional_columns_and_no_image(tmp_path: Path, write
     assert (row["answers"], row["multiple_choice_answer"]) == (["no"], "no")
     assert (row["label"], row["task"], row["question_id"], row["answer_type"]) == ("0", "classification", 7, "yes/no")
 
+
 @pytest.mark.parametrize(
     ("suffix", "bad", "unit", "fragment"),
     [
-        (".jsonl", {"image": "images/a.png", "question": 5, "answer": "x"}, "line 2",
-         "field 'question': expected a string"),
+        (
+            ".jsonl",
+            {"image": "images/a.png", "question": 5, "answer": "x"},
+            "line 2",
+            "field 'question': expected a string",
+        ),
         (".jsonl", {"image": "images/a.png", "question": "q"}, "line 2", "missing field 'answer' or 'answers'"),
         (".jsonl", {"question": "q", "answer": "x"}, "line 2", "missing field 'image'"),
         (".jsonl", {"image": "images/a.png", "question": "q", "answers": []}, "line 2", "answers': empty"),
         (".csv", {"image": "images/gone.png", "question": "q", "answer": "x"}, "row 2", "gone.png not found"),
-        (".csv", {"image": "images/a.png", "question": "q", "answer": "x", "question_id": "x1"}, "row 2",
-         "field 'question_id': expected an integer"),
+        (
+            ".csv",
+            {"image": "images/a.png", "question": "q", "answer": "x", "question_id": "x1"},
+            "row 2",
+            "field 'question_id': expected an integer",
+        ),
     ],
 )
 def test_table_broken_row_names_file_row_and_field(
@@ -88,6 +116,7 @@ def test_table_broken_row_names_file_row_and_field(
     skipped = load_table(path, on_error="skip")
     assert (len(skipped.rows), skipped.skipped) == (2, 1)
 
+
 def test_jsonl_unparsable_line_is_a_skippable_row(tmp_path: Path, write_image) -> None:
     # Prepare: line 2 is blank (ignored), line 3 is not JSON.
     good = json.dumps({"image": write_image("a.png"), "question": "q", "answer": "x"})
@@ -99,6 +128,7 @@ def test_jsonl_unparsable_line_is_a_skippable_row(tmp_path: Path, write_image) -
     assert len(result.rows) == 2 and result.skipped == 1
     assert "line 3 (1-based): not valid JSON" in result.problems[0]
     assert [r["metadata"]["row"] for r in result.rows] == [1, 4]
+
 
 @pytest.mark.parametrize(
     ("name", "content", "fragment"),
@@ -112,12 +142,14 @@ def test_table_file_level_errors(tmp_path: Path, name: str, content: str, fragme
     with pytest.raises(DataError, match=re.escape(fragment)):
         load_table(tmp_path / name, on_error="skip")
 
+
 def test_table_max_samples_is_seeded(tmp_path: Path, write_image) -> None:
     image = write_image("a.png")
     path = _write_table(tmp_path / "t.jsonl", [{"image": image, "question": f"q{i}", "answer": "x"} for i in range(20)])
     first = [r["question"] for r in load_table(path, max_samples=5, seed=3).rows]
     assert first == [f"q{i}" for i in subsample_indices(20, 5, seed=3)]
     assert first == [r["question"] for r in load_table(path, max_samples=5, seed=3).rows]
+
 
 # ---------------------------------------------------------------------------------------------
 # Multi-image rows, ragged CSV rows, Hateful Memes
@@ -128,8 +160,10 @@ def test_table_max_samples_is_seeded(tmp_path: Path, write_image) -> None:
     [
         (".jsonl", {"images": ["images/a.png", "images/b.png"], "question": "same?", "answer": "no"}),
         (".jsonl", {"image": ["images/a.png", "images/b.png"], "question": "same?", "answer": "no"}),
-        (".jsonl", {"image": "images/a.png", "images": ["images/a.png", "images/b.png"], "question": "same?",
-                    "answer": "no"}),
+        (
+            ".jsonl",
+            {"image": "images/a.png", "images": ["images/a.png", "images/b.png"], "question": "same?", "answer": "no"},
+        ),
         (".csv", {"images": '["images/a.png", "images/b.png"]', "question": "same?", "answer": "no"}),
         (".csv", {"image": "", "images": "images/a.png|images/b.png", "question": "same?", "answer": "no"}),
     ],
@@ -146,13 +180,17 @@ def test_table_images_list_gives_multi_image_rows(tmp_path: Path, write_image, s
     assert row["image"] is row["images"][0]
     assert "images" not in row["metadata"]
 
+
 def test_table_image_must_be_the_first_of_images(tmp_path: Path, write_image) -> None:
     write_image("a.png")
     write_image("b.png")
-    path = _write_table(tmp_path / "t.jsonl", [
-        {"image": "images/b.png", "images": ["images/a.png", "images/b.png"], "question": "q", "answer": "x"}])
+    path = _write_table(
+        tmp_path / "t.jsonl",
+        [{"image": "images/b.png", "images": ["images/a.png", "images/b.png"], "question": "q", "answer": "x"}],
+    )
     with pytest.raises(DataError, match=re.escape("line 1 (1-based): field 'image' ('images/b.png') is not the first")):
         load_table(path)
+
 
 def test_ragged_csv_rows_are_row_problems(tmp_path: Path, write_image) -> None:
     # Prepare: header of 4 columns; row 2 has 5 cells, row 3 has 2.
@@ -170,13 +208,16 @@ def test_ragged_csv_rows_are_row_problems(tmp_path: Path, write_image) -> None:
     assert [r["metadata"]["site"] for r in result.rows] == ["s1", "s3"]
     assert all(None not in r["metadata"] for r in result.rows)
 
+
 def test_hateful_memes_format(tmp_path: Path, write_image) -> None:
     # Prepare: the Hateful Memes jsonl columns (id, img, label, text); one bad label.
     write_image("42.png")
     write_image("43.png")
-    lines = [{"id": 42, "img": "images/42.png", "label": 1, "text": "some meme text"},
-             {"id": 43, "img": "images/43.png", "label": 0, "text": "another"},
-             {"id": 44, "img": "images/43.png", "label": 3, "text": "bad label"}]
+    lines = [
+        {"id": 42, "img": "images/42.png", "label": 1, "text": "some meme text"},
+        {"id": 43, "img": "images/43.png", "label": 0, "text": "another"},
+        {"id": 44, "img": "images/43.png", "label": 3, "text": "bad label"},
+    ]
     path = _write_table(tmp_path / "train.jsonl", lines)
     # Execute
     result = load_table(path, on_error="skip", table_format="hateful_memes")
@@ -188,12 +229,14 @@ def test_hateful_memes_format(tmp_path: Path, write_image) -> None:
     assert first["metadata"]["id"] == 42 and first["metadata"]["text"] == "some meme text"
     assert result.skipped == 1 and "line 3 (1-based): field 'label': expected 0 or 1, got 3" in result.problems[0]
 
+
 def test_load_result_counts_skipped_rows_by_source(tmp_path: Path, write_image) -> None:
     good = {"image": write_image("a.png"), "question": "q", "answer": "x"}
     path = _write_table(tmp_path / "t.jsonl", [good, {"question": "q"}, good])
     result = load_table(path, on_error="skip")
     assert result.skipped_by_source == {str(path): 1}
     assert load_table(_write_table(tmp_path / "u.jsonl", [good])).skipped_by_source == {}
+
 
 # ---------------------------------------------------------------------------------------------
 # The source through the config: FedMLLM stand-ins, natural sites, global hold-out
@@ -204,12 +247,14 @@ def test_fedmllm_standin_hateful_memes_modality_mix(tmp_path: Path, rate: float,
     # Prepare: 60 training memes, 12 test memes; 6 clients, Dirichlet over the label; mix rate 0 or 1.
     write_memes(tmp_path / "train.jsonl", tmp_path / "img", 60)
     write_memes(tmp_path / "test.jsonl", tmp_path / "img", 12, offset=100)
-    config = DataConfig.model_validate({
-        "source": "table",
-        "table": {"path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl")},
-        "partition": {"method": "dirichlet", "alpha": 1.0, "label_column": "label", "min_samples": 3},
-        "modality": {"scenario": "mix", "rate": rate},
-    })
+    config = DataConfig.model_validate(
+        {
+            "source": "table",
+            "table": {"path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl")},
+            "partition": {"method": "dirichlet", "alpha": 1.0, "label_column": "label", "min_samples": 3},
+            "modality": {"scenario": "mix", "rate": rate},
+        }
+    )
     # Execute
     data = build_federated_data(config, num_clients=6, seed=0)
     # Assert
@@ -229,15 +274,18 @@ def test_fedmllm_standin_hateful_memes_modality_mix(tmp_path: Path, rate: float,
                     assert row["image"] is None and row["question"] == "is this meme hateful?"
     assert all(modality_of(r) == BOTH for r in data.global_test)  # the global test set stays complete
 
+
 def test_table_natural_sites_and_global_holdout(tmp_path: Path, write_memes) -> None:
     # Prepare: 60 memes on sites s0/s1 (30 each), no test file -> hold out 10% = 6 rows.
     write_memes(tmp_path / "train.jsonl", tmp_path / "img", 60)
-    config = DataConfig.model_validate({
-        "source": "table",
-        "table": {"path": str(tmp_path / "train.jsonl")},
-        "partition": {"method": "natural", "column": "site", "min_samples": 5},
-        "local_test_fraction": 0.0,
-    })
+    config = DataConfig.model_validate(
+        {
+            "source": "table",
+            "table": {"path": str(tmp_path / "train.jsonl")},
+            "partition": {"method": "natural", "column": "site", "min_samples": 5},
+            "local_test_fraction": 0.0,
+        }
+    )
     # Execute
     data = build_federated_data(config, num_clients=2, seed=0)
     # Assert
@@ -247,6 +295,7 @@ def test_table_natural_sites_and_global_holdout(tmp_path: Path, write_memes) -> 
     held_out = {r["metadata"]["row"] for r in data.global_test}
     assert not held_out & {r["metadata"]["row"] for r in data.pooled_train}
 
+
 def test_hateful_memes_table_format_through_the_config(tmp_path: Path) -> None:
     # Prepare: raw Hateful Memes lines (img, text, label).
     (tmp_path / "img").mkdir()
@@ -255,16 +304,21 @@ def test_hateful_memes_table_format_through_the_config(tmp_path: Path) -> None:
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
         lines.append(json.dumps({"id": i, "img": f"img/{i}.png", "text": f"meme {i}", "label": i % 2}))
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
-    config = DataConfig.model_validate({
-        "source": "table", "table": {"path": str(tmp_path / "train.jsonl"), "format": "hateful_memes"},
-        "partition": {"method": "iid", "min_samples": 1}, "global_test_fraction": 0.25,
-    })
+    config = DataConfig.model_validate(
+        {
+            "source": "table",
+            "table": {"path": str(tmp_path / "train.jsonl"), "format": "hateful_memes"},
+            "partition": {"method": "iid", "min_samples": 1},
+            "global_test_fraction": 0.25,
+        }
+    )
     # Execute
     train, test = load_samples(config, seed=0)
     # Assert
     assert len(train) == 9 and len(test) == 3
     assert {r["multiple_choice_answer"] for r in train + test} == {"yes", "no"}
     assert all(r["task"] == "classification" and r["question"].startswith("meme ") for r in train)
+
 
 def _write_raw_memes(path: Path, image_dir: Path, n: int, offset: int = 0) -> None:
     """Hateful Memes files as distributed: {"id", "img", "text", "label"}; every third meme hateful."""
@@ -275,6 +329,7 @@ def _write_raw_memes(path: Path, image_dir: Path, n: int, offset: int = 0) -> No
         lines.append(json.dumps({"id": i, "img": f"img/{i}.png", "text": f"meme {i}", "label": int(i % 3 == 0)}))
     path.write_text("\n".join(lines) + "\n")
 
+
 @pytest.mark.slow
 def test_fedmllm_config_runs_on_standin_memes(tmp_path: Path, run_seed_config) -> None:
     from fedumm.report import format_summary
@@ -284,8 +339,13 @@ def test_fedmllm_config_runs_on_standin_memes(tmp_path: Path, run_seed_config) -
     with (tmp_path / "train.jsonl").open("a") as handle:  # two broken lines, skipped by the config
         handle.write('{"id": 900, "img": "img/none.png", "text": "x", "label": 0}\n{"id": 901, "text": "y"}\n')
     config, result = run_seed_config(
-        "fedmllm_hateful_memes.yaml", tmp_path, "tiny-llava", f"data.table.path={tmp_path / 'train.jsonl'}",
-        f"data.table.test_path={tmp_path / 'dev.jsonl'}", "federation.num_clients=4", "data.partition.min_samples=3",
+        "fedmllm_hateful_memes.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.table.path={tmp_path / 'train.jsonl'}",
+        f"data.table.test_path={tmp_path / 'dev.jsonl'}",
+        "federation.num_clients=4",
+        "data.partition.min_samples=3",
     )
     assert config.eval.task == "classification" and config.data.modality.scenario == "mix"
     final = result.federated.records[-1]["global"]

@@ -8,11 +8,20 @@ import pytest
 
 def tiny_overrides(model_path: str, out_dir, name: str, *extra: str) -> list[str]:
     return [
-        f"name={name}", f"model.name_or_path={model_path}", "model.device=cpu",
-        "federation.num_clients=2", "federation.rounds=2",
-        "data.synthetic.train_samples=60", "data.synthetic.test_samples=16", "data.partition.min_samples=4",
-        "train.batch_size=4", "train.local_steps=2", "eval.batch_size=16",
-        "eval.centralized_baseline=false", "output.progress=false", f"output.dir={out_dir}",
+        f"name={name}",
+        f"model.name_or_path={model_path}",
+        "model.device=cpu",
+        "federation.num_clients=2",
+        "federation.rounds=2",
+        "data.synthetic.train_samples=60",
+        "data.synthetic.test_samples=16",
+        "data.partition.min_samples=4",
+        "train.batch_size=4",
+        "train.local_steps=2",
+        "eval.batch_size=16",
+        "eval.centralized_baseline=false",
+        "output.progress=false",
+        f"output.dir={out_dir}",
         *extra,
     ]
 

@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from fedumm.validation import load_run_config
 from fedumm.engines.nvflare.runner import local_engine_config
 from fedumm.errors import ConfigError
+from fedumm.validation import load_run_config
 
 
 def test_defaults_keep_the_in_process_engine():
@@ -22,17 +22,32 @@ def test_defaults_keep_the_in_process_engine():
     ("overrides", "fragment"),
     [
         (["engine.python=/usr/bin/python3"], "engine.python: only used with engine.name=nvflare"),
-        (["engine.name=nvflare", "engine.python=python3", "engine.client_command=bash x.sh"],
-         "engine.python and engine.client_command are exclusive"),
+        (
+            ["engine.name=nvflare", "engine.python=python3", "engine.client_command=bash x.sh"],
+            "engine.python and engine.client_command are exclusive",
+        ),
         (["engine.name=nvflare", "engine.python="], "engine.python: must not be empty"),
-        (["engine.name=nvflare", "engine.sites={site-1: {}}"],
-         "engine.sites lists 1 sites but federation.num_clients is 4"),
-        (["engine.name=nvflare", "federation.num_clients=1", "engine.sites={'bad site': {}}"],
-         "engine.sites: 'bad site' is not a valid site name"),
-        (["engine.name=nvflare", "federation.num_clients=1", "engine.data_placement=partition",
-          "engine.sites={site-1: {}}"], "engine.sites: only used with engine.data_placement=site"),
-        (["engine.name=nvflare", "federation.num_clients=1", "engine.sites={site-1: {data: {source: nope}}}"],
-         "engine.sites.site-1.data.source"),
+        (
+            ["engine.name=nvflare", "engine.sites={site-1: {}}"],
+            "engine.sites lists 1 sites but federation.num_clients is 4",
+        ),
+        (
+            ["engine.name=nvflare", "federation.num_clients=1", "engine.sites={'bad site': {}}"],
+            "engine.sites: 'bad site' is not a valid site name",
+        ),
+        (
+            [
+                "engine.name=nvflare",
+                "federation.num_clients=1",
+                "engine.data_placement=partition",
+                "engine.sites={site-1: {}}",
+            ],
+            "engine.sites: only used with engine.data_placement=site",
+        ),
+        (
+            ["engine.name=nvflare", "federation.num_clients=1", "engine.sites={site-1: {data: {source: nope}}}"],
+            "engine.sites.site-1.data.source",
+        ),
         (["engine.name=nvflare", "engine.task_request_interval=0"], "engine.task_request_interval"),
         (["engine.name=flower"], "engine.name: must be one of 'simulation' or 'nvflare'"),
     ],
@@ -58,11 +73,12 @@ def test_unknown_client_command_names_the_key():
 
 def test_local_paths_become_absolute_and_cores_are_shared(tmp_path, monkeypatch):
     script = tmp_path / "launch.sh"
-    script.write_text("#!/bin/sh\nexec python3 \"$@\"\n")
+    script.write_text('#!/bin/sh\nexec python3 "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.chdir(tmp_path)
-    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=2",
-                                "engine.client_command=bash launch.sh --flag"])
+    config = load_run_config(
+        None, ["engine.name=nvflare", "federation.num_clients=2", "engine.client_command=bash launch.sh --flag"]
+    )
     local = local_engine_config(config)
     assert local.engine.client_command.split()[1:] == [str(script), "--flag"]
     assert local.engine.client_command.split()[0].endswith("bash")

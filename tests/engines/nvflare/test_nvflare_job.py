@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("nvflare")
 
 from fedumm.cli import main  # noqa: E402
-from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
 from fedumm.engines.nvflare import protocol as P  # noqa: E402
-from fedumm.engines.nvflare.job import job_name  # noqa: E402
 from fedumm.engines.nvflare.controller import DEFAULT_TASK_TIMEOUT  # noqa: E402
+from fedumm.engines.nvflare.job import job_name  # noqa: E402
 from fedumm.errors import ConfigError  # noqa: E402
+from fedumm.validation import load_run_config  # noqa: E402
 
 
 def _files(job: Path) -> set[str]:
@@ -25,12 +25,25 @@ def _files(job: Path) -> set[str]:
 
 
 def test_export_for_all_sites(tmp_path):
-    config = load_run_config(None, ["engine.name=nvflare", "name=demo run", "federation.num_clients=3",
-                                "federation.strategy.name=scaffold", "engine.task_request_interval=0.5"])
+    config = load_run_config(
+        None,
+        [
+            "engine.name=nvflare",
+            "name=demo run",
+            "federation.num_clients=3",
+            "federation.strategy.name=scaffold",
+            "engine.task_request_interval=0.5",
+        ],
+    )
     job = export_job(config, tmp_path)
     assert job == tmp_path / "demo-run" == tmp_path / job_name(config)
-    assert _files(job) == {"meta.json", "app/config/config_fed_server.json", "app/config/config_fed_client.json",
-                           "app/config/fedumm_config.yaml", "app/custom/fedumm_client.py"}
+    assert _files(job) == {
+        "meta.json",
+        "app/config/config_fed_server.json",
+        "app/config/config_fed_client.json",
+        "app/config/fedumm_config.yaml",
+        "app/custom/fedumm_client.py",
+    }
     meta = json.loads((job / "meta.json").read_text())
     assert meta["min_clients"] == 3 and meta["deploy_map"] == {"app": ["@ALL"]}
 
@@ -57,15 +70,24 @@ def test_export_for_all_sites(tmp_path):
 
 
 def test_export_per_site_with_an_external_interpreter(tmp_path):
-    config = load_run_config(None, [
-        "engine.name=nvflare", "federation.num_clients=2", "engine.python=/opt/envs/janus/bin/python",
-        "data.synthetic.train_samples=77", "data.partition.label_column=answer_type",
-        "engine.sites={hospital-a: {seed: 1}, hospital-b: {data: {synthetic: {train_samples: 50}}}}",
-    ])
+    config = load_run_config(
+        None,
+        [
+            "engine.name=nvflare",
+            "federation.num_clients=2",
+            "engine.python=/opt/envs/janus/bin/python",
+            "data.synthetic.train_samples=77",
+            "data.partition.label_column=answer_type",
+            "engine.sites={hospital-a: {seed: 1}, hospital-b: {data: {synthetic: {train_samples: 50}}}}",
+        ],
+    )
     job = export_job(config, tmp_path)
     meta = json.loads((job / "meta.json").read_text())
-    assert meta["deploy_map"] == {"app_server": ["server"], "app_hospital-a": ["hospital-a"],
-                                  "app_hospital-b": ["hospital-b"]}
+    assert meta["deploy_map"] == {
+        "app_server": ["server"],
+        "app_hospital-a": ["hospital-a"],
+        "app_hospital-b": ["hospital-b"],
+    }
     for site, other in (("hospital-a", "hospital-b"), ("hospital-b", "hospital-a")):
         app = job / f"app_{site}"
         client = json.loads((app / "config/config_fed_client.json").read_text())
@@ -73,8 +95,12 @@ def test_export_per_site_with_an_external_interpreter(tmp_path):
         assert args["execution_mode"] == "external_process"
         assert args["command"] == ["/opt/envs/janus/bin/python", "-u", "custom/fedumm_client.py"]
         assert (app / "custom/fedumm_client.py").is_file()
-        assert _files(app) == {"config/config_fed_client.json", "config/fedumm_config.yaml",
-                               "config/fedumm_site.yaml", "custom/fedumm_client.py"}
+        assert _files(app) == {
+            "config/config_fed_client.json",
+            "config/fedumm_config.yaml",
+            "config/fedumm_site.yaml",
+            "custom/fedumm_client.py",
+        }
         # Nothing of the other site, nothing of the server's data.
         assert not [p for p in app.rglob("*") if p.is_file() and other in p.read_text()]
         site_config = load_run_config(app / "config/fedumm_config.yaml")
@@ -89,12 +115,18 @@ def test_export_per_site_with_an_external_interpreter(tmp_path):
     assert load_run_config(job / "app_server/config/fedumm_config.yaml") == config
 
 
-@pytest.mark.parametrize(("overrides", "fragment"), [
-    (["engine.client_command=bash envs/launch_janus.sh"], "engine.client_command: relative path 'envs/launch_janus.sh'"),
-    (["engine.client_command=./launch.sh --x"], "engine.client_command: relative path './launch.sh'"),
-    (["engine.client_command=conda run --prefix=envs/janus"], "engine.client_command: relative path 'envs/janus'"),
-    (["engine.python=venv/bin/python"], "engine.python: relative path 'venv/bin/python'"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["engine.client_command=bash envs/launch_janus.sh"],
+            "engine.client_command: relative path 'envs/launch_janus.sh'",
+        ),
+        (["engine.client_command=./launch.sh --x"], "engine.client_command: relative path './launch.sh'"),
+        (["engine.client_command=conda run --prefix=envs/janus"], "engine.client_command: relative path 'envs/janus'"),
+        (["engine.python=venv/bin/python"], "engine.python: relative path 'venv/bin/python'"),
+    ],
+)
 def test_export_refuses_relative_trainer_paths(tmp_path, overrides, fragment):
     config = load_run_config(None, ["engine.name=nvflare", *overrides])
     with pytest.raises(ConfigError) as info:
@@ -104,11 +136,21 @@ def test_export_refuses_relative_trainer_paths(tmp_path, overrides, fragment):
 
 
 def test_export_keeps_absolute_paths_and_command_names(tmp_path):
-    config = load_run_config(None, ["engine.name=nvflare", "engine.client_command=conda run -n janus --no-capture-output python -u"])
+    config = load_run_config(
+        None, ["engine.name=nvflare", "engine.client_command=conda run -n janus --no-capture-output python -u"]
+    )
     job = export_job(config, tmp_path / "a")
     args = json.loads((job / "app/config/config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
-    assert args["command"] == ["conda", "run", "-n", "janus", "--no-capture-output", "python", "-u",
-                               "custom/fedumm_client.py"]
+    assert args["command"] == [
+        "conda",
+        "run",
+        "-n",
+        "janus",
+        "--no-capture-output",
+        "python",
+        "-u",
+        "custom/fedumm_client.py",
+    ]
     config = load_run_config(None, ["engine.name=nvflare", "engine.client_command=bash /opt/envs/launch_janus.sh"])
     job = export_job(config, tmp_path / "b")
     args = json.loads((job / "app/config/config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
@@ -156,8 +198,10 @@ def test_controller_serializes_a_rounds_shared_task_once(monkeypatch):
         controller._measure("download", ctx(site), make_copy(task))
     controller._measure("download", ctx("site-1", P.SETUP_TASK), make_copy(task))  # not counted
     assert len(calls) == 1
-    replies = {site: FLModelUtils.to_shareable(FLModel(params={P.PAYLOAD_KEY: np.zeros(n, np.uint8)}))
-               for site, n in (("site-1", 40_000), ("site-3", 30_000))}
+    replies = {
+        site: FLModelUtils.to_shareable(FLModel(params={P.PAYLOAD_KEY: np.zeros(n, np.uint8)}))
+        for site, n in (("site-1", 40_000), ("site-3", 30_000))
+    }
     for site, reply in replies.items():
         controller._measure("upload", ctx(site), reply)
     assert len(calls) == 3
@@ -172,8 +216,22 @@ def test_controller_serializes_a_rounds_shared_task_once(monkeypatch):
 
 
 def test_cli_export_implies_the_flare_engine(tmp_path, capsys):
-    assert main(["export", "--out", str(tmp_path), "--set", "name=cli-job",
-                 "--set", "federation.num_clients=2", "--set", "engine.sites={site-1: {}, site-2: {}}"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "name=cli-job",
+                "--set",
+                "federation.num_clients=2",
+                "--set",
+                "engine.sites={site-1: {}, site-2: {}}",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"NVIDIA FLARE job written to {tmp_path / 'cli-job'}" in out
     assert f"nvflare job submit -j {tmp_path / 'cli-job'}" in out
@@ -181,8 +239,17 @@ def test_cli_export_implies_the_flare_engine(tmp_path, capsys):
 
 
 def test_run_with_a_missing_interpreter_fails_before_flare_starts(tmp_path, capsys):
-    code = main(["run", "--set", "engine.name=nvflare", "--set", f"engine.python={tmp_path}/nope/python",
-                 "--set", f"output.dir={tmp_path}"])
+    code = main(
+        [
+            "run",
+            "--set",
+            "engine.name=nvflare",
+            "--set",
+            f"engine.python={tmp_path}/nope/python",
+            "--set",
+            f"output.dir={tmp_path}",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fedumm: error: engine.python: {tmp_path}/nope/python is not an executable file"]

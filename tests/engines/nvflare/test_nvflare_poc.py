@@ -20,13 +20,13 @@ import pytest
 
 pytest.importorskip("nvflare")
 
-from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import export_job  # noqa: E402
 from fedumm.engines.nvflare.poc import LoopbackDeployment, find_run_folder  # noqa: E402
-from fedumm.processes import stop_process_tree  # noqa: E402
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE  # noqa: E402
 from fedumm.engines.nvflare.runner import child_env  # noqa: E402
 from fedumm.errors import FedummError  # noqa: E402
+from fedumm.processes import stop_process_tree  # noqa: E402
+from fedumm.validation import load_run_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,10 @@ def _wait_for_rounds(metrics: Path, records: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
-SITES = {"site-1": {"seed": 1, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
-         "site-2": {"seed": 2, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}}}
+SITES = {
+    "site-1": {"seed": 1, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
+    "site-2": {"seed": 2, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
+}
 
 
 def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypatch):
@@ -112,12 +114,23 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
     outer_tmp = tmp_path / "outer-tmp"
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
-    config = load_run_config(None, tiny_job(tmp_path / "runs", "poc-job", "engine.name=nvflare",
-                                        f"engine.sites={json.dumps(SITES)}"))
+    config = load_run_config(
+        None, tiny_job(tmp_path / "runs", "poc-job", "engine.name=nvflare", f"engine.sites={json.dumps(SITES)}")
+    )
     job = export_job(config, tmp_path / "jobs")
-    failing = export_job(load_run_config(None, tiny_job(tmp_path / "runs", "poc-fail", "engine.name=nvflare",
-                                                    "federation.rounds=30", f"engine.sites={json.dumps(SITES)}")),
-                         tmp_path / "jobs")
+    failing = export_job(
+        load_run_config(
+            None,
+            tiny_job(
+                tmp_path / "runs",
+                "poc-fail",
+                "engine.name=nvflare",
+                "federation.rounds=30",
+                f"engine.sites={json.dumps(SITES)}",
+            ),
+        ),
+        tmp_path / "jobs",
+    )
 
     fl = LoopbackDeployment(tmp_path / "deploy", ["site-1", "site-2"])
     sampler = _Sampler(fl)
@@ -134,8 +147,11 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
                 job_id = fl.submit(job)
                 fail_id = fl.submit(failing)
                 _wait_for_rounds(fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl", 2, 240)
-                victims = [p for p in _job_processes(psutil.Process(fl.procs["site-2"].pid).children(recursive=True))
-                           if fail_id in p.cmdline()]
+                victims = [
+                    p
+                    for p in _job_processes(psutil.Process(fl.procs["site-2"].pid).children(recursive=True))
+                    if fail_id in p.cmdline()
+                ]
                 assert len(victims) == 1, victims
                 victims[0].kill()
                 assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
@@ -181,14 +197,26 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
 def test_sigterm_to_the_driver_stops_every_process(tmp_path, tiny_job):
     """``python -m fedumm.engines.nvflare.poc`` gets SIGTERM in the middle of a job: it stops the
     server, the sites and their job processes before it exits."""
-    config = load_run_config(None, tiny_job(tmp_path / "runs", "poc-term", "engine.name=nvflare", "federation.rounds=30",
-                                        f"engine.sites={json.dumps(SITES)}"))
+    config = load_run_config(
+        None,
+        tiny_job(
+            tmp_path / "runs",
+            "poc-term",
+            "engine.name=nvflare",
+            "federation.rounds=30",
+            f"engine.sites={json.dumps(SITES)}",
+        ),
+    )
     job = export_job(config, tmp_path / "jobs")
     root = tmp_path / "deploy"
     out = tmp_path / "driver.out"
     with open(out, "wb") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "fedumm.engines.nvflare.poc", str(job), "--root", str(root)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "fedumm.engines.nvflare.poc", str(job), "--root", str(root)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+        )
     try:
         seen: dict[int, psutil.Process] = {}
         deadline = time.monotonic() + 240

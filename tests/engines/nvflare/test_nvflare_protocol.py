@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedumm import codec
-from fedumm.validation import load_run_config
 from fedumm.engines.nvflare import protocol as P
 from fedumm.errors import ConfigError, FedummError
+from fedumm.validation import load_run_config
 
 
 def test_payload_round_trips_through_a_uint8_array_unchanged():
@@ -35,8 +35,14 @@ def test_client_ids_follow_natural_site_order():
 
 
 def test_site_config_precedence(tmp_path):
-    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=1",
-                                "engine.sites={site-1: {seed: 5, data: {synthetic: {train_samples: 11}}}}"])
+    config = load_run_config(
+        None,
+        [
+            "engine.name=nvflare",
+            "federation.num_clients=1",
+            "engine.sites={site-1: {seed: 5, data: {synthetic: {train_samples: 11}}}}",
+        ],
+    )
     # 1. the job's entry
     site, source = P.load_site_config("site-1", tmp_path, config, {})
     assert source == "engine.sites.site-1" and site.seed == 5 and site.data.synthetic.train_samples == 11
@@ -55,8 +61,11 @@ def test_site_config_precedence(tmp_path):
 
 def test_site_without_data_config_says_where_to_put_it(tmp_path):
     config = load_run_config(None, ["engine.name=nvflare"])
-    with pytest.raises(ConfigError, match=r"site site-9: no data config; write .*local/fedumm_site.yaml.*"
-                                          r"engine.sites.site-9"):
+    with pytest.raises(
+        ConfigError,
+        match=r"site site-9: no data config; write .*local/fedumm_site.yaml.*"
+        r"engine.sites.site-9",
+    ):
         P.load_site_config("site-9", tmp_path, config, {})
 
 
@@ -71,8 +80,14 @@ def test_bad_site_file_names_the_file_and_key(tmp_path):
 
 
 def test_site_rows_come_from_the_sites_own_source():
-    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=1",
-                                "engine.sites={site-1: {seed: 3, data: {synthetic: {train_samples: 12, test_samples: 5}}}}"])
+    config = load_run_config(
+        None,
+        [
+            "engine.name=nvflare",
+            "federation.num_clients=1",
+            "engine.sites={site-1: {seed: 3, data: {synthetic: {train_samples: 12, test_samples: 5}}}}",
+        ],
+    )
     train, test, skipped = P.load_site_rows(config.engine.sites["site-1"], config.seed)
     assert (len(train), len(test), skipped) == (12, 5, {})
     again, _, _ = P.load_site_rows(config.engine.sites["site-1"], seed=999)  # the site's seed wins

@@ -12,7 +12,6 @@ run adds a server optimizer (FedAdam: its moments are server state) and partial 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import threading
@@ -27,10 +26,10 @@ from safetensors.torch import load_file
 pytest.importorskip("nvflare")
 
 from fedumm.cli import main  # noqa: E402
-from fedumm.validation import load_run_config  # noqa: E402
 from fedumm.engines.nvflare import simulate_nvflare  # noqa: E402
 from fedumm.engines.simulation import simulate  # noqa: E402
 from fedumm.errors import ConfigError, FedummError  # noqa: E402
+from fedumm.validation import load_run_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +92,12 @@ def test_run_folder_matches_the_in_process_format(runs):
     inproc, flare, config = runs
     # Every file the in-process engine writes (plus summary.txt, which the CLI adds).
     expected = {str(p.relative_to(inproc)) for p in inproc.rglob("*") if p.is_file()} | {"summary.txt"}
-    assert {"partition.json", "accuracy.png", "checkpoints/last.safetensors", "adapter/adapter_model.safetensors"} <= expected
+    assert {
+        "partition.json",
+        "accuracy.png",
+        "checkpoints/last.safetensors",
+        "adapter/adapter_model.safetensors",
+    } <= expected
     assert expected <= {str(p.relative_to(flare)) for p in flare.rglob("*") if p.is_file()}
     assert load_run_config(flare / "config.yaml") == config
     assert (flare / "partition.json").read_text() == (inproc / "partition.json").read_text()
@@ -115,8 +119,15 @@ def test_run_folder_matches_the_in_process_format(runs):
     reference = json.loads((inproc / "summary.json").read_text())
     assert set(reference) - {"run_dir"} <= set(summary)
     assert summary["engine"] == "nvflare" and summary["run_dir"] == str(flare)
-    for key in ("majority_answer", "majority_baseline_accuracy", "partition_skew", "bytes_per_round",
-                "adapter_message_bytes", "trainable_parameters", "federated_final_accuracy"):
+    for key in (
+        "majority_answer",
+        "majority_baseline_accuracy",
+        "partition_skew",
+        "bytes_per_round",
+        "adapter_message_bytes",
+        "trainable_parameters",
+        "federated_final_accuracy",
+    ):
         assert summary[key] == reference[key], key
     # Whole FLARE messages: the payload plus FLARE's envelope, a little more, never the base model.
     payload = summary["adapter_message_bytes"]
@@ -139,10 +150,14 @@ def test_adapter_loads_with_peft(runs, tiny_llava_path):
     from transformers import AutoModelForImageTextToText
 
     _, flare, _ = runs
-    loaded = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_llava_path),
-                                       str(flare / "adapter"))
-    state = {k.removeprefix("base_model.model.").replace(".default.", "."): p.detach()
-             for k, p in loaded.named_parameters() if "lora_" in k}
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(flare / "adapter")
+    )
+    state = {
+        k.removeprefix("base_model.model.").replace(".default.", "."): p.detach()
+        for k, p in loaded.named_parameters()
+        if "lora_" in k
+    }
     final = {k.removeprefix("global/"): v for k, v in _checkpoint(flare).items() if k.startswith("global/")}
     assert _max_diff(state, final) == 0.0
 
@@ -158,8 +173,12 @@ def test_clients_run_through_a_wrapper_command(tiny_job, tmp_path):
     (as FedUMM's --use_env_script activates another environment). With FedAdam (server
     moments) and 2 of 3 clients sampled a round: the same adapter and server state as
     in-process."""
-    job = ("federation.num_clients=3", "federation.fraction_fit=0.5", "federation.strategy.name=fedadam",
-           "data.synthetic.train_samples=90")
+    job = (
+        "federation.num_clients=3",
+        "federation.fraction_fit=0.5",
+        "federation.strategy.name=fedadam",
+        "data.synthetic.train_samples=90",
+    )
     _simulate_in_process(load_run_config(None, tiny_job(tmp_path / "runs", "inproc-adam", *job)))
     inproc = tmp_path / "runs" / "inproc-adam"
     calls = tmp_path / "calls.txt"
@@ -170,8 +189,14 @@ def test_clients_run_through_a_wrapper_command(tiny_job, tmp_path):
         f'echo "$$ $PWD $*" >> {shlex.quote(str(calls))}\n'
         f'exec {shlex.quote(sys.executable)} -u "$@"\n'
     )
-    overrides = tiny_job(tmp_path / "runs", "wrapped", *job, "engine.name=nvflare", "engine.timeout=300",
-                         f"engine.client_command=bash {wrapper}")
+    overrides = tiny_job(
+        tmp_path / "runs",
+        "wrapped",
+        *job,
+        "engine.name=nvflare",
+        "engine.timeout=300",
+        f"engine.client_command=bash {wrapper}",
+    )
     result = simulate_nvflare(load_run_config(None, overrides))
     lines = calls.read_text().splitlines()
     assert len(lines) == 3  # one trainer per client, launched once for the whole job
@@ -195,8 +220,17 @@ def test_a_dead_client_process_ends_the_run_naming_the_site(tiny_job, tmp_path, 
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
     workspace = tmp_path / "ws"
-    config = load_run_config(None, tiny_job(tmp_path / "runs", "killed", "federation.rounds=30", "engine.timeout=240",
-                                        f"engine.workspace={workspace}", "engine.name=nvflare"))
+    config = load_run_config(
+        None,
+        tiny_job(
+            tmp_path / "runs",
+            "killed",
+            "federation.rounds=30",
+            "engine.timeout=240",
+            f"engine.workspace={workspace}",
+            "engine.name=nvflare",
+        ),
+    )
     metrics = workspace / "simulator/server/simulate_job/fedumm_run/metrics.jsonl"
     me = psutil.Process()
     seen: dict[int, psutil.Process] = {}

@@ -47,6 +47,11 @@ def test_llama_text_config_takes_ids_from_the_tokenizer_and_overrides():
 
 def test_vision_dims():
     assert vision_dims(32, 8, hidden_size=32, projection_dim=64) == dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-        patch_size=8, projection_dim=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=64,
     )

@@ -15,8 +15,17 @@ from fedumm.errors import ConfigError
 from fedumm.models import tiny
 from fedumm.models.tiny import TINY_MODELS, register_tiny, resolve_model_path
 
-BUILT_IN = ["tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-smolvlm",
-            "tiny-paligemma", "tiny-janus", "tiny-blip-vqa"]
+BUILT_IN = [
+    "tiny-llava",
+    "tiny-llava-next",
+    "tiny-qwen2-vl",
+    "tiny-qwen2.5-vl",
+    "tiny-idefics3",
+    "tiny-smolvlm",
+    "tiny-paligemma",
+    "tiny-janus",
+    "tiny-blip-vqa",
+]
 
 
 def test_the_built_in_models_are_registered_in_order():

@@ -72,5 +72,6 @@ class SourceSpec(Generic[SectionT]):
         if not self.name.isidentifier():
             raise ValueError(f"source name {self.name!r} is not a valid identifier")
         if self.required is not None and self.required not in self.config.model_fields:
-            raise ValueError(f"source {self.name!r}: required key {self.required!r} is not a field of "
-                             f"{self.config.__name__}")
+            raise ValueError(
+                f"source {self.name!r}: required key {self.required!r} is not a field of {self.config.__name__}"
+            )

@@ -20,9 +20,7 @@ class ClientFilesSourceConfig(Section):
     """Pre-split clients: root/train/client_{i}.json and root/test/*.json (LLaVA JSON)."""
 
     root: str | None = Field(None, description="Folder holding train/client_{i}.json and test/*.json.")
-    image_root: str | None = Field(
-        None, description="Folder the records' image paths are relative to; null = root."
-    )
+    image_root: str | None = Field(None, description="Folder the records' image paths are relative to; null = root.")
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
 
 

@@ -105,8 +105,13 @@ def _llava_samples(record: object, reader: ImageReader, source: str, number: int
             raise RowProblem(f"conversations[{k + 1}]: empty answer, expected a non-empty string")
         metadata = {"source": source, "row": number, "id": record.get("id"), "turn": k // 2 + 1}
         samples.append(
-            {**shared, "question": question, "answers": [answer], "multiple_choice_answer": answer,
-             "metadata": metadata}
+            {
+                **shared,
+                "question": question,
+                "answers": [answer],
+                "multiple_choice_answer": answer,
+                "metadata": metadata,
+            }
         )
     return samples
 

@@ -134,8 +134,15 @@ def _hateful_memes_record(record: object) -> dict:
     if answer is None:
         raise RowProblem(f"field 'label': expected 0 or 1, got {label!r}")
     rest = {k: v for k, v in record.items() if k not in ("img", "text", "label")}
-    return {**rest, "image": record["img"], "question": f"{text}\n{HATEFUL_MEMES_QUESTION}", "answer": answer,
-            "label": str(label), "task": "classification", "text": text}
+    return {
+        **rest,
+        "image": record["img"],
+        "question": f"{text}\n{HATEFUL_MEMES_QUESTION}",
+        "answer": answer,
+        "label": str(label),
+        "task": "classification",
+        "text": text,
+    }
 
 
 def _jsonl_records(path: Path) -> Iterable[tuple[int, object]]:
@@ -185,8 +192,9 @@ def _csv_records(path: Path, required: tuple[str, ...], answer_columns: tuple[st
         if answer_columns and not any(c in header for c in answer_columns):
             missing.append(" or ".join(answer_columns))
         if missing:
-            raise DataError(f"{path}: missing column(s) {[m.replace('|', ' or ') for m in missing]} "
-                            f"in the header {list(header)}")
+            raise DataError(
+                f"{path}: missing column(s) {[m.replace('|', ' or ') for m in missing]} in the header {list(header)}"
+            )
         # Blank lines are no records (csv.DictReader skips them too).
         cells = [tuple(row) for row in reader]
         return [(number, _CsvRow(header, row)) for number, row in enumerate((r for r in cells if r), start=1)]

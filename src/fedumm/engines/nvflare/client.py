@@ -45,8 +45,14 @@ class ClientSession:
     the app folder after every round and restored on a rebuild.
     """
 
-    def __init__(self, config: RunConfig, site: str, app_dir: Path, workspace_root: Path | None,
-                 environ: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        site: str,
+        app_dir: Path,
+        workspace_root: Path | None,
+        environ: Mapping[str, str] | None = None,
+    ):
         self.config = config
         self.site = site
         self.app_dir = app_dir
@@ -71,8 +77,9 @@ class ClientSession:
             data, skipped = federated.clients[cid], federated.skipped_by_file
             source = f"partition of data.* (client {cid} of {num_clients})"
         else:
-            site_config, source = P.load_site_config(self.site, self.workspace_root, config, self.environ,
-                                                     self.app_dir / "config")
+            site_config, source = P.load_site_config(
+                self.site, self.workspace_root, config, self.environ, self.app_dir / "config"
+            )
             train, test, skipped = P.load_site_rows(site_config, config.seed)
             if not train:
                 raise RuntimeError(f"site {self.site}: its data config ({source}) gave no training rows")
@@ -82,8 +89,14 @@ class ClientSession:
         strategy = build_strategy(config.federation.strategy, num_clients=num_clients)
         self.runtime = ClientRuntime(data, host, config, strategy.client_algorithm())
         self._restore_state()
-        log.info("fedumm client %s ready: client id %d, %d train / %d test rows from %s",
-                 self.site, cid, len(data.train), len(data.test), source)
+        log.info(
+            "fedumm client %s ready: client id %d, %d train / %d test rows from %s",
+            self.site,
+            cid,
+            len(data.train),
+            len(data.test),
+            source,
+        )
 
     @property
     def _state_path(self) -> Path:
@@ -99,8 +112,10 @@ class ClientSession:
         runtime = self.runtime
         if not (runtime.client_state or runtime.local_state):
             return
-        atomic_write_bytes(self._state_path, codec.encode_message(
-            {"client": runtime.client_state, "local": runtime.local_state}, "float32"))
+        atomic_write_bytes(
+            self._state_path,
+            codec.encode_message({"client": runtime.client_state, "local": runtime.local_state}, "float32"),
+        )
 
     def setup(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         self._ensure(meta)
@@ -157,13 +172,18 @@ def main() -> None:
                 flare.send(FLModel(metrics={"fedumm_ready": 1}, meta={P.META_STATS: session.setup(meta)}))
                 continue
             reply = session.fit(P.unpack(model.params), meta)
-            flare.send(FLModel(
-                params_type=ParamsType.FULL,
-                params={P.PAYLOAD_KEY: P.pack(reply.payload)},
-                current_round=int(meta[P.META_ROUND]),
-                meta={P.META_NUM_SAMPLES: int(reply.num_samples), P.META_METRICS: dict(reply.metrics),
-                      P.META_ROUND: int(meta[P.META_ROUND])},
-            ))
+            flare.send(
+                FLModel(
+                    params_type=ParamsType.FULL,
+                    params={P.PAYLOAD_KEY: P.pack(reply.payload)},
+                    current_round=int(meta[P.META_ROUND]),
+                    meta={
+                        P.META_NUM_SAMPLES: int(reply.num_samples),
+                        P.META_METRICS: dict(reply.metrics),
+                        P.META_ROUND: int(meta[P.META_ROUND]),
+                    },
+                )
+            )
     except Exception as exc:
         # The FLARE log has the traceback; the driver shows this first line to the user.
         (app_dir / ERROR_FILE).write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")

@@ -54,10 +54,10 @@ class FedummController(ModelController):
         task_check_period: float = 0.5,
     ):
         """Args (all land in the exported job's config_fed_server.json):
-            config_file: the run config, in the app's config folder.
-            data_placement: "partition" (clients split data.* with the run seed) or "site".
-            task_timeout: seconds a round (and the setup task) waits for its clients; 0 = no limit.
-            task_check_period: seconds between checks for finished tasks.
+        config_file: the run config, in the app's config folder.
+        data_placement: "partition" (clients split data.* with the run seed) or "site".
+        task_timeout: seconds a round (and the setup task) waits for its clients; 0 = no limit.
+        task_check_period: seconds between checks for finished tasks.
         """
         super().__init__(persistor_id="", ignore_result_error=False, task_check_period=task_check_period)
         if data_placement not in ("partition", "site"):
@@ -117,8 +117,14 @@ class FedummController(ModelController):
         with self._wire_lock:
             wire, self._wire = self._wire, {"download": {}, "upload": {}}
             self._download_seen = None
-        out: dict[str, Any] = {d: {str(ids[name]): n for name, n in sorted(wire[d].items(), key=lambda kv: ids.get(kv[0], -1))
-                                   if name in ids} for d in ("download", "upload")}
+        out: dict[str, Any] = {
+            d: {
+                str(ids[name]): n
+                for name, n in sorted(wire[d].items(), key=lambda kv: ids.get(kv[0], -1))
+                if name in ids
+            }
+            for d in ("download", "upload")
+        }
         out["total"] = sum(out["download"].values()) + sum(out["upload"].values())
         return out
 
@@ -138,8 +144,13 @@ class FedummController(ModelController):
     def _task_data(self, meta: dict[str, Any], payload: bytes | None = None, round_num: int = 0) -> FLModel:
         if payload is None:
             return FLModel(params_type=ParamsType.FULL, params={}, meta=meta)
-        return FLModel(params_type=ParamsType.FULL, params={P.PAYLOAD_KEY: P.pack(payload)},
-                       current_round=round_num, total_rounds=self._rounds, meta=meta)
+        return FLModel(
+            params_type=ParamsType.FULL,
+            params={P.PAYLOAD_KEY: P.pack(payload)},
+            current_round=round_num,
+            total_rounds=self._rounds,
+            meta=meta,
+        )
 
     def _check(self, task: str, results: list[FLModel], targets: list[str]) -> list[FLModel]:
         if self.abort_signal is not None and self.abort_signal.triggered:
@@ -148,8 +159,9 @@ class FedummController(ModelController):
             got = {r.meta.get("client_name", "?") for r in results}
             missing = sorted(set(targets) - got)
             limit = f"engine.task_timeout={self.task_timeout}s" if self.task_timeout else "no engine.task_timeout"
-            raise RuntimeError(f"{task}: {len(results)} of {len(targets)} clients answered; no answer from "
-                               f"{missing} ({limit})")
+            raise RuntimeError(
+                f"{task}: {len(results)} of {len(targets)} clients answered; no answer from {missing} ({limit})"
+            )
         return results
 
     def _send(self, task: str, targets: list[str], data: FLModel) -> list[FLModel]:
@@ -211,12 +223,16 @@ class FlareTransport(Transport):
             )
         self.ids = P.client_ids(names)
         self.name_of = {cid: name for name, cid in self.ids.items()}
-        self.base_meta = {P.META_CLIENT_IDS: self.ids, P.META_NUM_CLIENTS: num_clients,
-                          P.META_PLACEMENT: controller.data_placement}
+        self.base_meta = {
+            P.META_CLIENT_IDS: self.ids,
+            P.META_NUM_CLIENTS: num_clients,
+            P.META_PLACEMENT: controller.data_placement,
+        }
         self.wire: dict[str, Any] = {}
         controller.info(f"fedumm: setting up {num_clients} clients {sorted(names)}")
-        self._wait_setup = controller._send_async(P.SETUP_TASK, sorted(names),
-                                                  controller._task_data(dict(self.base_meta)))
+        self._wait_setup = controller._send_async(
+            P.SETUP_TASK, sorted(names), controller._task_data(dict(self.base_meta))
+        )
 
     @property
     def client_ids(self) -> list[int]:
@@ -232,12 +248,20 @@ class FlareTransport(Transport):
         controller = self.controller
         meta = {**self.base_meta, P.META_ROUND: round_num}
         controller._take_wire(self.ids)  # start the round's count afresh
-        results = controller._send(P.TRAIN_TASK, [self.name_of[c] for c in client_ids],
-                                   controller._task_data(meta, message, round_num))
+        results = controller._send(
+            P.TRAIN_TASK, [self.name_of[c] for c in client_ids], controller._task_data(meta, message, round_num)
+        )
         self.wire = controller._take_wire(self.ids)
         by_id = {self.ids[r.meta["client_name"]]: r for r in results}
-        return [FitReply(cid, P.unpack(by_id[cid].params), int(by_id[cid].meta[P.META_NUM_SAMPLES]),
-                         dict(by_id[cid].meta.get(P.META_METRICS, {}))) for cid in client_ids]
+        return [
+            FitReply(
+                cid,
+                P.unpack(by_id[cid].params),
+                int(by_id[cid].meta[P.META_NUM_SAMPLES]),
+                dict(by_id[cid].meta.get(P.META_METRICS, {})),
+            )
+            for cid in client_ids
+        ]
 
     def round_extras(self) -> dict[str, Any]:
         # Whole FLARE messages (payload + FLARE's envelope), as serialized on the server.
@@ -250,8 +274,10 @@ class FlareTransport(Transport):
             "nvflare_clients": {str(cid): name for cid, name in self.name_of.items()},
         }
         # The largest whole FLARE message each way.
-        sizes = {d: [n for r in records for n in r.get("nvflare_bytes", {}).get(d, {}).values()]
-                 for d in ("download", "upload")}
+        sizes = {
+            d: [n for r in records for n in r.get("nvflare_bytes", {}).get(d, {}).values()]
+            for d in ("download", "upload")
+        }
         if sizes["download"] and sizes["upload"]:
             extras["nvflare_message_bytes"] = {d: max(v) for d, v in sizes.items()}
         return extras

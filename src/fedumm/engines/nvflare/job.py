@@ -77,7 +77,8 @@ def check_exported_command(config: RunConfig) -> None:
             if os.sep in path and not os.path.isabs(path):
                 raise ConfigError(
                     f"engine.{key}: relative path {path!r} in an exported job would resolve in each site's app "
-                    f"folder; give the absolute path it has on the sites")
+                    f"folder; give the absolute path it has on the sites"
+                )
 
 
 def client_config(config: RunConfig, placement: str) -> RunConfig:
@@ -114,13 +115,16 @@ def build_job(config: RunConfig, staging: Path, exported: bool) -> FedJob:
     job.to_server({"server": {"task_request_interval": engine.task_request_interval}})
 
     command = client_command(config)
-    common = dict(params_exchange_format=ExchangeFormat.RAW, server_expected_format=ExchangeFormat.RAW,
-                  params_transfer_type=TransferType.FULL, train_task_name=P.TRAIN_TASK)
+    common = dict(
+        params_exchange_format=ExchangeFormat.RAW,
+        server_expected_format=ExchangeFormat.RAW,
+        params_transfer_type=TransferType.FULL,
+        train_task_name=P.TRAIN_TASK,
+    )
     if command is None:
         executor_args = dict(execution_mode=ExecutionMode.IN_PROCESS, task_script_path=P.CLIENT_SCRIPT, **common)
     else:
-        executor_args = dict(execution_mode=ExecutionMode.EXTERNAL_PROCESS, command=command, launch_once=True,
-                             **common)
+        executor_args = dict(execution_mode=ExecutionMode.EXTERNAL_PROCESS, command=command, launch_once=True, **common)
     targets = sorted(engine.sites) if exported and placement == "site" and engine.sites else [None]
     for target in targets:
         executor = ClientAPIExecutor(**executor_args)

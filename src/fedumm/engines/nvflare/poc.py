@@ -95,9 +95,16 @@ def authorize_fedumm(local_dir: Path, storage_root: Path | None = None) -> Path:
 
 
 class LoopbackDeployment:
-    def __init__(self, root: str | Path, sites: Sequence[str], *, python: str = sys.executable,
-                 port: int | None = None, env: dict[str, str] | None = None,
-                 log: Callable[[str], None] = lambda msg: None):
+    def __init__(
+        self,
+        root: str | Path,
+        sites: Sequence[str],
+        *,
+        python: str = sys.executable,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        log: Callable[[str], None] = lambda msg: None,
+    ):
         self.root = Path(root).resolve()
         self.sites = list(sites)
         self.python = python
@@ -150,14 +157,22 @@ class LoopbackDeployment:
             "name": PROJECT,
             "description": "fedumm loopback deployment",
             "participants": [
-                {"name": SERVER, "type": "server", "org": "fedumm", "default_host": "127.0.0.1",
-                 "fed_learn_port": self.port, "admin_port": self.port},
+                {
+                    "name": SERVER,
+                    "type": "server",
+                    "org": "fedumm",
+                    "default_host": "127.0.0.1",
+                    "fed_learn_port": self.port,
+                    "admin_port": self.port,
+                },
                 {"name": ADMIN, "type": "admin", "org": "fedumm", "role": "project_admin"},
                 *({"name": site, "type": "client", "org": "fedumm"} for site in self.sites),
             ],
             "builders": [
-                {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
-                 "args": {"template_file": "master_template.yml"}},
+                {
+                    "path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
+                    "args": {"template_file": "master_template.yml"},
+                },
                 {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
                 {"path": "nvflare.lighter.impl.cert.CertBuilder"},
                 {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
@@ -177,8 +192,13 @@ class LoopbackDeployment:
         with open(self.root / f"{name}.out", "ab") as out:
             # --once: the kit's script execs FLARE directly (no restart loop); new session so
             # stop() can end the whole group.
-            self.procs[name] = processes.popen(["bash", str(script), "--once"], stdout=out, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, env=self.env())
+            self.procs[name] = processes.popen(
+                ["bash", str(script), "--once"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+            )
 
     def start(self, timeout: float = 120) -> None:
         self._start(SERVER)
@@ -186,8 +206,10 @@ class LoopbackDeployment:
         while not self._port_open():
             self._check_alive(SERVER)
             if time.monotonic() > deadline:
-                raise FedummError(f"FLARE server did not listen on 127.0.0.1:{self.port} within {timeout:g}s "
-                                  f"(log: {self.root / (SERVER + '.out')})")
+                raise FedummError(
+                    f"FLARE server did not listen on 127.0.0.1:{self.port} within {timeout:g}s "
+                    f"(log: {self.root / (SERVER + '.out')})"
+                )
             time.sleep(0.5)
         for site in self.sites:
             self._start(site)
@@ -211,8 +233,7 @@ class LoopbackDeployment:
     def _check_alive(self, name: str) -> None:
         proc = self.procs[name]
         if proc.poll() is not None:
-            raise FedummError(f"FLARE {name} exited with status {proc.returncode} "
-                              f"(log: {self.root / (name + '.out')})")
+            raise FedummError(f"FLARE {name} exited with status {proc.returncode} (log: {self.root / (name + '.out')})")
 
     def stop(self) -> None:
         """End every process started here (sites first, then the server) and their children."""
@@ -260,7 +281,9 @@ class LoopbackDeployment:
         try:
             reply = json.loads(proc.stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
-            raise FedummError(f"nvflare {' '.join(args[:2])}: no JSON reply ({(proc.stdout + proc.stderr)[-300:]})") from None
+            raise FedummError(
+                f"nvflare {' '.join(args[:2])}: no JSON reply ({(proc.stdout + proc.stderr)[-300:]})"
+            ) from None
         return reply
 
     def submit(self, job_dir: str | Path) -> str:
@@ -273,8 +296,9 @@ class LoopbackDeployment:
 
     def wait(self, job_id: str, timeout: float) -> str:
         """Wait for the job to end; returns its final status, raises if it did not finish OK."""
-        reply = self._admin(["job", "wait", job_id, "--timeout", str(int(timeout)), "--interval", "1"],
-                            timeout=timeout + 60)
+        reply = self._admin(
+            ["job", "wait", job_id, "--timeout", str(int(timeout)), "--interval", "1"], timeout=timeout + 60
+        )
         status = (reply.get("data") or {}).get("status", "")
         if reply.get("status") != "ok":
             raise FedummError(f"FLARE job {job_id}: {reply.get('message')} (status {status or '?'})")

@@ -102,8 +102,13 @@ def _read_site_file(path: Path) -> SiteConfig:
         raise ConfigError(f"site config {path}: {key}: {first['msg']}") from None
 
 
-def load_site_config(site: str, workspace_root: Path | None, config: RunConfig,
-                     environ: Mapping[str, str], app_config_dir: Path | None = None) -> tuple[SiteConfig, str]:
+def load_site_config(
+    site: str,
+    workspace_root: Path | None,
+    config: RunConfig,
+    environ: Mapping[str, str],
+    app_config_dir: Path | None = None,
+) -> tuple[SiteConfig, str]:
     """The site's own data config and where it came from: ``$FEDUMM_SITE_CONFIG``, else the
     site workspace's ``local/fedumm_site.yaml``, else the job's entry for the site
     (``engine.sites.<site>``: in an exported per-site app, its ``config/fedumm_site.yaml``)."""

@@ -45,6 +45,7 @@ SIM_JOB_ID = "simulate_job"  # the simulator's fixed job id
 
 # ---------------------------------------------------------------------------- preflight
 
+
 def _resolve_executable(value: str, key: str) -> str:
     found = shutil.which(value)
     if found is None or not os.access(found, os.X_OK):
@@ -67,8 +68,9 @@ def local_engine_config(config: RunConfig) -> RunConfig:
         except ValueError as exc:
             raise ConfigError(f"engine.client_command: {exc}") from None
         argv[0] = _resolve_executable(argv[0], "engine.client_command")
-        argv = [argv[0]] + [str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a
-                            for a in argv[1:]]
+        argv = [argv[0]] + [
+            str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a for a in argv[1:]
+        ]
         config.engine.client_command = shlex.join(argv)
     if engine.threads is not None and engine.threads > config.federation.num_clients:
         config.engine.threads = config.federation.num_clients
@@ -110,6 +112,7 @@ def _warm_model_cache(config: RunConfig) -> None:
 
 # ---------------------------------------------------------------------------- process control
 
+
 def first_error(workspace: Path) -> str | None:
     """The first line of a fedumm error file left by a client (the usual root cause) or the
     controller."""
@@ -136,8 +139,15 @@ class WorkerWatch:
     for the whole job, so one that is gone before the job's summary exists, with the
     simulator still running ``grace`` seconds later, died."""
 
-    def __init__(self, proc: subprocess.Popen, log: Path, done: Path, persistent: bool,
-                 grace: float = 10.0, scan_every: float = 1.0):
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        log: Path,
+        done: Path,
+        persistent: bool,
+        grace: float = 10.0,
+        scan_every: float = 1.0,
+    ):
         self.proc, self.log, self.done, self.persistent = proc, log, done, persistent
         self.grace, self.scan_every = grace, scan_every
         self.offset = 0
@@ -210,7 +220,7 @@ class _RoundPrinter:
             return
         text = self.metrics.read_text()
         complete = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # skip a partial line
-        for line in complete[self.seen:]:
+        for line in complete[self.seen :]:
             record = json.loads(line)
             if record["round"] > 0:
                 print(round_line(record, self.config.federation.rounds, self.metric, "federated/nvflare"), flush=True)
@@ -231,8 +241,16 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
         sim_ws = workspace / "simulator"
         sites = _site_names(config)
         num_clients = config.federation.num_clients
-        cmd = [sys.executable, "-m", SIMULATOR_MODULE, str(job_dir), "-w", str(sim_ws),
-               "-t", str(config.engine.threads or num_clients)]
+        cmd = [
+            sys.executable,
+            "-m",
+            SIMULATOR_MODULE,
+            str(job_dir),
+            "-w",
+            str(sim_ws),
+            "-t",
+            str(config.engine.threads or num_clients),
+        ]
         cmd += ["-c", ",".join(sites)] if sites else ["-n", str(num_clients)]
         result_dir = sim_ws / "server" / SIM_JOB_ID / P.RUN_FOLDER
         printer = _RoundPrinter(result_dir / "metrics.jsonl", config)
@@ -240,8 +258,13 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
         log_path = workspace / "simulator.log"
         threads = config.engine.threads or num_clients
         with open(log_path, "wb") as log, sigterm_as_interrupt():
-            proc = popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         env=child_env(tmpdir=workspace / "tmp"))
+            proc = popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=child_env(tmpdir=workspace / "tmp"),
+            )
             watch = WorkerWatch(proc, log_path, result_dir / "summary.json", persistent=threads >= num_clients)
             try:
                 while proc.poll() is None:
@@ -253,10 +276,13 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
                         raise FedummError(
                             f"NVIDIA FLARE simulator: client {site}'s process died during the job ({how}); "
                             f"stopped the simulator; the rounds finished so far are in {result_dir} "
-                            f"(log: {log_path})")
+                            f"(log: {log_path})"
+                        )
                     if deadline is not None and time.monotonic() > deadline:
-                        raise FedummError(f"engine.timeout: the FLARE simulator ran longer than "
-                                          f"{config.engine.timeout:g}s (log: {log_path})")
+                        raise FedummError(
+                            f"engine.timeout: the FLARE simulator ran longer than "
+                            f"{config.engine.timeout:g}s (log: {log_path})"
+                        )
                     time.sleep(0.25)
             finally:
                 if proc.poll() is None:
@@ -275,6 +301,7 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
 
 # ---------------------------------------------------------------------------- fedumm run
 
+
 def _final_state(folder: Path) -> dict:
     tensors = load_file(str(folder / "checkpoints" / "last.safetensors"))
     return {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
@@ -291,8 +318,11 @@ def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None) -> R
     else:
         workspace, temporary = Path(tempfile.mkdtemp(prefix="fedumm-nvflare-")), True
     if config.output.progress:
-        print(f"NVIDIA FLARE simulator: {config.federation.num_clients} clients, "
-              f"{config.federation.rounds} rounds (workspace {workspace})", flush=True)
+        print(
+            f"NVIDIA FLARE simulator: {config.federation.num_clients} clients, "
+            f"{config.federation.rounds} rounds (workspace {workspace})",
+            flush=True,
+        )
     result_dir = run_simulator(local, workspace, config.output.progress)
 
     run = RunFolder.create(config)  # config.yaml = the config as given
@@ -303,14 +333,22 @@ def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None) -> R
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
     summary: dict[str, Any] = json.loads((run.path / "summary.json").read_text())
     summary["run_dir"] = str(run.path)
-    federated = PhaseResult("federated", metric=summary["metric"], records=run.read_metrics(),
-                            final_state=_final_state(run.path))
+    federated = PhaseResult(
+        "federated", metric=summary["metric"], records=run.read_metrics(), final_state=_final_state(run.path)
+    )
     cen_result = None
     placement = P.resolve_placement(config, exported=False)
     if (centralized if centralized is not None else config.eval.centralized_baseline) and placement == "partition":
         data = build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
-        cen_result = run_centralized(config, ModelHost(config), data.pooled_train, data.global_test, run,
-                                     "centralized_adapter", print if config.output.progress else None)
+        cen_result = run_centralized(
+            config,
+            ModelHost(config),
+            data.pooled_train,
+            data.global_test,
+            run,
+            "centralized_adapter",
+            print if config.output.progress else None,
+        )
         summary.update(phase_summary(cen_result))
     write_summary(run, summary)
     if temporary:

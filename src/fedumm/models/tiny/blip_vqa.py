@@ -26,8 +26,12 @@ def _blip_tokenizer():
     tok.add_special_tokens(BLIP_SPECIAL_TOKENS + ["[DEC]"])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", bos_token="[DEC]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[DEC]",
         model_input_names=["input_ids", "attention_mask"],
     )
 
@@ -44,11 +48,18 @@ def build_tiny_blip_vqa(path: Path, image_size: int = 32, patch_size: int = 8, s
     )
     config = BlipConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=64, encoder_hidden_size=64,
-            intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=128, initializer_range=0.2,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            encoder_hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
         ),
         # BLIP's default initializer_range 1e-10 would make a blind random tower.
         vision_config=vision_dims(image_size, patch_size, initializer_range=0.02),

@@ -103,8 +103,13 @@ def vision_dims(image_size: int, patch_size: int, hidden_size: int = 64, **overr
     """Vision-tower config keys shared by the CLIP-, SigLIP- and BLIP-style towers: 2 layers,
     4 heads, an MLP twice ``hidden_size`` wide."""
     return dict(
-        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, image_size=image_size, patch_size=patch_size, **overrides,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        **overrides,
     )
 
 

@@ -29,8 +29,17 @@ IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utteran
 _SCALE_FACTOR = 2  # pixel shuffle: 2x2 patch features -> one image token
 
 
-def _build(path: Path, config_class, model_class, image_size: int, patch_size: int, seed: int, template: str,
-           extra: Sequence[str] = (), add_bos: bool = False) -> None:
+def _build(
+    path: Path,
+    config_class,
+    model_class,
+    image_size: int,
+    patch_size: int,
+    seed: int,
+    template: str,
+    extra: Sequence[str] = (),
+    add_bos: bool = False,
+) -> None:
     from transformers import Idefics3ImageProcessorPil, Idefics3Processor
 
     tokenizer = tiny_tokenizer(IDEFICS3_TOKENS + list(extra), eos="<end_of_utterance>", add_bos=add_bos)
@@ -59,13 +68,29 @@ def build_tiny_idefics3(path: Path, image_size: int = 32, patch_size: int = 8, s
     """Idefics3 shape: SigLIP-style tower, pixel-shuffle connector, Llama decoder; the tokenizer adds BOS."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
-    _build(path, Idefics3Config, Idefics3ForConditionalGeneration, image_size, patch_size, seed,
-           IDEFICS3_CHAT_TEMPLATE, add_bos=True)
+    _build(
+        path,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        image_size,
+        patch_size,
+        seed,
+        IDEFICS3_CHAT_TEMPLATE,
+        add_bos=True,
+    )
 
 
 def build_tiny_smolvlm(path: Path, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> None:
     """SmolVLM shape (Idefics3 layout, SmolLM decoder), prompts start with ``<|im_start|>``."""
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
-    _build(path, SmolVLMConfig, SmolVLMForConditionalGeneration, image_size, patch_size, seed,
-           SMOLVLM_CHAT_TEMPLATE, extra=["<|im_start|>"])
+    _build(
+        path,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        image_size,
+        patch_size,
+        seed,
+        SMOLVLM_CHAT_TEMPLATE,
+        extra=["<|im_start|>"],
+    )

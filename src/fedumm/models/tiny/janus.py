@@ -31,8 +31,7 @@ def build_tiny_janus(path: Path, image_size: int = 32, patch_size: int = 8, seed
 
     tokenizer = tiny_tokenizer(
         JANUS_TOKENS,
-        named={"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>",
-               "eoi_token": "<end_of_image>"},
+        named={"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"},
     )
     num_image_tokens = (image_size // patch_size) ** 2
     processor = JanusProcessor(
@@ -44,14 +43,26 @@ def build_tiny_janus(path: Path, image_size: int = 32, patch_size: int = 8, seed
     config = JanusConfig(
         text_config=llama_text_config(len(tokenizer), tokenizer),
         vision_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2.0,
-            image_size=image_size, patch_size=patch_size, projection_dim=64, depth=2,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            mlp_ratio=2.0,
+            image_size=image_size,
+            patch_size=patch_size,
+            projection_dim=64,
+            depth=2,
             num_image_tokens=num_image_tokens,
         ),
         vq_config=dict(
-            embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32,  # GroupNorm(32)
-            channel_multiplier=[1, 1], num_res_blocks=1, projection_dim=64,
-            image_token_embed_dim=64, num_hidden_layers=1,
+            embed_dim=8,
+            num_embeddings=64,
+            latent_channels=32,
+            base_channels=32,  # GroupNorm(32)
+            channel_multiplier=[1, 1],
+            num_res_blocks=1,
+            projection_dim=64,
+            image_token_embed_dim=64,
+            num_hidden_layers=1,
         ),
         image_token_id=tokenizer.image_token_id,
     )

@@ -20,8 +20,15 @@ IM_CHAT_TEMPLATE = (  # ChatML, as Qwen2-VL uses it
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-               "<|video_pad|>", "<|endoftext|>"]
+QWEN_TOKENS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|endoftext|>",
+]
 
 
 def _build(path: Path, config_class, model_class, vision: dict, image_size: int, patch_size: int, seed: int) -> None:
@@ -32,20 +39,25 @@ def _build(path: Path, config_class, model_class, vision: dict, image_size: int,
     tokenizer = tiny_tokenizer(QWEN_TOKENS, eos="<|im_end|>", named={"image_token": "<|image_pad|>"})
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size},
-        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
     )
     processor = QwenVLImageTextProcessor(image_processor, tokenizer, IM_CHAT_TEMPLATE)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
     text = llama_text_config(
-        len(tokenizer), tokenizer,
+        len(tokenizer),
+        tokenizer,
         # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width).
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     )
     config = config_class(
         text_config=text,
         vision_config=dict(patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2, **vision),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     save_model(path, model_class, config, processor, seed=seed, tokenizer=tokenizer)
 
@@ -63,7 +75,12 @@ def build_tiny_qwen2_5_vl(path: Path, image_size: int = 32, patch_size: int = 8,
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     vision = dict(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64,
-        window_size=2 * patch_size * 2, fullatt_block_indexes=[1],
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=4,
+        out_hidden_size=64,
+        window_size=2 * patch_size * 2,
+        fullatt_block_indexes=[1],
     )
     _build(path, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision, image_size, patch_size, seed)
