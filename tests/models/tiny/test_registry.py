@@ -104,7 +104,9 @@ def test_importing_the_registry_is_cheap():
     env = dict(os.environ, PYTHONPATH=str(Path(fedumm.__file__).parents[1]))  # this checkout's src
     modules = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     modules = modules.stdout.split()
-    heavy = ("torch", "transformers", "tokenizers")
+    # Importing any part of fedumm.models registers the backends (torch, the config), but no model
+    # library loads until a model is built.
+    heavy = ("transformers", "tokenizers", "peft")
     assert [m for m in modules if m.split(".")[0] in heavy] == []
-    layers = ("fedumm.config", "fedumm.train", "fedumm.strategies", "fedumm.federation", "fedumm.engines")
+    layers = ("fedumm.strategies", "fedumm.federation", "fedumm.engines", "fedumm.validation")
     assert [m for m in modules if m.startswith(layers)] == []

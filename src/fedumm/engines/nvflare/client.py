@@ -17,10 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import nvflare.client as flare
 import torch
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.client.api import get_context
 
 from fedumm import codec
 from fedumm.config import RunConfig
@@ -133,6 +130,8 @@ def tune_in_process_polling(interval: float) -> bool:
     pick-up on the executor side). FLARE 2.9 fixes both at 0.5 s with no setting, which adds
     up to a second to every round; this sets the two values it reads. Returns whether it
     applied (in-process execution only; a later FLARE without these attributes is left alone)."""
+    from nvflare.client.api import get_context  # noqa: PLC0415 (nvflare: only inside a FLARE client)
+
     api = getattr(get_context(), "api", None)
     if type(api).__name__ != "InProcessClientAPI" or not hasattr(api, "result_check_interval"):
         return False
@@ -152,6 +151,9 @@ def _app_dir() -> Path:
 
 
 def main() -> None:
+    import nvflare.client as flare  # noqa: PLC0415 (nvflare: only inside a FLARE client)
+    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: PLC0415
+
     app_dir = _app_dir()
     try:
         config = load_run_config(app_dir / "config" / P.CONFIG_FILE)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from safetensors.torch import load_file
 
 import fedumm
 from fedumm.config import RunConfig
@@ -37,7 +36,7 @@ from fedumm.federation.loop import round_line
 from fedumm.metrics import get_task
 from fedumm.models import tiny
 from fedumm.processes import popen, sigterm_as_interrupt, stop_process_tree
-from fedumm.runlog import RunFolder
+from fedumm.runlog import RunFolder, read_checkpoint
 
 SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"  # what FedJob.simulator_run runs
 SIM_JOB_ID = "simulate_job"  # the simulator's fixed job id
@@ -302,11 +301,6 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
 # ---------------------------------------------------------------------------- fedumm run
 
 
-def _final_state(folder: Path) -> dict:
-    tensors = load_file(str(folder / "checkpoints" / "last.safetensors"))
-    return {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
-
-
 def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None) -> RunResult:
     """Run the federated job in FLARE's simulator and write ``runs/<name>/`` like ``simulate``;
     with data placement ``partition`` the centralized baseline then runs here, in-process."""
@@ -333,9 +327,8 @@ def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None) -> R
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
     summary: dict[str, Any] = json.loads((run.path / "summary.json").read_text())
     summary["run_dir"] = str(run.path)
-    federated = PhaseResult(
-        "federated", metric=summary["metric"], records=run.read_metrics(), final_state=_final_state(run.path)
-    )
+    final_state = read_checkpoint(run.path).global_state
+    federated = PhaseResult("federated", summary["metric"], run.read_metrics(), final_state)
     cen_result = None
     placement = P.resolve_placement(config, exported=False)
     if (centralized if centralized is not None else config.eval.centralized_baseline) and placement == "partition":

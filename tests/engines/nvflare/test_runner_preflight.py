@@ -1,4 +1,5 @@
-"""engine.* settings: validation with one-line errors naming the key (no FLARE needed)."""
+"""engine.* settings and the runner's preflight (local_engine_config): one-line errors naming the key (no FLARE
+needed)."""
 
 from __future__ import annotations
 
