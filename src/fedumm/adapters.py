@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils.constants import DUMMY_TARGET_MODULES
 from safetensors.torch import load_file, save_file
 
 from fedumm.config import AdapterConfig
@@ -42,6 +40,9 @@ def apply_lora(
     ``targets=None`` adds no LoRA layer at all (a run that never trains LoRA): peft then
     wraps only ``modules_to_save``, and the result still saves and loads as a PEFT adapter.
     """
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (heavy: loads transformers)
+    from peft.utils.constants import DUMMY_TARGET_MODULES  # noqa: PLC0415
+
     if targets is None and not modules_to_save:
         raise ValueError("apply_lora: no LoRA targets and no modules to save: nothing would train")
     lora = LoraConfig(
@@ -196,6 +197,7 @@ def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch
 def load_adapter(base: torch.nn.Module, path: str):
     """``PeftModel.from_pretrained(base, path)`` plus the in-place parameters of ``IN_PLACE_FILE``
     (strict: a key the model lacks, or a shape mismatch, is an error and nothing is written)."""
+    from peft import PeftModel  # noqa: PLC0415 (heavy: loads transformers)
 
     model = PeftModel.from_pretrained(base, path)
     extra = Path(path) / IN_PLACE_FILE

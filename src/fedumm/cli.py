@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from transformers.utils import logging as hf_logging
 
 from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
 from fedumm.data.partition import save_partition_heatmap
@@ -145,6 +144,8 @@ def _run(args: argparse.Namespace) -> int:
         return _export(config, args.out)
     if args.command == "partition":
         return _partition(config, args.out)
+
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415 (heavy: only commands that load models)
 
     # Our own progress lines say what happens; the library's per-file load bars are noise here.
     hf_logging.set_verbosity_error()
