@@ -102,11 +102,71 @@ class StrategyConfig(Section):
         return dict(self.model_extra or {})
 
 
+class ValidationConfig(Section):
+    """Checks every client reply passes before any strategy sees it (``federation.replies``)."""
+
+    max_update_norm: float | Literal["auto"] | None = Field(
+        None,
+        description="Reject a reply whose update (trained state minus the global state, all tensors together) has "
+        "an L2 norm above this; auto = auto_norm_factor x the round's median update norm; null = no bound.",
+    )
+    auto_norm_factor: float = Field(3.0, gt=1, description="k of max_update_norm=auto.")
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Largest sample count a reply may claim; null = the client's own row count as its setup "
+        "reported it (train + local test).",
+    )
+
+
+class FaultsConfig(Section):
+    """Simulated faults (in-process engine), drawn per client and round from the run seed."""
+
+    dropout: float = Field(0.0, ge=0, lt=1, description="Probability that a sampled client sends no reply.")
+    straggler_rate: float = Field(0.0, ge=0, le=1, description="Probability that a sampled client is slow.")
+    straggler_delay: float = Field(
+        60.0, gt=0, description="Seconds a slow client's reply is late (simulated, not slept)."
+    )
+
+
+class AttackConfig(Section):
+    """Simulated malicious clients (in-process engine), for robustness research and tests."""
+
+    kind: Literal["none", "nan", "scale", "sign_flip", "gaussian", "label_flip", "inflate_samples"] = Field(
+        "none",
+        description="nan = a NaN in every tensor; scale = update x factor; sign_flip = update x -1; gaussian = "
+        "update + N(0, std^2); label_flip = the attackers train on permuted answers; inflate_samples = claim "
+        "samples rows.",
+    )
+    clients: list[int] = Field(default_factory=list, description="Client ids that attack.")
+    from_round: int = Field(1, ge=1, description="First round the attack runs in.")
+    factor: float = Field(1e6, description="scale: the update's factor.")
+    std: float = Field(1.0, gt=0, description="gaussian: the noise's standard deviation.")
+    samples: int = Field(1_000_000_000, ge=1, description="inflate_samples: the sample count claimed.")
+
+
 class FederationConfig(Section):
     num_clients: int = Field(4, ge=1, le=10_000)
     rounds: int = Field(12, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
-    min_fit_clients: int = Field(1, ge=1, description="Lower bound on clients sampled per round.")
+    min_fit_clients: int = Field(
+        1,
+        ge=1,
+        description="Lower bound on clients sampled per round, and the valid replies a round needs to aggregate "
+        "(fewer: the global model and server state stay as they were).",
+    )
+    max_failed_rounds: int = Field(
+        3, ge=1, description="Rounds in a row without enough valid replies before the run ends with an error."
+    )
+    round_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a round waits for its replies; late ones are dropped (nvflare: null = "
+        "engine.task_timeout; simulated stragglers: null = never late).",
+    )
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     wire_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32",

@@ -15,3 +15,12 @@ class DataError(FedummError):
 
 class AdapterStateError(FedummError):
     """An adapter state does not match the model it is loaded into."""
+
+
+class AggregationError(FedummError):
+    """A federation could not go on: too many rounds in a row without enough valid replies."""
+
+
+class TrainingError(FedummError):
+    """Local training failed in a way the user can act on (e.g. a non-finite loss), naming the
+    client, the round and what to change."""

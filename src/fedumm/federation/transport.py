@@ -68,7 +68,9 @@ class Transport(ABC):
 
     @abstractmethod
     def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
-        """Send ``message`` to ``client_ids``; their replies in the same order."""
+        """Send ``message`` to ``client_ids``; their replies in the same order. A client that
+        died, stayed silent or answered after ``federation.round_timeout`` has no reply: the
+        list is then shorter, and the loop records the missing clients."""
 
     def held_client_states(self) -> ClientStates | None:
         """The clients' state for the checkpoint; None = the clients keep it themselves."""
