@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from fedumm import codec
 from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
+from fedumm.errors import TrainingError
 from fedumm.federation.host import ModelHost
 from fedumm.finetune import plan_for_round
 from fedumm.metrics import get_task
@@ -28,6 +30,7 @@ class FitReply:
     payload: bytes
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # the client could not train this round (the reason); no payload then
 
 
 class ClientRuntime:
@@ -51,6 +54,11 @@ class ClientRuntime:
         round's plan trains, evaluate on the local test split, reply with the shared ones."""
         parts = codec.decode_message(message)
         global_state, server_extras = parts["state"], parts.get("extras", {})
+        if not all(bool(torch.isfinite(t).all()) for t in [*global_state.values(), *server_extras.values()]):
+            raise TrainingError(
+                f"round {round_num} client {self.client_id}: the global message holds non-finite values (a diverged "
+                "aggregate: lower federation.strategy.server_lr or bound updates with federation.validation)"
+            )
         host = self.host
         plan = plan_for_round(self.config.finetune, round_num)
         host.configure(plan)

@@ -125,7 +125,9 @@ def run_centralized(
         server.strategy.client_algorithm(),
         progress=config.output.progress,
     )
-    result = run_rounds(central, host, server, transport, eval_rows(config, global_test), run, "centralized", log=log)
+    test = eval_rows(config, global_test)
+    caps = {0: len(pooled_train)}
+    result = run_rounds(central, host, server, transport, test, run, "centralized", log=log, sample_caps=caps)
     run.save_adapter(host, adapter_name)
     return result
 
@@ -239,6 +241,7 @@ def run_job(
                 prior_records=prior_records,
                 log=log,
                 label=label,
+                sample_caps=dict(enumerate(setup.partition.sizes)),
             )
         )
         host.set_state(phases[-1].final_state)

@@ -8,7 +8,7 @@ appends the round's record to metrics.jsonl, checkpoints and reports progress.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +16,15 @@ from tqdm.auto import tqdm
 
 from fedumm.adapters import full_model_nbytes
 from fedumm.config import RunConfig
+from fedumm.errors import AggregationError
 from fedumm.federation.client import FitReply
 from fedumm.federation.host import ModelHost
 from fedumm.federation.server import Server
 from fedumm.federation.transport import Transport
+from fedumm.finetune import plan_for_round
 from fedumm.metrics import get_task
 from fedumm.runlog import RunFolder
+from fedumm.strategies import ClientUpdate
 from fedumm.types import State
 
 #: Where progress lines go: ``print``-like (the in-process engine writes above the bars, the
@@ -61,17 +64,19 @@ def round_record(
     selected: Sequence[int],
     global_metrics: dict,
     replies: Sequence[FitReply],
+    updates: Sequence[ClientUpdate],
     download: bytes,
     full_bytes: int,
 ) -> dict[str, Any]:
-    """A round's metrics.jsonl record (without its seconds): payload bytes each way per client."""
+    """A round's metrics.jsonl record (without its seconds): the accepted clients' metrics and
+    the payload bytes each way per client (every reply received counts)."""
     upload = {str(r.client_id): len(r.payload) for r in replies}
     return {
         "phase": phase,
         "round": round_num,
         "clients": list(selected),
         "global": global_metrics,
-        "client_metrics": {str(r.client_id): {"num_samples": r.num_samples, **r.metrics} for r in replies},
+        "client_metrics": {str(u.client_id): {"num_samples": u.num_samples, **u.metrics} for u in updates},
         "bytes": {
             "upload": upload,
             "download": {str(cid): len(download) for cid in selected},
@@ -80,6 +85,28 @@ def round_record(
             "reduction_pct": 100.0 * (1 - len(download) / full_bytes),
         },
     }
+
+
+def outcome(rejected: Mapping[int, str], missing: Sequence[int], aggregated: bool) -> dict[str, Any]:
+    """The record's keys for a round that did not go cleanly (none when every reply was used)."""
+    out: dict[str, Any] = {}
+    if rejected:
+        out["rejected"] = {str(cid): reason for cid, reason in rejected.items()}
+    if missing:
+        out["missing"] = list(missing)
+    if not aggregated:
+        out["aggregated"] = False
+    return out
+
+
+def outcome_line(record: dict[str, Any], min_fit_clients: int) -> str:
+    """What went wrong in a round, in one line."""
+    parts = [f"client {cid} rejected: {reason}" for cid, reason in record.get("rejected", {}).items()]
+    if record.get("missing"):
+        parts.append(f"no reply from clients {record['missing']}")
+    if record.get("aggregated") is False:
+        parts.append(f"fewer than {min_fit_clients} valid replies: the global model and server state stay")
+    return "; ".join(parts) or "every reply used"
 
 
 def run_rounds(
@@ -94,14 +121,24 @@ def run_rounds(
     prior_records: Sequence[dict[str, Any]] = (),
     log: Log | None = None,
     label: str | None = None,
+    sample_caps: Mapping[int, int] | None = None,
 ) -> PhaseResult:
     """Rounds ``server.start_round + 1 .. federation.rounds`` (a resumed server continues after
     its checkpoint; ``prior_records`` are the earlier rounds' records, already in the run
     folder). ``test`` is the global test set the server evaluates on; ``log`` gets one line per
-    round (None: none), tagged ``label`` (default: the phase)."""
+    round (None: none), tagged ``label`` (default: the phase). ``sample_caps`` (client id -> its
+    row count, from the setup) bound the sample count a reply may claim.
+
+    Replies are checked (``federation.replies``) before the strategy sees them; a round with fewer
+    than ``federation.min_fit_clients`` valid replies keeps the global model and server state, and
+    ``federation.max_failed_rounds`` such rounds in a row end the run with ``AggregationError``."""
     strategy = server.strategy
     full_bytes = full_model_nbytes(host.model)
-    metric = get_task(config.eval.task).primary_metric
+    task = get_task(config.eval.task)
+    metric = task.primary_metric
+    federation = config.federation
+    caps = dict(sample_caps or {})
+    failed = 0
     result = PhaseResult(phase, metric, records=list(prior_records))
 
     host.set_state(server.global_state)
@@ -124,14 +161,22 @@ def run_rounds(
         selected = server.sample_clients(round_num, transport.client_ids)
         download = server.broadcast(round_num)
         replies = transport.fit(selected, download, round_num)
-        server.aggregate(replies, round_num)
+        trained = list(host.parameters_of(plan_for_round(config.finetune, round_num).shared))
+        updates, rejected = server.check(replies, server.rules(trained, caps, task))
+        answered = {r.client_id for r in replies}
+        missing = [cid for cid in selected if cid not in answered]
+        aggregated = len(updates) >= federation.min_fit_clients
+        if aggregated:
+            server.aggregate_updates(updates, round_num)
+        failed = 0 if aggregated else failed + 1
         fit_seconds = time.perf_counter() - start
 
         host.set_state(server.global_state)
         host.reset_local()  # the global model has no personalised units
         eval_start = time.perf_counter()
         global_metrics = host.evaluate(test, config.eval.batch_size)
-        record = round_record(phase, round_num, selected, global_metrics, replies, download, full_bytes)
+        record = round_record(phase, round_num, selected, global_metrics, replies, updates, download, full_bytes)
+        record.update(outcome(rejected, missing, aggregated))
         record.update(transport.round_extras())
         record["seconds"] = {
             "fit": fit_seconds,
@@ -153,5 +198,14 @@ def run_rounds(
         result.records.append(record)
         if log is not None:
             log(round_line(record, config.federation.rounds, metric, label or phase))
+            if not aggregated or rejected or missing:
+                log(f"[{label or phase}] round {round_num}: {outcome_line(record, federation.min_fit_clients)}")
+        if failed >= federation.max_failed_rounds:
+            raise AggregationError(
+                f"{phase} round {round_num}: {failed} round(s) in a row without federation.min_fit_clients="
+                f"{federation.min_fit_clients} valid replies (federation.max_failed_rounds="
+                f"{federation.max_failed_rounds}); this round: {outcome_line(record, federation.min_fit_clients)}; "
+                f"the rounds so far are in {run.path}"
+            )
     result.final_state = server.global_state
     return result

@@ -11,6 +11,8 @@ from fedumm import codec
 from fedumm.config import FederationConfig, RunConfig
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.client import FitReply, derive_seed
+from fedumm.federation.replies import ReplyRules, check_replies
+from fedumm.metrics import Task
 from fedumm.runlog import Checkpoint, read_checkpoint
 from fedumm.strategies import ClientUpdate, State, Strategy, build_strategy
 from fedumm.strategies.stateful import check_per_key_state
@@ -78,19 +80,30 @@ class Server:
         extras = self.strategy.server_extras(self.global_state, round_num)
         return codec.encode_message({"state": self.global_state, "extras": extras}, self.config.wire_dtype)
 
-    def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
-        updates = []
-        for reply in replies:
-            parts = codec.decode_message(reply.payload)
-            updates.append(
-                ClientUpdate(
-                    reply.client_id, reply.num_samples, parts["state"], dict(reply.metrics), parts.get("extras", {})
-                )
-            )
-        if not updates:
-            return self.global_state
-        # Clients send only the units trained this round; the rest of the global state stays.
-        trained = {k: self.global_state[k] for k in updates[0].state if k in self.global_state}
+    def check(self, replies: Sequence[FitReply], rules: ReplyRules) -> tuple[list[ClientUpdate], dict[int, str]]:
+        """The replies that pass ``federation.replies`` (and why the others do not)."""
+        trained = {k: self.global_state[k] for k in rules.shapes}
+        return check_replies(replies, rules, trained, self.config.validation)
+
+    def aggregate_updates(self, updates: Sequence[ClientUpdate], round_num: int) -> State:
+        """The strategy's step over checked updates; the units not trained this round stay."""
+        trained = {k: self.global_state[k] for k in updates[0].state}
         new = self.strategy.aggregate(trained, updates, round_num)
         self.global_state = {**self.global_state, **new}
         return self.global_state
+
+    def rules(self, trained_keys: Sequence[str], sample_caps: dict[int, int], task: Task) -> ReplyRules:
+        """What this round's replies must satisfy: the trained units' shapes, the sample caps
+        (federation.validation.max_samples overrides the clients' own row counts), the score range."""
+        cap = self.config.validation.max_samples
+        caps = {cid: cap for cid in sample_caps} if cap is not None else dict(sample_caps)
+        shapes = {k: tuple(self.global_state[k].shape) for k in trained_keys}
+        return ReplyRules(shapes, caps, f"local_{task.primary_metric}", task.bounded)
+
+    def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
+        """Check ``replies`` against the whole global state (no sample cap) and aggregate those
+        that pass; with none, the global state stays (a convenience over ``check`` and
+        ``aggregate_updates``, which the round loop uses with the round's own rules)."""
+        rules = ReplyRules({k: tuple(v.shape) for k, v in self.global_state.items()}, {}, "", True)
+        updates, _ = self.check(replies, rules)
+        return self.aggregate_updates(updates, round_num) if updates else self.global_state

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from fedumm.adapters import trainable_parameters
 from fedumm.config import TrainConfig
+from fedumm.errors import TrainingError
 from fedumm.models.base import Backend
 from fedumm.types import LocalHooks, TrainResult
 
@@ -78,7 +79,7 @@ def train_local(
     bar = tqdm(
         range(steps), desc=description, leave=False, unit="step", disable=None if progress else True
     )  # None: bars only on a terminal
-    for _ in bar:
+    for step in bar:
         optimizer.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
             batch = backend.to_device(backend.training_batch([samples[i] for i in next(batches)]))
@@ -88,7 +89,10 @@ def train_local(
                 if extra is not None:
                     loss = loss + extra
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{description}: loss became {loss.item()}; lower train.lr")
+                raise TrainingError(
+                    f"{description}: the training loss became {loss.item()} at step {step + 1} of {steps}; lower "
+                    f"train.lr ({config.lr:g})" + ("" if config.max_grad_norm else " or set train.max_grad_norm")
+                )
             scaler.scale(loss / config.grad_accum).backward()
             total_loss += loss.item()
             micro_count += 1

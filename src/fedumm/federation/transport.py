@@ -27,6 +27,7 @@ from typing import Any
 from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.data.partition import PartitionStats
+from fedumm.errors import TrainingError
 from fedumm.federation.client import ClientRuntime, FitReply
 from fedumm.federation.host import ModelHost
 from fedumm.runlog import Checkpoint
@@ -116,7 +117,13 @@ class LocalTransport(Transport):
         return SetupInfo(self.partition, dict(answers))
 
     def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
-        return [self.runtimes[cid].fit(message, round_num, self.progress) for cid in client_ids]
+        return [self._fit_one(cid, message, round_num) for cid in client_ids]
+
+    def _fit_one(self, cid: int, message: bytes, round_num: int) -> FitReply:
+        try:
+            return self.runtimes[cid].fit(message, round_num, self.progress)
+        except TrainingError as exc:  # this client's failure, not the federation's: its reply says why
+            return FitReply(cid, b"", 0, error=str(exc))
 
     def held_client_states(self) -> ClientStates:
         runtimes = self.runtimes.items()

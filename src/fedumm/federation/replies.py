@@ -1,0 +1,179 @@
+"""Every client reply is checked here, in the round loop, before any strategy sees it.
+
+A reply passes when:
+
+- its payload is a bounded safetensors message: the header is at most ``MAX_HEADER_BYTES``,
+  its parts are ``state`` and optionally ``extras``, and every tensor's byte range fits the
+  declared shape and dtype, all read from the header BEFORE anything is decoded;
+- ``state`` holds exactly the keys and shapes of the units trained this round, ``extras``
+  only keys of those, in a floating wire dtype (F32, F16, BF16), every value finite;
+- the sample count is an integer in [1, the client's cap] (``federation.validation.max_samples``,
+  else the row count the client reported at setup);
+- every metric is a finite number, and the task's local score lies in its range ([0, 1] for a
+  bounded metric, >= 0 otherwise);
+- its update norm ``||state - global||_2`` is at most ``federation.validation.max_update_norm``
+  (a number, or ``auto`` = ``auto_norm_factor`` x the median norm of the round's otherwise valid
+  replies).
+
+A reply that fails is dropped with its reason (``Rejected``); nothing of it reaches the strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedumm import codec
+from fedumm.config import ValidationConfig
+from fedumm.errors import AdapterStateError
+from fedumm.federation.client import FitReply
+from fedumm.strategies import ClientUpdate
+from fedumm.types import State
+
+#: The JSON header of one reply (names, dtypes, shapes, offsets of adapter tensors) stays far below.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+_ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+_PARTS = ("state", "extras")
+
+
+class Rejected(Exception):
+    """A reply that failed a check; ``str(exc)`` is the reason recorded in metrics.jsonl."""
+
+
+@dataclass(frozen=True)
+class ReplyRules:
+    """What the server knows when a round's replies arrive."""
+
+    shapes: Mapping[str, tuple[int, ...]]  # the units trained this round: key -> shape
+    sample_caps: Mapping[int, int]  # client id -> largest sample count it may claim
+    score_metric: str  # the local score key, e.g. local_vqa_accuracy
+    score_bounded: bool  # the score is a fraction of 1
+
+
+def _header(payload: object) -> tuple[dict, int]:
+    if not isinstance(payload, bytes | bytearray) or len(payload) < 8:
+        raise Rejected("payload is not a safetensors message")
+    (length,) = struct.unpack("<Q", payload[:8])
+    if length > MAX_HEADER_BYTES or length > len(payload) - 8:
+        raise Rejected(f"payload header of {length} bytes is over its limit or the payload")
+    try:
+        header = json.loads(bytes(payload[8 : 8 + length]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Rejected("payload header is not JSON") from None
+    if not isinstance(header, dict):
+        raise Rejected("payload header is not a JSON object")
+    return header, length
+
+
+def check_layout(payload: bytes, rules: ReplyRules) -> None:
+    """Keys, parts, dtypes, shapes and byte ranges from the header alone."""
+    header, length = _header(payload)
+    meta = header.pop("__metadata__", None) or {}
+    parts = [p for p in str(meta.get("fedumm_parts", "")).split(",") if p] if isinstance(meta, dict) else []
+    if "state" not in parts or any(p not in _PARTS for p in parts):
+        raise Rejected(f"message parts {parts} (expected state and optionally extras)")
+    state_keys, end = set(), 0
+    for name, info in header.items():
+        part, _, key = name.partition("/")
+        if part not in parts or key not in rules.shapes:
+            raise Rejected(f"unexpected tensor {name!r}")
+        if not isinstance(info, dict) or info.get("dtype") not in _ITEM_BYTES:
+            raise Rejected(
+                f"tensor {name!r} has dtype {info.get('dtype') if isinstance(info, dict) else '?'}, "
+                f"not a floating wire dtype ({', '.join(_ITEM_BYTES)})"
+            )
+        shape = tuple(info.get("shape", ()))
+        if shape != tuple(rules.shapes[key]):
+            raise Rejected(f"tensor {name!r} has shape {shape}, expected {tuple(rules.shapes[key])}")
+        begin, stop = info.get("data_offsets", (0, -1))
+        if stop - begin != math.prod(shape) * _ITEM_BYTES[info["dtype"]]:
+            raise Rejected(f"tensor {name!r} has a byte range that does not fit its shape")
+        end = max(end, stop)
+        if part == "state":
+            state_keys.add(key)
+    missing = set(rules.shapes) - state_keys
+    if missing:
+        raise Rejected(f"state lacks {len(missing)} tensor(s) trained this round, e.g. {sorted(missing)[0]!r}")
+    if len(payload) != 8 + length + end:
+        raise Rejected("payload length does not match its header")
+
+
+def _finite(state: State) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values())
+
+
+def check_reply(reply: FitReply, rules: ReplyRules) -> ClientUpdate:
+    """One reply's own checks (not the norm bound); the update the strategy may see."""
+    if reply.error:
+        raise Rejected(f"client failed: {reply.error}")
+    try:
+        check_layout(reply.payload, rules)
+    except (TypeError, ValueError, AttributeError):  # a header entry of the wrong JSON type
+        raise Rejected("payload header is malformed") from None
+    try:
+        parts = codec.decode_message(reply.payload)
+    except AdapterStateError as exc:
+        raise Rejected(str(exc)) from None
+    state, extras = parts["state"], parts.get("extras", {})
+    if not _finite(state) or not _finite(extras):
+        raise Rejected("non-finite values (NaN or inf) in its tensors")
+    samples, cap = reply.num_samples, rules.sample_caps.get(reply.client_id)
+    if type(samples) is not int or samples < 1 or (cap is not None and samples > cap):
+        raise Rejected(f"sample count {samples!r} is not an integer in [1, {cap}]")
+    metrics = reply.metrics if isinstance(reply.metrics, dict) else None
+    if metrics is None or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()
+    ):
+        raise Rejected("metrics are not finite numbers")
+    score = metrics.get(rules.score_metric)
+    if score is not None and (score < 0 or (rules.score_bounded and score > 1)):
+        raise Rejected(f"{rules.score_metric} {score} is outside [0, {1 if rules.score_bounded else 'inf'})")
+    return ClientUpdate(reply.client_id, samples, state, dict(metrics), extras)
+
+
+def update_norm(update: ClientUpdate, global_state: State) -> float:
+    """||theta_k - theta||_2 over all of the round's tensors, in float64."""
+    total = sum(float((update.state[k].double() - global_state[k].double()).pow(2).sum()) for k in update.state)
+    return math.sqrt(total)
+
+
+def norm_bound(norms: Sequence[float], config: ValidationConfig) -> float | None:
+    """The round's update-norm bound: the configured number, or k x the median norm (auto)."""
+    if config.max_update_norm is None or not norms:
+        return None
+    if config.max_update_norm == "auto":
+        ordered = sorted(norms)
+        middle = len(ordered) // 2
+        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        return config.auto_norm_factor * median
+    return float(config.max_update_norm)
+
+
+def check_replies(
+    replies: Sequence[FitReply], rules: ReplyRules, global_state: State, config: ValidationConfig
+) -> tuple[list[ClientUpdate], dict[int, str]]:
+    """(the updates that passed, in reply order; client id -> reason for each rejected reply)."""
+    updates: list[ClientUpdate] = []
+    rejected: dict[int, str] = {}
+    seen: set[int] = set()
+    for reply in replies:
+        if reply.client_id in seen:
+            rejected[reply.client_id] = "a second reply in the same round"
+            continue
+        seen.add(reply.client_id)
+        try:
+            updates.append(check_reply(reply, rules))
+        except Rejected as exc:
+            rejected[reply.client_id] = str(exc)
+    norms = {u.client_id: update_norm(u, global_state) for u in updates}
+    bound = norm_bound(list(norms.values()), config)
+    if bound is not None:
+        for update in [u for u in updates if norms[u.client_id] > bound]:
+            rejected[update.client_id] = f"update norm {norms[update.client_id]:.4g} is above the bound {bound:.4g}"
+            updates.remove(update)
+    return updates, rejected
