@@ -402,6 +402,21 @@ class RunConfig(Section):
                 f"federation.min_fit_clients ({self.federation.min_fit_clients}) exceeds "
                 f"federation.num_clients ({self.federation.num_clients})"
             )
+        federation = self.federation
+        outside = [c for c in federation.attack.clients if not 0 <= c < federation.num_clients]
+        if outside:
+            raise ValueError(
+                f"federation.attack.clients: {outside} are not client ids (0 .. federation.num_clients - 1 = "
+                f"{federation.num_clients - 1})"
+            )
+        simulated = federation.attack.kind != "none" or federation.faults != FaultsConfig()
+        if simulated and self.engine.name != "simulation":
+            raise ValueError(
+                "federation.faults / federation.attack: simulated in the in-process engine only "
+                "(engine.name=simulation)"
+            )
+        if federation.attack.kind != "none" and not federation.attack.clients:
+            raise ValueError("federation.attack.clients: name the attacking client ids (e.g. [0])")
         if self.federation.resume_from and self.engine.name == "nvflare":
             # The FLARE controller builds its server through Server.from_config, but its round
             # loop and run-folder copy do not continue a run yet.

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from fedumm.config import RunConfig
+from fedumm.config import FaultsConfig, RunConfig
 from fedumm.data.federated import FederatedData, build_federated_data
 from fedumm.federation import LocalTransport, ModelHost, RunResult, Server, run_job
+from fedumm.federation.faults import SimulatedFaults
 from fedumm.federation.job import check_local_states, open_run, read_resume
 
 
@@ -37,6 +38,8 @@ def simulate(
     transport = LocalTransport(
         data.clients, host, config, server.strategy.client_algorithm(), data.partition, progress=progress
     )
+    if config.federation.attack.kind != "none" or config.federation.faults != FaultsConfig():
+        transport = SimulatedFaults(transport, config)
     if resume is not None:
         transport.restore(resume)
     with_baseline = centralized if centralized is not None else config.eval.centralized_baseline
