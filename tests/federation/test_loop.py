@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedumm import codec
+from fedumm.errors import AggregationError
 from fedumm.federation import FitReply, ModelHost, Server, Transport, run_rounds
 from fedumm.federation.loop import round_line
 from fedumm.federation.transport import ClientStates, SetupInfo
@@ -107,3 +108,45 @@ def test_a_resumed_server_continues_after_its_round(setup):
     result = run_rounds(config, host, server, transport, test, run, "federated", prior_records=prior)
     assert transport.calls == [([0, 1], 2)]
     assert [r["round"] for r in result.records] == [1, 2]  # the prior record of round 1 is not re-evaluated
+
+
+class PoisonTransport(ShiftTransport):
+    """Client 0 replies NaN; client 1 never answers."""
+
+    def fit(self, client_ids, message, round_num):
+        replies = super().fit([c for c in client_ids if c != 1], message, round_num)
+        state = codec.decode_message(replies[0].payload)["state"]
+        nan = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
+        return [FitReply(0, codec.encode_message({"state": nan}), 1)]
+
+
+def test_a_round_without_enough_valid_replies_keeps_the_model_then_the_run_stops(setup):
+    config, host, server, test, run = setup
+    config.federation.max_failed_rounds = 2
+    initial = {k: v.clone() for k, v in server.global_state.items()}
+    lines = []
+    with pytest.raises(AggregationError, match=r"federated round 2: 2 round\(s\) in a row without federation"):
+        run_rounds(config, host, server, PoisonTransport(), test, run, "federated", log=lines.append)
+    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert records[1]["rejected"] == {"0": "non-finite values (NaN or inf) in its tensors"}
+    assert records[1]["missing"] == [1] and records[1]["aggregated"] is False
+    assert records[1]["client_metrics"] == {}
+    assert all(torch.equal(server.global_state[k], v) for k, v in initial.items())  # nothing absorbed
+    assert read_checkpoint(run.path).round == 2  # both failed rounds are on disk, resumable
+    assert "client 0 rejected: non-finite values" in lines[1] and "no reply from clients [1]" in lines[1]
+
+
+def test_the_valid_replies_aggregate_when_enough_remain(setup):
+    config, host, server, test, run = setup
+    config.federation.rounds = 1
+    initial = {k: v.clone() for k, v in server.global_state.items()}
+
+    class OneBad(ShiftTransport):
+        def fit(self, client_ids, message, round_num):
+            replies = super().fit(client_ids, message, round_num)
+            return [FitReply(0, replies[0].payload, 10**9), replies[1]]  # client 0 claims 1e9 samples
+
+    result = run_rounds(config, host, server, OneBad(), test, run, "federated", sample_caps={0: 5, 1: 5})
+    assert result.records[1]["rejected"] == {"0": "sample count 1000000000 is not an integer in [1, 5]"}
+    for key, value in result.final_state.items():  # client 1 alone: + 2 * STEP
+        assert torch.allclose(value, initial[key] + 2 * STEP, atol=1e-6)
