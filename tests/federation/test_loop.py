@@ -125,7 +125,7 @@ def test_a_round_without_enough_valid_replies_keeps_the_model_then_the_run_stops
     config.federation.max_failed_rounds = 2
     initial = {k: v.clone() for k, v in server.global_state.items()}
     lines = []
-    with pytest.raises(AggregationError, match=r"federated round 2: 2 round\(s\) in a row without federation"):
+    with pytest.raises(AggregationError, match=r"federated round 2: 2 round\(s\) in a row without an aggregate"):
         run_rounds(config, host, server, PoisonTransport(), test, run, "federated", log=lines.append)
     records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert records[1]["rejected"] == {"0": "non-finite values (NaN or inf) in its tensors"}
@@ -150,3 +150,20 @@ def test_the_valid_replies_aggregate_when_enough_remain(setup):
     assert result.records[1]["rejected"] == {"0": "sample count 1000000000 is not an integer in [1, 5]"}
     for key, value in result.final_state.items():  # client 1 alone: + 2 * STEP
         assert torch.allclose(value, initial[key] + 2 * STEP, atol=1e-6)
+
+
+def test_a_non_finite_aggregate_is_undone(setup):
+    config, host, server, test, run = setup
+    config.federation.rounds = 1
+    initial = {k: v.clone() for k, v in server.global_state.items()}
+    # Valid replies at 3e38 (finite), and a strategy step that multiplies by 10: it overflows to inf.
+    big = ShiftTransport()
+    big.fit = lambda ids, message, r: [
+        FitReply(c, codec.encode_message({"state": {k: torch.full_like(v, 3e38) for k, v in initial.items()}}), 1)
+        for c in ids
+    ]
+    server.strategy.aggregate = lambda g, updates, r: {k: v * 10 for k, v in updates[0].state.items()}
+    result = run_rounds(config, host, server, big, test, run, "federated")
+    assert result.records[1]["aggregate_error"] == "the fedavg aggregate is not finite"
+    assert result.records[1]["aggregated"] is False
+    assert all(torch.equal(server.global_state[k], v) for k, v in initial.items())

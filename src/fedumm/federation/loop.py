@@ -87,9 +87,11 @@ def round_record(
     }
 
 
-def outcome(rejected: Mapping[int, str], missing: Sequence[int], aggregated: bool) -> dict[str, Any]:
+def outcome(
+    rejected: Mapping[int, str], missing: Sequence[int], aggregated: bool, unstable: str | None = None
+) -> dict[str, Any]:
     """The record's keys for a round that did not go cleanly (none when every reply was used)."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"aggregate_error": unstable} if unstable else {}
     if rejected:
         out["rejected"] = {str(cid): reason for cid, reason in rejected.items()}
     if missing:
@@ -104,7 +106,9 @@ def outcome_line(record: dict[str, Any], min_fit_clients: int) -> str:
     parts = [f"client {cid} rejected: {reason}" for cid, reason in record.get("rejected", {}).items()]
     if record.get("missing"):
         parts.append(f"no reply from clients {record['missing']}")
-    if record.get("aggregated") is False:
+    if record.get("aggregate_error"):
+        parts.append(f"{record['aggregate_error']}: the global model and server state stay")
+    elif record.get("aggregated") is False:
         parts.append(f"fewer than {min_fit_clients} valid replies: the global model and server state stay")
     return "; ".join(parts) or "every reply used"
 
@@ -165,9 +169,9 @@ def run_rounds(
         updates, rejected = server.check(replies, server.rules(trained, caps, task))
         answered = {r.client_id for r in replies}
         missing = [cid for cid in selected if cid not in answered]
-        aggregated = len(updates) >= federation.min_fit_clients
-        if aggregated:
-            server.aggregate_updates(updates, round_num)
+        enough = len(updates) >= federation.min_fit_clients
+        aggregated = enough and server.aggregate_updates(updates, round_num)
+        unstable = f"the {strategy.name} aggregate is not finite" if enough and not aggregated else None
         failed = 0 if aggregated else failed + 1
         fit_seconds = time.perf_counter() - start
 
@@ -176,7 +180,7 @@ def run_rounds(
         eval_start = time.perf_counter()
         global_metrics = host.evaluate(test, config.eval.batch_size)
         record = round_record(phase, round_num, selected, global_metrics, replies, updates, download, full_bytes)
-        record.update(outcome(rejected, missing, aggregated))
+        record.update(outcome(rejected, missing, aggregated, unstable))
         record.update(transport.round_extras())
         record["seconds"] = {
             "fit": fit_seconds,
@@ -202,8 +206,9 @@ def run_rounds(
                 log(f"[{label or phase}] round {round_num}: {outcome_line(record, federation.min_fit_clients)}")
         if failed >= federation.max_failed_rounds:
             raise AggregationError(
-                f"{phase} round {round_num}: {failed} round(s) in a row without federation.min_fit_clients="
-                f"{federation.min_fit_clients} valid replies (federation.max_failed_rounds="
+                f"{phase} round {round_num}: {failed} round(s) in a row without an aggregate "
+                f"(federation.min_fit_clients={federation.min_fit_clients} valid replies and a finite result; "
+                "federation.max_failed_rounds="
                 f"{federation.max_failed_rounds}); this round: {outcome_line(record, federation.min_fit_clients)}; "
                 f"the rounds so far are in {run.path}"
             )

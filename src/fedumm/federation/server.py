@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from fedumm import codec
 from fedumm.config import FederationConfig, RunConfig
@@ -85,12 +86,19 @@ class Server:
         trained = {k: self.global_state[k] for k in rules.shapes}
         return check_replies(replies, rules, trained, self.config.validation)
 
-    def aggregate_updates(self, updates: Sequence[ClientUpdate], round_num: int) -> State:
-        """The strategy's step over checked updates; the units not trained this round stay."""
+    def aggregate_updates(self, updates: Sequence[ClientUpdate], round_num: int) -> bool:
+        """The strategy's step over checked updates; the units not trained this round stay.
+
+        A step whose result is not finite (e.g. an unstable server learning rate) is undone:
+        the global state and the strategy's state stay as they were, and False is returned."""
         trained = {k: self.global_state[k] for k in updates[0].state}
+        before = {k: v.clone() for k, v in self.strategy.state_dict().items()}
         new = self.strategy.aggregate(trained, updates, round_num)
+        if not all(bool(torch.isfinite(t).all()) for t in new.values()):
+            self.strategy.load_state_dict(before, reference=self.global_state)
+            return False
         self.global_state = {**self.global_state, **new}
-        return self.global_state
+        return True
 
     def rules(self, trained_keys: Sequence[str], sample_caps: dict[int, int], task: Task) -> ReplyRules:
         """What this round's replies must satisfy: the trained units' shapes, the sample caps
@@ -106,4 +114,6 @@ class Server:
         ``aggregate_updates``, which the round loop uses with the round's own rules)."""
         rules = ReplyRules({k: tuple(v.shape) for k, v in self.global_state.items()}, {}, "", True)
         updates, _ = self.check(replies, rules)
-        return self.aggregate_updates(updates, round_num) if updates else self.global_state
+        if updates:
+            self.aggregate_updates(updates, round_num)
+        return self.global_state
