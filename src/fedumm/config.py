@@ -335,6 +335,12 @@ class EngineConfig(Section):
     timeout: float | None = Field(
         None, gt=0, description="nvflare simulator: wall-clock limit of the whole run in seconds; null = none."
     )
+    min_label_count: int = Field(
+        10,
+        ge=1,
+        description="nvflare: a site's setup reply names a partition label or a training answer only when at "
+        "least this many of its rows share it (k-anonymity); rarer ones are sent as one pooled count.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,

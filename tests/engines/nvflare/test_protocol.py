@@ -1,7 +1,10 @@
-"""The pieces controller and client agree on, checked without FLARE: payload packing, client
-ids, per-site data configs."""
+"""The pieces controller and client agree on, checked without FLARE's runtime: payload packing,
+client ids, per-site data configs, the setup replies the controller accepts."""
 
 from __future__ import annotations
+
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +12,8 @@ import torch
 
 from fedumm import codec
 from fedumm.engines.nvflare import protocol as P
-from fedumm.errors import ConfigError, FedummError
+from fedumm.errors import ConfigError, DataError, FedummError
+from fedumm.federation.setup import data_stats
 from fedumm.validation import load_run_config
 
 
@@ -92,3 +96,51 @@ def test_site_rows_come_from_the_sites_own_source():
     assert (len(train), len(test), skipped) == (12, 5, {})
     again, _, _ = P.load_site_rows(config.engine.sites["site-1"], seed=999)  # the site's seed wins
     assert [r["question_id"] for r in again] == [r["question_id"] for r in train]
+
+
+class _Controller:
+    """What FlareTransport asks of the FLARE controller, with the sites' setup replies canned."""
+
+    data_placement = "site"
+
+    def __init__(self, replies: dict):
+        self.replies = replies
+        self.engine = SimpleNamespace(get_clients=lambda: [SimpleNamespace(name=n) for n in replies])
+
+    def info(self, message: str) -> None:
+        pass
+
+    def _task_data(self, meta, *args):
+        return meta
+
+    def _send_async(self, task, targets, data):
+        assert task == P.SETUP_TASK
+        return lambda: [SimpleNamespace(meta={"client_name": n, P.META_STATS: self.replies[n]}) for n in targets]
+
+
+def _rows(answers):
+    return [{"multiple_choice_answer": a, "answer_type": "other", "image": object(), "question": "q?"} for a in answers]
+
+
+def test_flare_setup_checks_replies_and_names_no_rare_label():
+    pytest.importorskip("nvflare")
+    from fedumm.engines.nvflare.controller import FlareTransport  # noqa: PLC0415 (needs nvflare)
+
+    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=2", "engine.min_label_count=3"])
+    replies = {
+        "site-1": data_stats(_rows(["yes"] * 4 + ["Jane Doe"]), [], config.data, min_label_count=3),
+        "site-2": data_stats(_rows(["no"] * 3), _rows(["John Roe"]), config.data, min_label_count=3),
+    }
+    setup = FlareTransport(_Controller(replies), config).setup()
+    saved = setup.partition.to_dict()
+    assert saved["label_counts"] == [{"no": 0, "yes": 4}, {"no": 3, "yes": 0}]
+    assert saved["other_label_counts"] == [1, 1] and saved["min_label_count"] == 3
+    assert "Doe" not in json.dumps(saved) and "Roe" not in json.dumps(saved)
+    assert setup.answer_counts == {"yes": 4, "no": 3} and setup.train_rows == 8
+    # A site that sends a rare label's text (e.g. an older client) is refused before anything is written.
+    replies["site-2"] = {**replies["site-2"], "label_counts": [["no", 3], ["John Roe", 1]], "other_label_count": 0}
+    with pytest.raises(DataError, match="^site site-2: setup reply field 'label_counts': .*min_label_count 3$"):
+        FlareTransport(_Controller(replies), config).setup()
+    # The job's k must be at least 1.
+    with pytest.raises(ConfigError, match="engine.min_label_count"):
+        load_run_config(None, ["engine.name=nvflare", "engine.min_label_count=0"])

@@ -75,8 +75,10 @@ def _alive(procs) -> list:
 def runs(tmp_path_factory, tiny_job):
     out = tmp_path_factory.mktemp("runs")
     _simulate_in_process(load_run_config(None, tiny_job(out, "inproc", STRATEGY)))
-    # Through the CLI, as a user runs it.
-    overrides = tiny_job(out, "flare", STRATEGY, "engine.name=nvflare", "engine.timeout=300")
+    # Through the CLI, as a user runs it; k = 1: the sites name every label, as partition.json does in-process.
+    overrides = tiny_job(
+        out, "flare", STRATEGY, "engine.name=nvflare", "engine.timeout=300", "engine.min_label_count=1"
+    )
     assert main(["run", *(arg for o in overrides for arg in ("--set", o))]) == 0
     return out / "inproc", out / "flare", load_run_config(None, overrides)
 

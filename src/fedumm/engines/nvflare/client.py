@@ -81,7 +81,9 @@ class ClientSession:
             if not train:
                 raise RuntimeError(f"site {self.site}: its data config ({source}) gave no training rows")
             data = ClientData(cid, train, test)
-        self.stats = data_stats(data.train, data.test, config.data, skipped)
+        self.stats = data_stats(
+            data.train, data.test, config.data, skipped, min_label_count=config.engine.min_label_count
+        )
         host = ModelHost(config)
         strategy = build_strategy(config.federation.strategy, num_clients=num_clients)
         self.runtime = ClientRuntime(data, host, config, strategy.client_algorithm())

@@ -35,7 +35,7 @@ from fedumm.config import RunConfig, save_config
 from fedumm.data.federated import load_source
 from fedumm.engines.nvflare import protocol as P
 from fedumm.federation import FitReply, ModelHost, Server, SetupInfo, Transport, run_job
-from fedumm.federation.setup import partition_from_stats, pooled_answer_counts
+from fedumm.federation.setup import setup_from_replies
 from fedumm.runlog import RunFolder
 from fedumm.validation import load_run_config
 
@@ -215,6 +215,7 @@ class FlareTransport(Transport):
 
     def __init__(self, controller: FedummController, config: RunConfig):
         self.controller = controller
+        self.min_label_count = config.engine.min_label_count  # the k the setup replies must apply
         num_clients = config.federation.num_clients
         names = [c.name for c in controller.engine.get_clients()]
         if len(names) != num_clients:
@@ -239,10 +240,11 @@ class FlareTransport(Transport):
         return sorted(self.ids.values())
 
     def setup(self) -> SetupInfo:
-        by_id = {self.ids[r.meta["client_name"]]: r.meta[P.META_STATS] for r in self._wait_setup()}
-        stats = [by_id[cid] for cid in self.client_ids]
-        sites = [self.name_of[cid] for cid in self.client_ids] if self.controller.data_placement == "site" else None
-        return SetupInfo(partition_from_stats(stats, sites), pooled_answer_counts(stats))
+        # Checked before use: a malformed or oversized reply fails naming the site and the field.
+        replies = {r.meta["client_name"]: r.meta.get(P.META_STATS) for r in self._wait_setup()}
+        sites = [self.name_of[cid] for cid in self.client_ids]
+        by_site = self.controller.data_placement == "site"
+        return setup_from_replies(replies, sites, self.min_label_count, by_site)
 
     def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
         controller = self.controller
