@@ -39,9 +39,9 @@ def test_llava_multi_turn_gives_one_sample_per_pair(tmp_path: Path, write_image,
     assert [r["question"] for r in rows] == ["What colour?", "Is it dark?", "What is 2+2?", "Compare  and ."]
     assert [r["multiple_choice_answer"] for r in rows] == ["grey", "yes", "4", "same"]
     assert [r["answers"] for r in rows] == [["grey"], ["yes"], ["4"], ["same"]]
-    assert rows[0]["image"] is rows[1]["image"] and rows[0]["image"].getpixel((0, 0)) == (9, 9, 9)
+    assert rows[0]["image"] is rows[1]["image"] and rows[0]["image"].load().getpixel((0, 0)) == (9, 9, 9)
     assert rows[2]["image"] is None
-    assert [im.getpixel((0, 0)) for im in rows[3]["images"]] == [(1, 1, 1), (2, 2, 2)]
+    assert [im.load().getpixel((0, 0)) for im in rows[3]["images"]] == [(1, 1, 1), (2, 2, 2)]
     assert [(r["metadata"]["row"], r["metadata"]["turn"], r["metadata"]["id"]) for r in rows] == [
         (1, 1, "a"),
         (1, 2, "a"),

@@ -176,7 +176,7 @@ def test_table_images_list_gives_multi_image_rows(tmp_path: Path, write_image, s
     # Execute
     row = load_table(path).rows[0]
     # Assert: images = all, image = the first, and "images" is not copied into metadata.
-    assert [im.getpixel((0, 0)) for im in row["images"]] == [(1, 1, 1), (2, 2, 2)]
+    assert [im.load().getpixel((0, 0)) for im in row["images"]] == [(1, 1, 1), (2, 2, 2)]
     assert row["image"] is row["images"][0]
     assert "images" not in row["metadata"]
 
