@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from fedumm.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageRef, as_pil, clear
 from fedumm.data.rows import RowProblem, image_ref
 from fedumm.data.sources.table import load_table
 from fedumm.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def solid_image(rgb: tuple[int, int, int], size: int = 8) -> Image.Image:
@@ -191,3 +196,22 @@ def test_a_file_replaced_after_loading_is_refused_at_batch_time(tmp_path: Path, 
 def test_undecodable_bytes_are_a_row_problem_with_the_usual_message() -> None:
     with pytest.raises(RowProblem, match=r"^embedded image \(x\.png\) cannot be decoded \(cannot identify"):
         image_ref(b"not an image", "embedded image (x.png)")
+
+
+@pytest.mark.slow
+def test_peak_rss_does_not_grow_with_the_number_of_images() -> None:
+    # Execute: bench/memory.py loads 200, then 2,000 640x480 JPEGs through the table source and trains
+    # one epoch over each set, each in a fresh process (decoded, 2,000 of them would take 2.4 GB).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "memory.py"), "--images", "200", "2000", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    small, large = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Assert: every image went through a batch, and peak RSS moved by less than 10%.
+    assert (small["images"], small["steps"], large["images"], large["steps"]) == (200, 13, 2000, 125)
+    assert abs(large["peak_rss_mb"] - small["peak_rss_mb"]) < 0.10 * small["peak_rss_mb"], (small, large)

@@ -414,3 +414,19 @@ def test_fedumm_vqav2_config_points_at_a_parquet_dataset(configs_dir) -> None:
     hf = config.data.hf
     assert (hf.path, hf.split, hf.test_split) == ("lmms-lab/VQAv2", "validation", None)
     assert config.data.hf.max_samples == 22000 and config.data.global_test_fraction == 0.1
+
+
+def test_hf_relative_image_path_outside_the_data_folder_is_a_row_error(tmp_path: Path) -> None:
+    # Prepare: data/paths.parquet names "../x.png" (outside data/).
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (8, 8), (6, 6, 6)).save(tmp_path / "x.png")
+    data = {"image": ["../x.png"], "question": ["q?"], "answers": [["a"]]}
+    datasets.Dataset.from_dict(data).to_parquet(tmp_path / "data" / "paths.parquet")
+    files = {"train": [str(tmp_path / "data" / "paths.parquet")]}
+    # Execute
+    skipped = load_hf_vqa("parquet", "train", data_files=files, on_error="skip")
+    allowed = load_hf_vqa("parquet", "train", data_files=files, allow_outside_root=True)
+    # Assert
+    assert skipped.skipped == 1 and "row 1 (1-based): image path '../x.png' resolves to" in skipped.problems[0]
+    assert "set data.hf.allow_outside_root: true" in skipped.problems[0]
+    assert allowed.rows[0]["image"].load().getpixel((0, 0)) == (6, 6, 6)
