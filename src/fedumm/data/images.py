@@ -131,7 +131,7 @@ def decode(
         raise ImageProblem(f"{what} not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem(f"{what} exceeds {named} while decoding ({exc})") from None
-    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise ImageProblem(f"{what} cannot be decoded ({exc})") from None
 
 

@@ -53,8 +53,8 @@ __all__ = [
     "check_on_error",
     "collect_rows",
     "decode_image",
-    "most_common_answer",
     "image_ref",
+    "most_common_answer",
     "optional_fields",
     "read_images",
     "read_text",
@@ -172,7 +172,10 @@ class ImageReader:
 def check_inside(path: Path, reference: str, root: Path, allow_key: str) -> None:
     """Raise a row problem if ``path`` (``reference`` joined to the image root) resolves outside
     ``root`` (already resolved): a row must not make the loader read arbitrary files."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte in the path
+        raise RowProblem(f"image path {reference!r} cannot be resolved ({exc})") from None
     if not resolved.is_relative_to(root):
         raise RowProblem(
             f"image path {reference!r} resolves to {resolved}, outside the image root {root}; "

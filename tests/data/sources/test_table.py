@@ -447,3 +447,17 @@ def test_table_non_utf8_bytes_name_the_file_and_the_byte_offset(tmp_path: Path, 
     expected = f"{path}: not UTF-8 text: byte 0xe9 at byte offset {len(head)} (0-based, line {unit_line})"
     with pytest.raises(DataError, match=re.escape(expected)):
         load_table(path, on_error="skip")
+
+
+def test_table_unresolvable_image_paths_are_row_errors(tmp_path: Path) -> None:
+    # Prepare: a symlink loop and a path with a NUL byte.
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    records = [{"image": name, "question": "q", "answer": "a"} for name in ("loop.png", "a\x00.png")]
+    # Execute
+    result = load_table(_write_table(tmp_path / "t.jsonl", records), on_error="skip")
+    # Assert
+    assert result.skipped == 2
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in result.problems] == [
+        "image path 'loop.png' cannot be resolved",
+        "image path 'a\\x00.png' cannot be resolved",
+    ]
