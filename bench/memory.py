@@ -1,4 +1,5 @@
-"""Peak memory of the simulation engine with 1 and with 16 clients on one base model.
+"""Peak memory: of the simulation engine with 1 and with 16 clients on one base model; and (--images)
+of loading and training over N image files.
 
 The engine keeps ONE frozen base model per process and swaps each client's adapter in and
 out, so peak RSS should barely move with the number of clients (a model copy per client, as
@@ -8,8 +9,15 @@ The base is a random-init LLaVA-shaped model (CLIP-base-sized vision tower, a 12
 768-wide Llama decoder: ~170M parameters, ~690 MB in float32), saved once and loaded through
 ``from_pretrained`` like any checkpoint. Each measurement runs in a fresh process.
 
+With ``--images N ...`` it instead writes N 640x480 JPEGs and a table naming them, loads the
+table through the ``table`` source and trains the built-in tiny LLaVA (LoRA) for one epoch over
+every image, in a fresh process per N. Rows keep image references and batches decode them
+through a 64-image cache, so peak RSS should not grow with N (decoded, 2,000 such images
+would hold 2.4 GB).
+
     python bench/memory.py                 # 1 vs 16 clients
     python bench/memory.py --clients 1 4 16
+    python bench/memory.py --images 200 2000
 """
 
 from __future__ import annotations
@@ -103,15 +111,115 @@ def child(num_clients: int, model_path: str, out_dir: str) -> None:
     print(json.dumps({"clients": num_clients, "peak_rss_mb": peak_kib / 1024}))
 
 
+IMAGE_SIZE = (640, 480)
+
+
+def write_images(folder: Path, count: int) -> list[str]:
+    """``count`` distinct 640x480 JPEGs (a gradient with a per-image tint: tens of KB each); their names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = IMAGE_SIZE
+    ramp = Image.linear_gradient("L").resize(IMAGE_SIZE)
+    names = []
+    for i in range(count):
+        tint = Image.new("L", IMAGE_SIZE, (i * 37) % 256)
+        Image.merge("RGB", (ramp, tint, ramp.rotate(180))).save(folder / f"{i}.jpg", quality=85)
+        names.append(f"images/{i}.jpg")
+    return names
+
+
+def write_table(path: Path, names: list[str]) -> None:
+    answers = ("yes", "no")
+    lines = [json.dumps({"image": n, "question": "is it red ?", "answer": answers[i % 2]}) for i, n in enumerate(names)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def child_images(table: str) -> None:
+    """Load ``table`` through the table source, train one epoch over it, print peak RSS."""
+    import time
+
+    import torch
+
+    from fedumm.adapters import apply_lora
+    from fedumm.config import AdapterConfig, ModelConfig, TrainConfig
+    from fedumm.data.sources.table import load_table
+    from fedumm.federation.train import train_local
+    from fedumm.models.registry import get_backend
+
+    torch.set_num_threads(1)  # the tiny model gains nothing from more; keeps the bench quiet on a busy machine
+    start = time.perf_counter()
+    rows = load_table(table).rows
+    loaded = time.perf_counter()
+    after_load_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    backend = get_backend("hf_vlm")(ModelConfig(device="cpu"))
+    torch.manual_seed(0)
+    model = apply_lora(backend.load(), AdapterConfig(), backend.lora_target_regex(AdapterConfig()))
+    result = train_local(model, backend, rows, TrainConfig(batch_size=16), seed=0)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                "images": len(rows),
+                "steps": result.steps,
+                "load_s": round(loaded - start, 1),
+                "train_s": round(time.perf_counter() - loaded, 1),
+                "peak_rss_after_load_mb": round(after_load_kib / 1024, 1),
+                "peak_rss_mb": round(peak_kib / 1024, 1),
+            }
+        )
+    )
+
+
+def run_images(counts: list[int], as_json: bool) -> list[dict]:
+    """One child per count, over the first ``count`` of max(counts) images; prints a table (or JSON)."""
+    with tempfile.TemporaryDirectory(prefix="fedumm-bench-images-") as tmp:
+        names = write_images(Path(tmp) / "images", max(counts))
+        results = []
+        for n in counts:
+            table = Path(tmp) / f"table{n}.jsonl"
+            write_table(table, names[:n])
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child-images", str(table)], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                sys.exit(f"child with {n} images failed:\n{proc.stderr[-2000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if as_json:
+        print(json.dumps(results))
+        return results
+    print(
+        f"{'images':>7}  {'load (s)':>8}  {'train (s)':>9}  {'RSS after load (MB)':>19}  {'peak RSS (MB)':>13}  ratio"
+    )
+    for r in results:
+        ratio = r["peak_rss_mb"] / results[0]["peak_rss_mb"]
+        print(
+            f"{r['images']:>7}  {r['load_s']:>8}  {r['train_s']:>9}  {r['peak_rss_after_load_mb']:>19.0f}  "
+            f"{r['peak_rss_mb']:>13.0f}  {ratio:.3f}x"
+        )
+    decoded = max(counts) * IMAGE_SIZE[0] * IMAGE_SIZE[1] * 4 / 1e6
+    print(f"holding {max(counts)} decoded {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images would take {decoded:.0f} MB")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--images", type=int, nargs="+", help="image counts to compare instead of client counts")
+    parser.add_argument("--json", action="store_true", help="--images: print the results as one JSON list")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-images", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         child(args.child, args.model, args.out)
+        return
+    if args.child_images is not None:
+        child_images(args.child_images)
+        return
+    if args.images:
+        run_images(args.images, args.json)
         return
 
     with tempfile.TemporaryDirectory(prefix="fedumm-bench-memory-") as tmp:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,3 +56,26 @@ def write_memes() -> Callable[..., None]:
         path.write_text("\n".join(lines) + "\n")
 
     return write
+
+
+@pytest.fixture()
+def write_blank_png() -> Callable[[Path, int, int], Path]:
+    """Write a valid all-black 1-bit PNG of width x height, built row by row without ever holding
+    the image in memory: a 20000 x 20000 one (400 megapixels, 1.6 GB as RGB) is a file of about
+    50 KB, i.e. a decompression bomb."""
+    return _write_blank_png
+
+
+def _write_blank_png(path: Path, width: int, height: int) -> Path:
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    packer = zlib.compressobj(9)
+    chunks = [packer.compress(row) for _ in range(height)]
+    idat = b"".join(chunks) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale, no interlace
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path

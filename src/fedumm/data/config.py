@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, create_model, field_validator, model_validator
 
 from fedumm.config_base import Section
+from fedumm.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from fedumm.data.sources import SourceSpec, available_sources, get_source, unknown_source_message
 
 # Importable from here as before the registry (fedumm.config imports it from here).
@@ -118,6 +119,16 @@ _SHARED_FIELDS: dict[str, Any] = {
             lt=1,
             description="Share of the loaded training rows held out as the global test set when the source has "
             "no test data (hf.test_split, llava_json.test_path or table.test_path null).",
+        ),
+    ),
+    "max_image_pixels": (
+        int | None,
+        Field(
+            DEFAULT_MAX_IMAGE_PIXELS,
+            ge=1,
+            description="Largest image (width x height) a source may load, checked from the file's header before "
+            "it is decoded; a larger one (e.g. a decompression bomb) is a broken row (on_error). 50,000,000 "
+            "decode to 150 MB; null = PIL's own limit (PIL.Image.MAX_IMAGE_PIXELS, about 89 million).",
         ),
     ),
 }

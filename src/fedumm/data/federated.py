@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedumm.data.config import DataConfig
+from fedumm.data.images import pixel_limit
 from fedumm.data.modality import BOTH, apply_modality_scenario, modality_counts
 from fedumm.data.partition import PartitionStats, column_values, make_partition, partition_stats
 from fedumm.data.sources import LoadedSamples, get_source
@@ -73,9 +74,11 @@ def _holdout(train: list[dict], fraction: float, seed: int) -> tuple[list[dict],
 
 def load_source(config: DataConfig, seed: int) -> LoadedSamples:
     """Load the rows of ``config.source`` (a source of ``fedumm.data.sources``) with its section
-    ``config.<source>``; a source without test data gets ``data.global_test_fraction`` held out."""
+    ``config.<source>``; a source without test data gets ``data.global_test_fraction`` held out.
+    Images are checked against ``data.max_image_pixels`` (a shared key, so it is set around the load)."""
     spec = get_source(config.source)
-    loaded = spec.load(getattr(config, spec.name), seed)
+    with pixel_limit(config.max_image_pixels):
+        loaded = spec.load(getattr(config, spec.name), seed)
     if loaded.test is not None:
         return loaded
     if loaded.natural_clients is not None:

@@ -3,10 +3,11 @@ field checks and seeded subsampling (each source's own reading code is in ``fedu
 
 The sample schema (every row is a dict):
 
-- required: ``image`` (RGB ``PIL.Image.Image``, or None for a sample without an image),
+- required: ``image`` (an ``ImageRef``, see ``fedumm.data.images``; an RGB ``PIL.Image.Image``
+  from in-memory sources such as synthetic; or None for a sample without an image),
   ``question`` (str, "" when the text is missing), ``answers`` (list of >= 1 str),
   ``multiple_choice_answer`` (str, the training target);
-- optional: ``images`` (every image of the sample, a list of PIL images, when the source
+- optional: ``images`` (every image of the sample, a list as ``image``, when the source
   gave a list: ``image`` is then its first item), ``answer_type``, ``label`` and ``task``
   (str), ``question_id`` (int), ``client_id`` (int: the client whose local test file the
   row came from), ``metadata`` (dict: source file, 1-based row number, and any further
@@ -18,8 +19,12 @@ record) and what was expected. With ``on_error="skip"`` they are dropped instead
 the returned ``LoadResult`` counts them and lists their messages so they can be reported.
 Problems with a whole file (missing, not JSON, a required column absent) always raise.
 
-Images are decoded while loading (a broken file is found now, not mid-training) and
-shared between rows that name the same file.
+Images are checked while loading (decoded once and dropped: a broken or oversized file is
+found now, not mid-training) and kept as ``fedumm.data.images.ImageRef`` references, shared
+between rows that name the same file; backends decode them when a batch is built. Image paths
+must stay inside the image root (after ``..``, absolute paths and symlinks are resolved)
+unless the source's ``allow_outside_root`` is set. A text file that is not UTF-8 raises
+``DataError`` naming the file and the byte offset.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from fedumm.data.images import ImageProblem, ImageRef, decode, max_image_pixels
 from fedumm.errors import DataError
 
 __all__ = [
@@ -43,12 +49,15 @@ __all__ = [
     "OnError",
     "RowProblem",
     "answer_list",
+    "check_inside",
     "check_on_error",
     "collect_rows",
     "decode_image",
+    "image_ref",
     "most_common_answer",
     "optional_fields",
     "read_images",
+    "read_text",
     "subsample_indices",
     "text_field",
 ]
@@ -136,19 +145,42 @@ def collect_rows(
 
 
 class ImageReader:
-    """Opens image files relative to a root as RGB, once per path (rows share the object)."""
+    """Checks image files relative to a root, once per path (rows share the reference).
 
-    def __init__(self, root: Path) -> None:
+    A path that resolves outside ``root`` (``..``, an absolute path, a symlink) is a row problem
+    unless ``allow_outside_root``; ``allow_key`` is the config key that allows it, for the message.
+    """
+
+    def __init__(self, root: Path, allow_outside_root: bool = False, allow_key: str = "allow_outside_root") -> None:
         self.root = root
-        self._cache: dict[Path, Image.Image] = {}
+        self.allow_outside_root = allow_outside_root
+        self.allow_key = allow_key
+        self._resolved_root = root.resolve()
+        self._cache: dict[Path, ImageRef] = {}
 
-    def read(self, reference: object) -> Image.Image:
+    def read(self, reference: object) -> ImageRef:
         if not isinstance(reference, str) or not reference.strip():
             raise RowProblem(f"field 'image': expected a file path string, got {reference!r}")
         path = self.root / reference
         if path not in self._cache:
-            self._cache[path] = decode_image(path, f"image file {path}")
+            if not self.allow_outside_root:
+                check_inside(path, reference, self._resolved_root, self.allow_key)
+            self._cache[path] = image_ref(path, f"image file {path}")
         return self._cache[path]
+
+
+def check_inside(path: Path, reference: str, root: Path, allow_key: str) -> None:
+    """Raise a row problem if ``path`` (``reference`` joined to the image root) resolves outside
+    ``root`` (already resolved): a row must not make the loader read arbitrary files."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte in the path
+        raise RowProblem(f"image path {reference!r} cannot be resolved ({exc})") from None
+    if not resolved.is_relative_to(root):
+        raise RowProblem(
+            f"image path {reference!r} resolves to {resolved}, outside the image root {root}; "
+            f"set {allow_key}: true to read images outside it"
+        )
 
 
 def read_images(record: Mapping, reader: ImageReader, list_text: Callable[[str], list] | None = None) -> dict:
@@ -180,15 +212,40 @@ def read_images(record: Mapping, reader: ImageReader, list_text: Callable[[str],
     return {"image": images[0], "images": images}
 
 
-def decode_image(source: Path | io.BytesIO, what: str) -> Image.Image:
-    """Fully decode an image to RGB; a missing or unreadable file is a row problem."""
+def image_ref(source: Path | bytes, what: str) -> ImageRef:
+    """A checked reference to an image file or encoded bytes: decoded once now (header and pixel
+    count first, against data.max_image_pixels) and dropped; a missing, oversized or
+    undecodable image is a row problem."""
     try:
-        with Image.open(source) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise RowProblem(f"{what} not found") from None
-    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise RowProblem(f"{what} cannot be decoded ({exc})") from None
+        return ImageRef.checked(source, what)
+    except ImageProblem as exc:
+        raise RowProblem(str(exc)) from None
+
+
+def decode_image(source: Path | io.BytesIO, what: str) -> Image.Image:
+    """Fully decode an image to RGB (checked as ``image_ref``); a bad image is a row problem."""
+    data = source.getvalue() if isinstance(source, io.BytesIO) else source
+    try:
+        return decode(data, what, max_image_pixels())
+    except ImageProblem as exc:
+        raise RowProblem(str(exc)) from None
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's content (a leading BOM kept, as ``open(encoding="utf-8")`` does).
+
+    Raises:
+        DataError: naming the file, the byte offset and line of the first byte that is not UTF-8.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}: not UTF-8 text: byte {data[exc.start]:#04x} at byte offset {exc.start} (0-based, "
+            f"line {line}) ({exc.reason}); save the file as UTF-8"
+        ) from None
 
 
 def text_field(record: Mapping, key: str) -> str:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from fedumm.config import AdapterConfig, ModelConfig
+from fedumm.data.images import as_pil
 from fedumm.errors import ConfigError
 from fedumm.models.loading import cast_inputs
 from fedumm.types import DTYPES, IGNORE_INDEX
@@ -97,14 +98,16 @@ class Backend(ABC):
 
     @staticmethod
     def row_images(sample: dict) -> list:
-        """A row's images: ``images`` when it holds any, else ``[image]``; a text-only row (no
-        image, e.g. under a missing-modality scenario) gets one black placeholder, the
-        zero-filling baseline for a missing modality."""
+        """A row's images as PIL images: ``images`` when it holds any, else ``[image]``; a text-only
+        row (no image, e.g. under a missing-modality scenario) gets one black placeholder, the
+        zero-filling baseline for a missing modality. Rows hold image references
+        (``fedumm.data.images.ImageRef``); this is where they are decoded, so only a batch's
+        images (and a small cache) are in memory at a time."""
         images = sample.get("images")
         if images:
-            return list(images)
+            return [as_pil(image) for image in images]
         image = sample.get("image")
-        return [image if image is not None else Image.new("RGB", _BLANK_SIZE)]
+        return [as_pil(image) if image is not None else Image.new("RGB", _BLANK_SIZE)]
 
     def images_by_row(self, samples: Sequence[dict]) -> list[list]:
         """Each row's images, checked against ``images_per_prompt``."""

@@ -283,3 +283,20 @@ def test_fedvlmbench_config_runs_on_standin_client_files(tmp_path: Path, run_see
     assert set(last["clients"]) == {0, 1, 2} and result.summary["partition_skew"] >= 0.0
     assert any("multi_modal_projector" in k for k in result.federated.final_state)
     assert any("lora_A" in k for k in result.federated.final_state)
+
+
+def test_client_files_image_outside_the_root_names_the_key(tmp_path: Path, write_clients) -> None:
+    # Prepare: every record names ../x.png, outside root/.
+    Image.new("RGB", (8, 8), (5, 5, 5)).save(tmp_path / "x.png")
+    write_clients(tmp_path / "root", "../x.png", {0: 2, 1: 2})
+    # Execute
+    allowed = load_client_files(tmp_path / "root", allow_outside_root=True)
+    config = DataConfig(source="client_files", client_files={"root": str(tmp_path / "root"), "on_error": "skip"})
+    # Assert
+    assert [len(rows) for rows in allowed.clients] == [2, 2]
+    with pytest.raises(DataError, match=r"client_0\.json, record 1 \(1-based\): image path '\.\./x\.png' resolves"):
+        load_client_files(tmp_path / "root")
+    with pytest.raises(DataError, match="set data.client_files.allow_outside_root: true"):
+        load_client_files(tmp_path / "root")
+    with pytest.raises(DataError, match="0 usable samples"):  # everything skipped: no client keeps a row
+        build_federated_data(config, num_clients=2, seed=0)

@@ -92,7 +92,7 @@ def test_hf_vqa_loads_every_local_layout(tmp_path: Path, layout: str) -> None:
     assert isinstance(result, LoadResult) and result.skipped == 0
     assert [r["question"] for r in result.rows] == [f"question {i}?" for i in range(6)]
     for i, row in enumerate(result.rows):
-        assert row["image"].mode == "RGB" and row["image"].getpixel((0, 0)) == (i, i, i)
+        assert row["image"].load().mode == "RGB" and row["image"].load().getpixel((0, 0)) == (i, i, i)
         assert row["answers"] == [str(i)] * 3
         assert row["multiple_choice_answer"] == str(i)
         assert row["answer_type"] == ("number" if i % 2 else "other")
@@ -263,7 +263,7 @@ def test_hf_data_files_image_paths_are_relative_to_the_data_files_folder(
     # Execute
     row = load_hf_vqa("parquet", "train", data_files={"train": [files]}).rows[0]
     # Assert: the image next to the data file, not ./rel.png.
-    assert row["image"].getpixel((0, 0)) == (7, 8, 9)
+    assert row["image"].load().getpixel((0, 0)) == (7, 8, 9)
 
 
 def _null_image_dataset(path: Path) -> str:
@@ -308,7 +308,7 @@ def test_hf_images_column_gives_multi_image_rows(tmp_path: Path) -> None:
     # Execute
     rows = load_hf_vqa(str(tmp_path / "multi"), "train").rows
     # Assert: images = all, image = the first.
-    assert [[im.getpixel((0, 0)) for im in r["images"]] for r in rows] == [[(1, 1, 1), (2, 2, 2)], [(3, 3, 3)]]
+    assert [[im.load().getpixel((0, 0)) for im in r["images"]] for r in rows] == [[(1, 1, 1), (2, 2, 2)], [(3, 3, 3)]]
     assert [r["image"] is r["images"][0] for r in rows] == [True, True]
 
 
@@ -365,7 +365,7 @@ def test_fedumm_vqav2_standin_hf_source(tmp_path: Path) -> None:
     assert [(len(c.train), len(c.test)) for c in data.clients] == [(8, 2)] * 4
     assert [r["question_id"] for r in data.global_test] == [10 * i + 1 for i in range(1000, 1010)]
     row = data.clients[0].train[0]
-    assert row["image"].mode == "RGB" and len(row["answers"]) == 10
+    assert row["image"].load().mode == "RGB" and len(row["answers"]) == 10
     assert row["answer_type"] in ("yes/no", "number", "other")
     assert data.modality_counts() == [{BOTH: 10, IMAGE_ONLY: 0, TEXT_ONLY: 0, NEITHER: 0}] * 4
 
@@ -414,3 +414,19 @@ def test_fedumm_vqav2_config_points_at_a_parquet_dataset(configs_dir) -> None:
     hf = config.data.hf
     assert (hf.path, hf.split, hf.test_split) == ("lmms-lab/VQAv2", "validation", None)
     assert config.data.hf.max_samples == 22000 and config.data.global_test_fraction == 0.1
+
+
+def test_hf_relative_image_path_outside_the_data_folder_is_a_row_error(tmp_path: Path) -> None:
+    # Prepare: data/paths.parquet names "../x.png" (outside data/).
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (8, 8), (6, 6, 6)).save(tmp_path / "x.png")
+    data = {"image": ["../x.png"], "question": ["q?"], "answers": [["a"]]}
+    datasets.Dataset.from_dict(data).to_parquet(tmp_path / "data" / "paths.parquet")
+    files = {"train": [str(tmp_path / "data" / "paths.parquet")]}
+    # Execute
+    skipped = load_hf_vqa("parquet", "train", data_files=files, on_error="skip")
+    allowed = load_hf_vqa("parquet", "train", data_files=files, allow_outside_root=True)
+    # Assert
+    assert skipped.skipped == 1 and "row 1 (1-based): image path '../x.png' resolves to" in skipped.problems[0]
+    assert "set data.hf.allow_outside_root: true" in skipped.problems[0]
+    assert allowed.rows[0]["image"].load().getpixel((0, 0)) == (6, 6, 6)

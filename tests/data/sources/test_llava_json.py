@@ -39,9 +39,9 @@ def test_llava_multi_turn_gives_one_sample_per_pair(tmp_path: Path, write_image,
     assert [r["question"] for r in rows] == ["What colour?", "Is it dark?", "What is 2+2?", "Compare  and ."]
     assert [r["multiple_choice_answer"] for r in rows] == ["grey", "yes", "4", "same"]
     assert [r["answers"] for r in rows] == [["grey"], ["yes"], ["4"], ["same"]]
-    assert rows[0]["image"] is rows[1]["image"] and rows[0]["image"].getpixel((0, 0)) == (9, 9, 9)
+    assert rows[0]["image"] is rows[1]["image"] and rows[0]["image"].load().getpixel((0, 0)) == (9, 9, 9)
     assert rows[2]["image"] is None
-    assert [im.getpixel((0, 0)) for im in rows[3]["images"]] == [(1, 1, 1), (2, 2, 2)]
+    assert [im.load().getpixel((0, 0)) for im in rows[3]["images"]] == [(1, 1, 1), (2, 2, 2)]
     assert [(r["metadata"]["row"], r["metadata"]["turn"], r["metadata"]["id"]) for r in rows] == [
         (1, 1, "a"),
         (1, 2, "a"),
@@ -162,3 +162,32 @@ def test_llava_single_item_image_list_still_gives_images(tmp_path: Path, write_i
     (tmp_path / "f.json").write_text(json.dumps([record]))
     row = load_llava_json(tmp_path / "f.json", tmp_path).rows[0]
     assert len(row["images"]) == 1 and row["image"] is row["images"][0]
+
+
+def test_llava_non_utf8_bytes_name_the_file_and_the_byte_offset(tmp_path: Path) -> None:
+    # Prepare: a cp1252 right quote (0x92) inside a question on line 2.
+    head = b'[{"id": 1, "conversations": [\n{"from": "human", "value": "it'
+    path = tmp_path / "f.json"
+    path.write_bytes(head + b'\x92s"}, {"from": "gpt", "value": "a"}]}]')
+    # Execute / Assert
+    with pytest.raises(DataError) as caught:
+        load_llava_json(path)
+    assert str(caught.value) == (
+        f"{path}: not UTF-8 text: byte 0x92 at byte offset {len(head)} (0-based, line 2) (invalid start byte); "
+        "save the file as UTF-8"
+    )
+
+
+def test_llava_image_outside_the_root_names_the_key(tmp_path: Path, write_image, conversation) -> None:
+    # Prepare: image_root is images/; the record climbs out of it.
+    write_image("a.png")
+    (tmp_path / "x.png").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    records = [{"id": 1, "image": "../x.png", "conversations": conversation(("q", "a"))}]
+    (tmp_path / "f.json").write_text(json.dumps(records))
+    # Execute
+    result = load_llava_json(tmp_path / "f.json", tmp_path / "images", on_error="skip")
+    allowed = load_llava_json(tmp_path / "f.json", tmp_path / "images", allow_outside_root=True)
+    # Assert
+    assert result.skipped == 1 and "record 1 (1-based): image path '../x.png' resolves to" in result.problems[0]
+    assert result.problems[0].endswith("set data.llava_json.allow_outside_root: true to read images outside it")
+    assert allowed.rows[0]["image"].size == (8, 8)

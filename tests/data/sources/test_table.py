@@ -176,7 +176,7 @@ def test_table_images_list_gives_multi_image_rows(tmp_path: Path, write_image, s
     # Execute
     row = load_table(path).rows[0]
     # Assert: images = all, image = the first, and "images" is not copied into metadata.
-    assert [im.getpixel((0, 0)) for im in row["images"]] == [(1, 1, 1), (2, 2, 2)]
+    assert [im.load().getpixel((0, 0)) for im in row["images"]] == [(1, 1, 1), (2, 2, 2)]
     assert row["image"] is row["images"][0]
     assert "images" not in row["metadata"]
 
@@ -361,3 +361,103 @@ def test_fedmllm_config_runs_on_standin_memes(tmp_path: Path, run_seed_config) -
     problems = (run / "load_problems.txt").read_text().splitlines()
     assert ["line 61" in problems[0], "line 62" in problems[1]] == [True, True]
     assert "skipped broken rows (on_error: skip): 2" in format_summary(saved, [])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Untrusted files: image paths outside image_root, non-UTF-8 bytes
+
+
+def _outside_reference(tmp_path: Path, kind: str) -> str:
+    """An image path, as a row writes it, that resolves outside tmp_path/root (which holds the table)."""
+    solid = Image.new("RGB", (8, 8), (3, 3, 3))
+    solid.save(tmp_path / "x.png")
+    if kind == "dotdot":
+        return "../x.png"
+    if kind == "absolute":
+        return str(tmp_path / "x.png")
+    (tmp_path / "root" / "link.png").symlink_to(tmp_path / "x.png")
+    return "link.png"
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_table_image_outside_the_root_is_a_row_error(tmp_path: Path, kind: str) -> None:
+    # Prepare: row 2 names an image outside root/ (the table's folder, the default image_root).
+    (tmp_path / "root").mkdir()
+    Image.new("RGB", (8, 8), (1, 1, 1)).save(tmp_path / "root" / "in.png")
+    reference = _outside_reference(tmp_path, kind)
+    records = [
+        {"image": "in.png", "question": "q", "answer": "a"},
+        {"image": reference, "question": "q", "answer": "a"},
+    ]
+    path = _write_table(tmp_path / "root" / "t.jsonl", records)
+    root = (tmp_path / "root").resolve()
+    # Execute
+    skipped = load_table(path, on_error="skip")
+    allowed = load_table(path, allow_outside_root=True)
+    # Assert
+    expected = (
+        f"{path}, line 2 (1-based): image path {reference!r} resolves to {(tmp_path / 'x.png').resolve()}, "
+        f"outside the image root {root}; set data.table.allow_outside_root: true to read images outside it"
+    )
+    assert skipped.skipped == 1 and skipped.problems == [expected] and len(skipped.rows) == 1
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_table(path)
+    assert allowed.rows[1]["image"].load().getpixel((0, 0)) == (3, 3, 3)
+
+
+def test_table_symlink_inside_the_root_and_subfolders_are_fine(tmp_path: Path, write_image) -> None:
+    # Prepare: images/../images/a.png stays inside; a symlink to a file inside the root too.
+    write_image("a.png", (4, 4, 4))
+    (tmp_path / "alias.png").symlink_to(tmp_path / "images" / "a.png")
+    records = [
+        {"image": "images/../images/a.png", "question": "q", "answer": "a"},
+        {"image": "alias.png", "question": "q", "answer": "a"},
+    ]
+    # Execute
+    rows = load_table(_write_table(tmp_path / "t.jsonl", records)).rows
+    # Assert
+    assert [row["image"].load().getpixel((0, 0)) for row in rows] == [(4, 4, 4), (4, 4, 4)]
+
+
+def test_table_allow_outside_root_through_the_config(tmp_path: Path) -> None:
+    # Prepare
+    (tmp_path / "root").mkdir()
+    records = [{"image": _outside_reference(tmp_path, "dotdot"), "question": "q", "answer": "a"}] * 10
+    path = _write_table(tmp_path / "root" / "t.jsonl", records)
+    # Execute
+    train, test = load_samples(DataConfig(source="table", table={"path": str(path), "allow_outside_root": True}), 0)
+    # Assert
+    assert len(train) + len(test) == 10
+    with pytest.raises(DataError, match=r"line 1 \(1-based\): image path '\.\./x\.png' resolves to .*allow_outside"):
+        load_samples(DataConfig(source="table", table={"path": str(path)}), 0)
+
+
+@pytest.mark.parametrize(("suffix", "unit_line"), [(".jsonl", 2), (".csv", 3)])
+def test_table_non_utf8_bytes_name_the_file_and_the_byte_offset(tmp_path: Path, suffix: str, unit_line: int) -> None:
+    # Prepare: a Latin-1 "é" (0xe9) in the second record's question.
+    if suffix == ".jsonl":
+        head = b'{"image": "", "question": "q", "answer": "a"}\n{"image": "", "question": "caf'
+        data = head + b'\xe9", "answer": "a"}\n'
+    else:
+        head = b"image,question,answer\n,q,a\n,caf"
+        data = head + b"\xe9,a\n"
+    path = tmp_path / f"t{suffix}"
+    path.write_bytes(data)
+    # Execute / Assert
+    expected = f"{path}: not UTF-8 text: byte 0xe9 at byte offset {len(head)} (0-based, line {unit_line})"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_table(path, on_error="skip")
+
+
+def test_table_unresolvable_image_paths_are_row_errors(tmp_path: Path) -> None:
+    # Prepare: a symlink loop and a path with a NUL byte.
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    records = [{"image": name, "question": "q", "answer": "a"} for name in ("loop.png", "a\x00.png")]
+    # Execute
+    result = load_table(_write_table(tmp_path / "t.jsonl", records), on_error="skip")
+    # Assert
+    assert result.skipped == 2
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in result.problems] == [
+        "image path 'loop.png' cannot be resolved",
+        "image path 'a\\x00.png' cannot be resolved",
+    ]

@@ -12,8 +12,13 @@ from fedumm.data.rows import LoadResult
 
 # Shared by the sections of the sources that have these keys, so the config reference reads the same.
 ON_ERROR_DESCRIPTION = (
-    "What a broken row (missing or undecodable image, missing field, wrong type) does: "
+    "What a broken row (missing, undecodable or oversized image (data.max_image_pixels), image path outside "
+    "image_root, missing field, wrong type) does: "
     "raise = stop with an error naming the file, row and field; skip = drop it and count it."
+)
+ALLOW_OUTSIDE_ROOT_DESCRIPTION = (
+    "Image paths may point outside image_root: false = a path that resolves outside it (.., an absolute "
+    "path, a symlink) is a broken row (on_error); true = read it anyway."
 )
 MAX_SAMPLES_DESCRIPTION = (
     "Cap on source records (rows / conversations), drawn deterministically with the run seed "

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from fedumm.config_base import Section
 from fedumm.data.rows import OnError
-from fedumm.data.sources.base import ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
+from fedumm.data.sources.base import ALLOW_OUTSIDE_ROOT_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
 from fedumm.data.sources.llava_json import load_llava_json
 from fedumm.errors import DataError
 
@@ -21,6 +21,7 @@ class ClientFilesSourceConfig(Section):
 
     root: str | None = Field(None, description="Folder holding train/client_{i}.json and test/*.json.")
     image_root: str | None = Field(None, description="Folder the records' image paths are relative to; null = root.")
+    allow_outside_root: bool = Field(False, description=ALLOW_OUTSIDE_ROOT_DESCRIPTION)
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
 
 
@@ -80,7 +81,11 @@ def _train_client_files(train_dir: Path) -> dict[int, Path]:
 
 
 def load_client_files(
-    root: str | Path, image_root: str | Path | None = None, on_error: OnError = "raise"
+    root: str | Path,
+    image_root: str | Path | None = None,
+    on_error: OnError = "raise",
+    *,
+    allow_outside_root: bool = False,
 ) -> ClientFilesResult:
     """Load pre-split natural clients: ``root/train/client_{i}.json`` and ``root/test/*.json``.
 
@@ -91,7 +96,8 @@ def load_client_files(
     the other files, in name order, are the global test set; without other files the
     global test set is the union of the clients' test files, each row tagged with its
     ``client_id`` (the 0-based client position) so that the global model's metrics break
-    down by client. Image paths are relative to ``image_root`` (default: root).
+    down by client. Image paths are relative to ``image_root`` (default: root) and must
+    resolve inside it unless ``allow_outside_root``.
 
     Raises:
         DataError: naming the file, if train/ is missing, a name is not client_<index>.json,
@@ -116,11 +122,14 @@ def load_client_files(
             f"{test_dir}: per-client test files must match train/ one to one; "
             + (f"no test file for client(s) {lacking}" if lacking else f"no training file for client(s) {extra}")
         )
-    clients = [load_llava_json(p, images, on_error) for p in train_by_index.values()]
+    options = {"allow_outside_root": allow_outside_root, "section": "data.client_files"}
+    clients = [load_llava_json(p, images, on_error, **options) for p in train_by_index.values()]
     client_tests = (
-        [load_llava_json(test_by_index[i], images, on_error) for i in train_by_index] if test_by_index else []
+        [load_llava_json(test_by_index[i], images, on_error, **options) for i in train_by_index]
+        if test_by_index
+        else []
     )
-    global_tests = [load_llava_json(p, images, on_error) for p in global_files]
+    global_tests = [load_llava_json(p, images, on_error, **options) for p in global_files]
     if global_tests:
         test = [row for r in global_tests for row in r.rows]
     else:
@@ -139,7 +148,9 @@ def load_client_files(
 
 def load(config: ClientFilesSourceConfig, seed: int) -> LoadedSamples:
     """The client files as natural clients (``seed`` is unused: nothing is drawn)."""
-    result = load_client_files(str(config.root), config.image_root, config.on_error)
+    result = load_client_files(
+        str(config.root), config.image_root, config.on_error, allow_outside_root=config.allow_outside_root
+    )
     return LoadedSamples(
         train=[row for rows in result.clients for row in rows],
         test=result.test,

@@ -3,7 +3,6 @@ folder, a parquet file, a folder of data files, or ``data_files``), and its test
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Mapping
@@ -14,15 +13,17 @@ from PIL import Image
 from pydantic import Field
 
 from fedumm.config_base import Section
+from fedumm.data.images import ImageRef
 from fedumm.data.rows import (
     SCHEMA_COLUMNS,
     LoadResult,
     OnError,
     RowProblem,
     answer_list,
+    check_inside,
     check_on_error,
     collect_rows,
-    decode_image,
+    image_ref,
     most_common_answer,
     optional_fields,
     subsample_indices,
@@ -62,6 +63,12 @@ class HFSourceConfig(Section):
     allow_missing_images: bool = Field(
         False,
         description="A row whose image is null: true = a text-only sample; false = a broken row (on_error).",
+    )
+    allow_outside_root: bool = Field(
+        False,
+        description="A relative image path in the rows may resolve (.., symlinks) outside the dataset's "
+        "folder: false = a broken row (on_error); true = read it anyway. Absolute paths, which datasets "
+        "itself writes for undecoded image files, are not checked.",
     )
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
 
@@ -153,22 +160,27 @@ def _open_hf_split(
         raise DataError(f"cannot load {where}, split {split!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _hf_image(value: object, base: Path | None, field_name: str = "image") -> Image.Image | None:
-    """Decode an undecoded ``datasets.Image`` value ({"bytes", "path"}), a path string, or None."""
+def _hf_image(
+    value: object, base: Path | None, field_name: str = "image", allow_outside_root: bool = False
+) -> ImageRef | Image.Image | None:
+    """An undecoded ``datasets.Image`` value ({"bytes", "path"}), a path string, or None, checked
+    and kept as an ``ImageRef`` (an already decoded PIL image stays in memory)."""
     if value is None:
         return None
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, Mapping) and value.get("bytes"):
-        return decode_image(io.BytesIO(value["bytes"]), f"embedded image ({value.get('path') or 'no path'})")
+        return image_ref(bytes(value["bytes"]), f"embedded image ({value.get('path') or 'no path'})")
     reference = value.get("path") if isinstance(value, Mapping) else value
     if isinstance(reference, str) and reference:
         path = Path(reference) if base is None else base / reference
-        return decode_image(path, f"image file {path}")
+        if base is not None and not allow_outside_root and not Path(reference).is_absolute():
+            check_inside(path, reference, base.resolve(), "data.hf.allow_outside_root")
+        return image_ref(path, f"image file {path}")
     raise RowProblem(f"field {field_name!r}: expected an image, a path or null, got {value!r}")
 
 
-def _hf_images(record: Mapping, base: Path | None, allow_missing_images: bool) -> dict:
+def _hf_images(record: Mapping, base: Path | None, allow_missing_images: bool, allow_outside_root: bool) -> dict:
     """``image`` (and ``images`` from an ``images`` list column) of one HF row."""
     many = record.get("images")
     if many is not None:
@@ -176,12 +188,12 @@ def _hf_images(record: Mapping, base: Path | None, allow_missing_images: bool) -
             many = [dict(zip(many, values)) for values in zip(*many.values())]
         if not isinstance(many, list):
             raise RowProblem(f"field 'images': expected a list of images, got {type(many).__name__}")
-        images = [_hf_image(value, base, f"images[{k}]") for k, value in enumerate(many)]
+        images = [_hf_image(value, base, f"images[{k}]", allow_outside_root) for k, value in enumerate(many)]
         if any(image is None for image in images):
             raise RowProblem(f"field 'images': item {images.index(None)} is null, expected an image")
         if images:
             return {"image": images[0], "images": images}
-    image = _hf_image(record.get("image"), base)
+    image = _hf_image(record.get("image"), base, allow_outside_root=allow_outside_root)
     if image is None and not allow_missing_images:
         # VQAv2-style data always has an image; a null one is more likely a broken export than a
         # deliberate text-only sample, so it is only accepted when the config says so.
@@ -191,10 +203,12 @@ def _hf_images(record: Mapping, base: Path | None, allow_missing_images: bool) -
     return {"image": image}
 
 
-def _hf_sample(record: Mapping, base: Path | None, metadata: dict, allow_missing_images: bool) -> dict:
+def _hf_sample(
+    record: Mapping, base: Path | None, metadata: dict, allow_missing_images: bool, allow_outside_root: bool
+) -> dict:
     answers = answer_list(record.get("answers"))
     row = {
-        **_hf_images(record, base, allow_missing_images),
+        **_hf_images(record, base, allow_missing_images, allow_outside_root),
         "question": text_field(record, "question"),
         "answers": answers,
         "multiple_choice_answer": (
@@ -234,6 +248,7 @@ def load_hf_vqa(
     name: str | None = None,
     revision: str | None = None,
     allow_missing_images: bool = False,
+    allow_outside_root: bool = False,
 ) -> LoadResult:
     """Load one split of a VQAv2-schema Hugging Face dataset (e.g. a parquet copy of VQAv2).
 
@@ -242,7 +257,8 @@ def load_hf_vqa(
     ``multiple_choice_answer`` (derived as the most frequent answer when absent),
     ``answer_type``, ``question_id``; other scalar columns go into ``metadata``. An
     ``images`` column (a list of images) gives multi-image rows (``image`` = its first).
-    A null image is a broken row unless ``allow_missing_images`` (then: text-only).
+    A null image is a broken row unless ``allow_missing_images`` (then: text-only). A relative
+    image path must resolve inside the dataset's folder unless ``allow_outside_root``.
 
     ``path_or_name`` is, in this order: with ``data_files``, the ``datasets.load_dataset``
     path (a builder such as "parquet", or a folder the files are relative to; relative image
@@ -274,14 +290,21 @@ def load_hf_vqa(
         source,
         "row",
         ((i + 1, record) for i, record in zip(indices, dataset)),
-        lambda record, number: [_hf_sample(record, base, {**meta, "row": number}, allow_missing_images)],
+        lambda record, number: [
+            _hf_sample(record, base, {**meta, "row": number}, allow_missing_images, allow_outside_root)
+        ],
         on_error,
     )
 
 
 def load(config: HFSourceConfig, seed: int) -> LoadedSamples:
     """``config.split`` (train) and ``config.test_split`` (global test; None = hold out), each capped."""
-    hub = {"name": config.name, "revision": config.revision, "allow_missing_images": config.allow_missing_images}
+    hub = {
+        "name": config.name,
+        "revision": config.revision,
+        "allow_missing_images": config.allow_missing_images,
+        "allow_outside_root": config.allow_outside_root,
+    }
     path, files, on_error = str(config.path), config.data_files, config.on_error
     train = load_hf_vqa(path, config.split, config.max_samples, seed, files, on_error, **hub)
     test = (

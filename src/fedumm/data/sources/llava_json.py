@@ -18,9 +18,16 @@ from fedumm.data.rows import (
     collect_rows,
     optional_fields,
     read_images,
+    read_text,
     subsample_indices,
 )
-from fedumm.data.sources.base import MAX_SAMPLES_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
+from fedumm.data.sources.base import (
+    ALLOW_OUTSIDE_ROOT_DESCRIPTION,
+    MAX_SAMPLES_DESCRIPTION,
+    ON_ERROR_DESCRIPTION,
+    LoadedSamples,
+    SourceSpec,
+)
 from fedumm.errors import DataError
 
 
@@ -34,6 +41,7 @@ class LlavaJsonSourceConfig(Section):
     image_root: str | None = Field(
         None, description="Folder the records' image paths are relative to; null = the JSON file's folder."
     )
+    allow_outside_root: bool = Field(False, description=ALLOW_OUTSIDE_ROOT_DESCRIPTION)
     max_samples: int | None = Field(None, ge=1, description=MAX_SAMPLES_DESCRIPTION)
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
 
@@ -48,7 +56,7 @@ def _read_json_list(path: Path) -> list:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(data, list):
@@ -122,6 +130,9 @@ def load_llava_json(
     on_error: OnError = "raise",
     max_samples: int | None = None,
     seed: int = 0,
+    *,
+    allow_outside_root: bool = False,
+    section: str = "data.llava_json",
 ) -> LoadResult:
     """Load a LLaVA-style conversation file (the client-file format of FedVLMBench and FedMLLM).
 
@@ -133,16 +144,18 @@ def load_llava_json(
     "image" or "images") gives ``images`` (and ``image`` = the first). Turns may also be
     chat-style ``{"role": "user"|"assistant", "content": ...}`` (FedMLLM's files). An empty
     answer is a broken record. Image paths are relative to ``image_root`` (default: the JSON
-    file's folder). ``max_samples`` caps records, drawn with ``seed``; a broken record is
-    skipped whole.
+    file's folder) and must resolve inside it unless ``allow_outside_root`` (``section``: the
+    config section named in the message). ``max_samples`` caps records, drawn with ``seed``;
+    a broken record is skipped whole.
 
     Raises:
-        DataError: if the file is missing, not JSON, or not a list; or (on_error="raise")
+        DataError: if the file is missing, not UTF-8, not JSON, or not a list; or (on_error="raise")
             naming "record N (1-based)" and what is wrong with it.
     """
     path = Path(json_path)
     records = _read_json_list(path)
-    reader = ImageReader(Path(image_root) if image_root is not None else path.parent)
+    root = Path(image_root) if image_root is not None else path.parent
+    reader = ImageReader(root, allow_outside_root, f"{section}.allow_outside_root")
     indices = subsample_indices(len(records), max_samples, seed)
     return collect_rows(
         str(path),
@@ -155,8 +168,11 @@ def load_llava_json(
 
 def load(config: LlavaJsonSourceConfig, seed: int) -> LoadedSamples:
     """The training file (capped by ``max_samples``) and the test file, if any (never capped)."""
-    train = load_llava_json(str(config.path), config.image_root, config.on_error, config.max_samples, seed)
-    test = load_llava_json(config.test_path, config.image_root, config.on_error) if config.test_path else None
+    outside = {"allow_outside_root": config.allow_outside_root}
+    train = load_llava_json(str(config.path), config.image_root, config.on_error, config.max_samples, seed, **outside)
+    test = (
+        load_llava_json(config.test_path, config.image_root, config.on_error, **outside) if config.test_path else None
+    )
     return LoadedSamples.from_results(train, test)
 
 

@@ -4,6 +4,7 @@ with its test table or a hold-out."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,10 +25,17 @@ from fedumm.data.rows import (
     most_common_answer,
     optional_fields,
     read_images,
+    read_text,
     subsample_indices,
     text_field,
 )
-from fedumm.data.sources.base import MAX_SAMPLES_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
+from fedumm.data.sources.base import (
+    ALLOW_OUTSIDE_ROOT_DESCRIPTION,
+    MAX_SAMPLES_DESCRIPTION,
+    ON_ERROR_DESCRIPTION,
+    LoadedSamples,
+    SourceSpec,
+)
 from fedumm.errors import DataError
 
 TableFormat = Literal["fedumm", "hateful_memes"]
@@ -49,6 +57,7 @@ class TableSourceConfig(Section):
     image_root: str | None = Field(
         None, description="Folder the image paths are relative to; null = the table's folder."
     )
+    allow_outside_root: bool = Field(False, description=ALLOW_OUTSIDE_ROOT_DESCRIPTION)
     max_samples: int | None = Field(None, ge=1, description=MAX_SAMPLES_DESCRIPTION)
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
 
@@ -147,10 +156,11 @@ def _hateful_memes_record(record: object) -> dict:
 
 def _jsonl_records(path: Path) -> Iterable[tuple[int, object]]:
     """(line number, parsed object) for each non-blank line; a bad line becomes a row problem."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, _JsonLine(line)
+    # Decoded whole first, so a non-UTF-8 byte is reported with its offset in the file; the
+    # StringIO splits lines as reading the file in text mode does (universal newlines).
+    for number, line in enumerate(io.StringIO(read_text(path), newline=None), start=1):
+        if line.strip():
+            yield number, _JsonLine(line)
 
 
 @dataclass(frozen=True)
@@ -185,7 +195,7 @@ class _CsvRow:
 def _csv_records(path: Path, required: tuple[str, ...], answer_columns: tuple[str, ...]) -> list[tuple[int, _CsvRow]]:
     """(record number, row) for each non-empty CSV record; the header must hold ``required``
     (each "a|b" entry: one of them) and one of ``answer_columns`` if any."""
-    with path.open(encoding="utf-8", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.reader(handle)
         header = tuple(next(reader, []))
         missing = [c for c in required if not any(name in header for name in c.split("|"))]
@@ -207,6 +217,8 @@ def load_table(
     max_samples: int | None = None,
     seed: int = 0,
     table_format: TableFormat = "fedumm",
+    *,
+    allow_outside_root: bool = False,
 ) -> LoadResult:
     """Load a JSONL (.jsonl/.ndjson) or CSV (.csv) table of samples.
 
@@ -220,10 +232,11 @@ def load_table(
     the Hateful Memes files (``img``, ``text``, ``label`` 0/1): question = the text then
     ``HATEFUL_MEMES_QUESTION``, answer "yes"/"no", task "classification".
     Rows are numbered "line N" (JSONL file line) or "row N" (CSV record, header not
-    counted); a CSV row with more or fewer cells than the header is a broken row.
+    counted); a CSV row with more or fewer cells than the header is a broken row. Image
+    paths must resolve inside ``image_root`` unless ``allow_outside_root``.
 
     Raises:
-        DataError: if the file is missing, of another type, a CSV lacks a required
+        DataError: if the file is missing, of another type, not UTF-8, a CSV lacks a required
             column, or (on_error="raise") a row is broken.
     """
     path = Path(path)
@@ -242,7 +255,8 @@ def load_table(
         unit, records = "row", _csv_records(path, required, answer_columns)
     else:
         raise DataError(f"{path}: unsupported table type {suffix!r}; expected .jsonl, .ndjson or .csv")
-    reader = ImageReader(Path(image_root) if image_root is not None else path.parent)
+    root = Path(image_root) if image_root is not None else path.parent
+    reader = ImageReader(root, allow_outside_root, "data.table.allow_outside_root")
     chosen = [records[i] for i in subsample_indices(len(records), max_samples, seed)]
 
     def convert(raw: object, number: int) -> list[dict]:
@@ -257,8 +271,9 @@ def load_table(
 def load(config: TableSourceConfig, seed: int) -> LoadedSamples:
     """The training table (capped by ``max_samples``) and the test table, if any (never capped)."""
     fmt, root, on_error = config.format, config.image_root, config.on_error
-    train = load_table(str(config.path), root, on_error, config.max_samples, seed, fmt)
-    test = load_table(config.test_path, root, on_error, table_format=fmt) if config.test_path else None
+    outside = {"allow_outside_root": config.allow_outside_root}
+    train = load_table(str(config.path), root, on_error, config.max_samples, seed, fmt, **outside)
+    test = load_table(config.test_path, root, on_error, table_format=fmt, **outside) if config.test_path else None
     return LoadedSamples.from_results(train, test)
 
 
