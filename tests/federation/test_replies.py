@@ -116,9 +116,9 @@ def test_each_malformed_reply_is_rejected_with_its_reason_and_the_round_goes_on(
 def test_server_aggregates_the_valid_replies_only():
     server = Server(FedAvg(), GLOBAL, FederationConfig(num_clients=3), seed=0)
     updates, rejected = server.check([good(0, float("nan")), good(1, 1.0, 1), good(2, 4.0, 2)], RULES)
-    new = server.aggregate_updates(updates, 1)
+    assert server.aggregate_updates(updates, 1)
     assert list(rejected) == [0]
-    assert torch.allclose(new["a"], torch.full((2, 3), 3.0))  # (1*1 + 2*4) / 3 = 3
+    assert torch.allclose(server.global_state["a"], torch.full((2, 3), 3.0))  # (1*1 + 2*4) / 3 = 3
 
 
 def test_a_second_reply_from_one_client_is_rejected():
