@@ -140,8 +140,9 @@ def test_deployment_processes_end_once_orphaned(tmp_path):
 
 def test_worker_watch_names_a_client_whose_process_is_gone(tmp_path):
     """The simulator runner's watch, on a stand-in simulator whose two "workers" carry FLARE's
-    worker command line: one killed is reported after the grace period, not before, and not
-    once the job's summary exists; FLARE's own log line is reported at once."""
+    worker command line: one killed is reported once, after the grace period, not before, and
+    not while the job's summary exists; once both are gone, every client is dead. FLARE's own
+    log line is reported at once."""
     from fedumm.engines.nvflare.runner import WORKER_MODULE, WorkerWatch
 
     code = textwrap.dedent(f"""
@@ -157,21 +158,29 @@ def test_worker_watch_names_a_client_whose_process_is_gone(tmp_path):
         log, done = tmp_path / "simulator.log", tmp_path / "summary.json"
         log.write_text("2026-01-01 - INFO - Finished one task run for client: site-1\n")
         watch = WorkerWatch(sim, log, done, persistent=True, grace=0.6, scan_every=0)
-        assert watch.dead_site() is None and sorted(s for s, _ in watch.workers.values()) == ["site-1", "site-2"]
+        assert watch.poll() == [] and watch.sites == {"site-1", "site-2"}
         os.kill(site_2, signal.SIGKILL)
         time.sleep(0.3)
-        assert watch.dead_site() is None  # found gone; within the grace period the simulator may end on its own
+        assert watch.poll() == []  # found gone; within the grace period the simulator may end on its own
         time.sleep(0.8)
-        site, how = watch.dead_site()
+        [(site, how)] = watch.poll()
         assert site == "site-2" and WORKER_MODULE in how
+        assert watch.poll() == [] and not watch.all_dead(2)  # reported once; site-1 still works
         done.write_text("{}")
-        assert watch.dead_site() is None  # the job had finished: its workers end normally
+        os.kill(site_1, signal.SIGKILL)
+        time.sleep(1.0)
+        assert watch.poll() == []  # the job had finished: its workers end normally
+        done.unlink()
+        watch.poll()
+        time.sleep(0.8)
+        assert [s for s, _ in watch.poll()] == ["site-1"] and watch.all_dead(2)
 
         restarting = WorkerWatch(sim, log, tmp_path / "none.json", persistent=False)
-        assert restarting.dead_site() is None  # workers come and go between rounds
+        assert restarting.poll() == []  # workers come and go between rounds
         with open(log, "a") as f:
             f.write("2026-01-01 - ERROR - Communication error with client site-1: \n")
-        assert restarting.dead_site() == ("site-1", "FLARE logged 'Communication error with client site-1'")
+        assert restarting.poll() == [("site-1", "FLARE logged 'Communication error with client site-1'")]
+        assert not restarting.all_dead(1)  # restarted workers: a client may run again next round
     finally:
         processes.stop_process_tree(sim, grace=5)
     assert _gone_within(site_1, 2)

@@ -1,13 +1,15 @@
-"""The production path on loopback: provisioned startup kits, the FLARE server and two sites as
-separate processes, the exported job submitted, awaited and downloaded with the admin CLI;
+"""The production path on loopback: provisioned startup kits, the FLARE server and three sites as
+separate processes, exported jobs submitted, awaited and downloaded with the admin CLI;
 each site trains on its own data (one from the job's engine.sites, one from its own local
-file); every process started is stopped at the end, after a failure or a SIGTERM too, and
-none of them holds a socket on anything but loopback."""
+file); a job goes on without a site that died (missing from the later rounds); every process
+started is stopped at the end, after a failure or a SIGTERM too, and none of them holds a
+socket on anything but loopback."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,13 +106,37 @@ SITES = {
     "site-1": {"seed": 1, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
     "site-2": {"seed": 2, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}},
 }
+THREE_SITES = {**SITES, "site-3": {"seed": 3, "data": {"synthetic": {"train_samples": 30, "test_samples": 8}}}}
+# Seconds a round of the three-site job waits for its sites: ample for the live ones on a busy
+# machine, short enough that the rounds without the dead site stay quick.
+ROUND_TIMEOUT = 30
+
+
+def _records(metrics: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+def _lines(metrics: Path) -> int:
+    """Complete records in a metrics.jsonl that may be in the middle of a write."""
+    return metrics.read_text().count("\n") if metrics.is_file() else 0
+
+
+def _kill_site(fl: LoopbackDeployment, site: str) -> int:
+    """The site is lost outright (its machine gone): SIGKILL its FLARE parent and job processes at
+    once, so none of them reports anything to the server. Returns how many were killed."""
+    parent = psutil.Process(fl.procs[site].pid)
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        p.kill()
+    return len(procs)
 
 
 def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypatch):
-    """A job to completion and, at the same time, a job whose site-2 job process dies after round
-    1 (FLARE ends it with FINISHED:EXECUTION_EXCEPTION; the server's run folder keeps round 1),
-    then teardown after a failure: nothing ever started is left, and no socket was anything
-    but loopback."""
+    """Three jobs at once: one to completion on site-1 and site-2; one whose site-2 job process dies
+    after round 1 (FLARE fails the job, FINISHED:EXECUTION_EXCEPTION; the server's run folder
+    keeps round 1); one on three sites whose site-3 is lost after round 1 (the job completes, the
+    later rounds without site-3). Then teardown after a failure: nothing ever started is left,
+    and no socket was anything but loopback."""
     outer_tmp = tmp_path / "outer-tmp"
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
@@ -125,14 +151,32 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
                 tmp_path / "runs",
                 "poc-fail",
                 "engine.name=nvflare",
-                "federation.rounds=30",
+                "federation.rounds=100",  # killed after round 1: never reaches the end
                 f"engine.sites={json.dumps(SITES)}",
             ),
         ),
         tmp_path / "jobs",
     )
+    surviving = export_job(
+        load_run_config(
+            None,
+            tiny_job(
+                tmp_path / "runs",
+                "poc-lost-site",
+                "engine.name=nvflare",
+                "federation.num_clients=3",
+                "federation.rounds=3",
+                f"federation.round_timeout={ROUND_TIMEOUT}",
+                f"engine.sites={json.dumps(THREE_SITES)}",
+            ),
+        ),
+        tmp_path / "jobs",
+    )
 
-    fl = LoopbackDeployment(tmp_path / "deploy", ["site-1", "site-2"])
+    # After a job, FLARE's server waits for every site's outcome report before it publishes the
+    # status (900 s by default); a lost site never sends one.
+    env = {**os.environ, "NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT": "10"}
+    fl = LoopbackDeployment(tmp_path / "deploy", ["site-1", "site-2", "site-3"], env=env)
     sampler = _Sampler(fl)
     with pytest.raises(RuntimeError, match="a failure in the driver"):
         try:
@@ -142,29 +186,42 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
             local.write_text("seed: 5\ndata:\n  synthetic:\n    train_samples: 24\n    test_samples: 6\n")
             fl.start(timeout=180)
             with sampler:
-                # Two jobs at once (the kit runs up to 4): one to completion; in the other,
-                # site-2's job process dies after round 1.
-                job_id = fl.submit(job)
+                # The longest job first: FLARE's scheduler starts one job at a time.
+                lost_id = fl.submit(surviving)
                 fail_id = fl.submit(failing)
-                _wait_for_rounds(fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl", 2, 240)
-                victims = [
-                    p
-                    for p in _job_processes(psutil.Process(fl.procs["site-2"].pid).children(recursive=True))
-                    if fail_id in p.cmdline()
-                ]
-                assert len(victims) == 1, victims
-                victims[0].kill()
+                job_id = fl.submit(job)
+                lost_metrics = fl.kit("localhost") / lost_id / "fedumm_run" / "metrics.jsonl"
+                fail_metrics = fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl"
+                # Each kill as soon as that job's round 1 is recorded: site-3 is lost outright;
+                # site-2's job process of the failing job dies (site-2 itself lives on).
+                deadline = time.monotonic() + 300
+                done_at_kill = None
+                victims = None
+                while done_at_kill is None or victims is None:
+                    assert time.monotonic() < deadline, "round 1 of the jobs to kill never came"
+                    if done_at_kill is None and _lines(lost_metrics) >= 2:
+                        sampler.sample()  # what is about to be killed, for the teardown check
+                        assert _kill_site(fl, "site-3") >= 2  # its FLARE parent and the job's process
+                        done_at_kill = _lines(lost_metrics)
+                    if victims is None and _lines(fail_metrics) >= 2:
+                        site_2 = psutil.Process(fl.procs["site-2"].pid).children(recursive=True)
+                        victims = [p for p in _job_processes(site_2) if fail_id in p.cmdline()]
+                        assert len(victims) == 1, victims
+                        victims[0].kill()
+                    time.sleep(0.2)
                 assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
                 with pytest.raises(FedummError, match=r"status FINISHED:EXECUTION_EXCEPTION"):
                     fl.wait(fail_id, timeout=120)
+                assert fl.wait(lost_id, timeout=3 * ROUND_TIMEOUT + 120) == "FINISHED:COMPLETED"
                 sampler.sample()
             run = find_run_folder(fl.download(job_id, tmp_path / "download"))
             failed = fl.download(fail_id, tmp_path / "download-failed")
+            survived = find_run_folder(fl.download(lost_id, tmp_path / "download-lost"))
             raise RuntimeError("a failure in the driver")
         finally:
             fl.stop()
     started = list(sampler.seen.values())
-    assert sum(map(_is_job_process, sampler.cmdlines.values())) >= 6  # server + 2 sites, twice
+    assert sum(map(_is_job_process, sampler.cmdlines.values())) >= 10  # server + 2 sites twice, server + 3 sites
     assert not _alive(started)
 
     # Nothing but loopback, sampled while the jobs ran.
@@ -174,7 +231,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
         assert not conn.raddr or _is_loopback(conn.raddr.ip), (pid, conn)
     assert not list(outer_tmp.iterdir())  # temporary files stayed in the deployment
 
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = _records(run / "metrics.jsonl")
     assert [(r["phase"], r["round"]) for r in records] == [("federated", 0), ("federated", 1), ("federated", 2)]
     assert records[-1]["clients"] == [0, 1]
     assert records[-1]["client_metrics"]["1"]["num_samples"] == 24  # site-2 trained on its own rows
@@ -190,8 +247,26 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
     assert load_run_config(run / "config.yaml") == config
 
     [kept] = [p.parent for p in failed.rglob("metrics.jsonl") if p.parent.name == "fedumm_run"]
-    rounds = [json.loads(line)["round"] for line in (kept / "metrics.jsonl").read_text().splitlines()]
-    assert rounds[:2] == [0, 1] and len(rounds) < 31 and not (kept / "summary.json").exists()
+    rounds = [r["round"] for r in _records(kept / "metrics.jsonl")]
+    assert rounds[:2] == [0, 1] and len(rounds) < 101 and not (kept / "summary.json").exists()
+
+    # The lost site: every round ran; rounds recorded before the kill had site-3's reply, the
+    # rounds that started after it (round done_at_kill may have had it already) do not.
+    lost = _records(survived / "metrics.jsonl")
+    assert [r["round"] for r in lost] == [0, 1, 2, 3]
+    for record in lost[1:]:
+        assert record["clients"] == [0, 1, 2]  # site-3 is still sampled: a site may come back
+        answered = set(record["client_metrics"])
+        assert answered == set(record["bytes"]["upload"]) == set(record["nvflare_bytes"]["upload"])
+        assert {"0", "1"} <= answered  # the live sites always answered in time
+        if record["round"] < done_at_kill:
+            assert "2" in answered, record["round"]
+        elif record["round"] > done_at_kill:
+            assert "2" not in answered, record["round"]
+            assert record.get("missing", [2]) == [2]  # the loop's record of the missing clients
+    assert "2" not in lost[-1]["client_metrics"]
+    assert json.loads((survived / "summary.json").read_text())["nvflare_clients"]["2"] == "site-3"
+    assert (survived / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_sigterm_to_the_driver_stops_every_process(tmp_path, tiny_job):

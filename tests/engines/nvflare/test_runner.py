@@ -11,6 +11,7 @@ run adds a server optimizer (FedAdam: its moments are server state) and partial 
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
@@ -29,6 +30,7 @@ from fedumm.cli import main  # noqa: E402
 from fedumm.engines.nvflare import simulate_nvflare  # noqa: E402
 from fedumm.engines.simulation import simulate  # noqa: E402
 from fedumm.errors import ConfigError, FedummError  # noqa: E402
+from fedumm.federation import loop  # noqa: E402
 from fedumm.validation import load_run_config  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -214,10 +216,121 @@ def test_clients_run_through_a_wrapper_command(tiny_job, tmp_path):
         assert sorted(record["nvflare_bytes"]["upload"]) == [str(c) for c in record["clients"]]
 
 
-def test_a_dead_client_process_ends_the_run_naming_the_site(tiny_job, tmp_path, monkeypatch):
-    """FLARE's simulator waits forever for a client whose process died; fedumm notices, stops
-    the simulator with every process it started and names the site. Temporary files of the
-    FLARE processes stay in the workspace."""
+def _kill_workers_after_round_1(metrics: Path, sites: list[str], seen: dict, killed: list[float]) -> None:
+    """Kill the simulator workers of ``sites`` once round 1's record is written, remembering every
+    process of the run in ``seen``."""
+    me = psutil.Process()
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        for p in me.children(recursive=True):
+            seen.setdefault(p.pid, p)
+        if metrics.is_file() and metrics.read_text().count("\n") >= 2:  # round 1 done
+            victims = []
+            for p in me.children(recursive=True):
+                try:
+                    cmd = p.cmdline()
+                except psutil.NoSuchProcess:
+                    continue
+                if "nvflare.private.fed.app.simulator.simulator_worker" in cmd and set(sites) & set(cmd):
+                    victims.append(p)
+            assert len(victims) == len(sites), victims
+            for victim in victims:
+                victim.kill()
+            killed.append(time.monotonic())
+            return
+        time.sleep(0.1)
+
+
+def _start_killer(workspace: Path, sites: list[str]) -> tuple[threading.Thread, dict, list[float]]:
+    seen: dict[int, psutil.Process] = {}
+    killed: list[float] = []
+    metrics = workspace / "simulator/server/simulate_job/fedumm_run/metrics.jsonl"
+    killer = threading.Thread(target=_kill_workers_after_round_1, args=(metrics, sites, seen, killed), daemon=True)
+    killer.start()
+    return killer, seen, killed
+
+
+def test_a_dead_client_is_missing_from_later_rounds_and_the_run_completes(tiny_job, tmp_path, capfd):
+    """site-2's process dies after round 1: each later round waits federation.round_timeout for it,
+    aggregates site-1's reply alone (min_fit_clients=1) and records site-2 as missing; the run
+    completes with its run folder, and no process is left."""
+    workspace = tmp_path / "ws"
+    config = load_run_config(
+        None,
+        tiny_job(
+            tmp_path / "runs",
+            "one-dead",
+            "federation.rounds=3",
+            "federation.round_timeout=4",
+            "engine.timeout=240",
+            f"engine.workspace={workspace}",
+            "engine.name=nvflare",
+        ),
+    )
+    killer, seen, killed = _start_killer(workspace, ["site-2"])
+    result = simulate_nvflare(config)
+    ended = time.monotonic()
+    killer.join(5)
+    assert killed, "site-2's worker was never killed"
+    assert ended - killed[0] < 2 * 4 + 30  # two rounds without site-2, each waiting 4 s for it
+    records = _records(Path(result.run_dir))
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert set(records[1]["client_metrics"]) == {"0", "1"}
+    for record in records[2:]:
+        assert record["clients"] == [0, 1]  # still sampled: a site may come back
+        assert set(record["client_metrics"]) == set(record["bytes"]["upload"]) == {"0"}
+        assert set(record["nvflare_bytes"]["upload"]) == {"0"}
+        assert record.get("missing", [1]) == [1]  # the loop's record of the missing clients
+    assert "client site-2's process died during the job" in capfd.readouterr().err
+    assert (Path(result.run_dir) / "summary.json").is_file()
+    assert len(seen) >= 3  # the simulator and its two workers
+    assert not _alive(seen.values()) and not _alive(psutil.Process().children(recursive=True))
+
+
+@pytest.mark.skipif(
+    "max_failed_rounds" not in inspect.getsource(loop),
+    reason="the round loop does not end a run after federation.max_failed_rounds yet",
+)
+def test_a_dead_client_ends_the_run_when_every_round_needs_it(tiny_job, tmp_path):
+    """min_fit_clients = num_clients: after site-2's process died no round has enough replies; the
+    loop keeps the global model, and max_failed_rounds rounds later the run ends with one line
+    naming the loop's error and the dead site."""
+    workspace = tmp_path / "ws"
+    config = load_run_config(
+        None,
+        tiny_job(
+            tmp_path / "runs",
+            "needs-both",
+            "federation.rounds=30",
+            "federation.min_fit_clients=2",
+            "federation.max_failed_rounds=2",
+            "federation.round_timeout=3",
+            "engine.timeout=240",
+            f"engine.workspace={workspace}",
+            "engine.name=nvflare",
+        ),
+    )
+    killer, seen, killed = _start_killer(workspace, ["site-2"])
+    with pytest.raises(FedummError) as info:
+        simulate_nvflare(config)
+    ended = time.monotonic()
+    killer.join(5)
+    assert killed, "site-2's worker was never killed"
+    assert ended - killed[0] < 2 * 3 + 30
+    message = str(info.value)
+    assert "\n" not in message and "AggregationError" in message
+    assert "client site-2's process died during the job" in message
+    run_folder = workspace / "simulator/server/simulate_job/fedumm_run"
+    assert str(run_folder) in message
+    assert len(_records(run_folder)) < 31 and not (run_folder / "summary.json").exists()
+    assert not _alive(seen.values()) and not _alive(psutil.Process().children(recursive=True))
+    assert not (tmp_path / "runs" / "needs-both").exists()
+
+
+def test_a_simulator_whose_clients_all_died_ends_naming_them(tiny_job, tmp_path, monkeypatch):
+    """Every client's process dies after round 1: no round can finish, so fedumm stops the simulator
+    within seconds (not after rounds of federation.round_timeout) with every process it
+    started, naming the sites. Temporary files of the FLARE processes stay in the workspace."""
     outer_tmp = tmp_path / "outer-tmp"
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
@@ -228,51 +341,27 @@ def test_a_dead_client_process_ends_the_run_naming_the_site(tiny_job, tmp_path, 
             tmp_path / "runs",
             "killed",
             "federation.rounds=30",
+            "federation.round_timeout=600",
             "engine.timeout=240",
             f"engine.workspace={workspace}",
             "engine.name=nvflare",
         ),
     )
-    metrics = workspace / "simulator/server/simulate_job/fedumm_run/metrics.jsonl"
-    me = psutil.Process()
-    seen: dict[int, psutil.Process] = {}
-    killed: list[float] = []
-
-    def kill_site_2() -> None:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline:
-            for p in me.children(recursive=True):
-                seen.setdefault(p.pid, p)
-            if metrics.is_file() and metrics.read_text().count("\n") >= 2:  # round 1 done
-                victims = []
-                for p in me.children(recursive=True):
-                    try:
-                        cmd = p.cmdline()
-                    except psutil.NoSuchProcess:
-                        continue
-                    if "nvflare.private.fed.app.simulator.simulator_worker" in cmd and "site-2" in cmd:
-                        victims.append(p)
-                assert len(victims) == 1, victims
-                victims[0].kill()
-                killed.append(time.monotonic())
-                return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_site_2, daemon=True)
-    killer.start()
+    killer, seen, killed = _start_killer(workspace, ["site-1", "site-2"])
     with pytest.raises(FedummError) as info:
         simulate_nvflare(config)
     ended = time.monotonic()
     killer.join(5)
-    assert killed, "site-2's worker was never killed"
+    assert killed, "the workers were never killed"
     assert ended - killed[0] < 30
     message = str(info.value)
-    assert "\n" not in message and "client site-2's process died" in message
+    assert "\n" not in message and "every client's process died" in message
+    assert "client site-1's process died" in message and "client site-2's process died" in message
     run_folder = workspace / "simulator/server/simulate_job/fedumm_run"
     assert str(run_folder) in message
     assert [r["round"] for r in _records(run_folder)][:2] == [0, 1]  # what was finished stays
     assert len(seen) >= 3  # the simulator and its two workers
-    assert not _alive(seen.values()) and not _alive(me.children(recursive=True))
+    assert not _alive(seen.values()) and not _alive(psutil.Process().children(recursive=True))
     assert not list(outer_tmp.iterdir())
     assert (workspace / "tmp").is_dir()
     assert not (tmp_path / "runs" / "killed").exists()

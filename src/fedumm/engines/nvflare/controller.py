@@ -15,6 +15,7 @@ simulator workspace and ``nvflare job download`` brings back from a deployment.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
@@ -40,8 +41,9 @@ from fedumm.runlog import RunFolder
 from fedumm.validation import load_run_config
 
 ERROR_FILE = "fedumm_error.txt"
-# Seconds a round (and the setup task) waits for its clients before the job fails naming the
-# missing ones: generous for real models; engine.task_timeout sets it per job, 0 = no limit.
+# Seconds the setup task waits for every client before the job fails naming the missing ones,
+# and a round for its sampled ones when federation.round_timeout is null: generous for real
+# models; engine.task_timeout sets it per job, 0 = no limit.
 DEFAULT_TASK_TIMEOUT = 14_400
 
 
@@ -56,10 +58,13 @@ class FedummController(ModelController):
         """Args (all land in the exported job's config_fed_server.json):
         config_file: the run config, in the app's config folder.
         data_placement: "partition" (clients split data.* with the run seed) or "site".
-        task_timeout: seconds a round (and the setup task) waits for its clients; 0 = no limit.
+        task_timeout: seconds the setup task waits for every client, and a round for its sampled
+            ones when federation.round_timeout is null; 0 = no limit.
         task_check_period: seconds between checks for finished tasks.
         """
-        super().__init__(persistor_id="", ignore_result_error=False, task_check_period=task_check_period)
+        # Errors are ours to handle: a site whose result is an error is missing from its round
+        # (FLARE's strict mode would end the job); _check names it when a task needs every site.
+        super().__init__(persistor_id="", ignore_result_error=True, task_check_period=task_check_period)
         if data_placement not in ("partition", "site"):
             raise ValueError(f"data_placement must be 'partition' or 'site', got {data_placement!r}")
         self.config_file = config_file
@@ -73,6 +78,7 @@ class FedummController(ModelController):
         self._wire_lock = threading.Lock()
         self._download_seen: tuple[Any, int] | None = None  # (the round's shared task content, its size)
         self._rounds: int | None = None
+        self._errors: dict[str, Any] = {}  # client name -> the return code of its error result, this task
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         super().start_controller(fl_ctx)
@@ -152,26 +158,55 @@ class FedummController(ModelController):
             meta=meta,
         )
 
-    def _check(self, task: str, results: list[FLModel], targets: list[str]) -> list[FLModel]:
+    def _accept_train_result(self, client_name: str, result, fl_ctx: FLContext, is_unknown_task: bool = False):
+        # FLARE's hook for every result (errors included): remember an error so the site's
+        # absence can be explained; FLARE then logs and drops the result (ignore_result_error).
+        rc = result.get_return_code()
+        if rc and rc != ReturnCode.OK and not is_unknown_task:
+            self._errors[client_name] = rc
+        return super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task=is_unknown_task)
+
+    def _absent(self, task: str, results: list[FLModel], targets: list[str], timeout: float) -> dict[str, str]:
+        """Targets without a valid result, each with why (an error result or no answer)."""
         if self.abort_signal is not None and self.abort_signal.triggered:
             raise RuntimeError(f"{task}: the job was aborted")
-        if len(results) != len(targets):
-            got = {r.meta.get("client_name", "?") for r in results}
-            missing = sorted(set(targets) - got)
-            limit = f"engine.task_timeout={self.task_timeout}s" if self.task_timeout else "no engine.task_timeout"
+        got = {r.meta.get("client_name") for r in results}
+        waited = f"within {timeout:g}s" if timeout else "(no time limit)"
+        return {
+            name: f"answered with error {self._errors[name]}" if name in self._errors else f"no answer {waited}"
+            for name in targets
+            if name not in got
+        }
+
+    def _check(self, task: str, results: list[FLModel], targets: list[str]) -> list[FLModel]:
+        """A task that needs every target (setup): fail naming the missing sites."""
+        absent = self._absent(task, results, targets, self.task_timeout)
+        if absent:
+            why = "; ".join(f"{name}: {reason}" for name, reason in sorted(absent.items()))
             raise RuntimeError(
-                f"{task}: {len(results)} of {len(targets)} clients answered; no answer from {missing} ({limit})"
+                f"{task}: {len(targets) - len(absent)} of {len(targets)} clients answered ({why}; "
+                f"engine.task_timeout={self.task_timeout}s)"
             )
         return results
 
-    def _send(self, task: str, targets: list[str], data: FLModel) -> list[FLModel]:
-        results = self.send_model_and_wait(task_name=task, data=data, targets=targets, timeout=self.task_timeout)
-        return self._check(task, results, targets)
+    def _send(self, task: str, targets: list[str], data: FLModel, timeout: float) -> list[FLModel]:
+        """Send and wait up to ``timeout`` seconds (0 = no limit), returning as soon as every target
+        answered; the valid results that came, a site that failed or stayed silent is logged and
+        left out (the round loop records it as missing)."""
+        self._errors = {}
+        # FLARE's task timeout is whole seconds: round up, never to 0 (= no limit).
+        results = self.send_model_and_wait(
+            task_name=task, data=data, targets=targets, timeout=math.ceil(timeout) if timeout else 0
+        )
+        for name, reason in sorted(self._absent(task, results, targets, timeout).items()):
+            self.warning(f"{task}: {name} is missing from this round: {reason}")
+        return results
 
     def _send_async(self, task: str, targets: list[str], data: FLModel):
-        """Send without blocking; returns a function that waits for every answer."""
+        """Send without blocking; returns a function that waits for every answer (``_check``)."""
         results: list[FLModel] = []
         done = threading.Event()
+        self._errors = {}
 
         def collect(model: FLModel) -> None:
             results.append(model)
@@ -210,8 +245,11 @@ class FedummController(ModelController):
 
 class FlareTransport(Transport):
     """The round loop's clients as FLARE sites: ``setup`` and ``fit`` are FLARE tasks carrying
-    fedumm's safetensors message; replies come back in the sampled order. Its hooks add the
-    whole FLARE message bytes to each round's record and the site names to the summary."""
+    fedumm's safetensors message; replies come back in the sampled order. Setup needs every
+    site; a round waits up to ``federation.round_timeout`` (null: ``engine.task_timeout``) and
+    returns the replies that came, without the sites that failed or stayed silent (asked again
+    whenever sampled later). Its hooks add the whole FLARE message bytes to each round's record
+    and the site names to the summary."""
 
     def __init__(self, controller: FedummController, config: RunConfig):
         self.controller = controller
@@ -229,6 +267,7 @@ class FlareTransport(Transport):
             P.META_NUM_CLIENTS: num_clients,
             P.META_PLACEMENT: controller.data_placement,
         }
+        self.round_timeout = config.federation.round_timeout or controller.task_timeout
         self.wire: dict[str, Any] = {}
         controller.info(f"fedumm: setting up {num_clients} clients {sorted(names)}")
         self._wait_setup = controller._send_async(
@@ -251,10 +290,17 @@ class FlareTransport(Transport):
         meta = {**self.base_meta, P.META_ROUND: round_num}
         controller._take_wire(self.ids)  # start the round's count afresh
         results = controller._send(
-            P.TRAIN_TASK, [self.name_of[c] for c in client_ids], controller._task_data(meta, message, round_num)
+            P.TRAIN_TASK,
+            [self.name_of[c] for c in client_ids],
+            controller._task_data(meta, message, round_num),
+            self.round_timeout,
         )
-        self.wire = controller._take_wire(self.ids)
         by_id = {self.ids[r.meta["client_name"]]: r for r in results}
+        wire = controller._take_wire(self.ids)
+        # A late result of an earlier round passes the same upload filter: count this round's only.
+        wire["upload"] = {cid: n for cid, n in wire["upload"].items() if int(cid) in by_id}
+        wire["total"] = sum(wire["download"].values()) + sum(wire["upload"].values())
+        self.wire = wire
         return [
             FitReply(
                 cid,
@@ -263,6 +309,7 @@ class FlareTransport(Transport):
                 dict(by_id[cid].meta.get(P.META_METRICS, {})),
             )
             for cid in client_ids
+            if cid in by_id
         ]
 
     def round_extras(self) -> dict[str, Any]:

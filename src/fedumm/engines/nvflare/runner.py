@@ -124,14 +124,15 @@ def first_error(workspace: Path) -> str | None:
 
 
 # What FLARE's simulator logs when a client's worker process ends in the middle of the job (its
-# SimulatorClientRunner.do_one_task); the job then waits for that client forever.
+# SimulatorClientRunner.do_one_task); the simulator never restarts that client.
 _WORKER_DIED = re.compile(r"(Communication error with client|Subprocess died for client) ([A-Za-z0-9._-]+?)[:,\s]")
 WORKER_MODULE = "nvflare.private.fed.app.simulator.simulator_worker"
 
 
 class WorkerWatch:
-    """Notices a simulated client whose process died, which FLARE's simulator does not survive
-    (it logs the error and the server waits for that client's result forever).
+    """Notices simulated clients whose process died. FLARE's simulator does not bring them back:
+    the controller's rounds go on without them (each waits ``federation.round_timeout`` for
+    them), and once every client is gone nothing can progress.
 
     Two signals: the simulator's own log line for a worker it lost (any ``engine.threads``), and
     the worker processes themselves (psutil): with one thread per client each worker lives
@@ -151,20 +152,22 @@ class WorkerWatch:
         self.grace, self.scan_every = grace, scan_every
         self.offset = 0
         self.workers: dict[int, tuple[str, object]] = {}  # pid -> (site, psutil.Process)
+        self.sites: set[str] = set()  # every site whose worker was seen
         self.gone: dict[str, float] = {}  # site -> when its worker was found gone
+        self.dead: dict[str, str] = {}  # site -> how its death was noticed
         self.last_scan = 0.0
 
-    def _log_death(self) -> tuple[str, str] | None:
+    def _log_deaths(self) -> list[tuple[str, str]]:
         try:
             with open(self.log, "rb") as f:
                 f.seek(self.offset)
                 chunk = f.read()
         except FileNotFoundError:
-            return None
+            return []
         end = chunk.rfind(b"\n") + 1  # whole lines only
         self.offset += end
-        match = _WORKER_DIED.search(chunk[:end].decode(errors="replace"))
-        return (match.group(2), f"FLARE logged '{match.group(1)} {match.group(2)}'") if match else None
+        text = chunk[:end].decode(errors="replace")
+        return [(m.group(2), f"FLARE logged '{m.group(1)} {m.group(2)}'") for m in _WORKER_DIED.finditer(text)]
 
     def _scan(self) -> None:
         try:
@@ -179,20 +182,18 @@ class WorkerWatch:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             if WORKER_MODULE in cmd and "--client" in cmd[:-1]:
-                self.workers[child.pid] = (cmd[cmd.index("--client") + 1], child)
+                site = cmd[cmd.index("--client") + 1]
+                self.workers[child.pid] = (site, child)
+                self.sites.add(site)
 
-    def dead_site(self) -> tuple[str, str] | None:
-        """``(site, how it was noticed)`` once a client's process died, else None."""
-        found = self._log_death()
-        if found:
-            return found
+    def _process_deaths(self) -> list[tuple[str, str]]:
         now = time.monotonic()
         if not self.persistent or now - self.last_scan < self.scan_every:
-            return None
+            return []
         self.last_scan = now
         self._scan()
         if self.done.is_file():
-            return None
+            return []
         for pid, (site, process) in list(self.workers.items()):
             try:
                 alive = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -201,10 +202,28 @@ class WorkerWatch:
             if not alive:
                 self.gone.setdefault(site, now)
                 del self.workers[pid]
-        for site, since in self.gone.items():
-            if now - since >= self.grace and not self.done.is_file():
-                return site, f"its process ({WORKER_MODULE}) ended before the job did"
-        return None
+        return [
+            (site, f"its process ({WORKER_MODULE}) ended before the job did")
+            for site, since in self.gone.items()
+            if now - since >= self.grace and not self.done.is_file()
+        ]
+
+    def poll(self) -> list[tuple[str, str]]:
+        """``(site, how it was noticed)`` for each client found dead since the last call."""
+        new = []
+        for site, how in [*self._log_deaths(), *self._process_deaths()]:
+            if site not in self.dead:
+                self.dead[site] = how
+                new.append((site, how))
+        return new
+
+    def all_dead(self, num_clients: int) -> bool:
+        """Every simulated client's worker died (persistent workers only: nothing can progress)."""
+        return self.persistent and len(self.sites) >= num_clients and self.sites <= set(self.dead)
+
+
+def _deaths(dead: dict[str, str]) -> str:
+    return "; ".join(f"client {site}'s process died during the job ({how})" for site, how in sorted(dead.items()))
 
 
 class _RoundPrinter:
@@ -265,22 +284,36 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
                 env=child_env(tmpdir=workspace / "tmp"),
             )
             watch = WorkerWatch(proc, log_path, result_dir / "summary.json", persistent=threads >= num_clients)
+            round_timeout = config.federation.round_timeout
+            wait = (
+                f"federation.round_timeout={round_timeout:g}s"
+                if round_timeout
+                else f"engine.task_timeout={config.engine.task_timeout}s (0 = forever; federation.round_timeout: null)"
+            )
             try:
                 while proc.poll() is None:
                     if progress:
                         printer.poll()
-                    dead = watch.dead_site()
-                    if dead is not None:
-                        site, how = dead
-                        raise FedummError(
+                    for site, how in watch.poll():
+                        # Not fatal: the controller's rounds go on without it (the loop records it
+                        # as missing) until the run completes or ends for too few replies.
+                        print(
                             f"NVIDIA FLARE simulator: client {site}'s process died during the job ({how}); "
-                            f"stopped the simulator; the rounds finished so far are in {result_dir} "
-                            f"(log: {log_path})"
+                            f"the rounds go on without it, each waiting {wait} for it",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    if watch.all_dead(num_clients):
+                        raise FedummError(
+                            f"NVIDIA FLARE simulator: every client's process died, no round can finish "
+                            f"({_deaths(watch.dead)}); stopped the simulator; the rounds finished so far are "
+                            f"in {result_dir} (log: {log_path})"
                         )
                     if deadline is not None and time.monotonic() > deadline:
+                        died = f"; {_deaths(watch.dead)}" if watch.dead else ""
                         raise FedummError(
                             f"engine.timeout: the FLARE simulator ran longer than "
-                            f"{config.engine.timeout:g}s (log: {log_path})"
+                            f"{config.engine.timeout:g}s{died} (log: {log_path})"
                         )
                     time.sleep(0.25)
             finally:
@@ -294,7 +327,8 @@ def run_simulator(config: RunConfig, workspace: Path, progress: bool = False) ->
         shutil.rmtree(staging, ignore_errors=True)
     if not (result_dir / "summary.json").is_file():
         reason = first_error(workspace) or f"simulator exit status {proc.returncode}"
-        raise FedummError(f"NVIDIA FLARE job failed: {reason}; log: {workspace / 'simulator.log'}")
+        died = f"; {_deaths(watch.dead)}; the rounds finished so far are in {result_dir}" if watch.dead else ""
+        raise FedummError(f"NVIDIA FLARE job failed: {reason}{died}; log: {workspace / 'simulator.log'}")
     return result_dir
 
 
