@@ -108,11 +108,14 @@ class Server:
         shapes = {k: tuple(self.global_state[k].shape) for k in trained_keys}
         return ReplyRules(shapes, caps, f"local_{task.primary_metric}", task.bounded)
 
-    def aggregate(self, replies: Sequence[FitReply], round_num: int) -> State:
-        """Check ``replies`` against the whole global state (no sample cap) and aggregate those
-        that pass; with none, the global state stays (a convenience over ``check`` and
-        ``aggregate_updates``, which the round loop uses with the round's own rules)."""
-        rules = ReplyRules({k: tuple(v.shape) for k, v in self.global_state.items()}, {}, "", True)
+    def aggregate(
+        self, replies: Sequence[FitReply], round_num: int, trained_keys: Sequence[str] | None = None
+    ) -> State:
+        """Check ``replies`` against ``trained_keys`` (default: the whole global state; no sample cap)
+        and aggregate those that pass; with none, the global state stays (a convenience over
+        ``check`` and ``aggregate_updates``, which the round loop uses with the round's own rules)."""
+        keys = list(self.global_state) if trained_keys is None else list(trained_keys)
+        rules = ReplyRules({k: tuple(self.global_state[k].shape) for k in keys}, {}, "", True)
         updates, _ = self.check(replies, rules)
         if updates:
             self.aggregate_updates(updates, round_num)
