@@ -150,13 +150,16 @@ def test_partition_command_writes_the_skipped_rows_messages(tmp_path, capsys):
     assert json.loads((out / "partition.json").read_text())["skipped_rows_by_file"] == {str(table): 1}
 
 
-def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("branch", [False, True])
+def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path, capsys, monkeypatch, branch):
     import fedumm.cli as cli
     from fedumm.runlog import RunFolder
     from fedumm.validation import load_run_config
 
-    # Prepare: a run folder killed before its first checkpoint, and a stand-in engine that records its config.
-    config = load_run_config(None, [f"output.dir={tmp_path}", "output.name=early", "federation.rounds=2"])
+    # Prepare: a run folder killed before its first checkpoint (a branch of another run: resume_from
+    # names that one), and a stand-in engine that records its config.
+    source = ["federation.resume_from=runs/source"] if branch else []
+    config = load_run_config(None, [f"output.dir={tmp_path}", "output.name=early", "federation.rounds=2", *source])
     run = RunFolder.create(config)
     (run.path / "metrics.jsonl").write_text('{"phase": "federated", "ro')
     seen = []
@@ -169,11 +172,12 @@ def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path, capsys
     monkeypatch.setattr(cli, "simulate", fake_simulate)
     # Execute
     assert main(["run", "--resume", str(run.path)]) == 0
-    # Assert: the same folder, started from round 0 (no resume_from), the folder replaced.
+    # Assert: the same folder, started from round 0 (a branch: from its source), the folder replaced.
     (resumed,) = seen
-    assert resumed.federation.resume_from is None and resumed.federation.rounds == 2
+    assert resumed.federation.resume_from == ("runs/source" if branch else None) and resumed.federation.rounds == 2
     assert RunFolder.path_for(resumed) == run.path and resumed.output.overwrite
-    assert "has no checkpoint yet: starting it over from round 0" in capsys.readouterr().err
+    start = "federation.resume_from (runs/source)" if branch else "round 0"
+    assert f"has no checkpoint yet: starting it over from {start}" in capsys.readouterr().err
     assert not (run.path / "metrics.jsonl").exists()
 
 

@@ -270,3 +270,30 @@ def test_a_config_name_that_is_no_folder_name_is_refused_as_the_folder(tmp_path)
     with pytest.raises(ConfigError, match=r"^name: must be a single folder name .* set output.name$"):
         RunFolder.create(config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kill_while_replacing_a_run_leaves_a_replaceable_folder(tmp_path, monkeypatch):
+    import fedumm.runlog as runlog
+
+    # Prepare: an earlier run with a checkpoint and a summary; the replacement dies after its first removal.
+    first = RunFolder.create(_config(tmp_path))
+    first.save_checkpoint(1, {"w": torch.zeros(1)}, {}, strategy="fedavg", num_clients=4)
+    first.write_json("summary.json", {})
+    first.append_metrics({"round": 0})
+    real_remove, removed = runlog._remove, []
+
+    def dying_remove(path):
+        if removed:
+            raise KeyboardInterrupt  # stands in for SIGKILL
+        removed.append(path)
+        real_remove(path)
+
+    monkeypatch.setattr(runlog, "_remove", dying_remove)
+    with pytest.raises(KeyboardInterrupt):
+        RunFolder.create(_config(tmp_path, "output.overwrite=true"))
+    # Assert: the checkpoint went first (never half resumable); marker and config.yaml stay (still replaceable).
+    assert removed == [first.path / "checkpoints" / "last.safetensors"]
+    assert (first.path / MARKER).is_file() and (first.path / "config.yaml").is_file()
+    monkeypatch.setattr(runlog, "_remove", real_remove)
+    again = RunFolder.create(_config(tmp_path, "output.overwrite=true"))
+    assert sorted(p.name for p in again.path.iterdir()) == [MARKER, "config.yaml"]

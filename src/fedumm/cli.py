@@ -15,13 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from fedumm.config import load_config
 from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.engines.nvflare import export_job, simulate_nvflare
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
 from fedumm.engines.simulation import simulate
 from fedumm.errors import ConfigError, FedummError
-from fedumm.runlog import MARKER
+from fedumm.runlog import CHECKPOINT, MARKER
 from fedumm.validation import load_run_config
 
 
@@ -126,11 +127,21 @@ def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]
         raise ConfigError(f"run --resume: {folder} is not a run folder (no config.yaml)")
     # JSON strings are YAML strings: paths with ':' or '#' survive the --set parsing.
     output = [f"output.dir={json.dumps(str(folder.parent))}", f"output.name={json.dumps(folder.name)}"]
-    checkpoints = folder / "checkpoints"
-    started = (folder / "summary.json").exists() or (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors")))
+    started = (folder / "summary.json").exists() or (folder / "checkpoints" / f"{CHECKPOINT}.safetensors").exists()
     if not started and (folder / MARKER).is_file():
-        print(f"fedumm: {folder} has no checkpoint yet: starting it over from round 0", file=sys.stderr)
-        return folder / "config.yaml", ["federation.resume_from=null", *output, "output.overwrite=true"]
+        # A branch (resume_from another run) starts again from its source; any other run from round 0.
+        source = load_config(folder / "config.yaml").federation.resume_from
+        own = source is None or folder.resolve() in (Path(source).resolve(), *Path(source).resolve().parents)
+        print(
+            f"fedumm: {folder} has no checkpoint yet: starting it over from "
+            + ("round 0" if own else f"federation.resume_from ({source})"),
+            file=sys.stderr,
+        )
+        return folder / "config.yaml", [
+            *(["federation.resume_from=null"] if own else []),
+            *output,
+            "output.overwrite=true",
+        ]
     return folder / "config.yaml", [f"federation.resume_from={json.dumps(str(folder))}", *output]
 
 
