@@ -294,6 +294,7 @@ def test_a_kill_while_replacing_a_run_leaves_a_replaceable_folder(tmp_path, monk
     # Assert: the checkpoint went first (never half resumable); marker and config.yaml stay (still replaceable).
     assert removed == [first.path / "checkpoints" / "last.safetensors"]
     assert (first.path / MARKER).is_file() and (first.path / "config.yaml").is_file()
+    assert (first.path / "summary.json").is_file()  # the kill came before the rest went
     monkeypatch.setattr(runlog, "_remove", real_remove)
     again = RunFolder.create(_config(tmp_path, "output.overwrite=true"))
     assert sorted(p.name for p in again.path.iterdir()) == [MARKER, "config.yaml"]

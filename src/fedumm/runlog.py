@@ -268,27 +268,20 @@ class RunFolder:
 
     @classmethod
     def create(cls, config: RunConfig) -> RunFolder:
-        """A new run folder (replacing an earlier run's where ``check_available`` allows it): the
-        marker, then config.yaml."""
+        """A new run folder, replacing an earlier run's where ``check_available`` allows it, in an
+        order that leaves a replaceable folder, never a half-resumable one, at every instant: the
+        marker first, then the earlier checkpoint and summary go (the folder no longer resumes,
+        ``--resume`` starts it over), then config.yaml is replaced and the rest removed."""
         path = cls.check_available(config)
-        if path.exists():
-            cls._clear(path)
         path.mkdir(parents=True, exist_ok=True)
-        folder = cls(path)
         atomic_write_bytes(path / MARKER, b"a fedumm run folder: output.overwrite=true may replace it\n")
+        _remove(path / "checkpoints" / f"{CHECKPOINT}.safetensors")
+        _remove(path / "summary.json")
         write_config(config, path / "config.yaml")
-        return folder
-
-    @staticmethod
-    def _clear(path: Path) -> None:
-        """Empty an earlier run's folder so that a kill at any instant leaves one that is still
-        replaceable and never half resumable: its checkpoint and summary go first (a folder
-        without them starts over on ``--resume``), the marker and config.yaml stay (config.yaml
-        is then replaced atomically)."""
-        first = [path / "checkpoints" / f"{CHECKPOINT}.safetensors", path / "summary.json"]
-        for item in [*first, *sorted(path.iterdir())]:
+        for item in sorted(path.iterdir()):
             if item.name not in (MARKER, "config.yaml"):
                 _remove(item)
+        return cls(path)
 
     def remove_temporaries(self) -> list[Path]:
         """Remove what a killed run left half-written (``.<name>.tmp`` files and folders in the

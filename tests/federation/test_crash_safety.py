@@ -68,10 +68,11 @@ for line in sys.stdin:
         if done:
             reply = {"exit": os.waitstatus_to_exitcode(status)}
             break
-        if request["delay"] is not None and time.monotonic() - start >= request["delay"]:
+        elapsed = time.monotonic() - start
+        if elapsed >= (300 if request["delay"] is None else request["delay"]):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            reply = {"killed": True}
+            reply = {"killed": True} if request["delay"] is not None else {"exit": "hung for 300 s"}
             break
         time.sleep(0.002)
     reply["seconds"] = time.monotonic() - start
