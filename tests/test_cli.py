@@ -77,7 +77,7 @@ def test_resume_uses_the_run_folders_config_and_fails_early(tmp_path, capsys):
     from fedumm.runlog import RunFolder
     from fedumm.validation import load_run_config
 
-    # Prepare: a finished 1-round run folder (config + checkpoint; no model needed to refuse it).
+    # Prepare: a run folder whose checkpoint is past its config's rounds (no model needed to refuse it).
     run_dir = tmp_path / "runs" / "done"
     run_dir.mkdir(parents=True)
     save_config(
@@ -85,10 +85,10 @@ def test_resume_uses_the_run_folders_config_and_fails_early(tmp_path, capsys):
         run_dir / "config.yaml",
     )
     (run_dir / "metrics.jsonl").write_text("")
-    RunFolder(run_dir).save_checkpoint(1, {"w": torch.zeros(1)}, {}, strategy="fedavg", num_clients=4)
+    RunFolder(run_dir).save_checkpoint(2, {"w": torch.zeros(1)}, {}, strategy="fedavg", num_clients=4)
     # Execute / Assert: its own config is used (rounds = 1), so nothing is left to run.
     assert main(["run", "--resume", str(run_dir)]) == 2
-    assert "is at round 1 and federation.rounds is 1: nothing left to run" in capsys.readouterr().err
+    assert "is at round 2 and federation.rounds is 1: nothing left to run" in capsys.readouterr().err
     assert (
         main(
             [
@@ -148,3 +148,48 @@ def test_partition_command_writes_the_skipped_rows_messages(tmp_path, capsys):
     problems = (out / "load_problems.txt").read_text().splitlines()
     assert len(problems) == 1 and "line 4" in problems[0] and "gone.png" in problems[0]
     assert json.loads((out / "partition.json").read_text())["skipped_rows_by_file"] == {str(table): 1}
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path, capsys, monkeypatch, branch):
+    import fedumm.cli as cli
+    from fedumm.runlog import RunFolder
+    from fedumm.validation import load_run_config
+
+    # Prepare: a run folder killed before its first checkpoint (a branch of another run: resume_from
+    # names that one), and a stand-in engine that records its config.
+    source = ["federation.resume_from=runs/source"] if branch else []
+    config = load_run_config(None, [f"output.dir={tmp_path}", "output.name=early", "federation.rounds=2", *source])
+    run = RunFolder.create(config)
+    (run.path / "metrics.jsonl").write_text('{"phase": "federated", "ro')
+    seen = []
+
+    def fake_simulate(config):
+        seen.append(config)
+        RunFolder.create(config).path.joinpath("summary.txt").write_text("done\n")
+        return type("Result", (), {"run_dir": str(RunFolder.path_for(config))})()
+
+    monkeypatch.setattr(cli, "simulate", fake_simulate)
+    # Execute
+    assert main(["run", "--resume", str(run.path)]) == 0
+    # Assert: the same folder, started from round 0 (a branch: from its source), the folder replaced.
+    (resumed,) = seen
+    assert resumed.federation.resume_from == ("runs/source" if branch else None) and resumed.federation.rounds == 2
+    assert RunFolder.path_for(resumed) == run.path and resumed.output.overwrite
+    start = "federation.resume_from (runs/source)" if branch else "round 0"
+    assert f"has no checkpoint yet: starting it over from {start}" in capsys.readouterr().err
+    assert not (run.path / "metrics.jsonl").exists()
+
+
+def test_resume_of_a_folder_without_marker_or_checkpoint_is_no_start_over(tmp_path, capsys):
+    from fedumm.config import save_config
+    from fedumm.validation import load_run_config
+
+    # Prepare: an earlier version's run folder (no marker) that never reached a checkpoint.
+    folder = tmp_path / "old"
+    folder.mkdir()
+    save_config(load_run_config(None, [f"output.dir={tmp_path}", "output.name=old"]), folder / "config.yaml")
+    (folder / "notes.txt").write_text("keep")
+    # Execute / Assert: it is not replaced; the missing checkpoint is named.
+    assert main(["run", "--resume", str(folder)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err and (folder / "notes.txt").read_text() == "keep"

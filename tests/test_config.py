@@ -177,3 +177,112 @@ def test_resume_from_is_a_path_and_not_yet_for_nvflare():
     assert load_run_config(None, ["federation.resume_from=runs/x"]).federation.resume_from == "runs/x"
     with pytest.raises(ConfigError, match="federation.resume_from: not supported with engine.name=nvflare"):
         load_run_config(None, ["federation.resume_from=runs/x", "engine.name=nvflare"])
+
+
+# ---------------------------------------------------------------- hostile or broken input
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("train: &t {lr: 0.1}\neval: {batch_size: 4}\n", 1),
+        ("a: &x [1, 2]\nb: [*x, *x]\n", 1),
+        ("train:\n  lr: 0.1\nfederation:\n  rounds: *r\n", 4),
+    ],
+)
+def test_yaml_anchors_and_aliases_are_refused(tmp_path, text, line):
+    path = tmp_path / "laughs.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    assert str(info.value) == (
+        f"config file {path}: YAML anchors and aliases (&name, *name) are not accepted (line {line}); "
+        "write the values out"
+    )
+
+
+def test_a_billion_laughs_file_is_refused_before_it_expands(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="anchors and aliases .* are not accepted"):
+        load_run_config(path)
+
+
+def test_a_config_file_over_the_size_limit_is_refused(tmp_path):
+    from fedumm.config import MAX_CONFIG_BYTES
+
+    path = tmp_path / "huge.yaml"
+    path.write_text("# " + "x" * MAX_CONFIG_BYTES + "\nname: huge\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    assert str(info.value) == (f"config file {path} is {path.stat().st_size:,} bytes, over the 1 MiB limit of a config")
+
+
+def test_a_set_value_over_the_size_limit_is_refused_and_cut():
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, ["name=" + "n" * (70 << 10)])
+    message = str(info.value)
+    assert message.startswith("--set 'name=nnn") and message.endswith(
+        "…': longer than 64 KiB; put large values in a config file"
+    )
+    assert len(message) < 300
+
+
+def test_an_alias_in_a_set_value_is_refused():
+    with pytest.raises(
+        ConfigError, match=r"^--set 'seed=\*a': YAML anchors and aliases \(&name, \*name\) are not accepted$"
+    ):
+        load_run_config(None, ["seed=*a"])
+
+
+def test_validation_errors_cut_long_values_and_keys():
+    # Prepare: a 50,000-character value where a short literal is expected, and a long unknown key.
+    value, key = "p" * 50_000, "k" * 5_000
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, [f"train.precision={value}", f"train.{key}=1"])
+    # Assert: both named, each cut at 200 characters with "…".
+    message = str(info.value)
+    assert f"train.precision: must be one of 'fp32', 'bf16' or 'fp16' (got '{'p' * 199}…)" in message
+    assert f"{('train.' + key)[:200]}…: unknown key" in message
+    assert len(message) < 700
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["adapter.alpha=.inf"], "adapter.alpha: must be a finite number (got inf)"),
+        (["train.lr=.nan"], "train.lr: must be a finite number (got nan)"),
+        (["data.partition.alpha=-.inf"], "data.partition.alpha: must be a finite number (got -inf)"),
+        (
+            ["federation.strategy.name=scaffold", "federation.strategy.server_lr=.inf"],
+            "federation.strategy.server_lr: Input should be a finite number",
+        ),
+        (
+            ["federation.strategy.name=fedadam", "federation.strategy.eta=.nan"],
+            "federation.strategy.eta: Input should be a finite number",
+        ),
+        (["seed=1e23"], "seed: Input should be a valid integer, unable to parse string as an integer (got '1e23')"),
+        (["seed=1.0e+23"], "seed: Unable to parse input string as an integer, exceeded maximum size (got 1e+23)"),
+    ],
+)
+def test_non_finite_and_oversized_numbers_are_one_line_naming_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, overrides)
+    message = str(info.value)
+    assert "\n" not in message and message == f"invalid config <defaults>: {expected}"
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "  ", "a/b", "a\\b", "/etc"])
+def test_output_name_is_one_path_component(name):
+    import json
+
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, [f"output.name={json.dumps(name)}"])
+    assert str(info.value) == (
+        "invalid config <defaults>: output.name: must be a single folder name under output.dir "
+        f"(not empty, '.' or '..'; no '/' or '\\') (got {name!r})"
+    )
+    assert load_run_config(None, ["output.name=run.2"]).output.name == "run.2"

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from fedumm.config import load_config
 from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.engines.nvflare import export_job, simulate_nvflare
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
 from fedumm.engines.simulation import simulate
 from fedumm.errors import ConfigError, FedummError
+from fedumm.runlog import CHECKPOINT, MARKER
 from fedumm.validation import load_run_config
 
 
@@ -112,20 +114,35 @@ def _export(config, out: str) -> int:
 
 
 def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]]:
-    """``run --resume RUN_DIR``: RUN_DIR's config, resumed from and written back to RUN_DIR."""
+    """``run --resume RUN_DIR``: RUN_DIR's config, resumed from and written back to RUN_DIR. A
+    run killed before its first checkpoint (no checkpoint, no summary) starts over in place."""
     if config is not None:
         raise ConfigError(
             f"run --resume {run_dir}: give no config file; the run's own config.yaml is used (change keys with --set)"
         )
     folder = Path(run_dir)
+    if folder.name in ("", ".", ".."):
+        folder = folder.resolve()  # output.name must be the folder's own name
     if not (folder / "config.yaml").is_file():
         raise ConfigError(f"run --resume: {folder} is not a run folder (no config.yaml)")
     # JSON strings are YAML strings: paths with ':' or '#' survive the --set parsing.
-    return folder / "config.yaml", [
-        f"federation.resume_from={json.dumps(str(folder))}",
-        f"output.dir={json.dumps(str(folder.parent))}",
-        f"output.name={json.dumps(folder.name)}",
-    ]
+    output = [f"output.dir={json.dumps(str(folder.parent))}", f"output.name={json.dumps(folder.name)}"]
+    started = (folder / "summary.json").exists() or (folder / "checkpoints" / f"{CHECKPOINT}.safetensors").exists()
+    if not started and (folder / MARKER).is_file():
+        # A branch (resume_from another run) starts again from its source; any other run from round 0.
+        source = load_config(folder / "config.yaml").federation.resume_from
+        own = source is None or folder.resolve() in (Path(source).resolve(), *Path(source).resolve().parents)
+        print(
+            f"fedumm: {folder} has no checkpoint yet: starting it over from "
+            + ("round 0" if own else f"federation.resume_from ({source})"),
+            file=sys.stderr,
+        )
+        return folder / "config.yaml", [
+            *(["federation.resume_from=null"] if own else []),
+            *output,
+            "output.overwrite=true",
+        ]
+    return folder / "config.yaml", [f"federation.resume_from={json.dumps(str(folder))}", *output]
 
 
 def _run(args: argparse.Namespace) -> int:

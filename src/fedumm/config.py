@@ -250,9 +250,31 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders.")
-    name: str | None = Field(None, description="Run folder name; default: config name.")
-    overwrite: bool = Field(False, description="Replace an existing run folder of the same name.")
+    name: str | None = Field(
+        None, description="Run folder name under output.dir: one path component; default: the config's name."
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace an existing run folder of the same name (only a fedumm run folder: one holding the "
+        ".fedumm-run marker its run wrote; anything else is refused).",
+    )
     progress: bool = Field(True, description="Show progress bars.")
+
+    @staticmethod
+    def folder_name_problem(name: str) -> str | None:
+        """Why ``name`` cannot be a run folder's name (None: it can): it must be one path
+        component, so neither a run nor output.overwrite ever reaches outside output.dir."""
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+            return "must be a single folder name under output.dir (not empty, '.' or '..'; no '/' or '\\')"
+        return None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else cls.folder_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class SiteConfig(Section):
@@ -436,15 +458,54 @@ class RunConfig(Section):
         return self.model_dump(mode="json")
 
 
+#: Largest config file read, and largest ``--set`` item: configs are small; anything bigger is a mistake.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_OVERRIDE_CHARS = 64 << 10
+#: Longest value (or key) an error message quotes before cutting it with "…".
+MAX_SHOWN_CHARS = 200
+
+
+def _clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class _AliasError(yaml.YAMLError):
+    def __init__(self, mark: yaml.Mark | None):
+        super().__init__()
+        self.line = None if mark is None else mark.line + 1
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader without anchors and aliases (``&a`` / ``*a``, ``<<: *a``): a config
+    never needs them, and nested aliases expand exponentially ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasError(event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
+    shown = repr(_clip(item))
+    if len(item) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(
+            f"--set {shown}: longer than {MAX_OVERRIDE_CHARS // 1024} KiB; put large values in a config file"
+        )
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        raise ConfigError(f"--set {shown}: expected key.sub=value")
     # YAML parsing gives numbers, booleans, null and lists their natural types.
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
+    except _AliasError:
+        raise ConfigError(f"--set {shown}: YAML anchors and aliases (&name, *name) are not accepted") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"--set {shown}: value is not valid YAML ({exc.problem})") from None
     return key.strip().split("."), value
 
 
@@ -457,25 +518,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 where = ".".join(path[: depth + 1])
-                raise ConfigError(f"--set {item!r}: {where} is a value, not a section")
+                raise ConfigError(f"--set {_clip(item)!r}: {_clip(where)} is a value, not a section")
             node = child
         node[path[-1]] = value
     return data
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line for every problem: ``key: message (got value)``, long keys and values cut at
+    ``MAX_SHOWN_CHARS`` so a huge value never floods the terminal."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        key = _clip(".".join(str(p) for p in err["loc"]))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "literal_error":
             msg = f"must be one of {err['ctx']['expected']}"
-        msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "finite_number":
+            msg = "must be a finite number"
+        msg = _clip(msg.removeprefix("Value error, "), 4 * MAX_SHOWN_CHARS)
         if msg.startswith(f"{key}.") or msg.startswith(f"{key}:"):
             key = ""  # the message names its own (more precise) key
-        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
+        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {_clip(repr(err['input']))})"
         lines.append(f"{key}: {msg}{got}" if key else f"{msg}")
     return f"invalid config {source}: " + "; ".join(lines)
 
@@ -488,7 +553,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides. The file
+    must be at most ``MAX_CONFIG_BYTES`` and use no YAML anchors or aliases."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -496,10 +562,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is {size:,} bytes, over the {MAX_CONFIG_BYTES // (1 << 20)} MiB limit of a config"
+            )
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _load_yaml(path.read_text())
+        except _AliasError as exc:
+            raise ConfigError(
+                f"config file {path}: YAML anchors and aliases (&name, *name) are not accepted (line {exc.line}); "
+                "write the values out"
+            ) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_clip(str(exc), 4 * MAX_SHOWN_CHARS)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -1,13 +1,19 @@
 """The run folder: ``runs/<name>/`` with the resolved config, one JSON line of metrics per
 round, the partition summary, checkpoints and the final adapter in PEFT format.
 
-A checkpoint is two safetensors files written after every federated round:
-``checkpoints/last.safetensors`` (``global/<key>``: the global adapter, ``server/<key>``: the
-strategy's ``state_dict``; metadata: round, phase, strategy, num_clients) and
-``checkpoints/last-clients.safetensors`` (``client/<id>/<key>``: each client's algorithm state
-such as SCAFFOLD's c_i, ``local/<id>/<key>``: its kept-local units; empty where the server
-holds no client state, as under NVIDIA FLARE, whose sites keep their own). ``read_checkpoint``
-loads both for ``federation.resume_from``.
+A checkpoint is ONE safetensors file written after every federated round,
+``checkpoints/last.safetensors``: ``global/<key>`` (the global adapter), ``server/<key>`` (the
+strategy's ``state_dict``), ``client/<id>/<key>`` (each client's algorithm state, such as
+SCAFFOLD's c_i) and ``local/<id>/<key>`` (its kept-local units); metadata: round, phase,
+strategy, num_clients and ``clients`` ("saved", or "not held by the server", as under NVIDIA
+FLARE, whose sites keep their own). Server and client state are one unit, written atomically
+(temporary file, fsync, rename, fsync of the folder), so a kill at any instant leaves either the
+previous checkpoint or the new one. ``read_checkpoint`` also reads the two-file layout of earlier
+versions (``last.safetensors`` + ``last-clients.safetensors``).
+
+Every other rewrite (config.yaml, summary.json, partition.json, metrics.jsonl on resume) goes
+through ``atomic_write_bytes`` too; metrics.jsonl grows by fsynced appends, and a torn last line
+(a kill in mid-append) is dropped with a warning when the run is read back.
 """
 
 from __future__ import annotations
@@ -15,34 +21,60 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from fedumm.config import RunConfig, save_config
+from fedumm.config import OutputConfig, RunConfig
 from fedumm.errors import ConfigError
 from fedumm.types import State
 
 CHECKPOINT = "last"  # the federated phase's checkpoint name (centralized: centralized_last)
+MARKER = ".fedumm-run"  # written when a run folder is created: only such folders are ever replaced
+TMP_SUFFIX = ".tmp"  # temporary files and folders are ".<name>.tmp" beside their target
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # readers never see a half-written file
+    """Write ``data`` to ``path`` through a temporary file in the same folder: written, flushed
+    and fsynced, renamed over ``path``, then the folder fsynced. Readers (and a resume after a
+    kill at any instant) see the old content or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+def write_config(config: RunConfig, path: Path) -> None:
+    """config.yaml, atomically: a resume after a kill must never read half a config."""
+    atomic_write_bytes(path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
 
 def clients_path(checkpoint: Path) -> Path:
-    """``.../last.safetensors`` -> ``.../last-clients.safetensors``."""
+    """``.../last.safetensors`` -> ``.../last-clients.safetensors`` (the clients file of the
+    two-file layout of earlier versions)."""
     return checkpoint.with_name(f"{checkpoint.name.removesuffix('.safetensors')}-clients.safetensors")
 
 
@@ -57,10 +89,15 @@ class Checkpoint:
     metadata: dict[str, str]
     client_states: dict[int, State] = field(default_factory=dict)  # algorithm state per client id
     local_states: dict[int, State] = field(default_factory=dict)  # kept-local units per client id
-    clients_saved: bool = False  # False: no clients file, or one written by a server without client state
+    clients_saved: bool = False  # False: no client state, or written by a server without client state
+    clients_file: Path | None = None  # where the client state was read from (the two-file layout: its clients file)
+    # True when the checkpoint continues its own run folder in place (fedumm run --resume): a run
+    # whose rounds are all done is then finished (adapter, summary) instead of refused.
+    finish_allowed: bool = False
 
     def check_config(self, config: RunConfig, num_clients: int) -> None:
-        """What the metadata tells without a model: same strategy and clients, rounds left."""
+        """What the metadata tells without a model: same strategy and clients, rounds left (none
+        left is fine where ``finish_allowed``; a checkpoint past federation.rounds never is)."""
         where = f"federation.resume_from: {self.path}"
         name, meta = config.federation.strategy.name, self.metadata
         if meta.get("strategy", name) != name:
@@ -71,10 +108,11 @@ class Checkpoint:
             raise ConfigError(
                 f"{where} is from a run with {meta['num_clients']} clients, but federation.num_clients is {num_clients}"
             )
-        if self.round >= config.federation.rounds:
+        rounds = config.federation.rounds
+        if self.round > rounds or (self.round == rounds and not self.finish_allowed):
             raise ConfigError(
-                f"{where} is at round {self.round} and federation.rounds is "
-                f"{config.federation.rounds}: nothing left to run; raise federation.rounds"
+                f"{where} is at round {self.round} and federation.rounds is {rounds}: nothing left to run; "
+                "raise federation.rounds"
             )
 
     @property
@@ -94,22 +132,36 @@ def _read_tensors(path: Path) -> tuple[State, dict[str, str]]:
         raise ConfigError(f"federation.resume_from: {path} is not a readable safetensors checkpoint ({exc})") from None
 
 
-def _split_clients(tensors: State, path: Path) -> tuple[dict[int, State], dict[int, State]]:
-    parts: dict[str, dict[int, State]] = {"client": {}, "local": {}}
+_KEY_FORMS = {
+    "global": "global/<key>",
+    "server": "server/<key>",
+    "client": "client/<id>/<key>",
+    "local": "local/<id>/<key>",
+}
+
+
+def _split(tensors: State, path: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """``{"global": State, "server": State, "client": {id: State}, "local": {id: State}}`` (those of
+    ``kinds``) from a checkpoint's prefixed keys; any other key is refused, naming the file."""
+    parts: dict[str, Any] = {kind: {} for kind in kinds}
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
+        if kind in ("global", "server") and kind in parts and rest:
+            parts[kind][rest] = tensor
+            continue
         cid, _, key = rest.partition("/")
-        if kind not in parts or not cid.isdigit() or not key:
-            raise ConfigError(
-                f"federation.resume_from: {path}: unexpected key {name!r} "
-                "(expected client/<id>/<key> or local/<id>/<key>)"
-            )
-        parts[kind].setdefault(int(cid), {})[key] = tensor
-    return parts["client"], parts["local"]
+        if kind in ("client", "local") and kind in parts and cid.isdigit() and key:
+            parts[kind].setdefault(int(cid), {})[key] = tensor
+            continue
+        forms = [_KEY_FORMS[k] for k in kinds]
+        expected = " or ".join(forms) if len(forms) < 3 else ", ".join(forms[:-1]) + f" or {forms[-1]}"
+        raise ConfigError(f"federation.resume_from: {path}: unexpected key {name!r} (expected {expected})")
+    return parts
 
 
 def read_checkpoint(location: str | Path) -> Checkpoint:
-    """A checkpoint from a run folder (its ``checkpoints/last.safetensors``) or a file path."""
+    """A checkpoint from a run folder (its ``checkpoints/last.safetensors``) or a file path; the
+    one-file layout, or the two-file layout of earlier versions (whose torn pair is refused)."""
     path = Path(location)
     if path.is_dir():
         path = path / "checkpoints" / f"{CHECKPOINT}.safetensors"
@@ -130,21 +182,15 @@ def read_checkpoint(location: str | Path) -> Checkpoint:
             f"federation.resume_from: {path} is a {metadata['phase']} checkpoint; "
             f"only the federated phase resumes (checkpoints/{CHECKPOINT}.safetensors)"
         )
-    global_state: State = {}
-    server_state: State = {}
-    for name, tensor in tensors.items():
-        part, _, key = name.partition("/")
-        if part == "global" and key:
-            global_state[key] = tensor
-        elif part == "server" and key:
-            server_state[key] = tensor
-        else:
-            raise ConfigError(
-                f"federation.resume_from: {path}: unexpected key {name!r} (expected global/<key> or server/<key>)"
-            )
-    if not global_state:
+    one_file = "clients" in metadata  # the two-file layout kept its clients flag in the clients file
+    parts = _split(tensors, path, ("global", "server", "client", "local") if one_file else ("global", "server"))
+    if not parts["global"]:
         raise ConfigError(f"federation.resume_from: {path} holds no global/* adapter tensors")
-    checkpoint = Checkpoint(path, int(round_text), global_state, server_state, metadata)
+    checkpoint = Checkpoint(path, int(round_text), parts["global"], parts["server"], metadata)
+    if one_file:
+        checkpoint.client_states, checkpoint.local_states = parts["client"], parts["local"]
+        checkpoint.clients_saved, checkpoint.clients_file = metadata["clients"] == "saved", path
+        return checkpoint
     companion = clients_path(path)
     if companion.is_file():
         client_tensors, client_meta = _read_tensors(companion)
@@ -153,9 +199,31 @@ def read_checkpoint(location: str | Path) -> Checkpoint:
                 f"federation.resume_from: {companion} is from round {client_meta.get('round')!r} but {path} from "
                 f"round {round_text}: the run stopped between the two writes; resume from an intact pair"
             )
-        checkpoint.client_states, checkpoint.local_states = _split_clients(client_tensors, companion)
+        clients = _split(client_tensors, companion, ("client", "local"))
+        checkpoint.client_states, checkpoint.local_states = clients["client"], clients["local"]
         checkpoint.clients_saved = client_meta.get("clients") == "saved"
+        checkpoint.clients_file = companion
     return checkpoint
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    # A copy: one file holds every part, and safetensors refuses tensors that share memory.
+    return tensor.detach().to("cpu", copy=True).contiguous()
+
+
+def _parse_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class RunFolder:
@@ -164,41 +232,105 @@ class RunFolder:
 
     @staticmethod
     def path_for(config: RunConfig) -> Path:
+        """``output.dir/<output.name or name>``; the folder name must be one path component."""
+        if config.output.name is None:
+            problem = OutputConfig.folder_name_problem(config.name)
+            if problem:
+                raise ConfigError(f"name: {problem} (got {config.name[:200]!r}); set output.name")
         return Path(config.output.dir) / (config.output.name or config.name)
 
     @classmethod
     def check_available(cls, config: RunConfig) -> Path:
-        """Fail early, before any work, if the run would replace an earlier one by accident."""
+        """Fail early, before any work, if the run would replace an earlier one by accident, or
+        anything that is not a fedumm run folder under output.dir (``output.overwrite`` replaces
+        only a folder holding the marker ``RunFolder.create`` writes)."""
         path = cls.path_for(config)
-        if path.exists() and any(path.iterdir()) and not config.output.overwrite:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            kind = "a symbolic link" if path.is_symlink() else "a file"
+            raise ConfigError(f"output: {path} is {kind}, not a run folder; choose another output.name or output.dir")
+        if not path.exists() or not any(path.iterdir()):
+            return path
+        if not config.output.overwrite:
             raise ConfigError(
                 f"output: run folder {path} already exists; set output.overwrite=true or choose another output.name"
+            )
+        marker = path / MARKER
+        if marker.is_symlink() or not marker.is_file():
+            raise ConfigError(
+                f"output.overwrite: {path} is not a fedumm run folder (no {MARKER} file): refusing to replace it; "
+                "move it away or choose another output.name"
+            )
+        if path.resolve().parent != Path(config.output.dir).resolve():
+            raise ConfigError(
+                f"output.overwrite: {path} does not lie directly under output.dir: refusing to replace it"
             )
         return path
 
     @classmethod
     def create(cls, config: RunConfig) -> RunFolder:
+        """A new run folder, replacing an earlier run's where ``check_available`` allows it, in an
+        order that leaves a replaceable folder, never a half-resumable one, at every instant: the
+        marker first, then the earlier checkpoint and summary go (the folder no longer resumes,
+        ``--resume`` starts it over), then config.yaml is replaced and the rest removed."""
         path = cls.check_available(config)
-        if path.exists():
-            shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
-        folder = cls(path)
-        save_config(config, path / "config.yaml")
-        return folder
+        atomic_write_bytes(path / MARKER, b"a fedumm run folder: output.overwrite=true may replace it\n")
+        _remove(path / "checkpoints" / f"{CHECKPOINT}.safetensors")
+        _remove(path / "summary.json")
+        write_config(config, path / "config.yaml")
+        for item in sorted(path.iterdir()):
+            if item.name not in (MARKER, "config.yaml"):
+                _remove(item)
+        return cls(path)
+
+    def remove_temporaries(self) -> list[Path]:
+        """Remove what a killed run left half-written (``.<name>.tmp`` files and folders in the
+        run folder and its checkpoints/); returns what was removed."""
+        removed = []
+        for folder in (self.path, self.path / "checkpoints"):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for item in folder.iterdir():
+                if item.name.startswith(".") and item.name.endswith(TMP_SUFFIX):
+                    _remove(item)
+                    removed.append(item)
+        return removed
 
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line, flushed and fsynced before the round's checkpoint is written."""
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
             fh.flush()
+            os.fsync(fh.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl. A torn last line (unterminated or not a JSON object: a
+        kill in mid-append) is dropped with a warning naming the file; a bad line elsewhere is a
+        ``ConfigError`` naming the file and line."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        unterminated = bool(lines) and not text.endswith("\n")
+        records = []
+        for index, (number, line) in enumerate(lines):
+            record = _parse_record(line)
+            if index == len(lines) - 1 and (record is None or unterminated):
+                warnings.warn(
+                    f"{self.metrics_path}: dropped its torn last line {number} (the run stopped while writing it)",
+                    stacklevel=2,
+                )
+                break
+            if record is None:
+                raise ConfigError(
+                    f"{self.metrics_path}: line {number} is not a JSON record; repair or remove that line"
+                )
+            records.append(record)
+        return records
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.path / name
@@ -217,37 +349,39 @@ class RunFolder:
         num_clients: int | None = None,
         phase: str = "federated",
     ) -> Path:
-        """Latest global adapter + strategy state (and the clients' state where the caller holds
-        it: ``None`` = not held here), so a run can be inspected or resumed."""
+        """One checkpoint file, written atomically: the global adapter and strategy state, and the
+        clients' algorithm state and kept-local units where the caller holds them (``None`` = not
+        held here, as under NVIDIA FLARE), so a run can be inspected or resumed."""
         directory = self.path / "checkpoints"
         directory.mkdir(exist_ok=True)
         name = CHECKPOINT if phase == "federated" else f"{phase}_{CHECKPOINT}"
         path = directory / f"{name}.safetensors"
-        meta = {"round": str(round_num), "phase": phase}
-        clients: dict[str, torch.Tensor] = {}
-        for kind, states in (("client", client_states), ("local", local_states)):
-            for cid, state in (states or {}).items():
-                clients.update({f"{kind}/{cid}/{k}": v.detach().cpu().contiguous() for k, v in state.items()})
         held = client_states is not None or local_states is not None
-        # The clients file first: a pair with different rounds is refused on resume.
-        _save_atomic(clients, clients_path(path), {**meta, "clients": "saved" if held else "not held by the server"})
+        meta = {"round": str(round_num), "phase": phase, "clients": "saved" if held else "not held by the server"}
         if strategy is not None:
             meta["strategy"] = strategy
         if num_clients is not None:
             meta["num_clients"] = str(num_clients)
-        tensors = {f"global/{k}": v.detach().cpu().contiguous() for k, v in global_state.items()}
-        tensors.update({f"server/{k}": v.detach().cpu().contiguous() for k, v in server_state.items()})
-        _save_atomic(tensors, path, meta)
+        tensors = {f"global/{k}": _cpu(v) for k, v in global_state.items()}
+        tensors.update({f"server/{k}": _cpu(v) for k, v in server_state.items()})
+        for kind, states in (("client", client_states), ("local", local_states)):
+            for cid, state in (states or {}).items():
+                tensors.update({f"{kind}/{cid}/{k}": _cpu(v) for k, v in state.items()})
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+        # An earlier version's clients file beside it is stale now (the one file wins on reading).
+        clients_path(path).unlink(missing_ok=True)
         return path
 
     @classmethod
     def reopen(cls, config: RunConfig, round_num: int) -> RunFolder:
-        """Continue an existing run folder in place after round ``round_num``: its metrics keep
-        the federated records up to that round (later ones, and a centralized phase, are dropped:
-        they run again) and config.yaml becomes the resumed config."""
+        """Continue an existing run folder in place after round ``round_num``: what a killed run
+        left half-written is removed, its metrics keep the federated records up to that round
+        (later ones, a torn last line and a centralized phase are dropped: they run again) and
+        config.yaml becomes the resumed config."""
         folder = cls(cls.path_for(config))
+        folder.remove_temporaries()
         folder.rewrite_metrics(folder.records_through(round_num))
-        save_config(config, folder.path / "config.yaml")
+        write_config(config, folder.path / "config.yaml")
         return folder
 
     def records_through(self, round_num: int) -> list[dict[str, Any]]:
@@ -260,11 +394,23 @@ class RunFolder:
 
     def save_adapter(self, host, name: str = "adapter") -> Path:
         """``host.save_pretrained`` (a ``ModelHost``: the PEFT folder plus any parameters trained
-        in place) into ``name``, written to a temporary folder first so a crash keeps the old one."""
+        in place) into ``name``: written to ``.<name>.tmp`` and fsynced, then swapped in with two
+        renames, so a kill leaves the old folder or the new one (or, between the renames, a
+        resumable run whose next start removes the temporaries and writes it again)."""
         path = self.path / name
-        tmp = self.path / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = self.path / f".{name}{TMP_SUFFIX}"
+        old = self.path / f".{name}.old{TMP_SUFFIX}"
+        _remove(tmp)
+        _remove(old)
         host.save_pretrained(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                with item.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            path.rename(old)
         tmp.rename(path)
+        _fsync_dir(self.path)
+        _remove(old)
         return path

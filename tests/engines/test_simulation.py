@@ -188,8 +188,12 @@ def _tiny(model_path, out, name, *extra):
 def _checkpoint_files(run_dir):
     from safetensors.torch import load_file
 
-    folder = Path(run_dir) / "checkpoints"
-    return load_file(str(folder / "last.safetensors")), load_file(str(folder / "last-clients.safetensors"))
+    tensors = load_file(str(Path(run_dir) / "checkpoints" / "last.safetensors"))  # server and client state
+    split = [
+        {k: v for k, v in tensors.items() if k.split("/")[0] in kinds}
+        for kinds in (("global", "server"), ("client", "local"))
+    ]
+    return split[0], split[1]
 
 
 def _metrics(run_dir):

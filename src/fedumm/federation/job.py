@@ -26,7 +26,7 @@ from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 from fedumm.metrics import get_task
 from fedumm.report import format_summary, save_accuracy_plot
-from fedumm.runlog import Checkpoint, RunFolder, clients_path, read_checkpoint
+from fedumm.runlog import Checkpoint, RunFolder, atomic_write_bytes, read_checkpoint
 from fedumm.types import check_state_matches
 
 
@@ -45,15 +45,18 @@ class RunResult:
 def read_resume(config: RunConfig) -> tuple[Checkpoint | None, bool]:
     """The checkpoint federation.resume_from names (checked against the config, before any model
     loads) and whether it continues the run folder the output names in place (``fedumm run
-    --resume``). Fails early when the run would replace an earlier folder by accident."""
+    --resume``). In place, a run whose rounds are all done is finished (adapter, summary) rather
+    than refused; from a new folder it has nothing left to run. Fails early when the run would
+    replace an earlier folder by accident."""
     resume = read_checkpoint(config.federation.resume_from) if config.federation.resume_from else None
-    if resume is not None:
-        resume.check_config(config, config.federation.num_clients)
     in_place = (
         resume is not None
         and resume.run_dir is not None
         and resume.run_dir.resolve() == RunFolder.path_for(config).resolve()
     )
+    if resume is not None:
+        resume.finish_allowed = in_place
+        resume.check_config(config, config.federation.num_clients)
     if not in_place:
         RunFolder.check_available(config)
     return resume, in_place
@@ -65,11 +68,12 @@ def check_local_states(checkpoint: Checkpoint, host: ModelHost) -> None:
         try:
             check_state_matches(host.initial_local_state, state, f"client {cid}'s kept-local units")
         except AdapterStateError as exc:
-            raise ConfigError(f"federation.resume_from: {clients_path(checkpoint.path)}: {exc}") from exc
+            raise ConfigError(f"federation.resume_from: {checkpoint.clients_file or checkpoint.path}: {exc}") from exc
 
 
 def open_run(config: RunConfig, resume: Checkpoint | None, in_place: bool) -> tuple[RunFolder, list[dict]]:
-    """The run folder and the records of the rounds already done (a resumed run's)."""
+    """The run folder and the records of the rounds already done (a resumed run's). In place,
+    what a killed run left half-written is removed first."""
     if in_place:
         run = RunFolder.reopen(config, resume.round)
         return run, run.records_through(resume.round)
@@ -77,8 +81,7 @@ def open_run(config: RunConfig, resume: Checkpoint | None, in_place: bool) -> tu
     prior: list[dict] = []
     if resume is not None and resume.run_dir is not None:
         prior = RunFolder(resume.run_dir).records_through(resume.round)
-        for record in prior:
-            run.append_metrics(record)
+        run.rewrite_metrics(prior)
     return run, prior
 
 
@@ -190,7 +193,7 @@ def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
     """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
     run.write_json("summary.json", summary)
     records = run.read_metrics()
-    (run.path / "summary.txt").write_text(format_summary(summary, records) + "\n")
+    atomic_write_bytes(run.path / "summary.txt", (format_summary(summary, records) + "\n").encode())
     task = get_task(summary["task"])
     save_accuracy_plot(records, run.path / "accuracy.png", task.primary_metric, bounded=task.bounded)
 
@@ -214,7 +217,9 @@ def run_job(
 ) -> RunResult:
     """Run a job into ``run``: partition summary and baseline from ``transport.setup()``, the
     federated rounds (``federated``), the centralized baseline where ``pooled_train`` is given,
-    the adapter(s) and the summary. ``server`` may be resumed (``Server.from_config``)."""
+    the adapter(s) and the summary. ``server`` may be resumed (``Server.from_config``); one resumed
+    after its last round (``fedumm run --resume`` of a finished run, or of one killed before its
+    adapter was written) trains nothing and writes the adapter from its checkpoint's global state."""
     setup = transport.setup()
     run.write_json("partition.json", setup.partition.to_dict())
     save_partition_heatmap(setup.partition, run.path / "partition.png")
@@ -228,6 +233,8 @@ def run_job(
             f"{host.backend.name_or_path}: {trainable:,} trainable of {total:,} parameters"
         )
     phases: list[PhaseResult] = []
+    if federated and log is not None and server.start_round >= config.federation.rounds:
+        log(f"all {config.federation.rounds} rounds are done: finishing the run (adapter, summary) without training")
     if federated:
         phases.append(
             run_rounds(

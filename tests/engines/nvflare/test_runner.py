@@ -37,7 +37,9 @@ STRATEGY = "federation.strategy.name=scaffold"
 
 
 def _checkpoint(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "checkpoints" / "last.safetensors"))
+    # The server's part: FLARE's sites keep their client state, the in-process checkpoint holds it too.
+    tensors = load_file(str(run_dir / "checkpoints" / "last.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith(("global/", "server/"))}
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -1,0 +1,101 @@
+"""The job's resume and run-folder steps: which checkpoint a run continues, in place or into a new
+folder, and finishing a run whose rounds are all done (the adapter from its checkpoint, no training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedumm.errors import ConfigError
+from fedumm.federation.job import open_run, read_resume
+from fedumm.runlog import RunFolder
+from fedumm.validation import load_run_config
+
+
+def _done_run(tmp_path, rounds=2):
+    """A run folder (no model needed) whose checkpoint is at its last round."""
+    config = load_run_config(None, [f"output.dir={tmp_path}", "output.name=done", f"federation.rounds={rounds}"])
+    run = RunFolder.create(config)
+    for round_num in range(rounds + 1):
+        run.append_metrics({"phase": "federated", "round": round_num, "global": {"vqa_accuracy": 0.1 * round_num}})
+    run.append_metrics({"phase": "centralized", "round": 0, "global": {}})
+    run.save_checkpoint(rounds, {"w": torch.ones(2)}, {}, strategy="fedavg", num_clients=4)
+    return run
+
+
+def test_in_place_a_finished_run_may_be_finished(tmp_path):
+    run = _done_run(tmp_path)
+    config = load_run_config(run.path / "config.yaml", [f"federation.resume_from={run.path}"])
+    # Execute
+    resume, in_place = read_resume(config)
+    folder, prior = open_run(config, resume, in_place)
+    # Assert: the checkpoint is taken as it is; the federated records stay, the centralized phase goes.
+    assert in_place and resume.finish_allowed and resume.round == 2
+    assert folder.path == run.path and [r["round"] for r in prior] == [0, 1, 2]
+    assert [r["phase"] for r in folder.read_metrics()] == ["federated"] * 3
+
+
+def test_from_a_new_folder_a_finished_run_has_nothing_left(tmp_path):
+    run = _done_run(tmp_path)
+    config = load_run_config(run.path / "config.yaml", [f"federation.resume_from={run.path}", "output.name=branch"])
+    with pytest.raises(ConfigError, match=r"is at round 2 and federation.rounds is 2: nothing left to run"):
+        read_resume(config)
+    assert not (tmp_path / "branch").exists()
+
+
+def test_a_new_folder_starts_with_the_earlier_records(tmp_path):
+    run = _done_run(tmp_path)
+    config = load_run_config(
+        run.path / "config.yaml", [f"federation.resume_from={run.path}", "output.name=branch", "federation.rounds=4"]
+    )
+    resume, in_place = read_resume(config)
+    folder, prior = open_run(config, resume, in_place)
+    assert not in_place and not resume.finish_allowed
+    assert folder.path == tmp_path / "branch" and [r["round"] for r in folder.read_metrics()] == [0, 1, 2]
+    assert prior == folder.read_metrics()
+    assert [r["round"] for r in RunFolder(run.path).read_metrics()] == [0, 1, 2, 0]  # the earlier run is untouched
+
+
+@pytest.mark.slow
+def test_resume_finishes_a_run_killed_before_its_adapter(tmp_path, tiny_llava_path):
+    from fedumm.cli import main
+
+    # Prepare: a finished 2-round run, then as if killed after its last checkpoint, in mid-adapter.
+    args = [
+        f"model.name_or_path={tiny_llava_path}",
+        "model.device=cpu",
+        "model.max_new_tokens=2",
+        "federation.num_clients=2",
+        "federation.rounds=2",
+        "federation.strategy.name=scaffold",
+        "data.synthetic.train_samples=24",
+        "data.synthetic.test_samples=4",
+        "data.partition.min_samples=4",
+        "train.batch_size=4",
+        "train.local_steps=1",
+        "eval.clients=false",
+        "eval.centralized_baseline=false",
+        "output.progress=false",
+        f"output.dir={tmp_path}",
+        "output.name=run",
+    ]
+    assert main(["run", *[a for item in args for a in ("--set", item)]]) == 0
+    run = tmp_path / "run"
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    metrics = (run / "metrics.jsonl").read_text()
+    checkpoint = (run / "checkpoints" / "last.safetensors").read_bytes()
+    (run / "adapter").rename(run / ".adapter.tmp")
+    for name in ("summary.json", "summary.txt", "accuracy.png"):
+        (run / name).unlink()
+    # Execute
+    assert main(["run", "--resume", str(run)]) == 0
+    # Assert: the same adapter, written from the checkpoint; no round ran again; no temporary left.
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    assert (run / "metrics.jsonl").read_text() == metrics
+    assert (run / "checkpoints" / "last.safetensors").read_bytes() == checkpoint
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"]["round"] == 2 and summary["rounds"] == 2
+    assert (run / "accuracy.png").is_file() and (run / "summary.txt").is_file()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
