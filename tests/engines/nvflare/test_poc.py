@@ -194,7 +194,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
                 fail_metrics = fl.kit("localhost") / fail_id / "fedumm_run" / "metrics.jsonl"
                 # Each kill as soon as that job's round 1 is recorded: site-3 is lost outright;
                 # site-2's job process of the failing job dies (site-2 itself lives on).
-                deadline = time.monotonic() + 300
+                deadline = time.monotonic() + 600  # generous: three jobs on 2 loaded cores
                 done_at_kill = None
                 victims = None
                 while done_at_kill is None or victims is None:

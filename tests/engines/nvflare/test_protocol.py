@@ -102,6 +102,7 @@ class _Controller:
     """What FlareTransport asks of the FLARE controller, with the sites' setup replies canned."""
 
     data_placement = "site"
+    task_timeout = 60
 
     def __init__(self, replies: dict):
         self.replies = replies
