@@ -131,3 +131,10 @@ def test_one_client_scaling_its_update_by_1e6(strategy, within):
             assert abs(value - 1.0) < within
     if isinstance(strategy, Krum):
         assert 2 not in strategy.last_selected  # the attacker's update is never picked
+
+
+@pytest.mark.parametrize(("f", "m", "expected"), [(1, 1, 5), (None, 1, 3), (1, 3, 5), (0, 4, 4), (2, 1, 7)])
+def test_krum_says_how_many_updates_a_round_needs(f, m, expected):
+    krum = Krum(KrumParams(f=f, m=m), num_clients=8)
+    assert krum.min_updates() == expected
+    assert FedAvg().min_updates() == 1

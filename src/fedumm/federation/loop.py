@@ -101,7 +101,7 @@ def outcome(
     return out
 
 
-def outcome_line(record: dict[str, Any], min_fit_clients: int) -> str:
+def outcome_line(record: dict[str, Any], needed: int) -> str:
     """What went wrong in a round, in one line."""
     parts = [f"client {cid} rejected: {reason}" for cid, reason in record.get("rejected", {}).items()]
     if record.get("missing"):
@@ -109,7 +109,7 @@ def outcome_line(record: dict[str, Any], min_fit_clients: int) -> str:
     if record.get("aggregate_error"):
         parts.append(f"{record['aggregate_error']}: the global model and server state stay")
     elif record.get("aggregated") is False:
-        parts.append(f"fewer than {min_fit_clients} valid replies: the global model and server state stay")
+        parts.append(f"fewer than {needed} valid replies: the global model and server state stay")
     return "; ".join(parts) or "every reply used"
 
 
@@ -143,6 +143,8 @@ def run_rounds(
     federation = config.federation
     caps = dict(sample_caps or {})
     failed = 0
+    # Valid replies a round needs: federation.min_fit_clients, and what the strategy needs (Krum).
+    needed = max(federation.min_fit_clients, strategy.min_updates())
     result = PhaseResult(phase, metric, records=list(prior_records))
 
     host.set_state(server.global_state)
@@ -169,7 +171,7 @@ def run_rounds(
         updates, rejected = server.check(replies, server.rules(trained, caps, task))
         answered = {r.client_id for r in replies}
         missing = [cid for cid in selected if cid not in answered]
-        enough = len(updates) >= federation.min_fit_clients
+        enough = len(updates) >= needed
         aggregated = enough and server.aggregate_updates(updates, round_num)
         unstable = f"the {strategy.name} aggregate is not finite" if enough and not aggregated else None
         failed = 0 if aggregated else failed + 1
@@ -203,13 +205,14 @@ def run_rounds(
         if log is not None:
             log(round_line(record, config.federation.rounds, metric, label or phase))
             if not aggregated or rejected or missing:
-                log(f"[{label or phase}] round {round_num}: {outcome_line(record, federation.min_fit_clients)}")
+                log(f"[{label or phase}] round {round_num}: {outcome_line(record, needed)}")
         if failed >= federation.max_failed_rounds:
             raise AggregationError(
                 f"{phase} round {round_num}: {failed} round(s) in a row without an aggregate "
-                f"(federation.min_fit_clients={federation.min_fit_clients} valid replies and a finite result; "
+                f"({needed} valid replies (federation.min_fit_clients={federation.min_fit_clients}, {strategy.name} "
+                f"{strategy.min_updates()}) and a finite result; "
                 "federation.max_failed_rounds="
-                f"{federation.max_failed_rounds}); this round: {outcome_line(record, federation.min_fit_clients)}; "
+                f"{federation.max_failed_rounds}); this round: {outcome_line(record, needed)}; "
                 f"the rounds so far are in {run.path}"
             )
     result.final_state = server.global_state

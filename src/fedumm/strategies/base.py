@@ -128,6 +128,11 @@ class Strategy(ABC):
 
         ``global_state`` holds exactly the keys the clients trained this round."""
 
+    def min_updates(self) -> int:
+        """The fewest updates a round must bring for ``aggregate`` to be defined (Krum: 2f + 3);
+        a round with fewer keeps its global state, like one below federation.min_fit_clients."""
+        return 1
+
     def server_extras(self, global_state: State, round_num: int) -> State:
         """Tensors sent to every sampled client besides the global state."""
         return {}

@@ -144,6 +144,15 @@ class Krum(Strategy):
             )
         return f
 
+    def min_updates(self) -> int:
+        for n in range(1, self.num_clients + 2 * (self.params.f or 0) + self.params.m + 4):
+            try:
+                self._byzantine_count(self.params, n)
+                return n
+            except ConfigError:
+                continue  # too few for this f and m: try one more
+        return self.num_clients + 1  # never satisfiable with these clients
+
     def byzantine_count(self, n: int) -> int:
         return self._byzantine_count(self.params, n)
 
