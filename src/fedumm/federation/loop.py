@@ -113,6 +113,29 @@ def outcome_line(record: dict[str, Any], needed: int) -> str:
     return "; ".join(parts) or "every reply used"
 
 
+def _aggregate(server: Server, updates: Sequence[ClientUpdate], needed: int, round_num: int) -> tuple[bool, str | None]:
+    """(whether the round aggregated, why not when the strategy's result was not finite)."""
+    if len(updates) < needed:
+        return False, None
+    if server.aggregate_updates(updates, round_num):
+        return True, None
+    return False, f"the {server.strategy.name} aggregate is not finite"
+
+
+def _checkpoint(run: RunFolder, server: Server, transport: Transport, round_num: int, phase: str) -> None:
+    held = transport.held_client_states()
+    run.save_checkpoint(
+        round_num,
+        server.global_state,
+        server.strategy.state_dict(),
+        client_states=held.client_states if held else None,
+        local_states=held.local_states if held else None,
+        strategy=server.strategy.name,
+        num_clients=len(transport.client_ids),
+        phase=phase,
+    )
+
+
 def run_rounds(
     config: RunConfig,
     host: ModelHost,
@@ -169,11 +192,7 @@ def run_rounds(
         replies = transport.fit(selected, download, round_num)
         trained = list(host.parameters_of(plan_for_round(config.finetune, round_num).shared))
         updates, rejected = server.check(replies, server.rules(trained, caps, task))
-        answered = {r.client_id for r in replies}
-        missing = [cid for cid in selected if cid not in answered]
-        enough = len(updates) >= needed
-        aggregated = enough and server.aggregate_updates(updates, round_num)
-        unstable = f"the {strategy.name} aggregate is not finite" if enough and not aggregated else None
+        aggregated, unstable = _aggregate(server, updates, needed, round_num)
         failed = 0 if aggregated else failed + 1
         fit_seconds = time.perf_counter() - start
 
@@ -182,6 +201,8 @@ def run_rounds(
         eval_start = time.perf_counter()
         global_metrics = host.evaluate(test, config.eval.batch_size)
         record = round_record(phase, round_num, selected, global_metrics, replies, updates, download, full_bytes)
+        answered = {r.client_id for r in replies}
+        missing = [cid for cid in selected if cid not in answered]
         record.update(outcome(rejected, missing, aggregated, unstable))
         record.update(transport.round_extras())
         record["seconds"] = {
@@ -190,17 +211,7 @@ def run_rounds(
             "round": time.perf_counter() - start,
         }
         run.append_metrics(record)
-        held = transport.held_client_states()
-        run.save_checkpoint(
-            round_num,
-            server.global_state,
-            strategy.state_dict(),
-            client_states=held.client_states if held else None,
-            local_states=held.local_states if held else None,
-            strategy=strategy.name,
-            num_clients=len(transport.client_ids),
-            phase=phase,
-        )
+        _checkpoint(run, server, transport, round_num, phase)
         result.records.append(record)
         if log is not None:
             log(round_line(record, config.federation.rounds, metric, label or phase))
