@@ -165,7 +165,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
                 "poc-lost-site",
                 "engine.name=nvflare",
                 "federation.num_clients=3",
-                "federation.rounds=3",
+                "federation.rounds=4",  # room for rounds after the kill even when it is noticed late
                 f"federation.round_timeout={ROUND_TIMEOUT}",
                 f"engine.sites={json.dumps(THREE_SITES)}",
             ),
@@ -212,7 +212,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
                 assert fl.wait(job_id, timeout=300) == "FINISHED:COMPLETED"
                 with pytest.raises(FedummError, match=r"status FINISHED:EXECUTION_EXCEPTION"):
                     fl.wait(fail_id, timeout=120)
-                assert fl.wait(lost_id, timeout=3 * ROUND_TIMEOUT + 120) == "FINISHED:COMPLETED"
+                assert fl.wait(lost_id, timeout=4 * ROUND_TIMEOUT + 120) == "FINISHED:COMPLETED"
                 sampler.sample()
             run = find_run_folder(fl.download(job_id, tmp_path / "download"))
             failed = fl.download(fail_id, tmp_path / "download-failed")
@@ -253,7 +253,7 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
     # The lost site: every round ran; rounds recorded before the kill had site-3's reply, the
     # rounds that started after it (round done_at_kill may have had it already) do not.
     lost = _records(survived / "metrics.jsonl")
-    assert [r["round"] for r in lost] == [0, 1, 2, 3]
+    assert [r["round"] for r in lost] == [0, 1, 2, 3, 4]
     for record in lost[1:]:
         assert record["clients"] == [0, 1, 2]  # site-3 is still sampled: a site may come back
         answered = set(record["client_metrics"])
@@ -264,7 +264,8 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
         elif record["round"] > done_at_kill:
             assert "2" not in answered, record["round"]
             assert record["missing"] == [2]  # the loop's record of the missing clients
-    assert "2" not in lost[-1]["client_metrics"]
+    after = [r for r in lost if r["round"] > done_at_kill]
+    assert after and all("2" not in r["client_metrics"] for r in after), done_at_kill
     assert json.loads((survived / "summary.json").read_text())["nvflare_clients"]["2"] == "site-3"
     assert (survived / "adapter" / "adapter_model.safetensors").is_file()
 
