@@ -119,6 +119,97 @@ class ValidationConfig(Section):
     )
 
 
+class SecureAggregationConfig(Section):
+    """Secure aggregation (Bonawitz et al. 2017; ``fedumm.privacy.secagg``): the server learns only
+    the sum of the clients' fixed-point encoded updates."""
+
+    threshold: int = Field(
+        ...,
+        ge=2,
+        description="t: the fewest clients whose shares recover a dropped client's masks; the round fails when "
+        "fewer than t clients are left at the unmasking step. At most the round's sampled clients.",
+    )
+    clipping_range: float = Field(
+        8.0, gt=0, description="Each coordinate of a client's update is clamped to [-R, R] before encoding."
+    )
+    quantization_bits: int = Field(
+        24, ge=8, le=40, description="Fixed-point bits per coordinate: step = 2R / (2^bits - 1)."
+    )
+
+
+class PrivacyConfig(Section):
+    """Differential privacy and secure aggregation (README: Privacy, threat model).
+
+    ``level: client`` is DP-FedAvg (McMahan et al. 2018): each client's update is clipped to
+    ``clip_norm`` and Gaussian noise of std ``noise_multiplier x clip_norm`` is added to the sum,
+    which is divided by the expected number of participants; under it ``federation.fraction_fit`` is
+    the Poisson sampling rate q of each client in each round. ``level: sample`` is DP-SGD inside each
+    client (Opacus): ``clip_norm`` and the noise multiplier apply per training row."""
+
+    level: Literal["none", "client", "sample"] = Field(
+        "none", description="Unit of privacy: none, client (DP-FedAvg) or sample (DP-SGD in local training)."
+    )
+    mechanism: Literal["central", "local"] = Field(
+        "central",
+        description="client level: central = the server (or, with secure aggregation, the clients in shares) adds "
+        "the noise once to the sum; local = each client noises its own update before it leaves the site.",
+    )
+    clip_norm: float | Literal["adaptive"] = Field(
+        1.0,
+        description="L2 bound C (client level: of the whole update; sample level: of each row's gradient); "
+        "adaptive (client level) = C follows privacy.target_quantile of the update norms (Andrew et al. 2021).",
+    )
+    initial_clip_norm: float = Field(0.1, gt=0, description="clip_norm=adaptive: C in round 1.")
+    target_quantile: float = Field(
+        0.5, gt=0, lt=1, description="clip_norm=adaptive: the share of updates C should leave unclipped."
+    )
+    clip_learning_rate: float = Field(0.2, gt=0, description="clip_norm=adaptive: eta_C of C <- C exp(-eta_C (b - q)).")
+    clipped_count_stddev: float | None = Field(
+        None,
+        gt=0,
+        description="clip_norm=adaptive: std of the noise on the count of unclipped updates; null = expected "
+        "participants / 20 (the paper's choice).",
+    )
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="z: noise std / C. Give this or target_epsilon (0 = clipping only, epsilon infinite)."
+    )
+    target_epsilon: float | None = Field(
+        None, gt=0, description="Pick z so that epsilon after federation.rounds rounds is this (at privacy.delta)."
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta of the (epsilon, delta) guarantee.")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="Stop the run before a round would take epsilon above this."
+    )
+    accountant: Literal["rdp", "pld"] = Field(
+        "rdp", description="dp-accounting's Renyi-DP or privacy-loss-distribution accountant (client level)."
+    )
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        None, description="{threshold: t, ...}: the server sees only the sum of the updates (null = off)."
+    )
+
+    @property
+    def dp(self) -> bool:
+        return self.level != "none"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacyConfig:
+        if not self.dp:
+            return self
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError(f"privacy.level={self.level}: give privacy.noise_multiplier or privacy.target_epsilon")
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError("privacy: give privacy.noise_multiplier or privacy.target_epsilon, not both")
+        if isinstance(self.clip_norm, float) and self.clip_norm <= 0:
+            raise ValueError(f"privacy.clip_norm: must be positive or adaptive, got {self.clip_norm}")
+        if self.clip_norm == "adaptive" and self.level == "sample":
+            raise ValueError("privacy.clip_norm=adaptive: client level only; give a number for level=sample")
+        if self.max_epsilon is not None and self.target_epsilon is not None and self.target_epsilon > self.max_epsilon:
+            raise ValueError(
+                f"privacy.target_epsilon ({self.target_epsilon}) exceeds privacy.max_epsilon ({self.max_epsilon})"
+            )
+        return self
+
+
 class FaultsConfig(Section):
     """Simulated faults (in-process engine), drawn per client and round from the run seed."""
 
@@ -415,6 +506,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:

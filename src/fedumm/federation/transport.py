@@ -20,7 +20,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,13 @@ class Transport(ABC):
         died, stayed silent or answered after ``federation.round_timeout`` has no reply: the
         list is then shorter, and the loop records the missing clients."""
 
+    def exchange(self, stage: str, messages: Mapping[int, bytes], round_num: int) -> dict[int, bytes]:
+        """One extra step of a multi-step client protocol after ``fit`` (secure aggregation's key
+        exchange, masked input and unmasking): client ``cid`` gets ``messages[cid]`` and its
+        ``ClientRuntime.exchange`` answers. The answers of the clients that replied; a client that
+        died, failed or stayed past ``federation.round_timeout`` is absent."""
+        raise NotImplementedError(f"{type(self).__name__} carries no multi-step client protocol")
+
     def held_client_states(self) -> ClientStates | None:
         """The clients' state for the checkpoint; None = the clients keep it themselves."""
         return None
@@ -124,6 +131,15 @@ class LocalTransport(Transport):
             return self.runtimes[cid].fit(message, round_num, self.progress)
         except TrainingError as exc:  # this client's failure, not the federation's: its reply says why
             return FitReply(cid, b"", 0, error=str(exc))
+
+    def exchange(self, stage: str, messages: Mapping[int, bytes], round_num: int) -> dict[int, bytes]:
+        answers = {}
+        for cid, message in messages.items():
+            try:
+                answers[cid] = self.runtimes[cid].exchange(stage, message, round_num)
+            except TrainingError:  # this client drops out of the protocol; the others go on
+                continue
+        return answers
 
     def held_client_states(self) -> ClientStates:
         runtimes = self.runtimes.items()
