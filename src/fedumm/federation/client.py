@@ -4,6 +4,7 @@ this round's units, evaluate locally, reply with the trained tensors as safetens
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,6 +23,12 @@ from fedumm.types import State
 def derive_seed(*parts: int) -> int:
     """A stable 32-bit seed from integers (run seed, round, client)."""
     return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
+
+
+class ProtocolClient(Protocol):
+    """A client's half of a multi-step protocol (``fedumm.privacy.secagg.SecAggClient``)."""
+
+    def handle(self, stage: str, message: bytes) -> bytes: ...
 
 
 @dataclass
@@ -44,10 +51,21 @@ class ClientRuntime:
         self.algorithm = algorithm or ClientAlgorithm()
         self.client_state: State = {}  # the algorithm's per-client tensors
         self.local_state: State = {}  # kept-local units (personalisation)
+        # The open multi-step protocol of this round (secure aggregation), set by ``fit``.
+        self.protocol: ProtocolClient | None = None
 
     @property
     def client_id(self) -> int:
         return self.data.client_id
+
+    def exchange(self, stage: str, message: bytes, round_num: int) -> bytes:
+        """Answer one step of the round's multi-step protocol (``Transport.exchange``)."""
+        if self.protocol is None:
+            raise TrainingError(f"round {round_num} client {self.client_id}: no protocol is open for stage {stage!r}")
+        try:
+            return self.protocol.handle(stage, message)
+        except ValueError as exc:  # a malformed or out-of-order message: this client leaves the protocol
+            raise TrainingError(f"round {round_num} client {self.client_id}: stage {stage!r}: {exc}") from exc
 
     def fit(self, message: bytes, round_num: int, progress: bool = False) -> FitReply:
         """Load the global state (and this client's kept-local units), train the units this
