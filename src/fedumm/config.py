@@ -183,6 +183,11 @@ class PrivacyConfig(Section):
     accountant: Literal["rdp", "pld"] = Field(
         "rdp", description="dp-accounting's Renyi-DP or privacy-loss-distribution accountant (client level)."
     )
+    seeded_noise: bool = Field(
+        False,
+        description="Draw the DP noise from the run seed (reproducible runs, e.g. in-process vs FLARE; whoever knows "
+        "the seed can remove the noise, so research only); false = from the operating system's entropy.",
+    )
     secure_aggregation: SecureAggregationConfig | None = Field(
         None, description="{threshold: t, ...}: the server sees only the sum of the updates (null = off)."
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedumm.errors import AdapterStateError
@@ -72,3 +73,8 @@ def check_state_matches(
             raise AdapterStateError(
                 f"{what}: shape mismatch for {key!r}: got {tuple(tensor.shape)}, expected {tuple(ref_shape)}"
             )
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 32-bit seed from integers (run seed, round, client)."""
+    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])

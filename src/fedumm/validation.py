@@ -13,7 +13,7 @@ from pathlib import Path
 from fedumm.config import RunConfig, load_config
 from fedumm.errors import ConfigError
 from fedumm.models.registry import available_backends
-from fedumm.strategies import check_strategy_config, validate_params
+from fedumm.strategies import STRATEGIES, check_strategy_config, validate_params
 
 
 def _check_backend(config: RunConfig) -> None:
@@ -29,8 +29,40 @@ def _check_strategy(config: RunConfig) -> None:
     check_strategy_config(config)
 
 
+def _check_privacy(config: RunConfig) -> None:
+    """Combinations that would void the privacy guarantee, or cannot run, refused with the reason."""
+    privacy, federation = config.privacy, config.federation
+    secure = privacy.secure_aggregation
+    if privacy.level == "client" or secure is not None:
+        what = "privacy.secure_aggregation" if privacy.level != "client" else "privacy.level=client"
+        reason = STRATEGIES[federation.strategy.name].needs_individual_updates
+        if reason is not None:
+            raise ConfigError(
+                f"federation.strategy.name={federation.strategy.name}: not with {what}: {reason}; use fedavg, "
+                "fedavgm, fedprox or the FedOpt family (fedadam, fedyogi, fedadagrad)"
+            )
+    if privacy.level == "client" and privacy.mechanism == "local" and privacy.clip_norm == "adaptive":
+        raise ConfigError(
+            "privacy.clip_norm=adaptive: not with privacy.mechanism=local (each client's clipped-or-not bit would "
+            "leave the site without noise); give a number"
+        )
+    if secure is None:
+        return
+    if federation.validation.max_update_norm is not None:
+        raise ConfigError(
+            "federation.validation.max_update_norm: not with privacy.secure_aggregation (the server never sees an "
+            "individual update; privacy.secure_aggregation.clipping_range bounds each coordinate instead)"
+        )
+    round_size = federation.clients_per_round()
+    if secure.threshold > round_size:
+        raise ConfigError(
+            f"privacy.secure_aggregation.threshold ({secure.threshold}) exceeds the clients per round ({round_size}: "
+            "federation.fraction_fit x num_clients): no round could finish"
+        )
+
+
 #: Run in order; each raises ``ConfigError`` naming its key.
-CHECKS = (_check_backend, _check_strategy)
+CHECKS = (_check_backend, _check_strategy, _check_privacy)
 
 
 def validate(config: RunConfig, source: str = "<config>") -> RunConfig:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from fedumm import codec
@@ -14,21 +13,27 @@ from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.errors import TrainingError
 from fedumm.federation.host import ModelHost
+from fedumm.federation.privacy import UNCLIPPED_METRIC, ClientPrivacy, plan_privacy
+from fedumm.federation.secure import SAMPLE_SCALE_KEY, pack
 from fedumm.finetune import plan_for_round
 from fedumm.metrics import get_task
+from fedumm.privacy.secagg import SecAggClient
 from fedumm.strategies import ClientAlgorithm
-from fedumm.types import State
-
-
-def derive_seed(*parts: int) -> int:
-    """A stable 32-bit seed from integers (run seed, round, client)."""
-    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
+from fedumm.types import State, derive_seed
 
 
 class ProtocolClient(Protocol):
     """A client's half of a multi-step protocol (``fedumm.privacy.secagg.SecAggClient``)."""
 
     def handle(self, stage: str, message: bytes) -> bytes: ...
+
+
+#: The reply metrics that say nothing about a client's rows (kept when the server is not trusted).
+PUBLIC_METRICS = ("steps", "train_seconds", "dp_epsilon", "dp_noise_multiplier", "dp_sample_rate")
+
+
+def public_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k in PUBLIC_METRICS}
 
 
 @dataclass
@@ -53,6 +58,9 @@ class ClientRuntime:
         self.local_state: State = {}  # kept-local units (personalisation)
         # The open multi-step protocol of this round (secure aggregation), set by ``fit``.
         self.protocol: ProtocolClient | None = None
+        plan = plan_privacy(config)
+        self.privacy = ClientPrivacy(plan, config.seed, data.client_id) if plan is not None else None
+        self.secure = config.privacy.secure_aggregation
 
     @property
     def client_id(self) -> int:
@@ -111,5 +119,42 @@ class ClientRuntime:
             primary = get_task(self.config.eval.task).primary_metric
             metrics[f"local_{primary}"] = local[primary]
             metrics["local_test_samples"] = local["n"]
+        trained, metrics = self._protect(round_global, trained, server_extras, metrics, result.num_samples, round_num)
         payload = codec.encode_message({"state": trained, "extras": extras}, self.config.federation.wire_dtype)
         return FitReply(self.client_id, payload, result.num_samples, metrics)
+
+    def _protect(
+        self,
+        round_global: State,
+        trained: State,
+        server_extras: State,
+        metrics: dict[str, float],
+        num_samples: int,
+        round_num: int,
+    ) -> tuple[State, dict[str, float]]:
+        """What of the trained units leaves the site: under client-level DP the clipped (and for
+        local or distributed DP, noised) update; under secure aggregation nothing (the update
+        waits for the protocol's masked-input step) and no data-dependent metric."""
+        self.protocol = None
+        privacy = self.privacy
+        if privacy is None and self.secure is None:
+            return trained, metrics
+        if privacy is not None:
+            delta, dp_metrics = privacy.privatize(round_global, trained, server_extras, round_num)
+        else:
+            delta = {k: trained[k].float() - round_global[k].float() for k in round_global}
+            dp_metrics = {}
+        if self.secure is None:
+            state = {k: round_global[k].float() + delta[k] for k in round_global}
+            # A local-DP client's server is not trusted: its scores would leak what its noise hides.
+            kept = metrics if privacy.plan.mechanism == "central" else public_metrics(metrics)
+            return state, {**kept, **dp_metrics}
+        if privacy is not None:
+            weight = 1.0  # DP-FedAvg: every client counts once
+        else:
+            scale = float(server_extras[SAMPLE_SCALE_KEY][0]) if SAMPLE_SCALE_KEY in server_extras else num_samples
+            weight = min(num_samples, scale) / scale
+        adaptive = privacy is not None and privacy.plan.adaptive
+        vector = pack(delta, weight, dp_metrics.get(UNCLIPPED_METRIC) if adaptive else None)
+        self.protocol = SecAggClient(self.client_id, vector)
+        return {}, public_metrics(metrics)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedumm.config import RunConfig, StrategyConfig
+from fedumm.config import PrivacyConfig, RunConfig, StrategyConfig
 from fedumm.data.federated import ClientData
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.errors import AdapterStateError, ConfigError
@@ -96,6 +96,7 @@ def centralized_config(config: RunConfig) -> RunConfig:
     central.federation.min_fit_clients = 1
     central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
     central.federation.resume_from = None  # the baseline always trains from the initial adapter
+    central.privacy = PrivacyConfig()  # the pooled baseline is the non-private reference
     if central.train.local_steps is not None:
         # Federated rounds take local_steps on each sampled client; match the total.
         central.train.local_steps = config.train.local_steps * config.federation.clients_per_round()
@@ -189,6 +190,30 @@ def job_summary(
     return summary
 
 
+def privacy_summary(config: RunConfig, server: Server, result: PhaseResult) -> dict[str, Any]:
+    """``summary.json["privacy"]``: the run's guarantee (client level: the server's accountant;
+    sample level: the largest epsilon a client reported)."""
+    if server.privacy is not None:
+        return {"privacy": server.privacy.summary(result.stopped)}
+    privacy = config.privacy
+    if privacy.level != "sample":
+        return {"secure_aggregation": True} if privacy.secure_aggregation else {}
+    reported = [m for r in result.records for m in r.get("client_metrics", {}).values() if "dp_epsilon" in m]
+    worst = max(reported, key=lambda m: m["dp_epsilon"], default={})
+    return {
+        "privacy": {
+            "epsilon": worst.get("dp_epsilon"),
+            "delta": privacy.delta,
+            "noise_multiplier": worst.get("dp_noise_multiplier", privacy.noise_multiplier),
+            "sample_rate": worst.get("dp_sample_rate"),
+            "rounds": len(result.records) - 1,
+            "accountant": "opacus-rdp",
+            "mechanism": "dp-sgd" + ("+secure_aggregation" if privacy.secure_aggregation else ""),
+            "level": "sample",
+        }
+    }
+
+
 def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
     """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
     run.write_json("summary.json", summary)
@@ -262,6 +287,8 @@ def run_job(
         )
     summary = job_summary(config, run, host, setup, baseline, phases)
     summary.update(transport.summary_extras(phases[0].records if federated else []))
+    if federated:
+        summary.update(privacy_summary(config, server, phases[0]))
     if server.resumed is not None:
         summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
     write_summary(run, summary)

@@ -7,9 +7,10 @@ appends the round's record to metrics.jsonl, checkpoints and reports progress.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -19,6 +20,7 @@ from fedumm.config import RunConfig
 from fedumm.errors import AggregationError
 from fedumm.federation.client import FitReply
 from fedumm.federation.host import ModelHost
+from fedumm.federation.replies import ReplyRules
 from fedumm.federation.server import Server
 from fedumm.federation.transport import Transport
 from fedumm.finetune import plan_for_round
@@ -38,6 +40,7 @@ class PhaseResult:
     metric: str = "vqa_accuracy"  # the task's primary metric
     records: list[dict[str, Any]] = field(default_factory=list)
     final_state: State = field(default_factory=dict)
+    stopped: str | None = None  # why the rounds ended early (privacy.max_epsilon)
 
     @property
     def final_accuracy(self) -> float:
@@ -113,13 +116,42 @@ def outcome_line(record: dict[str, Any], needed: int) -> str:
     return "; ".join(parts) or "every reply used"
 
 
-def _aggregate(server: Server, updates: Sequence[ClientUpdate], needed: int, round_num: int) -> tuple[bool, str | None]:
-    """(whether the round aggregated, why not when the strategy's result was not finite)."""
-    if len(updates) < needed:
-        return False, None
-    if server.aggregate_updates(updates, round_num):
-        return True, None
-    return False, f"the {server.strategy.name} aggregate is not finite"
+@dataclass
+class RoundStep:
+    """The aggregation step of one round."""
+
+    updates: list[ClientUpdate]  # the accepted replies (under secure aggregation: their counts only)
+    rejected: dict[int, str]
+    aggregated: bool
+    unstable: str | None = None  # why a step did not apply (non-finite result, a failed protocol)
+    extras: dict[str, Any] = field(default_factory=dict)  # record keys of the step (secure aggregation)
+
+
+def _aggregate_round(
+    server: Server, transport: Transport, replies: Sequence[FitReply], rules: ReplyRules, needed: int, round_num: int
+) -> RoundStep:
+    """Check the replies and aggregate: the plain updates, or (``server.secure``) the secure sum of
+    the updates the clients still hold."""
+    if server.secure is None:
+        updates, rejected = server.check(replies, rules)
+        if len(updates) < needed:
+            return RoundStep(updates, rejected, False)
+        if server.aggregate_updates(updates, round_num):
+            return RoundStep(updates, rejected, True)
+        return RoundStep(updates, rejected, False, f"the {server.strategy.name} aggregate is not finite")
+    # The replies carry no tensors: check their counts, then run the protocol with those clients.
+    updates, rejected = server.check(replies, replace(rules, shapes={}))
+    if len(updates) < max(needed, server.secure.config.threshold):
+        return RoundStep(updates, rejected, False)
+    trained = {k: server.global_state[k] for k in rules.shapes}
+    exchange = functools.partial(transport.exchange, round_num=round_num)
+    secure = server.secure.run(exchange, [u.client_id for u in updates], rules.shapes, round_num)
+    extras = {"secure_aggregation": secure.record} if secure.record else {}
+    if secure.mean is None:
+        return RoundStep(updates, rejected, False, secure.error, extras)
+    if server.apply_mean(trained, secure.mean, round_num, secure.unclipped, len(secure.survivors)):
+        return RoundStep(updates, rejected, True, extras=extras)
+    return RoundStep(updates, rejected, False, f"the {server.strategy.name} aggregate is not finite", extras)
 
 
 def _checkpoint(run: RunFolder, server: Server, transport: Transport, round_num: int, phase: str) -> None:
@@ -127,7 +159,7 @@ def _checkpoint(run: RunFolder, server: Server, transport: Transport, round_num:
     run.save_checkpoint(
         round_num,
         server.global_state,
-        server.strategy.state_dict(),
+        server.state_dict(),
         client_states=held.client_states if held else None,
         local_states=held.local_states if held else None,
         strategy=server.strategy.name,
@@ -186,13 +218,21 @@ def run_rounds(
         disable=None if config.output.progress and log is not None else True,
     )
     for round_num in rounds:
+        stop = server.privacy.over_budget(round_num) if server.privacy is not None else None
+        if stop is not None:
+            result.stopped = stop
+            if log is not None:
+                log(f"[{label or phase}] stopping before round {round_num}: {stop}")
+            break
         start = time.perf_counter()
         selected = server.sample_clients(round_num, transport.client_ids)
-        download = server.broadcast(round_num)
+        if server.privacy is not None:
+            server.privacy.spend()  # the round is charged once its clients are drawn
+        download = server.broadcast(round_num, caps)
         replies = transport.fit(selected, download, round_num)
         trained = list(host.parameters_of(plan_for_round(config.finetune, round_num).shared))
-        updates, rejected = server.check(replies, server.rules(trained, caps, task))
-        aggregated, unstable = _aggregate(server, updates, needed, round_num)
+        step = _aggregate_round(server, transport, replies, server.rules(trained, caps, task), needed, round_num)
+        updates, rejected, aggregated, unstable = step.updates, step.rejected, step.aggregated, step.unstable
         failed = 0 if aggregated else failed + 1
         fit_seconds = time.perf_counter() - start
 
@@ -204,6 +244,9 @@ def run_rounds(
         answered = {r.client_id for r in replies}
         missing = [cid for cid in selected if cid not in answered]
         record.update(outcome(rejected, missing, aggregated, unstable))
+        record.update(step.extras)
+        if server.privacy is not None:
+            record["privacy"] = server.privacy.record()
         record.update(transport.round_extras())
         record["seconds"] = {
             "fit": fit_seconds,

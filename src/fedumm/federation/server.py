@@ -3,7 +3,7 @@ global state with the strategy's extras, aggregate the replies, restore from a c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,9 @@ from fedumm import codec
 from fedumm.config import FederationConfig, RunConfig
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.client import FitReply, derive_seed
+from fedumm.federation.privacy import PRIVACY_PREFIX, UNCLIPPED_METRIC, ServerPrivacy, apply_mean_update, plan_privacy
 from fedumm.federation.replies import ReplyRules, check_replies
+from fedumm.federation.secure import SecureAggregator
 from fedumm.metrics import Task
 from fedumm.runlog import Checkpoint, read_checkpoint
 from fedumm.strategies import ClientUpdate, State, Strategy, build_strategy
@@ -23,8 +25,18 @@ from fedumm.types import check_state_matches
 class Server:
     """Holds the global state and the strategy; samples clients, broadcasts, aggregates."""
 
-    def __init__(self, strategy: Strategy, initial_state: State, config: FederationConfig, seed: int):
+    def __init__(
+        self,
+        strategy: Strategy,
+        initial_state: State,
+        config: FederationConfig,
+        seed: int,
+        privacy: ServerPrivacy | None = None,
+        secure: SecureAggregator | None = None,
+    ):
         self.strategy = strategy
+        self.privacy = privacy  # client-level DP (privacy.level=client), else None
+        self.secure = secure  # secure aggregation (privacy.secure_aggregation), else None
         self.global_state: State = {k: v.clone() for k, v in initial_state.items()}
         self.config = config
         self.seed = seed
@@ -39,7 +51,11 @@ class Server:
         with federation.resume_from, the global adapter and strategy state of that checkpoint
         (``checkpoint``: the one already read from there)."""
         strategy = build_strategy(config.federation.strategy, num_clients=num_clients, task=config.eval.task)
-        server = cls(strategy, initial_state, config.federation, config.seed)
+        plan = plan_privacy(config)
+        privacy = ServerPrivacy(plan, config.privacy, config.seed) if plan is not None else None
+        secure_config = config.privacy.secure_aggregation
+        secure = SecureAggregator(secure_config, plan) if secure_config is not None else None
+        server = cls(strategy, initial_state, config.federation, config.seed, privacy, secure)
         if config.federation.resume_from:
             server.restore(checkpoint or read_checkpoint(config.federation.resume_from), config, num_clients)
         return server
@@ -57,8 +73,11 @@ class Server:
         except AdapterStateError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
         restored = {k: v.to(self.global_state[k].dtype) for k, v in checkpoint.global_state.items()}
+        own = {k: v for k, v in checkpoint.server_state.items() if not k.startswith(PRIVACY_PREFIX)}
         try:
-            self.strategy.load_state_dict(checkpoint.server_state, reference=restored)
+            self.strategy.load_state_dict(own, reference=restored)
+            if self.privacy is not None:
+                self.privacy.load_state_dict(checkpoint.server_state)
             for cid, state in checkpoint.client_states.items():
                 if not 0 <= cid < num_clients:
                     raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
@@ -69,16 +88,29 @@ class Server:
         self.start_round = checkpoint.round
         self.resumed = checkpoint
 
+    def state_dict(self) -> State:
+        """The server state a checkpoint keeps: the strategy's, and the privacy budget's."""
+        return {**self.strategy.state_dict(), **(self.privacy.state_dict() if self.privacy else {})}
+
     def sample_clients(self, round_num: int, client_ids: Sequence[int]) -> list[int]:
+        """federation.fraction_fit of the clients (at least min_fit_clients); under client-level
+        DP, each client independently with probability fraction_fit (Poisson sampling)."""
+        if self.privacy is not None:
+            return self.privacy.sample(round_num, client_ids)
         count = min(len(client_ids), self.config.clients_per_round())
         if count == len(client_ids):
             return list(client_ids)
         rng = np.random.default_rng(derive_seed(self.seed, round_num, 7919))
         return sorted(rng.choice(list(client_ids), size=count, replace=False).tolist())
 
-    def broadcast(self, round_num: int) -> bytes:
-        """The message every sampled client receives: global state + strategy extras."""
+    def broadcast(self, round_num: int, sample_caps: Mapping[int, int] | None = None) -> bytes:
+        """The message every sampled client receives: global state + strategy extras (+ the clip
+        bound under DP, the weight scale from ``sample_caps`` under secure aggregation)."""
         extras = self.strategy.server_extras(self.global_state, round_num)
+        if self.privacy is not None:
+            extras = {**extras, **self.privacy.extras()}
+        if self.secure is not None:
+            extras = {**extras, **self.secure.extras(sample_caps or {})}
         return codec.encode_message({"state": self.global_state, "extras": extras}, self.config.wire_dtype)
 
     def check(self, replies: Sequence[FitReply], rules: ReplyRules) -> tuple[list[ClientUpdate], dict[int, str]]:
@@ -92,8 +124,26 @@ class Server:
         A step whose result is not finite (e.g. an unstable server learning rate) is undone:
         the global state and the strategy's state stay as they were, and False is returned."""
         trained = {k: self.global_state[k] for k in updates[0].state}
+        if self.privacy is None:
+            return self._step(trained, lambda: self.strategy.aggregate(trained, updates, round_num))
+        mean = self.privacy.mean_update(trained, updates, round_num)
+        return self.apply_mean(
+            trained, mean, round_num, sum(u.metrics.get(UNCLIPPED_METRIC, 0.0) for u in updates), len(updates)
+        )
+
+    def apply_mean(
+        self, trained: State, mean: State, round_num: int, unclipped: float = 0.0, participants: int = 0
+    ) -> bool:
+        """The strategy's step on one pre-aggregated mean update (privacy, secure aggregation);
+        with privacy, then the adaptive bound's step from the count of ``unclipped`` updates."""
+        applied = self._step(trained, lambda: apply_mean_update(self.strategy, trained, mean, round_num))
+        if applied and self.privacy is not None:
+            self.privacy.finish_round(unclipped, participants, round_num)
+        return applied
+
+    def _step(self, trained: State, step: Callable[[], State]) -> bool:
         before = {k: v.clone() for k, v in self.strategy.state_dict().items()}
-        new = self.strategy.aggregate(trained, updates, round_num)
+        new = step()
         if not all(bool(torch.isfinite(t).all()) for t in new.values()):
             self.strategy.load_state_dict(before, reference=self.global_state)
             return False

@@ -107,6 +107,10 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
+    #: Why the strategy needs each client's own update (None: its step depends on the clients only
+    #: through their weighted mean update, so it runs on one pre-aggregated update under
+    #: differential privacy and secure aggregation).
+    needs_individual_updates: ClassVar[str | None] = None
 
     def __init__(self, params: StrategyParams | None = None, num_clients: int = 1):
         self.params = params if params is not None else self.Params()

@@ -81,6 +81,7 @@ class QualityWeightedParams(StrategyParams):
 
 class QualityWeighted(Strategy):
     name = "quality_weighted"
+    needs_individual_updates = "it weights each update by its client's self-reported score"
     Params = QualityWeightedParams
 
     @classmethod

@@ -82,6 +82,7 @@ def flatten(state: State) -> torch.Tensor:
 
 class Median(Strategy):
     name = "median"
+    needs_individual_updates = "a robust aggregator ranks each client's own update"
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         if not updates:
@@ -101,6 +102,7 @@ class TrimmedMeanParams(StrategyParams):
 
 class TrimmedMean(Strategy):
     name = "trimmed_mean"
+    needs_individual_updates = "a robust aggregator ranks each client's own update"
     Params = TrimmedMeanParams
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
@@ -123,6 +125,7 @@ class KrumParams(StrategyParams):
 
 class Krum(Strategy):
     name = "krum"
+    needs_individual_updates = "a robust aggregator ranks each client's own update"
     Params = KrumParams
 
     def __init__(self, params=None, num_clients: int = 1):

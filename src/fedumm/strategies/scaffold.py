@@ -128,6 +128,7 @@ class ScaffoldParams(StrategyParams):
 
 class Scaffold(Strategy):
     name = "scaffold"
+    needs_individual_updates = "each client's control-variate delta travels to the server in the clear"
     Params = ScaffoldParams
 
     def __init__(self, params=None, num_clients: int = 1):
