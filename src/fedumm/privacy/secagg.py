@@ -110,6 +110,13 @@ class SecAggParams:
 
     def __post_init__(self) -> None:
         clients = tuple(self.clients)
+        if not _is_int(self.quantization_bits) or not 8 <= self.quantization_bits <= 40:
+            raise SecAggParamsError(f"secagg: quantization_bits must be in [8, 40], got {self.quantization_bits}")
+        if len(clients) * 2**self.quantization_bits >= 2**63:  # the unmasked sum must not wrap mod 2^64
+            raise SecAggParamsError(
+                f"secagg: {len(clients)} clients x 2^{self.quantization_bits} levels may overflow the 63-bit sum; "
+                "use fewer quantization_bits"
+            )
         if not all(_is_int(c) and 0 <= c <= _MAX_ID for c in clients):
             raise SecAggParamsError(f"secagg: client ids must be integers in [0, 2^63), got {list(clients)}")
         clients = tuple(sorted(int(c) for c in clients))
@@ -124,13 +131,6 @@ class SecAggParams:
             )
         if not _is_int(self.vector_size) or self.vector_size < 1:
             raise SecAggParamsError(f"secagg: vector_size must be a positive integer, got {self.vector_size}")
-        if not _is_int(self.quantization_bits) or not 8 <= self.quantization_bits <= 40:
-            raise SecAggParamsError(f"secagg: quantization_bits must be in [8, 40], got {self.quantization_bits}")
-        if n * 2**self.quantization_bits >= 2**63:  # the unmasked sum must not wrap mod 2^64
-            raise SecAggParamsError(
-                f"secagg: {n} clients x 2^{self.quantization_bits} levels may overflow the 63-bit sum; "
-                "use fewer quantization_bits"
-            )
         if (
             isinstance(self.clipping_range, bool)
             or not isinstance(self.clipping_range, (int, float))
