@@ -28,10 +28,14 @@ Stages, and what the server sees in each:
    and each dropped client's s key (which removes that client's pairwise masks; its input was never
    sent). The sum of the survivors' encoded vectors is what is left.
 
-Threat model: honest-but-curious server and clients, any t-1 of them colluding learn nothing beyond
-the sum; the server may drop or corrupt messages, which clients and server treat as drop-outs (a
-round with fewer than t clients left fails). Messages are JSON (bytes fields in base64) or raw
-uint64 arrays; nothing is unpickled.
+Threat model: the paper's honest-but-curious setting. The server, even with fewer than t colluding
+clients, learns the survivors' sum and nothing about a single input. Lost or corrupted messages are
+drop-outs (a round with fewer than t clients left fails); a ciphertext that fails authentication
+costs its receiver's share only. Not covered: the paper's actively secure variant (signed keys, a
+consistency round), so a lying server could send different survivor lists to different clients;
+t > n/2 keeps it from collecting t shares of both secrets of one client that way (each client gives
+only one of the two). Messages are JSON (bytes fields in base64) or raw uint64 arrays; nothing is
+unpickled.
 """
 
 from __future__ import annotations
@@ -503,7 +507,8 @@ def secure_sum(params: SecAggParams, exchange: Exchange) -> SecureSum:
 
     def call(stage: str, messages: dict[int, bytes]) -> dict[int, bytes]:
         down[stage] = sum(len(m) for m in messages.values())
-        answers = {cid: a for cid, a in exchange(stage, messages).items() if cid in messages}
+        # Answers from clients not asked, or not bytes, are no answers.
+        answers = {cid: a for cid, a in exchange(stage, messages).items() if cid in messages and isinstance(a, bytes)}
         up[stage] = sum(len(a) for a in answers.values())
         return answers
 
