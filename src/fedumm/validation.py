@@ -41,7 +41,16 @@ def _check_privacy(config: RunConfig) -> None:
                 f"federation.strategy.name={federation.strategy.name}: not with {what}: {reason}; use fedavg, "
                 "fedavgm, fedprox or the FedOpt family (fedadam, fedyogi, fedadagrad)"
             )
-    if privacy.level == "client" and privacy.mechanism == "local" and privacy.clip_norm == "adaptive":
+    adaptive = privacy.level == "client" and privacy.clip_norm == "adaptive"
+    if adaptive and privacy.mechanism == "central" and privacy.noise_multiplier is not None:
+        count_stddev = privacy.clipped_count_stddev or federation.fraction_fit * federation.num_clients / 20
+        if 2 * count_stddev <= privacy.noise_multiplier:
+            raise ConfigError(
+                f"privacy.clipped_count_stddev ({count_stddev:g}) must exceed noise_multiplier / 2 "
+                f"({privacy.noise_multiplier / 2:g}) or the count alone spends the whole budget (default: "
+                "fraction_fit x num_clients / 20)"
+            )
+    if adaptive and privacy.mechanism == "local":
         raise ConfigError(
             "privacy.clip_norm=adaptive: not with privacy.mechanism=local (each client's clipped-or-not bit would "
             "leave the site without noise); give a number"

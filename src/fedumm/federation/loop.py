@@ -245,6 +245,9 @@ def run_rounds(
         missing = [cid for cid in selected if cid not in answered]
         record.update(outcome(rejected, missing, aggregated, unstable))
         record.update(step.extras)
+        secure = step.extras.get("secure_aggregation")
+        if secure:  # the protocol's own messages count towards the round's traffic
+            record["bytes"]["total"] += sum(secure["bytes_up"].values()) + sum(secure["bytes_down"].values())
         if server.privacy is not None:
             record["privacy"] = server.privacy.record()
         record.update(transport.round_extras())
