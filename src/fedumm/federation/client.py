@@ -13,6 +13,7 @@ from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.errors import TrainingError
 from fedumm.federation.host import ModelHost
+from fedumm.federation.train import make_sample_dp
 from fedumm.finetune import plan_for_round
 from fedumm.metrics import get_task
 from fedumm.strategies import ClientAlgorithm
@@ -44,6 +45,7 @@ class ClientRuntime:
         self.algorithm = algorithm or ClientAlgorithm()
         self.client_state: State = {}  # the algorithm's per-client tensors
         self.local_state: State = {}  # kept-local units (personalisation)
+        self.sample_dp = make_sample_dp(config, len(data.train))  # DP-SGD's accountant spans rounds
 
     @property
     def client_id(self) -> int:
@@ -76,6 +78,7 @@ class ClientRuntime:
             hooks,
             progress,
             description=f"round {round_num} client {self.client_id}",
+            dp=self.sample_dp,
         )
         trained = host.get_state(plan.shared)
         extras, self.client_state = self.algorithm.finish(
@@ -87,6 +90,7 @@ class ClientRuntime:
             "train_loss": result.mean_loss,
             "steps": result.steps,
             "train_seconds": result.seconds,
+            **(result.privacy or {}),
         }
         if self.config.eval.clients and self.data.test:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)
