@@ -101,8 +101,8 @@ class SampleDP:
             )
         if num_rows < 1:
             raise ConfigError("privacy.level=sample: the client has no training rows")
-        batch = expected_batch_size(train)
-        rate = min(1.0, batch / num_rows)
+        batch = min(expected_batch_size(train), num_rows)  # q = 1 at most: then every row, every step
+        rate = batch / num_rows
         if privacy.noise_multiplier is not None:
             z = privacy.noise_multiplier
         else:
