@@ -45,6 +45,8 @@ class TrainResult:
     steps: int
     mean_loss: float
     seconds: float
+    #: DP-SGD (privacy.level: sample): dp_epsilon so far and dp_noise_multiplier; None otherwise.
+    privacy: dict[str, float] | None = None
 
 
 def describe_keys(keys: set[str], limit: int = 3) -> str:

@@ -51,8 +51,8 @@ class ToyHost:
     def get_state(self, units=None):
         return copy_state(self.parameters_of())
 
-    def train(self, samples, config, seed, hooks, progress, description):
-        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description)
+    def train(self, samples, config, seed, hooks, progress, description, dp=None):
+        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
 
 
 @pytest.fixture()

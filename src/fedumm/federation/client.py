@@ -15,6 +15,7 @@ from fedumm.errors import TrainingError
 from fedumm.federation.host import ModelHost
 from fedumm.federation.privacy import UNCLIPPED_METRIC, ClientPrivacy, plan_privacy
 from fedumm.federation.secure import SAMPLE_SCALE_KEY, pack
+from fedumm.federation.train import make_sample_dp
 from fedumm.finetune import plan_for_round
 from fedumm.metrics import get_task
 from fedumm.privacy.secagg import SecAggClient
@@ -61,6 +62,7 @@ class ClientRuntime:
         plan = plan_privacy(config)
         self.privacy = ClientPrivacy(plan, config.seed, data.client_id) if plan is not None else None
         self.secure = config.privacy.secure_aggregation
+        self.sample_dp = make_sample_dp(config, len(data.train))  # DP-SGD's accountant spans rounds
 
     @property
     def client_id(self) -> int:
@@ -102,6 +104,7 @@ class ClientRuntime:
             hooks,
             progress,
             description=f"round {round_num} client {self.client_id}",
+            dp=self.sample_dp,
         )
         trained = host.get_state(plan.shared)
         extras, self.client_state = self.algorithm.finish(
@@ -113,6 +116,7 @@ class ClientRuntime:
             "train_loss": result.mean_loss,
             "steps": result.steps,
             "train_seconds": result.seconds,
+            **(result.privacy or {}),
         }
         if self.config.eval.clients and self.data.test:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)
@@ -138,7 +142,8 @@ class ClientRuntime:
         self.protocol = None
         privacy = self.privacy
         if privacy is None and self.secure is None:
-            return trained, metrics
+            # DP-SGD guards the rows against the server too: its loss and scores would not be noised.
+            return trained, public_metrics(metrics) if self.sample_dp is not None else metrics
         if privacy is not None:
             delta, dp_metrics = privacy.privatize(round_global, trained, server_extras, round_num)
         else:

@@ -24,6 +24,7 @@ from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
 from fedumm.metrics import get_task, normalize_answer
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
+from fedumm.privacy.dpsgd import SampleDP
 from fedumm.types import LocalHooks, State, TrainResult
 
 
@@ -136,8 +137,9 @@ class ModelHost:
         hooks: LocalHooks | None,
         progress: bool,
         description: str,
+        dp: SampleDP | None = None,
     ) -> TrainResult:
-        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description)
+        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
 
     def class_choices(self, samples: Sequence[dict]) -> list[str] | None:
         """Classification: the label texts to score, eval.positive_label first, the other

@@ -1,5 +1,6 @@
 """Local training on one client: AdamW (default) or SGD over the trainable tensors,
-accumulation, clipping, autocast on CUDA, deterministic shuffling.
+accumulation, clipping, autocast on CUDA, deterministic shuffling; under
+``privacy.level: sample``, DP-SGD (``fedumm.privacy.dpsgd``) instead of the plain step.
 
 Algorithms that change the local update (FedProx's proximal term, SCAFFOLD's drift
 correction) plug in through ``LocalHooks`` rather than forks of this loop.
@@ -16,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from fedumm.adapters import trainable_parameters
-from fedumm.config import TrainConfig
+from fedumm.config import RunConfig, TrainConfig
 from fedumm.errors import TrainingError
 from fedumm.models.base import Backend
+from fedumm.privacy.dpsgd import DPSGD, SampleDP
 from fedumm.types import LocalHooks, TrainResult
 
 
@@ -51,6 +53,101 @@ def _autocast(backend: Backend, precision: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def make_sample_dp(config: RunConfig, num_rows: int) -> SampleDP | None:
+    """A client's DP-SGD state at ``privacy.level: sample`` (None otherwise); the planned steps
+    for a target epsilon assume the client trains in every one of ``federation.rounds``."""
+    if config.privacy.level != "sample":
+        return None
+    steps = plan_steps(num_rows, config.train)
+    return SampleDP.create(config.privacy, config.train, num_rows, config.federation.rounds, steps)
+
+
+class _PlainStep:
+    """A plain step: a shuffled epoch stream of micro-batches, the batch's mean loss, GradScaler
+    (fp16), the hooks' correction, then global-norm clipping (``train.max_grad_norm``)."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, backend: Backend, config: TrainConfig, num_rows: int, seed: int
+    ):
+        self.optimizer, self.backend, self.config = optimizer, backend, config
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16" and backend.device.type == "cuda")
+        self.batches = _micro_batches(num_rows, config.batch_size, torch.Generator().manual_seed(seed))
+
+    def next_step(self) -> list[list[int]]:
+        self.optimizer.zero_grad(set_to_none=True)
+        return [next(self.batches) for _ in range(self.config.grad_accum)]
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backend.loss(model, batch)
+
+    def backward(self, loss: torch.Tensor, extra: torch.Tensor | None, micro_batches: int) -> torch.Tensor:
+        total = loss if extra is None else loss + extra
+        self.scaler.scale(total / micro_batches).backward()
+        return total
+
+    def end_micro_batch(self, rows: int, last: bool) -> None:
+        return None
+
+    def step(self, params: dict[str, torch.nn.Parameter], hooks: LocalHooks) -> None:
+        self.scaler.unscale_(self.optimizer)
+        hooks.after_backward(params)
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def close(self) -> None:
+        return None
+
+
+class _PrivateStep:
+    """A DP-SGD step (``fedumm.privacy.dpsgd``): a Poisson batch, each row's own loss, per-row
+    clipping and noise. The hooks' terms depend on the parameters only, so their gradients join
+    the already private gradient (post-processing); ``train.max_grad_norm`` is not applied."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        backend: Backend,
+        config: TrainConfig,
+        dp: SampleDP,
+        num_rows: int,
+        seed: int,
+    ):
+        self.backend = backend
+        self.dpsgd = DPSGD(model, optimizer, dp, num_rows, config.batch_size, seed)
+        self.extra: torch.Tensor | None = None
+
+    def next_step(self) -> list[list[int]]:
+        self.dpsgd.zero_grad()
+        self.extra = None
+        return self.dpsgd.next_step()
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backend.sample_losses(model, batch).mean()
+
+    def backward(self, loss: torch.Tensor, extra: torch.Tensor | None, micro_batches: int) -> torch.Tensor:
+        loss.backward()
+        self.extra = extra  # differentiated once per step, after the noise
+        return loss if extra is None else loss + extra.detach()
+
+    def end_micro_batch(self, rows: int, last: bool) -> None:
+        self.dpsgd.end_micro_batch(rows, last)
+
+    def step(self, params: dict[str, torch.nn.Parameter], hooks: LocalHooks) -> None:
+        if self.extra is not None:
+            tensors = list(params.values())
+            for param, grad in zip(tensors, torch.autograd.grad(self.extra, tensors, allow_unused=True)):
+                if grad is not None:
+                    param.grad += grad
+        hooks.after_backward(params)
+        self.dpsgd.optimizer.original_optimizer.step()
+
+    def close(self) -> None:
+        self.dpsgd.close()
+
+
 def train_local(
     model: torch.nn.Module,
     backend: Backend,
@@ -60,54 +157,61 @@ def train_local(
     hooks: LocalHooks | None = None,
     progress: bool = False,
     description: str = "local",
+    dp: SampleDP | None = None,
 ) -> TrainResult:
-    """Train the model's trainable tensors in place on ``samples``."""
+    """Train the model's trainable tensors in place on ``samples``.
+
+    With ``dp`` (``privacy.level: sample``) each step is DP-SGD (``fedumm.privacy.dpsgd``):
+    Poisson batches of expected size ``batch_size x grad_accum``, per-row clipping to
+    privacy.clip_norm instead of ``train.max_grad_norm`` (ignored), Gaussian noise; ``dp``'s
+    accountant counts the steps and the result carries ``dp_epsilon`` and ``dp_noise_multiplier``."""
     if not samples:
         raise ValueError("train_local needs at least one sample")
     hooks = hooks or LocalHooks()
     params = trainable_parameters(model)
     optimizer = make_optimizer(list(params.values()), config)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16" and backend.device.type == "cuda")
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
-    batches = _micro_batches(len(samples), config.batch_size, generator)
     steps = plan_steps(len(samples), config)
 
     model.train()
+    rule = (
+        _PlainStep(optimizer, backend, config, len(samples), seed)
+        if dp is None
+        else _PrivateStep(model, optimizer, backend, config, dp, len(samples), seed)
+    )
     start = time.perf_counter()
     total_loss, micro_count = 0.0, 0
     bar = tqdm(
         range(steps), desc=description, leave=False, unit="step", disable=None if progress else True
     )  # None: bars only on a terminal
-    for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        for _ in range(config.grad_accum):
-            batch = backend.to_device(backend.training_batch([samples[i] for i in next(batches)]))
-            with _autocast(backend, config.precision):
-                loss = backend.loss(model, batch)
-                extra = hooks.extra_loss(params)
-                if extra is not None:
-                    loss = loss + extra
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{description}: the training loss became {loss.item()} at step {step + 1} of {steps}; lower "
-                    f"train.lr ({config.lr:g})" + ("" if config.max_grad_norm else " or set train.max_grad_norm")
-                )
-            scaler.scale(loss / config.grad_accum).backward()
-            total_loss += loss.item()
-            micro_count += 1
-        scaler.unscale_(optimizer)
-        hooks.after_backward(params)
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        hooks.after_step(params, optimizer.param_groups[0]["lr"])
-        bar.set_postfix(loss=f"{total_loss / micro_count:.3f}")
+    try:
+        for step in bar:
+            micro_batches = rule.next_step()
+            for i, rows in enumerate(micro_batches):
+                if rows:  # a Poisson batch may draw no row
+                    batch = backend.to_device(backend.training_batch([samples[j] for j in rows]))
+                    with _autocast(backend, config.precision):
+                        loss = rule.backward(rule.loss(model, batch), hooks.extra_loss(params), len(micro_batches))
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"{description}: the training loss became {loss.item()} at step {step + 1} of {steps}; "
+                            f"lower train.lr ({config.lr:g})"
+                            + ("" if config.max_grad_norm or dp else " or set train.max_grad_norm")
+                        )
+                    total_loss += loss.item()
+                    micro_count += 1
+                rule.end_micro_batch(len(rows), last=i == len(micro_batches) - 1)
+            rule.step(params, hooks)
+            hooks.after_step(params, optimizer.param_groups[0]["lr"])
+            if micro_count:
+                bar.set_postfix(loss=f"{total_loss / micro_count:.3f}")
+    finally:
+        rule.close()
     model.eval()
     return TrainResult(
         num_samples=len(samples),
         steps=steps,
-        mean_loss=total_loss / micro_count,
+        mean_loss=total_loss / micro_count if micro_count else math.nan,
         seconds=time.perf_counter() - start,
+        privacy=dp.metrics() if dp is not None else None,
     )

@@ -158,6 +158,17 @@ class Backend(ABC):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
 
+    def sample_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each row's own loss, shape ``(rows,)``: the mean cross-entropy over that row's answer
+        tokens (no label smoothing). DP-SGD needs it: ``loss`` averages over the batch's tokens,
+        which weights a row's gradient by the other rows' answer lengths."""
+        logits = self.answer_logits(model, batch).float()
+        targets = batch["labels"][:, 1:]
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        return per_token.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors to the model device; floating-point ones (pixel values) to ``model.dtype``."""
         return cast_inputs(batch, self.device, DTYPES[self.config.dtype])
