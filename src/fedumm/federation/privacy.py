@@ -257,10 +257,8 @@ class ClientPrivacy:
         generator = self.plan.generator(self.seed, round_num, self.client_id, _NOISE_TAG)
         std = self.plan.client_noise_std(bound)
         if std > 0:
-            clipped = {
-                k: v + n
-                for k, v, n in zip(clipped, clipped.values(), dp.gaussian_like(clipped, std, generator).values())
-            }
+            noise = dp.gaussian_like(clipped, std, generator)
+            clipped = {k: v + noise[k] for k, v in clipped.items()}
         bit = float(norm <= bound)
         if self.plan.secure and self.plan.adaptive:
             bit += float(torch.randn(1, generator=generator)) * self.plan.count_stddev / math.sqrt(self.plan.shares)

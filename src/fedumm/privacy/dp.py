@@ -44,8 +44,9 @@ def clip(delta: Mapping[str, torch.Tensor], bound: float) -> tuple[State, float]
 
 
 def gaussian_like(like: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> State:
-    """Independent N(0, std²) per coordinate, shaped like ``like`` (float32)."""
-    return {k: torch.randn(v.shape, generator=generator, dtype=torch.float32) * std for k, v in like.items()}
+    """Independent N(0, std²) per coordinate, shaped like ``like`` (float32), drawn in sorted key
+    order so that the same generator gives the same noise whatever order the state's keys are in."""
+    return {k: torch.randn(like[k].shape, generator=generator, dtype=torch.float32) * std for k in sorted(like)}
 
 
 def noisy_mean(

@@ -361,3 +361,32 @@ def test_a_simulator_whose_clients_all_died_ends_naming_them(tiny_job, tmp_path,
     assert not list(outer_tmp.iterdir())
     assert (workspace / "tmp").is_dir()
     assert not (tmp_path / "runs" / "killed").exists()
+
+
+def test_a_dp_run_gives_the_same_epsilon_and_adapter_on_flare(tiny_job, tmp_path):
+    """Client-level DP-FedAvg (Poisson sampling, adaptive clipping, central noise drawn from the
+    run seed): the FLARE simulator samples the same clients, adds the same noise and spends the
+    same budget as the in-process engine."""
+    job = (
+        "federation.num_clients=3",
+        "federation.fraction_fit=0.7",
+        "privacy.level=client",
+        "privacy.noise_multiplier=0.8",
+        "privacy.clip_norm=adaptive",
+        "privacy.clipped_count_stddev=1",
+        "privacy.seeded_noise=true",
+        "data.synthetic.train_samples=90",
+    )
+    out = tmp_path / "runs"
+    _simulate_in_process(load_run_config(None, tiny_job(out, "inproc-dp", *job)))
+    result = simulate_nvflare(
+        load_run_config(None, tiny_job(out, "flare-dp", *job, "engine.name=nvflare", "engine.timeout=300"))
+    )
+    flare, inproc = Path(result.run_dir), out / "inproc-dp"
+    assert {k for k in _checkpoint(inproc) if k.startswith("server/privacy/")}  # the bound and the rounds
+    assert _max_diff(_checkpoint(flare), _checkpoint(inproc)) <= 1e-5
+    a, b = _records(flare)[1:], _records(inproc)[1:]
+    assert [r["clients"] for r in a] == [r["clients"] for r in b]
+    assert [r["privacy"]["epsilon"] for r in a] == pytest.approx([r["privacy"]["epsilon"] for r in b])
+    summary = json.loads((flare / "summary.json").read_text())["privacy"]
+    assert summary["epsilon"] == pytest.approx(b[-1]["privacy"]["epsilon"]) and summary["sample_rate"] == 0.7
