@@ -4,7 +4,9 @@
 external trainer process FLARE launches with ``engine.python`` / ``engine.client_command``. It
 loops over ``flare.receive()`` / ``flare.send()``; each task's payload is fedumm's safetensors
 message, handed to ``ClientRuntime.fit`` unchanged, and the reply's payload is the message
-``fit`` produced.
+``fit`` produced. An exchange task (a multi-step protocol's step) goes to
+``ClientRuntime.exchange`` the same way; a step that fails is answered as failed
+(``protocol.META_ERROR``) and the site stays in the job.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fedumm import codec
 from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData, build_federated_data
 from fedumm.engines.nvflare import protocol as P
+from fedumm.errors import TrainingError
 from fedumm.federation import ClientRuntime, ModelHost
 from fedumm.federation.setup import data_stats
 from fedumm.runlog import atomic_write_bytes
@@ -126,6 +129,21 @@ class ClientSession:
         self._save_state()
         return reply
 
+    def exchange(self, payload: bytes, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to one exchange task, as ``FLModel`` arguments: the protocol's answer bytes, or
+        why this site leaves the protocol (a ``TrainingError``: a malformed or out-of-order step, no
+        protocol open), which the server counts as absent."""
+        self._ensure(meta)
+        round_num, stage = int(meta[P.META_ROUND]), str(meta[P.META_STAGE])
+        reply_meta: dict[str, Any] = {P.META_ROUND: round_num, P.META_STAGE: stage}
+        try:
+            answer = self.runtime.exchange(stage, payload, round_num)
+        except TrainingError as exc:
+            log.warning("fedumm client %s leaves round %d's protocol at %r: %s", self.site, round_num, stage, exc)
+            # The Client API sends a model only with params or metrics: a marker metric.
+            return {"metrics": {"fedumm_failed": 1}, "meta": {**reply_meta, P.META_ERROR: str(exc)}}
+        return {"params": {P.PAYLOAD_KEY: P.pack(answer)}, "current_round": round_num, "meta": reply_meta}
+
 
 def tune_in_process_polling(interval: float) -> bool:
     """Shorten the in-process Client API's polling (task arrival on the trainer side, result
@@ -174,6 +192,10 @@ def main() -> None:
             if task == P.SETUP_TASK:
                 # The Client API sends a model only with params or metrics: a marker metric.
                 flare.send(FLModel(metrics={"fedumm_ready": 1}, meta={P.META_STATS: session.setup(meta)}))
+                continue
+            if task == P.EXCHANGE_TASK:
+                answer = session.exchange(P.unpack(model.params), meta)
+                flare.send(FLModel(params_type=ParamsType.FULL, **answer) if "params" in answer else FLModel(**answer))
                 continue
             reply = session.fit(P.unpack(model.params), meta)
             flare.send(

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from transformers.utils import logging as hf_logging
 from fedumm.config import RunConfig, save_config
 from fedumm.data.federated import load_source
 from fedumm.engines.nvflare import protocol as P
+from fedumm.errors import FedummError
 from fedumm.federation import FitReply, ModelHost, Server, SetupInfo, Transport, run_job
 from fedumm.federation.setup import setup_from_replies
 from fedumm.runlog import RunFolder
@@ -71,14 +72,14 @@ class FedummController(ModelController):
         self.data_placement = data_placement
         self.task_timeout = task_timeout
         self.task_check_period = task_check_period
-        # This round's whole FLARE messages (serialized task data / results as FLARE's server
-        # hands them over), client name -> bytes; the task data every client of a round shares
-        # is serialized once.
-        self._wire: dict[str, dict[str, int]] = {"download": {}, "upload": {}}
+        # The task in flight's whole FLARE messages (serialized task data / results as FLARE's
+        # server hands them over), task name -> direction -> client name -> bytes; the task data
+        # every client of a round shares is serialized once.
+        self._wire: dict[str, dict[str, dict[str, int]]] = {}
         self._wire_lock = threading.Lock()
         self._download_seen: tuple[Any, int] | None = None  # (the round's shared task content, its size)
         self._rounds: int | None = None
-        self._errors: dict[str, Any] = {}  # client name -> the return code of its error result, this task
+        self._errors: dict[str, Any] = {}  # client name -> its error result's return code (or reason), this task
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         super().start_controller(fl_ctx)
@@ -99,7 +100,8 @@ class FedummController(ModelController):
             self._measure("upload", fl_ctx, fl_ctx.get_prop(FLContextKey.TASK_RESULT))
 
     def _measure(self, direction: str, fl_ctx: FLContext, shareable: Any) -> None:
-        if shareable is None or fl_ctx.get_prop(FLContextKey.TASK_NAME) != P.TRAIN_TASK:
+        task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
+        if shareable is None or task not in (P.TRAIN_TASK, P.EXCHANGE_TASK):
             return
         peer = fl_ctx.get_peer_context()
         client = peer.get_identity_name() if peer is not None else ""
@@ -114,14 +116,16 @@ class FedummController(ModelController):
                     size = len(fobs.dumps(shareable))
                     if content is not None:
                         self._download_seen = (content, size)
-                self._wire[direction][client] = size
+                self._wire.setdefault(task, {"download": {}, "upload": {}})[direction][client] = size
         except Exception as exc:  # measuring must never break a round; the record then lacks this client
             self.warning(f"could not measure the {direction} message of {client or '?'}: {exc}")
 
-    def _take_wire(self, ids: dict[str, int]) -> dict[str, Any]:
-        """The round's FLARE message sizes by client id (and the total), for the record."""
+    def _take_wire(self, ids: dict[str, int], task: str = P.TRAIN_TASK) -> dict[str, Any]:
+        """``task``'s FLARE message sizes since the last call by client id (and the total), for the
+        record; every count starts afresh."""
         with self._wire_lock:
-            wire, self._wire = self._wire, {"download": {}, "upload": {}}
+            wire = self._wire.pop(task, {"download": {}, "upload": {}})
+            self._wire = {}
             self._download_seen = None
         out: dict[str, Any] = {
             d: {
@@ -202,29 +206,69 @@ class FedummController(ModelController):
             self.warning(f"{task}: {name} is missing from this round: {reason}")
         return results
 
+    def _collector(self, expected: int) -> tuple[list[FLModel], threading.Event, Any]:
+        """(results, done, callback) for ``send_model``: done once ``expected`` results came."""
+        results: list[FLModel] = []
+        done = threading.Event()
+
+        def collect(model: FLModel) -> None:
+            results.append(model)
+            if len(results) == expected:
+                done.set()
+
+        return results, done, collect
+
+    def _wait(self, done: threading.Event) -> None:
+        """Until every result came, the tasks ended (answered, failed or timed out) or the job aborted."""
+        while not done.wait(0.05):
+            if self.abort_signal is not None and self.abort_signal.triggered:
+                break
+            if self.get_num_standing_tasks() == 0 and not done.is_set():
+                time.sleep(0.2)  # the last callback may still be running
+                break
+
     def _send_async(self, task: str, targets: list[str], data: FLModel):
         """Send without blocking; returns a function that waits for every answer (``_check``)."""
+        results, done, collect = self._collector(len(targets))
+        self._errors = {}
+        self.send_model(task_name=task, data=data, targets=targets, timeout=self.task_timeout, callback=collect)
+
+        def wait() -> list[FLModel]:
+            self._wait(done)
+            return self._check(task, results, targets)
+
+        return wait
+
+    def _send_each(self, task: str, data: Mapping[str, FLModel], timeout: float, label: str) -> list[FLModel]:
+        """Send each target its own data, all at once (one FLARE task per target: a task carries one
+        payload), and wait up to ``timeout`` seconds (0 = no limit); the valid results that came. A
+        site that failed (an error result, or ``META_ERROR``: its protocol step failed) or stayed
+        silent is logged and left out."""
         results: list[FLModel] = []
         done = threading.Event()
         self._errors = {}
 
-        def collect(model: FLModel) -> None:
-            results.append(model)
-            if len(results) == len(targets):
+        def accept(model: FLModel) -> bool:
+            if P.META_ERROR in model.meta:
+                self._errors[model.meta.get("client_name")] = str(model.meta[P.META_ERROR])
+            else:
+                results.append(model)
+            if len(results) + len(self._errors) == len(data):
                 done.set()
+            return P.META_ERROR not in model.meta  # False: FLARE logs the result as skipped
 
-        self.send_model(task_name=task, data=data, targets=targets, timeout=self.task_timeout, callback=collect)
-
-        def wait() -> list[FLModel]:
-            while not done.wait(0.05):
-                if self.abort_signal is not None and self.abort_signal.triggered:
-                    break
-                if self.get_num_standing_tasks() == 0 and not done.is_set():
-                    time.sleep(0.2)  # the last callback may still be running
-                    break
-            return self._check(task, results, targets)
-
-        return wait
+        for name, model in data.items():
+            self.send_model(
+                task_name=task,
+                data=model,
+                targets=[name],
+                timeout=math.ceil(timeout) if timeout else 0,
+                callback=accept,
+            )
+        self._wait(done)
+        for name, reason in sorted(self._absent(task, results, list(data), timeout).items()):
+            self.warning(f"{label}: {name} is missing from this round: {reason}")
+        return results
 
     def _run(self, config_path: Path, out: Path) -> None:
         config = load_run_config(config_path)
@@ -248,8 +292,10 @@ class FlareTransport(Transport):
     fedumm's safetensors message; replies come back in the sampled order. Setup needs every
     site; a round waits up to ``federation.round_timeout`` (null: ``engine.task_timeout``) and
     returns the replies that came, without the sites that failed or stayed silent (asked again
-    whenever sampled later). Its hooks add the whole FLARE message bytes to each round's record
-    and the site names to the summary."""
+    whenever sampled later). ``exchange`` carries a multi-step protocol's steps (secure
+    aggregation) as ``EXCHANGE_TASK``s with the same wait, each site its own payload. Its hooks
+    add the whole FLARE message bytes to each round's record (the exchange stages' under
+    ``exchange``) and the site names to the summary."""
 
     def __init__(self, controller: FedummController, config: RunConfig):
         self.controller = controller
@@ -268,7 +314,9 @@ class FlareTransport(Transport):
             P.META_PLACEMENT: controller.data_placement,
         }
         self.round_timeout = config.federation.round_timeout or controller.task_timeout
-        self.wire: dict[str, Any] = {}
+        self.wire: dict[str, Any] = {}  # the last fit's message sizes
+        self.exchange_wire: dict[int, dict[str, Any]] = {}  # round -> stage -> its message sizes
+        self._round: int | None = None  # the last fit's round
         controller.info(f"fedumm: setting up {num_clients} clients {sorted(names)}")
         self._wait_setup = controller._send_async(
             P.SETUP_TASK, sorted(names), controller._task_data(dict(self.base_meta))
@@ -289,6 +337,8 @@ class FlareTransport(Transport):
         controller = self.controller
         meta = {**self.base_meta, P.META_ROUND: round_num}
         controller._take_wire(self.ids)  # start the round's count afresh
+        self._round = round_num
+        self.exchange_wire = {r: w for r, w in self.exchange_wire.items() if r == round_num}
         results = controller._send(
             P.TRAIN_TASK,
             [self.name_of[c] for c in client_ids],
@@ -312,9 +362,40 @@ class FlareTransport(Transport):
             if cid in by_id
         ]
 
+    def exchange(self, stage: str, messages: Mapping[int, bytes], round_num: int) -> dict[int, bytes]:
+        controller = self.controller
+        meta = {**self.base_meta, P.META_ROUND: round_num, P.META_STAGE: stage}
+        controller._take_wire(self.ids, P.EXCHANGE_TASK)  # this stage's count starts afresh
+        data = {self.name_of[cid]: controller._task_data(meta, message, round_num) for cid, message in messages.items()}
+        results = controller._send_each(P.EXCHANGE_TASK, data, self.round_timeout, f"{P.EXCHANGE_TASK} {stage!r}")
+        answers: dict[int, bytes] = {}
+        for result in results:
+            name = result.meta["client_name"]
+            try:
+                answers[self.ids[name]] = P.unpack(result.params)
+            except FedummError as exc:  # a malformed answer: this site leaves the protocol, as a failed one
+                controller.warning(f"{P.EXCHANGE_TASK} {stage!r}: {name} is missing from this round: {exc}")
+        wire = controller._take_wire(self.ids, P.EXCHANGE_TASK)
+        # A late answer of an earlier stage passes the same upload filter: count this stage's only.
+        wire["upload"] = {cid: n for cid, n in wire["upload"].items() if int(cid) in answers}
+        stages = self.exchange_wire.setdefault(round_num, {})
+        if stage in stages:  # a stage run twice in a round: both count
+            for direction in ("download", "upload"):
+                for cid, n in stages[stage][direction].items():
+                    wire[direction][cid] = wire[direction].get(cid, 0) + n
+        wire["total"] = sum(wire["download"].values()) + sum(wire["upload"].values())
+        stages[stage] = wire
+        return {cid: answers[cid] for cid in messages if cid in answers}
+
     def round_extras(self) -> dict[str, Any]:
-        # Whole FLARE messages (payload + FLARE's envelope), as serialized on the server.
-        return {"nvflare_bytes": self.wire}
+        # Whole FLARE messages (payload + FLARE's envelope), as serialized on the server; the
+        # total covers the exchange stages too.
+        wire = dict(self.wire)
+        stages = self.exchange_wire.get(self._round)
+        if stages:
+            wire["exchange"] = stages
+            wire["total"] = wire.get("total", 0) + sum(w["total"] for w in stages.values())
+        return {"nvflare_bytes": wire}
 
     def summary_extras(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         extras: dict[str, Any] = {

@@ -9,7 +9,11 @@ types.
 
 Tasks: ``SETUP_TASK`` once to every client before round 1 (the client loads its data and
 model and answers with its data statistics, no training), then ``TRAIN_TASK`` per round to
-the sampled clients.
+the sampled clients, then ``EXCHANGE_TASK`` for each step of a multi-step client protocol
+(``Transport.exchange``: secure aggregation): each site its own payload, the stage in
+``META_STAGE``. A site whose protocol step fails answers with ``META_ERROR`` (the reason) and
+no payload, and the server counts it absent; the Client API has no error return code, and
+raising would end the site's trainer.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from fedumm.errors import ConfigError, FedummError
 
 SETUP_TASK = "fedumm_setup"
 TRAIN_TASK = "train"
+EXCHANGE_TASK = "fedumm_exchange"
 PAYLOAD_KEY = "fedumm"
 
 # Files inside the exported job's apps.
@@ -51,6 +56,8 @@ META_PLACEMENT = "fedumm_data_placement"
 META_NUM_SAMPLES = "fedumm_num_samples"
 META_METRICS = "fedumm_metrics"
 META_STATS = "fedumm_stats"
+META_STAGE = "fedumm_stage"  # an exchange task's protocol stage
+META_ERROR = "fedumm_error"  # an exchange answer's failure reason (no payload then)
 
 
 def pack(payload: bytes) -> np.ndarray:
