@@ -132,16 +132,23 @@ def _kill_site(fl: LoopbackDeployment, site: str) -> int:
 
 
 def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypatch):
-    """Three jobs at once: one to completion on site-1 and site-2; one whose site-2 job process dies
-    after round 1 (FLARE fails the job, FINISHED:EXECUTION_EXCEPTION; the server's run folder
-    keeps round 1); one on three sites whose site-3 is lost after round 1 (the job completes, the
-    later rounds without site-3). Then teardown after a failure: nothing ever started is left,
+    """Three jobs at once: one to completion on site-1 and site-2 with secure aggregation; one
+    whose site-2 job process dies after round 1 (FLARE fails the job, FINISHED:EXECUTION_EXCEPTION;
+    the server's run folder keeps round 1); one on three sites whose site-3 is lost after round 1
+    (the job completes, the later rounds without site-3). Then teardown after a failure: nothing ever started is left,
     and no socket was anything but loopback."""
     outer_tmp = tmp_path / "outer-tmp"
     outer_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(outer_tmp))  # the FLARE processes must not use it
     config = load_run_config(
-        None, tiny_job(tmp_path / "runs", "poc-job", "engine.name=nvflare", f"engine.sites={json.dumps(SITES)}")
+        None,
+        tiny_job(
+            tmp_path / "runs",
+            "poc-job",
+            "engine.name=nvflare",
+            f"engine.sites={json.dumps(SITES)}",
+            "privacy.secure_aggregation={threshold: 2}",  # its extra steps run as FLARE tasks
+        ),
     )
     job = export_job(config, tmp_path / "jobs")
     failing = export_job(
@@ -237,10 +244,12 @@ def test_exported_job_runs_on_a_loopback_deployment(tmp_path, tiny_job, monkeypa
     assert records[-1]["clients"] == [0, 1]
     assert records[-1]["client_metrics"]["1"]["num_samples"] == 24  # site-2 trained on its own rows
     assert records[-1]["client_metrics"]["0"]["num_samples"] == 30  # site-1 on the job's entry for it
+    assert all(r["secure_aggregation"]["survivors"] == 2 for r in records[1:])  # the server saw only the sum
+    assert set(records[-1]["nvflare_bytes"]["exchange"]) == {"advertise_keys", "share_keys", "masked_input", "unmask"}
     partition = json.loads((run / "partition.json").read_text())
     assert partition["sizes"] == [30 + 8, 24 + 6]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["nvflare_data_placement"] == "site"
+    assert summary["nvflare_data_placement"] == "site" and summary["secure_aggregation"] is True
     assert summary["nvflare_clients"] == {"0": "site-1", "1": "site-2"}
     assert summary["adapter_message_bytes"] < summary["nvflare_message_bytes"]["download"]
     for name in ("config.yaml", "summary.txt", "checkpoints/last.safetensors", "adapter/adapter_model.safetensors"):
