@@ -1,20 +1,25 @@
 """FlareTransport over a FedummController whose FLARE calls are stubbed (no FLARE run): a round
 returns the replies that came, in the sampled order, without the sites that failed or stayed
 silent, and names them in the log; it waits federation.round_timeout (null: engine.task_timeout);
-setup still needs every site and fails naming the missing ones."""
+setup still needs every site and fails naming the missing ones. An exchange step gives each site
+its own message and returns the answers that came, without the sites that failed or stayed
+silent, and its bytes go to the round's record."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("nvflare")
 
-from nvflare.apis.fl_constant import ReturnCode  # noqa: E402
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode  # noqa: E402
 from nvflare.apis.fl_context import FLContext  # noqa: E402
 from nvflare.apis.shareable import make_reply  # noqa: E402
 from nvflare.app_common.abstract.fl_model import FLModel  # noqa: E402
+from nvflare.app_common.decomposers import numpy_decomposers  # noqa: E402
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils  # noqa: E402
 
 from fedumm.config import RunConfig  # noqa: E402
 from fedumm.engines.nvflare import protocol as P  # noqa: E402
@@ -37,6 +42,10 @@ class StubController(FedummController):
     def __init__(self, answers: dict[str, bytes | str], setup_answers: dict[str, str | None] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.answers = answers
+        # Exchange tasks: site -> its step (message -> answer bytes), a ReturnCode for an error
+        # result, or a reason for a step that failed (META_ERROR); absent = silent.
+        self.exchange_answers: dict[str, Callable[[bytes], bytes] | str | tuple[str]] = {}
+        self.exchanged: list[dict] = []
         self.setup_answers = dict.fromkeys(SITES) if setup_answers is None else setup_answers
         self.engine = SimpleNamespace(get_clients=lambda: [SimpleNamespace(name=n) for n in SITES])
         self.abort_signal = None
@@ -49,7 +58,9 @@ class StubController(FedummController):
     def info(self, msg: str) -> None:
         pass
 
-    def send_model(self, task_name, data, targets, timeout, callback):  # setup: answers at once
+    def send_model(self, task_name, data, targets, timeout, callback):  # answers at once
+        if task_name == P.EXCHANGE_TASK:
+            return self._exchange(data, targets, timeout, callback)
         for name in targets:
             if name not in self.setup_answers:
                 continue
@@ -57,6 +68,25 @@ class StubController(FedummController):
                 assert not self._accept_train_result(name, make_reply(self.setup_answers[name]), FLContext())
             else:
                 callback(FLModel(metrics={"fedumm_ready": 1}, meta={"client_name": name, P.META_STATS: {}}))
+
+    def _exchange(self, data: FLModel, targets: list[str], timeout: int, callback) -> None:
+        (name,) = targets  # one task per site: each carries its own payload
+        message = P.unpack(data.params)
+        self.exchanged.append({"site": name, "message": message, "meta": dict(data.meta), "timeout": timeout})
+        self._measure("download", _ctx(name), FLModelUtils.to_shareable(data))  # as FLARE's task filter does
+        answer = self.exchange_answers.get(name)
+        if isinstance(answer, str):
+            assert not self._accept_train_result(name, make_reply(answer), FLContext())
+        elif isinstance(answer, tuple):
+            meta = {"client_name": name, P.META_ERROR: answer[0]}
+            assert callback(FLModel(metrics={"fedumm_failed": 1}, meta=meta)) is False
+        elif answer is not None:
+            reply = FLModel(
+                params={P.PAYLOAD_KEY: P.pack(answer(message))}, meta={P.META_STAGE: data.meta[P.META_STAGE]}
+            )
+            self._measure("upload", _ctx(name), FLModelUtils.to_shareable(reply))
+            reply.meta["client_name"] = name
+            assert callback(reply) is not False
 
     def get_num_standing_tasks(self) -> int:
         return 0
@@ -71,6 +101,15 @@ class StubController(FedummController):
             elif answer is not None:
                 results.append(_reply(name, answer))
         return results
+
+
+def _ctx(client: str) -> FLContext:
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, client)
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.TASK_NAME, P.EXCHANGE_TASK)
+    fl_ctx.set_peer_context(peer)
+    return fl_ctx
 
 
 def _missing(controller: StubController) -> list[str]:
@@ -123,3 +162,55 @@ def test_setup_needs_every_site_and_names_the_missing_one():
     errors = {"site-1": None, "site-2": None, "site-3": ReturnCode.EXECUTION_EXCEPTION}
     with pytest.raises(RuntimeError, match=r"2 of 3 clients answered \(site-3: answered with error EXECUTION_EXC"):
         _transport(StubController({}, setup_answers=errors)).setup()
+
+
+def test_an_exchange_gives_each_site_its_own_message_and_returns_the_answers_that_came():
+    numpy_decomposers.register()  # as in every FLARE process: the measured messages hold arrays
+    controller = StubController(dict.fromkeys(SITES, b"x"), task_timeout=100)
+    transport = _transport(controller, round_timeout=2.5)
+    controller.exchange_answers = {
+        "site-1": lambda m: b"answer-1:" + m,
+        "site-2": ReturnCode.EXECUTION_EXCEPTION,
+        "site-3": lambda m: b"answer-3:" + m * 1000,
+    }
+    transport.fit([0, 1, 2], b"global", round_num=4)
+    messages = {2: b"for-2", 0: b"for-0", 1: b"for-1"}
+    answers = transport.exchange("share_keys", messages, round_num=4)
+    assert answers == {2: b"answer-3:" + b"for-2" * 1000, 0: b"answer-1:for-0"}
+    # Each site got its own bytes, its stage and round, with the round's timeout in whole seconds.
+    sent = {e["site"]: e for e in controller.exchanged}
+    assert {name: e["message"] for name, e in sent.items()} == {
+        "site-1": b"for-0",
+        "site-2": b"for-1",
+        "site-3": b"for-2",
+    }
+    assert all(e["meta"][P.META_STAGE] == "share_keys" and e["meta"][P.META_ROUND] == 4 for e in sent.values())
+    assert {e["timeout"] for e in sent.values()} == {3}
+    assert _missing(controller) == [
+        f"{P.EXCHANGE_TASK} 'share_keys': site-2 is missing from this round: "
+        f"answered with error {ReturnCode.EXECUTION_EXCEPTION}"
+    ]
+    # A site whose step failed (its protocol refused the message) and a silent one are absent too.
+    controller.exchange_answers = {"site-1": ("stage out of order",), "site-3": lambda m: m}
+    assert transport.exchange("unmask", {0: b"u0", 1: b"u1", 2: b"u2"}, round_num=4) == {2: b"u2"}
+    assert _missing(controller)[-2:] == [
+        f"{P.EXCHANGE_TASK} 'unmask': site-1 is missing from this round: answered with error stage out of order",
+        f"{P.EXCHANGE_TASK} 'unmask': site-2 is missing from this round: no answer within 2.5s",
+    ]
+    # The round's record: each stage's whole messages by client id, answered uploads only; the total has them all.
+    wire = transport.round_extras()["nvflare_bytes"]
+    stages = wire["exchange"]
+    assert set(stages) == {"share_keys", "unmask"}
+    assert set(stages["share_keys"]["download"]) == {"0", "1", "2"} and set(stages["share_keys"]["upload"]) == {
+        "0",
+        "2",
+    }
+    assert 5000 < stages["share_keys"]["upload"]["2"] < 5000 + 4096
+    assert set(stages["unmask"]["download"]) == {"0", "1", "2"} and set(stages["unmask"]["upload"]) == {"2"}
+    for stage in stages.values():
+        assert stage["total"] == sum(stage["download"].values()) + sum(stage["upload"].values())
+    fit_total = sum(wire["download"].values()) + sum(wire["upload"].values())
+    assert wire["total"] == fit_total + sum(stage["total"] for stage in stages.values())
+    # The next round's record starts without them.
+    transport.fit([0], b"global", round_num=5)
+    assert "exchange" not in transport.round_extras()["nvflare_bytes"]

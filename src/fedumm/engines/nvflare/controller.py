@@ -363,6 +363,8 @@ class FlareTransport(Transport):
         ]
 
     def exchange(self, stage: str, messages: Mapping[int, bytes], round_num: int) -> dict[int, bytes]:
+        if not messages:  # everyone has left the protocol: nothing to send or wait for
+            return {}
         controller = self.controller
         meta = {**self.base_meta, P.META_ROUND: round_num, P.META_STAGE: stage}
         controller._take_wire(self.ids, P.EXCHANGE_TASK)  # this stage's count starts afresh
