@@ -272,4 +272,7 @@ def test_distributed_dp_under_secure_aggregation_runs(tmp_path, tiny_llava_path)
     result = simulate(config)
     assert result.summary["privacy"]["mechanism"] == "central+secure_aggregation"
     assert result.summary["privacy"]["epsilon"] == pytest.approx(epsilon("rdp", 1.0, 0.5, 2, 1e-5))
-    assert all(r["secure_aggregation"]["survivors"] >= 2 for r in _records(result.run_dir)[1:])
+    for record in _records(result.run_dir)[1:]:
+        if record.get("aggregated", True):
+            answered = len(record["clients"]) - len(record.get("faults", {}).get("dropped", []))
+            assert record["secure_aggregation"]["survivors"] == answered >= 2

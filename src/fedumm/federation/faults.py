@@ -15,7 +15,7 @@ Attacks, on an attacking client's reply from ``attack.from_round`` on (Δ = its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,10 @@ class SimulatedFaults(Transport):
 
     def held_client_states(self) -> ClientStates:
         return self.inner.held_client_states()
+
+    def exchange(self, stage: str, messages: Mapping[int, bytes], round_num: int) -> dict[int, bytes]:
+        # Faults act on fit: a client dropped or late there never joins the protocol's steps.
+        return self.inner.exchange(stage, messages, round_num)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.inner.restore(checkpoint)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dp_accounting
-from dp_accounting import pld, rdp
+from fedumm.errors import ConfigError
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 Kind = Literal["rdp", "pld"]
 
@@ -23,16 +25,28 @@ Kind = Literal["rdp", "pld"]
 RDP_ORDERS = tuple(1 + x / 10 for x in range(10, 100)) + tuple(range(11, 64)) + (80, 96, 128, 256, 512, 1024)
 
 
+def _library():
+    """dp-accounting, loaded on first use (it adds about a second to every import of fedumm)."""
+    try:
+        import dp_accounting
+        from dp_accounting import pld, rdp  # noqa: F401  (submodules the calls below reach)
+    except ImportError:
+        raise ConfigError("privacy.level=client needs the privacy extra: pip install 'fedumm[privacy]'") from None
+    return dp_accounting
+
+
 def _accountant(kind: Kind) -> dp_accounting.PrivacyAccountant:
-    return rdp.RdpAccountant(list(RDP_ORDERS)) if kind == "rdp" else pld.PLDAccountant()
+    library = _library()
+    return library.rdp.RdpAccountant(list(RDP_ORDERS)) if kind == "rdp" else library.pld.PLDAccountant()
 
 
 def round_event(sample_rate: float, noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:
     """The DP event of ``rounds`` rounds."""
-    step: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+    library = _library()
+    step: dp_accounting.DpEvent = library.GaussianDpEvent(noise_multiplier)
     if sample_rate < 1:
-        step = dp_accounting.PoissonSampledDpEvent(sample_rate, step)
-    return dp_accounting.SelfComposedDpEvent(step, rounds)
+        step = library.PoissonSampledDpEvent(sample_rate, step)
+    return library.SelfComposedDpEvent(step, rounds)
 
 
 def epsilon(kind: Kind, sample_rate: float, noise_multiplier: float, rounds: int, delta: float) -> float:
@@ -50,12 +64,13 @@ def epsilon(kind: Kind, sample_rate: float, noise_multiplier: float, rounds: int
 def calibrate_noise(kind: Kind, sample_rate: float, target_epsilon: float, delta: float, rounds: int) -> float:
     """The smallest z whose epsilon after ``rounds`` rounds is at most ``target_epsilon`` (the
     library's bisection, to 0.01% of z)."""
-    z = dp_accounting.calibrate_dp_mechanism(
+    library = _library()
+    z = library.calibrate_dp_mechanism(
         lambda: _accountant(kind),
         lambda z: round_event(sample_rate, z, rounds),
         target_epsilon,
         delta,
-        dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+        library.LowerEndpointAndGuess(1e-3, 1.0),
         tol=1e-5,
     )
     return float(z)

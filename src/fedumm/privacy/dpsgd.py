@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import types
 from collections.abc import Iterator
 
 import torch
@@ -39,18 +40,27 @@ import torch
 from fedumm.config import PrivacyConfig, TrainConfig
 from fedumm.errors import ConfigError
 
-try:
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.utils import get_noise_multiplier
-    from opacus.grad_sample import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-except ImportError:  # the privacy extra is optional; SampleDP.create says what to install
-    HAVE_OPACUS = False
-else:
-    HAVE_OPACUS = True
-
 MISSING_EXTRA = "privacy.level=sample needs the privacy extra: pip install 'fedumm[privacy]'"
+
+
+def _opacus() -> types.SimpleNamespace:
+    """Opacus, loaded on first use: importing it costs seconds that a run without DP-SGD (and
+    every FLARE site process) should not pay."""
+    try:
+        from opacus.accountants import RDPAccountant
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.grad_sample import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+    except ImportError:
+        raise ConfigError(MISSING_EXTRA) from None
+    return types.SimpleNamespace(
+        RDPAccountant=RDPAccountant,
+        get_noise_multiplier=get_noise_multiplier,
+        GradSampleModule=GradSampleModule,
+        DPOptimizer=DPOptimizer,
+        UniformWithReplacementSampler=UniformWithReplacementSampler,
+    )
 
 
 def expected_batch_size(train: TrainConfig) -> int:
@@ -61,7 +71,7 @@ def expected_batch_size(train: TrainConfig) -> int:
 def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The z that reaches ``target_epsilon`` (RDP, at ``delta``) after ``steps`` steps at rate q,
     found by Opacus's binary search to 0.1% of the target (never above it)."""
-    return get_noise_multiplier(
+    return _opacus().get_noise_multiplier(
         target_epsilon=target_epsilon,
         target_delta=delta,
         sample_rate=sample_rate,
@@ -83,15 +93,14 @@ class SampleDP:
         delta: float,
         seeded_noise: bool = True,
     ):
-        if not HAVE_OPACUS:
-            raise ConfigError(MISSING_EXTRA)
+        _opacus()  # the extra is there, or the one line that says what to install
         self.seeded_noise = seeded_noise  # privacy.seeded_noise: false = the noise from OS entropy
         self.noise_multiplier = noise_multiplier
         self.clip_norm = clip_norm
         self.sample_rate = sample_rate
         self.expected_batch_size = batch_size
         self.delta = delta
-        self.accountant = RDPAccountant()
+        self.accountant = _opacus().RDPAccountant()
 
     @classmethod
     def create(
@@ -102,8 +111,7 @@ class SampleDP:
         ``privacy.target_epsilon`` is met after ``rounds x steps_per_round`` steps: the
         conservative plan that the client takes part in every round (a client sampled less
         often spends less)."""
-        if not HAVE_OPACUS:
-            raise ConfigError(MISSING_EXTRA)
+        _opacus()  # the extra is there, or the one line that says what to install
         if train.precision == "fp16":
             raise ConfigError(
                 "privacy.level=sample: train.precision=fp16 is not supported (per-row clipping would bound "
@@ -141,13 +149,15 @@ def check_supported(model: torch.nn.Module) -> None:
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
         kind = type(module).__name__
-        if type(module) not in GradSampleModule.GRAD_SAMPLERS:
+        if type(module) not in _opacus().GradSampleModule.GRAD_SAMPLERS:
             reason = "Opacus has no per-sample gradient rule for this layer type"
-        elif GradSampleModule.validate(module, strict=False):
+        elif _opacus().GradSampleModule.validate(module, strict=False):
             reason = "it has buffers, which Opacus does not support in a trained layer"
         else:
             continue
-        supported = sorted({c.__name__ for c in GradSampleModule.GRAD_SAMPLERS if c.__module__.startswith("torch")})
+        supported = sorted(
+            {c.__name__ for c in _opacus().GradSampleModule.GRAD_SAMPLERS if c.__module__.startswith("torch")}
+        )
         raise ConfigError(
             f"privacy.level=sample: trainable module {name or '<root>'!r} ({kind}): {reason}; train only "
             f"modules of the types {', '.join(supported)} (finetune, adapter.target_modules) or use "
@@ -175,8 +185,8 @@ class DPSGD:
         self.names = {id(p): name for name, p in model.named_parameters()}  # for error messages
         # "mean": the loss is the batch mean of the rows' losses; Opacus scales back to per-row
         # gradients and divides the noised sum by the expected (not the drawn) batch size.
-        self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-        self.optimizer = DPOptimizer(
+        self.module = _opacus().GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+        self.optimizer = _opacus().DPOptimizer(
             optimizer,
             noise_multiplier=state.noise_multiplier,
             max_grad_norm=state.clip_norm,
@@ -185,7 +195,7 @@ class DPSGD:
             generator=torch.Generator().manual_seed(seed + 1 if state.seeded_noise else secrets.randbits(63)),
         )
         self.optimizer.attach_step_hook(state.accountant.get_optimizer_hook_fn(sample_rate=state.sample_rate))
-        self.sampler = UniformWithReplacementSampler(
+        self.sampler = _opacus().UniformWithReplacementSampler(
             num_samples=num_rows, sample_rate=state.sample_rate, generator=torch.Generator().manual_seed(seed)
         )
         self._batches = self._endless()
