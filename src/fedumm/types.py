@@ -80,3 +80,8 @@ def check_state_matches(
 def derive_seed(*parts: int) -> int:
     """A stable 32-bit seed from integers (run seed, round, client)."""
     return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
+
+
+def state_delta(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> State:
+    """θ − θ_ref for every key of ``reference``, in float32 (a client's update)."""
+    return {k: state[k].float() - reference[k].float() for k in reference}

@@ -20,7 +20,7 @@ from fedumm.finetune import plan_for_round
 from fedumm.metrics import get_task
 from fedumm.privacy.secagg import SecAggClient
 from fedumm.strategies import ClientAlgorithm
-from fedumm.types import State, derive_seed
+from fedumm.types import State, derive_seed, state_delta
 
 
 class ProtocolClient(Protocol):
@@ -147,7 +147,7 @@ class ClientRuntime:
         if privacy is not None:
             delta, dp_metrics = privacy.privatize(round_global, trained, server_extras, round_num)
         else:
-            delta = {k: trained[k].float() - round_global[k].float() for k in round_global}
+            delta = state_delta(trained, round_global)
             dp_metrics = {}
         if self.secure is None:
             state = {k: round_global[k].float() + delta[k] for k in round_global}

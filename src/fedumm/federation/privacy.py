@@ -31,7 +31,8 @@ from fedumm.errors import ConfigError
 from fedumm.privacy import dp
 from fedumm.privacy.accountant import Accountant, calibrate_noise
 from fedumm.strategies import ClientUpdate, State, Strategy
-from fedumm.types import derive_seed, describe_keys
+from fedumm.strategies.base import deltas
+from fedumm.types import derive_seed, describe_keys, state_delta
 
 #: Keys this module adds to the broadcast's extras, and the metric a client reports.
 PRIVACY_PREFIX = "privacy/"  # of the privacy state in a checkpoint's server state
@@ -156,10 +157,7 @@ class ServerPrivacy:
     def mean_update(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         """(Σ clip(Δ_k) + noise) / (q·N) over the clients' plain replies. The server clips again:
         a client that skipped its clipping cannot void the bound."""
-        clipped = [
-            dp.clip({k: u.state[k].float() - global_state[k].float() for k in global_state}, self.clip_norm)[0]
-            for u in updates
-        ]
+        clipped = [dp.clip(delta, self.clip_norm)[0] for delta in deltas(global_state, updates)]
         central = self.plan.mechanism == "central" and not self.plan.secure
         generator = self.plan.generator(self.seed, round_num, _NOISE_TAG) if central else None
         std = self.plan.update_noise_multiplier * self.clip_norm
@@ -252,7 +250,7 @@ class ClientPrivacy:
         if CLIP_KEY not in server_extras:
             raise ValueError(f"the global message carries no {CLIP_KEY} (a server without privacy.level=client)")
         bound = float(server_extras[CLIP_KEY][0])
-        delta = {k: trained[k].float() - global_state[k].float() for k in global_state}
+        delta = state_delta(trained, global_state)
         clipped, norm = dp.clip(delta, bound)
         generator = self.plan.generator(self.seed, round_num, self.client_id, _NOISE_TAG)
         std = self.plan.client_noise_std(bound)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from fedumm.config_base import Section
-from fedumm.types import LocalHooks, State, TrainResult, check_state_matches
+from fedumm.types import LocalHooks, State, TrainResult, check_state_matches, state_delta
 
 if TYPE_CHECKING:
     from fedumm.config import RunConfig
@@ -69,7 +69,7 @@ def deltas(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpd
     result = []
     for update in updates:
         check_state_matches(global_state, update.state, f"client {update.client_id} state")
-        result.append({k: update.state[k].float() - global_state[k].float() for k in global_state})
+        result.append(state_delta(update.state, global_state))
     return result
 
 
