@@ -24,6 +24,7 @@ from fedumm.engines.nvflare import export_job, simulate_nvflare
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
 from fedumm.engines.simulation import simulate
 from fedumm.errors import ConfigError, FedummError
+from fedumm.report_html import write_report
 from fedumm.runlog import CHECKPOINT, MARKER
 from fedumm.slurm import SlurmOptions, sbatch_script, submit
 from fedumm.sweep import parse_grid, plan_sweep, run_sweep, write_sweep_tables
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", default=None, help="also write compare.md, compare.csv and compare.png into DIR"
     )
     compare.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    report = sub.add_parser("report", help="write a finished run folder's report.html again")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
 
     def grid(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -256,6 +261,9 @@ def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]
 def _run(args: argparse.Namespace) -> int:
     if args.command == "compare":
         return _compare(args)
+    if args.command == "report":
+        print(f"wrote {write_report(args.run_dir)}")
+        return 0
     overrides = list(args.overrides)
     if args.command == "export":  # an exported job always runs on NVIDIA FLARE
         overrides.insert(0, "engine.name=nvflare")
