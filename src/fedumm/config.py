@@ -355,6 +355,19 @@ class OutputConfig(Section):
         ".fedumm-run marker its run wrote; anything else is refused).",
     )
     progress: bool = Field(True, description="Show progress bars.")
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers every round is logged to: tensorboard (event files in <run>/tensorboard) "
+        "and/or mlflow (MLFLOW_TRACKING_URI, else a file store in <run>/mlruns; experiment = the run name); "
+        "needs the tracking extra.",
+    )
+
+    @field_validator("trackers")
+    @classmethod
+    def _unique_trackers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a tracker twice: {value}")
+        return value
 
     @staticmethod
     def folder_name_problem(name: str) -> str | None:
