@@ -241,7 +241,9 @@ def make_synthetic_vqa(
 #: metrics are sibling layers, so each names it), in GenEval's order.
 T2I_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 T2I_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-_T2I_TRIES = 2000
+# Attempts at a layout, and box draws per attempt.
+_T2I_LAYOUTS = 100
+_T2I_DRAWS = 400
 
 
 def _t2i_schedule(tags: Mapping[str, int]) -> list[str]:
@@ -264,6 +266,14 @@ def _t2i_schedule(tags: Mapping[str, int]) -> list[str]:
     return schedule
 
 
+def t2i_capacity(image_size: int) -> int:
+    """How many shapes a t2i scene of ``image_size`` px places reliably: half of a full grid of
+    shapes with their gaps (random placement rarely packs a grid)."""
+    size = _shape_size(image_size)
+    per_side = (image_size - size) // (size + max(2, size // 4)) + 1
+    return per_side * per_side // 2
+
+
 def _apart(a: tuple[int, int], b: tuple[int, int], reach: int) -> bool:
     """Boxes at top-left ``a`` and ``b`` are separated along x or y by at least ``reach`` (size + gap)."""
     return abs(a[0] - b[0]) >= reach or abs(a[1] - b[1]) >= reach
@@ -278,9 +288,9 @@ def _t2i_corners(
     off it, which GenEval's position rule accepts with room to spare."""
     reach = size + max(2, size // 4)
     high = image_size - size + 1
-    for _ in range(_T2I_TRIES):
+    for _ in range(_T2I_LAYOUTS):
         placed: list[tuple[int, int]] = []
-        for _ in range(_T2I_TRIES):
+        for _ in range(_T2I_DRAWS):
             box = (int(rng.integers(0, high)), int(rng.integers(0, high)))
             if all(_apart(box, other, reach) for other in placed):
                 placed.append(box)

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from fedumm.config_base import Section
 from fedumm.data.sources.base import LoadedSamples, SourceSpec
-from fedumm.data.synthetic import T2I_TAGS, make_synthetic_t2i, make_synthetic_vqa
+from fedumm.data.synthetic import T2I_TAGS, make_synthetic_t2i, make_synthetic_vqa, t2i_capacity
 
 
 class SyntheticDataConfig(Section):
@@ -48,6 +48,11 @@ class SyntheticDataConfig(Section):
             raise ValueError(
                 f"data.synthetic.max_count: must be >= 2 for t2i counting prompts (got {self.max_count}); "
                 "raise it or give counting weight 0 in data.synthetic.t2i_tags"
+            )
+        if self.task == "t2i" and self.t2i_tags.get("counting", 0) and self.max_count > t2i_capacity(self.image_size):
+            raise ValueError(
+                f"data.synthetic.max_count: {self.max_count} shapes do not fit a {self.image_size} px t2i scene "
+                f"(at most {t2i_capacity(self.image_size)}); lower it or raise data.synthetic.image_size"
             )
         return self
 
