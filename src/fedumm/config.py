@@ -335,6 +335,11 @@ class EvalConfig(Section):
     centralized_baseline: bool = Field(
         True, description="After the federated job, train the centralized baseline (same budget)."
     )
+    clip_model: str | None = Field(
+        None,
+        description="t2i: a CLIP checkpoint (a folder saved with save_pretrained, or a hub name) for CLIPScore of "
+        "generated images against their prompts (torchmetrics; needs the generation extra); null = off.",
+    )
 
     @field_validator("task")
     @classmethod
