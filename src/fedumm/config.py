@@ -325,7 +325,8 @@ class EvalConfig(Section):
     task: str = Field(
         "vqa",
         description="A task of the registry (fedumm.metrics.TASKS): vqa (VQA v2 accuracy, exact match), "
-        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is "
+        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D), t2i (GenEval score: "
+        "the mean over its categories of the share of correct images, fedumm.metrics.geneval). The first named is "
         "the primary metric.",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")

@@ -9,11 +9,14 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from fedumm.data.synthetic import COLORS, T2I_TAGS, make_synthetic_t2i
+from fedumm.metrics import get_task, summarize_task
 from fedumm.metrics.geneval import (
     GENEVAL_TAGS,
     DetectedObject,
     check_image,
     detect_objects,
+    evaluate_t2i,
+    geneval_records,
     metrics,
     relations,
     shape_of,
@@ -316,3 +319,61 @@ def test_summary_needs_tag_and_correct() -> None:
 
 def test_tag_names_agree_with_the_synthetic_generator() -> None:
     assert T2I_TAGS == GENEVAL_TAGS
+
+
+# ---------------------------------------------------------------- evaluation helpers and the task
+
+
+def test_evaluate_t2i_on_targets_and_on_blank_images() -> None:
+    # Prepare: 12 synthetic rows (two per category); their targets and black images.
+    rows = make_synthetic_t2i(12, seed=8)
+    targets = [r["image"] for r in rows]
+    black = [Image.new("RGB", (32, 32)) for _ in rows]
+    # Execute
+    right, blank = evaluate_t2i(rows, targets, COLORS), evaluate_t2i(rows, black, COLORS)
+    # Assert
+    assert (right["task"], right["n"], right["n_prompts"], right["geneval_overall"]) == ("t2i", 12, 12, 1.0)
+    assert all(right[f"geneval_{tag}"] == 1.0 for tag in GENEVAL_TAGS)
+    assert blank["geneval_overall"] == 0.0 and blank["records"][0]["reason"].startswith("expected ")
+
+
+def test_geneval_records_with_samples_and_clip_scores() -> None:
+    # Prepare: row 0 (single_object) gets its target and a black image; row 1 (two_object) its target.
+    rows = make_synthetic_t2i(2, seed=9)
+    rows[1] = {**rows[1], "client_id": 3}
+    images = [[rows[0]["image"], Image.new("RGB", (32, 32))], [rows[1]["image"]]]
+    # Execute
+    records = geneval_records(rows, images, COLORS, clip_scores=[[30.0, 10.0], [20.0]])
+    summary = evaluate_t2i(rows, images, COLORS, clip_scores=[[30.0, 10.0], [20.0]])
+    # Assert: single_object 1 of 2, two_object 1 of 1 -> overall (0.5 + 1) / 2 = 0.75; images 2 / 3.
+    assert [(r["row"], r["sample"], r["correct"], r["clip_score"]) for r in records] == [
+        (0, 0, True, 30.0),
+        (0, 1, False, 10.0),
+        (1, 0, True, 20.0),
+    ]
+    assert "client_id" not in records[0] and records[2]["client_id"] == 3
+    assert summary["geneval_overall"] == 0.75 and summary["geneval_images"] == pytest.approx(2 / 3)
+    assert summary["clip_score"] == pytest.approx(20.0)
+
+
+def test_geneval_records_errors() -> None:
+    rows = make_synthetic_t2i(1, seed=0)
+    with pytest.raises(ValueError, match="1 rows, 2 image lists"):
+        geneval_records(rows, [rows[0]["image"]] * 2, COLORS)
+    with pytest.raises(ValueError, match=r"row 0 \(0-based\) has no 'geneval' metadata \(prompt 'a cat'\)"):
+        geneval_records([{"prompt": "a cat"}], [rows[0]["image"]], COLORS)
+    with pytest.raises(ValueError, match=r"row 0 \(0-based\) has 1 images but 2 clip scores"):
+        geneval_records(rows, [rows[0]["image"]], COLORS, clip_scores=[[1.0, 2.0]])
+
+
+def test_t2i_task_summary_through_the_registry() -> None:
+    # Records of two clients: client 0 right on both of its images, client 1 wrong on its one.
+    records = [
+        {"tag": "colors", "correct": True, "client_id": 0},
+        {"tag": "position", "correct": True, "client_id": 0},
+        {"tag": "colors", "correct": False, "client_id": 1},
+    ]
+    summary = summarize_task(records, "t2i")
+    assert (summary["task"], summary["n"], summary["geneval_overall"]) == ("t2i", 3, 0.75)
+    assert summary["by_client"][0]["geneval_overall"] == 1.0 and summary["by_client"][1]["geneval_overall"] == 0.0
+    assert get_task("t2i").baseline({"yes": 3}, [{"prompt": "p"}]) == ("yes", None)  # no baseline score

@@ -61,6 +61,8 @@ __all__ = [
     "DetectedObject",
     "check_image",
     "detect_objects",
+    "evaluate_t2i",
+    "geneval_records",
     "metrics",
     "relations",
     "score_objects",
@@ -379,3 +381,71 @@ def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str
     if scored:
         out["clip_score"] = float(np.mean(scored))
     return out
+
+
+def geneval_records(
+    rows: Sequence[Mapping],
+    images: Sequence[Image.Image | Sequence[Image.Image]],
+    palette: Mapping[str, Sequence[int]],
+    clip_scores: Sequence[float | Sequence[float]] | None = None,
+) -> list[dict[str, Any]]:
+    """One verdict record per generated image: ``images[i]`` (an image, or a list of samples)
+    belongs to ``rows[i]`` (a t2i row with ``geneval`` metadata).
+
+    Each record: ``tag``, ``correct``, ``reason``, ``prompt``, ``row`` (0-based), ``sample``
+    (0-based), ``client_id`` when the row has one, ``clip_score`` when ``clip_scores`` (shaped
+    like ``images``) is given.
+
+    Raises:
+        ValueError: if the lengths differ, a row has no ``geneval`` metadata, or its metadata
+            cannot be checked (see ``score_objects``).
+    """
+    if len(rows) != len(images) or (clip_scores is not None and len(clip_scores) != len(rows)):
+        clip = "" if clip_scores is None else f", {len(clip_scores)} clip score lists"
+        raise ValueError(f"geneval records: {len(rows)} rows, {len(images)} image lists{clip}")
+    records = []
+    for i, (row, samples) in enumerate(zip(rows, images)):
+        if "geneval" not in row:
+            raise ValueError(
+                f"geneval records: row {i} (0-based) has no 'geneval' metadata (prompt {row.get('prompt')!r})"
+            )
+        samples = [samples] if isinstance(samples, Image.Image) else list(samples)
+        clips = None if clip_scores is None else clip_scores[i]
+        clips = [clips] if isinstance(clips, (int, float)) else clips
+        if clips is not None and len(clips) != len(samples):
+            raise ValueError(
+                f"geneval records: row {i} (0-based) has {len(samples)} images but {len(clips)} clip scores"
+            )
+        for k, image in enumerate(samples):
+            result = check_image(image, row["geneval"], palette)
+            record = {
+                "tag": row["geneval"]["tag"],
+                "correct": result.correct,
+                "reason": result.reason,
+                "prompt": row.get("prompt", row["geneval"].get("prompt")),
+                "row": i,
+                "sample": k,
+            }
+            if "client_id" in row:
+                record["client_id"] = row["client_id"]
+            if clips is not None:
+                record["clip_score"] = float(clips[k])
+            records.append(record)
+    return records
+
+
+def evaluate_t2i(
+    rows: Sequence[Mapping],
+    images: Sequence[Image.Image | Sequence[Image.Image]],
+    palette: Mapping[str, Sequence[int]],
+    clip_scores: Sequence[float | Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """Check every generated image and summarise as GenEval does (see ``geneval_records``,
+    ``summarize``); the VQ ceiling is the same call on the reconstructed test images.
+
+    Returns:
+        ``{"task": "t2i", "n": images, "n_prompts": rows, "geneval_overall", "geneval_<tag>"...,
+        "geneval_images", "clip_score"?, "records": the per-image records}``.
+    """
+    records = geneval_records(rows, images, palette, clip_scores)
+    return {"task": "t2i", "n": len(records), "n_prompts": len(rows), **metrics(records), "records": records}
