@@ -377,3 +377,11 @@ def test_t2i_task_summary_through_the_registry() -> None:
     assert (summary["task"], summary["n"], summary["geneval_overall"]) == ("t2i", 3, 0.75)
     assert summary["by_client"][0]["geneval_overall"] == 1.0 and summary["by_client"][1]["geneval_overall"] == 0.0
     assert get_task("t2i").baseline({"yes": 3}, [{"prompt": "p"}]) == ("yes", None)  # no baseline score
+
+
+def test_colour_reason_lists_objects_without_a_palette_colour() -> None:
+    # A grey square and a red square for "two blue squares": the reason names both kinds.
+    image = _draw([("square", "red", 4, 4, 16)])
+    ImageDraw.Draw(image).rectangle((40, 40, 55, 55), fill=(128, 128, 128))
+    result = check_image(image, {"include": [_one("square", 2, color="blue")]}, COLORS)
+    assert result.reason == "expected blue square>=2, found 0 blue; and 1 None, 1 red"

@@ -315,7 +315,8 @@ def score_objects(objects: Sequence[DetectedObject], metadata: Mapping, palette_
             right = sum(o.color == color for o in chosen)
             if right < count:
                 ok = False
-                seen = ", ".join(f"{sum(o.color == c for o in chosen)} {c}" for c in sorted({o.color for o in chosen}))
+                colours = sorted({str(o.color) for o in chosen})
+                seen = ", ".join(f"{sum(str(o.color) == c for o in chosen)} {c}" for c in colours)
                 reasons.append(f"expected {color} {name}>={count}, found {right} {color}; and {seen}")
         position = clause.get("position")
         if ok and position is not None:
