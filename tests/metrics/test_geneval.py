@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from fedumm.data.rows import GENEVAL_RELATIONS
 from fedumm.data.synthetic import COLORS, T2I_TAGS, make_synthetic_t2i
 from fedumm.metrics import get_task, summarize_task
 from fedumm.metrics.geneval import (
     GENEVAL_TAGS,
+    RELATIONS,
     DetectedObject,
     check_image,
     detect_objects,
@@ -317,8 +319,9 @@ def test_summary_needs_tag_and_correct() -> None:
         summarize([])
 
 
-def test_tag_names_agree_with_the_synthetic_generator() -> None:
-    assert T2I_TAGS == GENEVAL_TAGS
+def test_tag_and_relation_names_agree_with_the_data_side() -> None:
+    # data and metrics are sibling layers, so each names GenEval's tags and relations.
+    assert T2I_TAGS == GENEVAL_TAGS and GENEVAL_RELATIONS == RELATIONS
 
 
 # ---------------------------------------------------------------- evaluation helpers and the task

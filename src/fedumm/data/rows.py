@@ -50,6 +50,7 @@ from fedumm.data.images import ImageProblem, ImageRef, decode, max_image_pixels
 from fedumm.errors import DataError
 
 __all__ = [
+    "GENEVAL_RELATIONS",
     "SCHEMA_COLUMNS",
     "T2I_COLUMNS",
     "ImageReader",

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fedumm.data.rows import GENEVAL_RELATIONS
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
     "green": (30, 200, 40),
@@ -240,7 +242,6 @@ def make_synthetic_vqa(
 #: GenEval's task tags (the same tuple as ``fedumm.metrics.geneval.GENEVAL_TAGS``; data and
 #: metrics are sibling layers, so each names it), in GenEval's order.
 T2I_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-T2I_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 # Attempts at a layout, and box draws per attempt.
 _T2I_LAYOUTS = 100
 _T2I_DRAWS = 400
@@ -369,7 +370,7 @@ def _t2i_scene(
         include = [{"class": first, "count": 1}, {"class": second, "count": 1}]
         return f"{_a(c1)} {first} and {_a(c2)} {second}", {"include": include}, [(first, c1), (second, c2)], None
     # position: "a <first> <relation> a <second>"; GenEval lists the reference object first.
-    relation = T2I_RELATIONS[int(rng.integers(len(T2I_RELATIONS)))]
+    relation = GENEVAL_RELATIONS[int(rng.integers(len(GENEVAL_RELATIONS)))]
     include = [{"class": second, "count": 1}, {"class": first, "count": 1, "position": [relation, 0]}]
     draw = [(second, c2), (first, c1)]
     return f"{_a(c1)} {first} {relation} {_a(c2)} {second}", {"include": include}, draw, relation
