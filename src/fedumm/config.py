@@ -325,7 +325,8 @@ class EvalConfig(Section):
     task: str = Field(
         "vqa",
         description="A task of the registry (fedumm.metrics.TASKS): vqa (VQA v2 accuracy, exact match), "
-        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is "
+        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D), t2i (GenEval score: "
+        "the mean over its categories of the share of correct images, fedumm.metrics.geneval). The first named is "
         "the primary metric.",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
@@ -334,6 +335,11 @@ class EvalConfig(Section):
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
     centralized_baseline: bool = Field(
         True, description="After the federated job, train the centralized baseline (same budget)."
+    )
+    clip_model: str | None = Field(
+        None,
+        description="t2i: a CLIP checkpoint (a folder saved with save_pretrained, or a hub name) for CLIPScore of "
+        "generated images against their prompts (torchmetrics; needs the generation extra); null = off.",
     )
 
     @field_validator("task")

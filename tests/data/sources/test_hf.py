@@ -430,3 +430,54 @@ def test_hf_relative_image_path_outside_the_data_folder_is_a_row_error(tmp_path:
     assert skipped.skipped == 1 and "row 1 (1-based): image path '../x.png' resolves to" in skipped.problems[0]
     assert "set data.hf.allow_outside_root: true" in skipped.problems[0]
     assert allowed.rows[0]["image"].load().getpixel((0, 0)) == (6, 6, 6)
+
+
+# ---------------------------------------------------------------- text-to-image datasets
+
+
+def _t2i_dataset(n: int, text_column: str = "caption") -> datasets.Dataset:
+    data = {
+        "picture": [{"bytes": _png((i, 0, 0)), "path": None} for i in range(n)],
+        text_column: [f"a red square number {i}" for i in range(n)],
+        "site": ["a", "b"] * (n // 2) + ["a"] * (n % 2),
+    }
+    return datasets.Dataset.from_dict(data).cast_column("picture", datasets.Image())
+
+
+def test_hf_t2i_rows_from_configured_columns(tmp_path: Path) -> None:
+    # Prepare
+    datasets.DatasetDict({"train": _t2i_dataset(4), "validation": _t2i_dataset(2)}).save_to_disk(tmp_path / "d")
+    config = DataConfig.model_validate(
+        {
+            "source": "hf",
+            "hf": {"path": str(tmp_path / "d"), "task": "t2i", "image_column": "picture", "text_column": "caption"},
+            "partition": {"min_samples": 1},
+            "local_test_fraction": 0,
+        }
+    )
+    # Execute
+    result = load_hf_vqa(str(tmp_path / "d"), "train", task="t2i", image_column="picture", text_column="caption")
+    data = build_federated_data(config, num_clients=2, seed=0)
+    # Assert
+    rows = result.rows
+    assert [r["prompt"] for r in rows] == [f"a red square number {i}" for i in range(4)]
+    assert all(r["task"] == "t2i" and r["answers"] == [] for r in rows)
+    assert rows[3]["image"].load().getpixel((0, 0)) == (3, 0, 0)
+    assert rows[1]["metadata"] == {"source": str(tmp_path / "d"), "split": "train", "row": 2, "site": "b"}
+    assert len(data.global_test) == 2 and all(r["task"] == "t2i" for r in data.pooled_train)
+
+
+def test_hf_t2i_missing_columns_name_the_keys(tmp_path: Path) -> None:
+    _t2i_dataset(2, text_column="text").save_to_disk(tmp_path / "d")
+    with pytest.raises(
+        DataError, match=r"missing column\(s\) \['prompt'\].*data.hf.image_column and data.hf.text_column"
+    ):
+        load_hf_vqa(str(tmp_path / "d"), "train", task="t2i", image_column="picture")
+
+
+def test_hf_t2i_empty_prompt_names_the_row(tmp_path: Path) -> None:
+    data = _t2i_dataset(3, text_column="text").to_dict()
+    data["text"][2] = " "
+    datasets.Dataset.from_dict(data).cast_column("picture", datasets.Image()).save_to_disk(tmp_path / "d")
+    with pytest.raises(DataError, match=r"row 3 \(1-based\): field 'text' \(the prompt\): expected a non-empty string"):
+        load_hf_vqa(str(tmp_path / "d"), "train", task="t2i", image_column="picture", text_column="text")

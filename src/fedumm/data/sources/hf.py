@@ -27,9 +27,17 @@ from fedumm.data.rows import (
     most_common_answer,
     optional_fields,
     subsample_indices,
+    t2i_row,
     text_field,
 )
-from fedumm.data.sources.base import MAX_SAMPLES_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
+from fedumm.data.sources.base import (
+    MAX_SAMPLES_DESCRIPTION,
+    ON_ERROR_DESCRIPTION,
+    TASK_DESCRIPTION,
+    LoadedSamples,
+    RowTask,
+    SourceSpec,
+)
 from fedumm.errors import DataError
 
 
@@ -71,6 +79,15 @@ class HFSourceConfig(Section):
         "itself writes for undecoded image files, are not checked.",
     )
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
+    task: RowTask = Field(
+        "understanding",
+        description=f"{TASK_DESCRIPTION} A t2i dataset has an image column and a text column (image_column, "
+        "text_column) and optionally a geneval column (GenEval metadata, an object or a JSON string).",
+    )
+    image_column: str = Field("image", min_length=1, description="t2i: the column holding the target image.")
+    text_column: str = Field(
+        "prompt", min_length=1, description="t2i: the column holding the prompt (e.g. text, caption)."
+    )
 
 
 _HF_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
@@ -223,14 +240,28 @@ def _hf_sample(
     return row
 
 
-def _undecoded(dataset: Any) -> Any:
+def _hf_t2i_sample(
+    record: Mapping, base: Path | None, metadata: dict, image_column: str, text_column: str, allow_outside_root: bool
+) -> dict:
+    image = _hf_image(record.get(image_column), base, image_column, allow_outside_root)
+    if image is None:
+        raise RowProblem(f"field {image_column!r} is null; a t2i row needs its target image")
+    prompt = record.get(text_column)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RowProblem(f"field {text_column!r} (the prompt): expected a non-empty string, got {prompt!r}")
+    taken = {image_column, text_column, "geneval"}
+    extra = {k: v for k, v in record.items() if k not in taken and isinstance(v, (str, int, float, bool))}
+    return t2i_row(prompt, image, {**metadata, **extra}, record.get("geneval"))
+
+
+def _undecoded(dataset: Any, image_column: str = "image") -> Any:
     """``dataset`` with its image columns left undecoded, so that one broken image names its
     row instead of failing the whole batch."""
     import datasets
 
-    image = dataset.features.get("image")
+    image = dataset.features.get(image_column)
     if isinstance(image, datasets.Image):
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     images = dataset.features.get("images")
     if isinstance(images, datasets.List) and isinstance(images.feature, datasets.Image):
         dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False), length=images.length))
@@ -249,6 +280,9 @@ def load_hf_vqa(
     revision: str | None = None,
     allow_missing_images: bool = False,
     allow_outside_root: bool = False,
+    task: RowTask = "understanding",
+    image_column: str = "image",
+    text_column: str = "prompt",
 ) -> LoadResult:
     """Load one split of a VQAv2-schema Hugging Face dataset (e.g. a parquet copy of VQAv2).
 
@@ -268,6 +302,10 @@ def load_hf_vqa(
     e.g. "refs/convert/parquet"). ``max_samples`` rows are drawn with ``seed`` before any
     image is decoded.
 
+    ``task="t2i"`` reads text-to-image rows (``fedumm.data.rows.t2i_row``) instead: the target
+    image from ``image_column``, the prompt from ``text_column``, GenEval metadata from a
+    ``geneval`` column if there is one; other scalar columns go into ``metadata``.
+
     Raises:
         DataError: if the dataset or split cannot be loaded (a loading-script dataset says how
             to load a parquet copy instead), a required column is missing, or (with
@@ -278,14 +316,33 @@ def load_hf_vqa(
     dataset, base = _open_hf_split(path_or_name, split, data_files, name, revision)
     source = f"Hugging Face dataset {path_or_name!r} split {split!r}"
     columns = dataset.column_names
-    missing = [c for c in ("question", "answers") if c not in columns]
-    if "image" not in columns and "images" not in columns:
-        missing.insert(0, "image (or images)")
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing} (has {columns})")
+    if task == "t2i":
+        missing = [c for c in (image_column, text_column) if c not in columns]
+        if missing:
+            raise DataError(
+                f"{source}: missing column(s) {missing} (has {columns}); name them with data.hf.image_column "
+                f"and data.hf.text_column"
+            )
+    else:
+        missing = [c for c in ("question", "answers") if c not in columns]
+        if "image" not in columns and "images" not in columns:
+            missing.insert(0, "image (or images)")
+        if missing:
+            raise DataError(f"{source}: missing column(s) {missing} (has {columns})")
     indices = subsample_indices(len(dataset), max_samples, seed)
-    dataset = _undecoded(dataset.select(indices))
     meta = {"source": str(path_or_name), "split": split}
+    if task == "t2i":
+        dataset = _undecoded(dataset.select(indices), image_column)
+        return collect_rows(
+            source,
+            "row",
+            ((i + 1, record) for i, record in zip(indices, dataset)),
+            lambda record, number: [
+                _hf_t2i_sample(record, base, {**meta, "row": number}, image_column, text_column, allow_outside_root)
+            ],
+            on_error,
+        )
+    dataset = _undecoded(dataset.select(indices))
     return collect_rows(
         source,
         "row",
@@ -304,6 +361,9 @@ def load(config: HFSourceConfig, seed: int) -> LoadedSamples:
         "revision": config.revision,
         "allow_missing_images": config.allow_missing_images,
         "allow_outside_root": config.allow_outside_root,
+        "task": config.task,
+        "image_column": config.image_column,
+        "text_column": config.text_column,
     }
     path, files, on_error = str(config.path), config.data_files, config.on_error
     train = load_hf_vqa(path, config.split, config.max_samples, seed, files, on_error, **hub)
