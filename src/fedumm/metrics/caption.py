@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedumm.metrics.base import check_lengths, field
+from fedumm.metrics.base import MetricOptions, check_lengths, field
 
 __all__ = ["bleu4", "caption_tokens", "cider_d", "metrics", "rouge_l"]
 
@@ -84,8 +84,8 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     return float(score)
 
 
-def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
-    """The caption task's metrics of one group: ``{"bleu4", "rouge_l", "cider_d"}`` (``positive_label`` unused).
+def metrics(records: Sequence[Mapping], options: MetricOptions | None = None) -> dict[str, Any]:
+    """The caption task's metrics of one group: ``{"bleu4", "rouge_l", "cider_d"}`` (``options`` unused).
 
     Records hold "prediction" and "references" (or "answers").
     """

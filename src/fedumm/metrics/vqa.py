@@ -352,8 +352,8 @@ def summarize(records: Iterable[Mapping]) -> dict:
     }
 
 
-def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
-    """The vqa task's metrics of one group: ``{"vqa_accuracy", "exact_match"}`` (``positive_label`` unused)."""
+def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any]:
+    """The vqa task's metrics of one group: ``{"vqa_accuracy", "exact_match"}`` (``options`` unused)."""
     summary = summarize(records)
     return {"vqa_accuracy": summary["vqa_accuracy"], "exact_match": summary["exact_match"]}
 
