@@ -125,9 +125,7 @@ def build_evaluation(
         if not (math.isfinite(weight) and weight > 0):
             raise ConfigError(f"eval.task_weights.{name}: {weight!r}; expected a positive finite number")
     if default_task is not None and default_task not in weights:
-        raise ConfigError(
-            f"eval.default_task: {default_task!r} is not one of the run's tasks ({', '.join(weights)})"
-        )
+        raise ConfigError(f"eval.default_task: {default_task!r} is not one of the run's tasks ({', '.join(weights)})")
     tasks = {name: TASKS[name] for name in weights}
     return Evaluation(
         MULTITASK, tasks, {k: float(v) for k, v in weights.items()}, default_task, options or MetricOptions()
