@@ -153,3 +153,12 @@ def test_rows_with_a_missing_or_foreign_task_are_refused(rows: list[dict], kwarg
 def test_bad_settings_name_the_key(args: tuple, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         build_evaluation(*args)
+
+
+def test_single_task_run_refuses_a_row_of_another_task() -> None:
+    # Prepare: a classification-tagged row (Hateful Memes rows carry task: classification) in a vqa run.
+    rows = [{"task": "classification", "says": "yes", "answers": ["yes"], "multiple_choice_answer": "yes"}]
+
+    # Execute / Assert
+    with pytest.raises(DataError, match="test row 0 \\(0-based\\): task 'classification' is not scored in this run"):
+        build_evaluation("vqa").evaluate(ScriptedHost(), rows, 1)

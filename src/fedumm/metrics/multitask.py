@@ -84,9 +84,10 @@ class Evaluation:
         if name is None:
             raise DataError(f"{where} has no 'task' column and eval.default_task is not set")
         if name not in self.tasks:
+            fix = "add it to eval.task_weights" if self.multitask else f"set eval.task: {MULTITASK} (or {name})"
             raise DataError(
                 f"{where}: task {name!r} is not scored in this run (eval.task={self.name!r}; "
-                f"tasks: {', '.join(self.tasks)}); set eval.task_weights"
+                f"tasks: {', '.join(self.tasks)}); {fix}"
             )
         return str(name)
 
