@@ -149,18 +149,16 @@ def phase_summary(result: PhaseResult, evaluation: Evaluation) -> dict[str, Any]
         f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
     }
     if evaluation.multitask:
-        out[f"{result.phase}_by_task"] = {
-            name: {
+        initial = result.records[0]["global"].get("by_task", {})
+        by_task = out[f"{result.phase}_by_task"] = {}
+        for name, part in final.get("by_task", {}).items():
+            metric = evaluation.tasks[name].primary_metric
+            by_task[name] = {
                 "n": part["n"],
-                "metric": evaluation.tasks[name].primary_metric,
-                "initial": result.records[0]["global"]
-                .get("by_task", {})
-                .get(name, {})
-                .get(evaluation.tasks[name].primary_metric),
-                "final": part[evaluation.tasks[name].primary_metric],
+                "metric": metric,
+                "initial": initial.get(name, {}).get(metric),
+                "final": part[metric],
             }
-            for name, part in final.get("by_task", {}).items()
-        }
     return out
 
 
