@@ -79,3 +79,8 @@ def test_import_loads_no_heavy_library_and_no_other_fedumm_module() -> None:
     # Assert
     loaded = ast.literal_eval(out)
     assert [m for m in loaded if m not in ("fedumm", "fedumm.errors") and not m.startswith("fedumm.metrics")] == []
+
+
+def test_multitask_is_not_a_task_name() -> None:
+    with pytest.raises(ValueError, match="'multitask' is the eval.task of runs that mix tasks"):
+        register_task(Task("multitask", "x", lambda records, options: {"x": 0.0}))

@@ -106,11 +106,6 @@ class Evaluation:
         }
         return self.combine(parts)
 
-    def summarize(self, records: Sequence[dict]) -> dict[str, Any]:
-        """``evaluate`` for records that already hold what their tasks score (e.g. "prediction")."""
-        parts = {name: self.tasks[name].summarize(group, self.options) for name, group in self.split(records).items()}
-        return self.combine(parts)
-
     def combine(self, parts: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
         """One summary from the tasks' summaries (module docstring)."""
         if not parts:
