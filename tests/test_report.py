@@ -110,6 +110,7 @@ def test_multitask_summary_lines_per_task():
             "vqa": {"n": 4, "metric": "vqa_accuracy", "initial": 0.0, "final": 0.5},
             "caption": {"n": 2, "metric": "cider_d", "initial": None, "final": 1.3},
         },
+        "majority_baseline_by_task": {"vqa": {"answer": "yes", "score": 0.25}},
     }
 
     # Execute
@@ -117,5 +118,5 @@ def test_multitask_summary_lines_per_task():
 
     # Assert
     assert "federated global multitask_score:        0.900  (untrained 0.100)" in text
-    assert "  vqa (4 rows) vqa_accuracy: 50.0% (untrained 0.0%)" in text
+    assert "  vqa (4 rows) vqa_accuracy: 50.0% (untrained 0.0%; majority 'yes' 25.0%)" in text
     assert "  caption (2 rows) cider_d: 1.300 (untrained -)" in text

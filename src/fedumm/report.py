@@ -65,12 +65,16 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         by_type = ", ".join(f"{k} {show(v).strip()}" for k, v in summary["federated_by_answer_type"].items())
         if by_type:
             lines.append(f"  by answer type: {by_type}")
+        majority = summary.get("majority_baseline_by_task", {})
         for name, part in summary.get("federated_by_task", {}).items():
             fraction = get_task(name).bounded
             initial = "-" if part["initial"] is None else show(part["initial"], fraction).strip()
+            versus = ""
+            if name in majority:
+                versus = f"; majority {majority[name]['answer']!r} {show(majority[name]['score'], fraction).strip()}"
             lines.append(
                 f"  {name} ({part['n']} rows) {part['metric']}: {show(part['final'], fraction).strip()} "
-                f"(untrained {initial})"
+                f"(untrained {initial}{versus})"
             )
     if "centralized_final_accuracy" in summary:
         cen_acc = summary["centralized_final_accuracy"]

@@ -162,3 +162,27 @@ def test_single_task_run_refuses_a_row_of_another_task() -> None:
     # Execute / Assert
     with pytest.raises(DataError, match="test row 0 \\(0-based\\): task 'classification' is not scored in this run"):
         build_evaluation("vqa").evaluate(ScriptedHost(), rows, 1)
+
+
+def test_majority_baseline_per_task() -> None:
+    # Prepare: training answers per task; untagged rows ("") count for the default task (vqa).
+    # vqa: "yes" 3 + 4 untagged "no" -> "no"; classification: "cat" 5, "dog" 2 -> "cat".
+    counts = {"vqa": {"yes": 3}, "": {"no": 4}, "classification": {"cat": 5, "dog": 2}, "caption": {"a cat": 9}}
+    test = [
+        _vqa("-", ["no", "no", "yes"]),  # "no": 2 of 3 -> (1/3 + 1/3 + 2/3) / 3 = 4/9
+        {"says": "-", "answers": ["yes"], "multiple_choice_answer": "yes"},  # untagged -> vqa; "no" scores 0
+        {"task": "classification", "says": "-", "answers": ["cat"], "multiple_choice_answer": "cat"},
+        {"task": "classification", "says": "-", "answers": ["dog"], "multiple_choice_answer": "dog"},
+        {"task": "caption", "says": "-", "answers": ["a cat"], "multiple_choice_answer": "a cat"},
+    ]
+    evaluation = build_evaluation("multitask", {"vqa": 1, "classification": 1, "caption": 1}, default_task="vqa")
+
+    # Execute
+    baselines = evaluation.task_baselines(counts, test)
+
+    # Assert: caption has no majority baseline.
+    assert baselines == {
+        "vqa": {"answer": "no", "score": pytest.approx((4 / 9 + 0) / 2)},
+        "classification": {"answer": "cat", "score": 0.5},
+    }
+    assert build_evaluation("vqa").task_baselines(counts, test) == {}

@@ -169,6 +169,7 @@ def job_summary(
     setup: SetupInfo,
     baseline: tuple[str, float | None],
     phases: Sequence[PhaseResult],
+    global_test: Sequence[dict] = (),
 ) -> dict[str, Any]:
     trainable, total = host.count_parameters()
     stages = host.trainable_by_stage()
@@ -189,6 +190,11 @@ def job_summary(
         **({"task_weights": dict(host.evaluation.weights)} if host.evaluation.multitask else {}),
         "majority_answer": baseline[0],
         "majority_baseline_accuracy": baseline[1],
+        **(
+            {"majority_baseline_by_task": host.evaluation.task_baselines(setup.task_answer_counts, list(global_test))}
+            if host.evaluation.multitask
+            else {}
+        ),
         **setup.partition.skipped_summary(),  # counts only; the messages are in load_problems.txt
     }
     for result in phases:
@@ -297,7 +303,7 @@ def run_job(
                 config, host, pooled_train, global_test, run, "centralized_adapter" if federated else "adapter", log
             )
         )
-    summary = job_summary(config, run, host, setup, baseline, phases)
+    summary = job_summary(config, run, host, setup, baseline, phases, global_test)
     summary.update(transport.summary_extras(phases[0].records if federated else []))
     if federated:
         summary.update(privacy_summary(config, server, phases[0]))

@@ -137,7 +137,30 @@ class Evaluation:
 
     def baseline(self, answer_counts: Mapping[str, int], test_rows: Sequence[Mapping]) -> tuple[str, float | None]:
         """The majority-answer baseline of a single-task run (``Task.baseline``); a multitask run has
-        none: the pooled training answer counts do not say which task an answer belongs to."""
+        one per task instead (``task_baselines``): ``("", None)``."""
         if self.multitask:
             return "", None
         return self.tasks[self.name].baseline(answer_counts, test_rows)
+
+    def task_baselines(
+        self, task_answer_counts: Mapping[str, Mapping[str, int]], test_rows: Sequence[dict]
+    ) -> dict[str, dict[str, Any]]:
+        """A multitask run's majority-answer baseline per task that has one (vqa, classification):
+        ``{task: {"answer", "score"}}``, the majority of the task's training answers
+        (``task_answer_counts[task]``, plus the untagged rows' ``""`` counts for ``default_task``)
+        scored on the task's test rows (``Task.baseline``). Empty for a single-task run."""
+        if not self.multitask:
+            return {}
+        groups = self.split(test_rows)
+        out: dict[str, dict[str, Any]] = {}
+        for name, task in self.tasks.items():
+            if task.baseline_score is None:
+                continue
+            counts: dict[str, int] = dict(task_answer_counts.get(name, {}))
+            if name == self.default_task:
+                for answer, n in task_answer_counts.get("", {}).items():
+                    counts[answer] = counts.get(answer, 0) + n
+            if counts or name in groups:
+                answer, score = task.baseline(counts, groups.get(name, []))
+                out[name] = {"answer": answer, "score": score}
+        return out

@@ -353,6 +353,8 @@ def test_fedvlmbench_multitask_config_scores_each_task(tmp_path: Path, run_seed_
     assert (summary["metric"], summary["metric_bounded"]) == ("multitask_score", False)
     assert set(summary["federated_by_task"]) == {"vqa", "caption", "grounding"}
     assert summary["federated_by_task"]["caption"]["metric"] == "cider_d"
+    # Majority baseline per task that has one: vqa's training answers are all "yes", as its test answers.
     assert summary["majority_baseline_accuracy"] is None
+    assert summary["majority_baseline_by_task"] == {"vqa": {"answer": "yes", "score": 1.0}}
     text = (Path(result.run_dir) / "summary.txt").read_text()
     assert "grounding (2 rows) grounding_accuracy:" in text
