@@ -42,6 +42,7 @@ FIXED = [
     ("gotta lemme 'tis", "got ta lem me 't is"),
     ("\u00a35 \u20ac3", "# 5 $ 3"),
     ("a.b.c. x.y A.", "a.b.c. x.y a."),
+    ("'90 '90s '50% '5 in '99. '2000s '3:45'", "'90 '90s 50 % 5 in 99 2000s 3:45"),
 ]
 
 

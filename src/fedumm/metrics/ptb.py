@@ -126,7 +126,7 @@ _TOKEN = re.compile(
     r"|(?P<acronym>(?:[^\W\d_]\.)+)(?![\w])"
     rf"|(?P<abbrev>(?:{_ABBREVIATIONS})\.)(?![\w])"
     r"|(?P<number>[-+]?\d+(?:[.,:/]\d+)+|[-+]?\.\d+|[-+]\d+)"
-    r"|(?P<year>'\d+s?)(?!\w|[.,:/]\d)"
+    r"|(?P<year>'\d\ds(?!\w)|'\d\d(?!\S))"
     r"|(?P<tis>'t(?:is|was)\b)"
     r"|(?P<handle>@\w+)"
     r"|(?P<word>\w+(?:'\w+)*(?:[-/.]\w+(?:'\w+)*)*)"
