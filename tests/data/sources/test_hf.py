@@ -389,31 +389,32 @@ def test_fedumm_vqav2_standin_max_samples_and_raise(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fedumm_vqav2_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
-    datasets.DatasetDict({"train": _vqav2_split(40, 0), "validation": _vqav2_split(8, 100)}).save_to_disk(
-        tmp_path / "vqav2"
-    )
+    # Prepare: the layout `fedumm data vqav2` writes (data/train-*.parquet, data/validation-*.parquet).
+    (tmp_path / "vqav2" / "data").mkdir(parents=True)
+    _vqav2_split(40, 0).to_parquet(tmp_path / "vqav2" / "data" / "train-00000-of-00001.parquet")
+    _vqav2_split(16, 100).to_parquet(tmp_path / "vqav2" / "data" / "validation-00000-of-00001.parquet")
+    # Execute: the shipped config as it is, only the path redirected.
     config, result = run_seed_config(
         "fedumm_vqav2.yaml",
         tmp_path,
         "tiny-blip-vqa",
         f"data.hf.path={tmp_path / 'vqav2'}",
-        "data.hf.max_samples=null",
-        "data.hf.max_test_samples=null",
         "federation.num_clients=2",
         "data.partition.min_samples=4",
-        "data.hf.split=train",
-        "data.hf.test_split=validation",
     )
+    # Assert: the global test set is validation[:50%] = 8 of the 16 rows.
     assert config.model.backend == "blip_vqa" and config.adapter.preset == "qv_self"
     assert result.summary["num_clients"] == 2 and result.federated.records[-1]["global"]["n"] == 8
 
 
-def test_fedumm_vqav2_config_points_at_a_parquet_dataset(configs_dir) -> None:
-    # The shipped config must not name a loading-script dataset (datasets>=4 refuses those).
+def test_fedumm_vqav2_config_follows_fedumms_splits(configs_dir) -> None:
+    # FedUMM: train on train, evaluate on the first half of validation; the data set is built by
+    # `fedumm data vqav2` from the official files (no loading-script dataset, which datasets>=4 refuses).
     config = load_config(configs_dir / "fedumm_vqav2.yaml")
     hf = config.data.hf
-    assert (hf.path, hf.split, hf.test_split) == ("lmms-lab/VQAv2", "validation", None)
-    assert config.data.hf.max_samples == 22000 and config.data.global_test_fraction == 0.1
+    assert (hf.path, hf.split, hf.test_split) == ("data/vqav2", "train", "validation[:50%]")
+    assert hf.max_samples is None and hf.max_test_samples is None and config.eval.max_samples is None
+    assert "fedumm data vqav2" in (configs_dir / "fedumm_vqav2.yaml").read_text()
 
 
 def test_hf_relative_image_path_outside_the_data_folder_is_a_row_error(tmp_path: Path) -> None:
