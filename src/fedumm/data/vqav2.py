@@ -177,6 +177,17 @@ def _subtype(q_subtype: str | None, a_subtype: str | None, images: Path, q_path:
     return q_subtype or a_subtype or images.name
 
 
+def _image_value(path: Path, embed: bool) -> dict:
+    """The image cell: datasets' {"bytes", "path"}, the bytes embedded or an absolute path. Images are
+    not decoded here; the hf source checks each one it loads."""
+    if not embed:
+        return {"bytes": None, "path": str(path.resolve())}
+    try:
+        return {"bytes": path.read_bytes(), "path": path.name}
+    except OSError as exc:
+        raise RowProblem(f"image file {path} cannot be read ({exc})") from None
+
+
 def _rows(
     questions: list,
     annotated: dict[int, Mapping],
@@ -208,11 +219,7 @@ def _rows(
                 "answer_type": _str_field(annotation, "answer_type"),
                 "question_id": question["question_id"],
                 "question": _str_field(question, "question"),
-                "image": (
-                    {"bytes": path.read_bytes(), "path": path.name}
-                    if embed
-                    else {"bytes": None, "path": str(path.resolve())}
-                ),
+                "image": _image_value(path, embed),
             }
         except RowProblem as exc:
             message = f"{q_path}, question {number} (1-based, question_id {question.get('question_id')}): {exc}"

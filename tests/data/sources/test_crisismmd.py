@@ -11,6 +11,7 @@ from PIL import Image
 from fedumm.cli import main
 from fedumm.data.config import DataConfig
 from fedumm.data.federated import build_federated_data, load_samples
+from fedumm.data.modality import text_only_question
 from fedumm.data.sources.crisismmd import CLASSES, crisismmd_question, load_crisismmd
 from fedumm.errors import DataError
 
@@ -70,10 +71,13 @@ def test_crisismmd_informative_task_and_label_column(tmp_path: Path) -> None:
     assert [r["multiple_choice_answer"] for r in by_image] == ["informative", "not_informative"]
     assert [r["multiple_choice_answer"] for r in by_text] == ["informative", "informative"]
     assert by_image[0]["question"].endswith("Answer with one of: informative, not_informative.")
-    assert crisismmd_question("informative", "a http://x b") == (
-        "a  b\nIs this tweet, with its image, informative for humanitarian aid? "
+    question = crisismmd_question("informative", "a http://x b")
+    assert question == (
+        "a  b\nIs the tweet informative for humanitarian aid, based on the text and image? "
         "Answer with one of: informative, not_informative."
     )
+    # Without its image (a modality scenario), the question narrows to the text.
+    assert "aid, based on the text? Answer" in text_only_question(question)
 
 
 def test_crisismmd_source_train_and_test_files(tmp_path: Path) -> None:

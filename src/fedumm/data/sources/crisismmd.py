@@ -54,9 +54,10 @@ CLASSES: dict[str, tuple[str, ...]] = {
         "not_humanitarian",
     ),
 }
+# "based on the text and image": a modality scenario that drops the image narrows it to the text.
 _ASK = {
-    "informative": "Is this tweet, with its image, informative for humanitarian aid?",
-    "humanitarian": "Which humanitarian category does this tweet, with its image, belong to?",
+    "informative": "Is the tweet informative for humanitarian aid, based on the text and image?",
+    "humanitarian": "Which humanitarian category does the tweet belong to, based on the text and image?",
 }
 # The columns every split file has (event_name and the label columns besides the chosen one go to metadata).
 _REQUIRED = ("tweet_id", "image_id", "tweet_text", "image")
