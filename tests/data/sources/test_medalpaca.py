@@ -112,3 +112,23 @@ def test_fedmllm_medalpaca_config_partitions_a_standin(tmp_path: Path, configs_d
     # 10% of 50 held out as the global test set; IID over 10 clients.
     assert sorted(saved["sizes"]) == [4] * 5 + [5] * 5
     assert "5 global test rows" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fedmllm_medalpaca_config_trains_on_text_only_rows(tmp_path: Path, run_seed_config) -> None:
+    # Prepare: 40 flashcards; the shipped config with its path redirected, 2 clients.
+    path = write_flashcards(tmp_path / "cards.json", 40)
+    # Execute
+    config, result = run_seed_config(
+        "fedmllm_medalpaca.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.medalpaca.path={path}",
+        "federation.num_clients=2",
+        "data.partition.min_samples=2",
+        "model.max_new_tokens=4",
+    )
+    # Assert: the 10% hold-out (4 cards) scored with the caption metrics, each within its range.
+    final = result.federated.records[-1]["global"]
+    assert config.eval.task == "caption" and final["n"] == 4 and final["cider_d"] >= 0.0
+    assert 0.0 <= final["bleu4"] <= 1.0 and 0.0 <= final["rouge_l"] <= 1.0

@@ -152,3 +152,23 @@ def test_fedmllm_vqa_rad_config_partitions_a_standin(tmp_path: Path, configs_dir
     saved = json.loads((tmp_path / "out" / "partition.json").read_text())
     assert len(saved["sizes"]) == 10 and sum(saved["sizes"]) == 30
     assert "20 global test rows" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fedmllm_vqa_rad_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
+    # Prepare: 30 questions: 18 train, 12 test.
+    path = write_vqa_rad(tmp_path / "vqa_rad", [_record(q) for q in range(30)])
+    # Execute
+    config, result = run_seed_config(
+        "fedmllm_vqa_rad.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.vqa_rad.path={json.dumps(str(path))}",
+        "federation.num_clients=2",
+        "data.partition.min_samples=2",
+        "model.max_new_tokens=4",
+    )
+    # Assert: the 12 test questions scored, broken down by open / closed.
+    final = result.federated.records[-1]["global"]
+    assert final["n"] == 12 and set(final["by_answer_type"]) == {"closed", "open"}
+    assert sum(v["n"] for v in final["by_answer_type"].values()) == 12
