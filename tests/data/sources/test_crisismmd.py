@@ -160,3 +160,27 @@ def test_fedmllm_crisismmd_config_partitions_a_standin(tmp_path: Path, configs_d
     saved = json.loads((tmp_path / "out" / "partition.json").read_text())
     assert len(saved["sizes"]) == 10 and sum(saved["sizes"]) == 40
     assert "8 global test rows" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fedmllm_crisismmd_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
+    # Prepare: 24 train lines over 3 classes, 6 test lines (2 of each).
+    classes = ("not_humanitarian", "vehicle_damage", "affected_individuals")
+    train = [_line(k, classes[k % 3]) for k in range(24)]
+    test = [_line(100 + k, classes[k % 3]) for k in range(6)]
+    root = write_crisismmd(tmp_path / "crisis", "humanitarian", {"train": train, "test": test})
+    # Execute
+    config, result = run_seed_config(
+        "fedmllm_crisismmd.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.crisismmd.root={root}",
+        "federation.num_clients=2",
+        "data.partition.min_samples=2",
+        "model.max_new_tokens=4",
+    )
+    # Assert: classification metrics on the 6 test lines; the majority baseline of a balanced set is 1/3.
+    final = result.federated.records[-1]["global"]
+    assert final["task"] == "classification" and final["n"] == 6
+    assert 0.0 <= final["macro_f1"] <= 1.0 and 0.0 <= final["accuracy"] <= 1.0
+    assert result.summary["majority_baseline_accuracy"] == pytest.approx(1 / 3)

@@ -141,3 +141,23 @@ def test_fedmllm_slake_config_partitions_a_standin(tmp_path: Path, configs_dir: 
     # English questions only: 20 of the 40 train, 5 of the 9 test.
     assert len(saved["sizes"]) == 10 and sum(saved["sizes"]) == 20
     assert "5 global test rows" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fedmllm_slake_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
+    root = write_slake(
+        tmp_path / "Slake1.0", {"train": [_record(q) for q in range(24)], "test": [_record(q) for q in range(8)]}
+    )
+    config, result = run_seed_config(
+        "fedmllm_slake.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.slake.root={root}",
+        "data.slake.language=all",
+        "federation.num_clients=2",
+        "data.partition.min_samples=2",
+        "model.max_new_tokens=4",
+    )
+    # Both languages: 8 test questions, 4 closed (English) and 4 open (Chinese).
+    final = result.federated.records[-1]["global"]
+    assert final["n"] == 8 and {k: v["n"] for k, v in final["by_answer_type"].items()} == {"closed": 4, "open": 4}
