@@ -226,6 +226,8 @@ def test_vqav2_test_subtype_needs_a_split_name(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot tell the split of data_subtype 'test-dev2015'.*--split"):
         write_vqav2(**files, out=tmp_path / "out")
     assert write_vqav2(**files, out=tmp_path / "out", split="testdev").files[0].name == "testdev-00000-of-00001.parquet"
+    # A split of any name is found in the folder by datasets' shard pattern.
+    assert [r["question_id"] for r in load_hf_vqa(str(tmp_path / "out"), "testdev").rows] == [1000]
 
 
 def test_vqav2_broken_annotation_field_names_the_question(tmp_path: Path) -> None:
