@@ -142,10 +142,11 @@ def test_vqav2_cli_writes_and_reports_progress(tmp_path: Path, capsys: pytest.Ca
     # Execute
     code = main(["data", "vqav2", *args])
     captured = capsys.readouterr()
-    # Assert: a progress line per 5% (20 questions: one per question), the summary on stdout.
+    # Assert: a line once paired, then one per 5% (20 questions: one per question); the summary on stdout.
     assert code == 0
     progress = captured.err.splitlines()
-    assert len(progress) == 20 and progress[-1] == "vqav2 validation: 20/20 questions (100%), 0 skipped"
+    assert progress[0] == "vqav2 validation: 20 questions paired with their annotations (val2014)"
+    assert len(progress) == 21 and progress[-1] == "vqav2 validation: 20/20 questions (100%), 0 skipped"
     assert "wrote 20 rows of split 'validation'" in captured.out
     # A second run without --overwrite refuses, in one line; with it, replaces the shard.
     assert main(["data", "vqav2", *args]) == 2

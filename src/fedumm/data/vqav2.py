@@ -247,7 +247,8 @@ def write_vqav2(
     ``split`` defaults to the files' data_subtype (train2014 -> train, val2014 -> validation);
     image names use the data_subtype (else the images folder's name). A question whose image is
     missing or whose fields are broken raises, or with ``on_error="skip"`` is left out and listed
-    in ``<out>/<split>_problems.txt``. ``progress`` gets a line per 5% of the questions.
+    in ``<out>/<split>_problems.txt``. ``progress`` gets a line once the files are read and paired,
+    then one per 5% of the questions written.
 
     Raises:
         DataError: a file missing or not an official VQA v2 file; mismatched files (another
@@ -276,6 +277,8 @@ def write_vqav2(
         raise DataError(f"--split {split!r}: expected a split name such as train or validation")
     annotated = _index_annotations(annotation_list, a_path)
     _check_pairing(question_list, annotated, q_path, a_path)
+    if progress is not None:
+        progress(f"vqav2 {split}: {len(question_list):,} questions paired with their annotations ({subtype})")
 
     folder = out / "data"
     existing = sorted(folder.glob(f"{split}-*.parquet"))
