@@ -275,17 +275,15 @@ def write_vqav2(
         split = SPLIT_OF_SUBTYPE[subtype]
     if not split.isidentifier():
         raise DataError(f"--split {split!r}: expected a split name such as train or validation")
+    folder = out / "data"
+    existing = sorted(folder.glob(f"{split}-*.parquet"))
+    if existing and not overwrite:
+        raise DataError(f"{out}: already holds split {split!r} ({existing[0].name}); pass --overwrite to replace it")
     annotated = _index_annotations(annotation_list, a_path)
     _check_pairing(question_list, annotated, q_path, a_path)
     if progress is not None:
         progress(f"vqav2 {split}: {len(question_list):,} questions paired with their annotations ({subtype})")
 
-    folder = out / "data"
-    existing = sorted(folder.glob(f"{split}-*.parquet"))
-    if existing and not overwrite:
-        raise DataError(
-            f"{out}: already holds split {split!r} ({existing[0].name}, ...); pass --overwrite to replace it"
-        )
     folder.mkdir(parents=True, exist_ok=True)
     group = row_group_rows or ROW_GROUP_ROWS[embed_images]
     per_shard = shard_rows or SHARD_ROWS[embed_images]
