@@ -170,6 +170,10 @@ def test_vqav2_missing_image_raises_or_is_skipped(tmp_path: Path) -> None:
     assert (skipped.rows, skipped.skipped) == (4, 2)
     assert skipped.problems_file.read_text().count("not found") == 2
     assert [r["question_id"] for r in load_hf_vqa(str(tmp_path / "b"), "validation").rows] == [1000, 1001, 3000, 3001]
+    # Rewritten once the image is back: every question, and the old problem list is gone.
+    Image.new("RGB", (8, 8), (2, 2, 2)).save(files["images"] / coco_image_name("val2014", 2))
+    again = write_vqav2(**files, out=tmp_path / "b", on_error="skip", overwrite=True)
+    assert (again.rows, again.problems_file) == (6, None) and not (tmp_path / "b" / "validation_problems.txt").exists()
 
 
 @pytest.mark.parametrize(

@@ -334,8 +334,9 @@ def write_vqav2(
     files = []
     for k, path in enumerate(temporary):
         files.append(path.rename(folder / f"{split}-{k:05d}-of-{len(temporary):05d}.parquet"))
-    problems_file = None
+    problems_file = out / f"{split}_problems.txt"
     if problems:
-        problems_file = out / f"{split}_problems.txt"
         problems_file.write_text("\n".join(problems) + "\n", encoding="utf-8")
-    return VQAv2Written(split, files, written, len(problems), problems, problems_file)
+    else:
+        problems_file.unlink(missing_ok=True)  # an overwritten split's old list
+    return VQAv2Written(split, files, written, len(problems), problems, problems_file if problems else None)
