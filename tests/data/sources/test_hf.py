@@ -532,3 +532,16 @@ def test_hf_bad_split_spec_is_a_config_error(key: str, value: str, fragment: str
     with pytest.raises(ValidationError) as info:
         DataConfig.model_validate({"source": "hf", "hf": {"path": "x", key: value}})
     assert f"hf.{key}" in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["validation[:50%]", "validation[-3:]", "validation[20%:60%]", "validation[2:5]"])
+def test_hf_slices_select_the_rows_datasets_selects(tmp_path: Path, spec: str) -> None:
+    # Prepare: 7 validation rows (50% rounds: 3.5 -> 4), as shards in a hub-style folder.
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    _vqa_dataset(2).to_parquet(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet")
+    _vqa_dataset(7, offset=100).to_parquet(tmp_path / "snap" / "data" / "validation-00000-of-00001.parquet")
+    # Execute
+    ours = [r["question_id"] for r in load_hf_vqa(str(tmp_path / "snap"), spec).rows]
+    theirs = datasets.load_dataset(str(tmp_path / "snap"), split=spec, cache_dir=str(tmp_path / "cache"))["question_id"]
+    # Assert
+    assert ours == theirs and ours
