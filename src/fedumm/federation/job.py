@@ -26,6 +26,7 @@ from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 from fedumm.metrics import get_task
 from fedumm.report import format_summary, save_accuracy_plot
+from fedumm.report_html import write_report
 from fedumm.runlog import Checkpoint, RunFolder, atomic_write_bytes, read_checkpoint
 from fedumm.types import check_state_matches
 
@@ -215,12 +216,13 @@ def privacy_summary(config: RunConfig, server: Server, result: PhaseResult) -> d
 
 
 def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
-    """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
+    """summary.json, summary.txt, accuracy.png and report.html from the summary and the run's records."""
     run.write_json("summary.json", summary)
     records = run.read_metrics()
     atomic_write_bytes(run.path / "summary.txt", (format_summary(summary, records) + "\n").encode())
     task = get_task(summary["task"])
     save_accuracy_plot(records, run.path / "accuracy.png", task.primary_metric, bounded=task.bounded)
+    write_report(run.path)
 
 
 # ---------------------------------------------------------------------------- the job
