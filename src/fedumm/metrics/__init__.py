@@ -9,7 +9,7 @@ the model host turns its rows into records.
 A run scores through one ``Evaluation`` (``build_evaluation``; ``metrics/multitask.py``): one
 task, or ``multitask`` (each row by its own task, combined by weighted mean).
 
-Heavy metric libraries (scikit-learn, pycocoevalcap, rouge-score) are imported only by the
+Heavy metric libraries (scikit-learn, pycocoevalcap, rouge-score, scipy) are imported only by the
 functions that use them, so importing this package is cheap.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedumm.errors import ConfigError
-from fedumm.metrics import caption, classification, grounding, vqa
+from fedumm.metrics import caption, classification, geneval, grounding, vqa
 from fedumm.metrics.base import EvalHost, MetricOptions, Task, majority_answer, predict_records
 from fedumm.metrics.classification import accuracy
 from fedumm.metrics.multitask import MULTITASK, MULTITASK_METRIC, Evaluation
@@ -63,6 +63,8 @@ def register_task(task: Task) -> Task:
 register_task(Task("vqa", "vqa_accuracy", vqa.metrics, vqa.baseline))
 register_task(Task("classification", "accuracy", classification.metrics, classification.baseline, scores_choices=True))
 register_task(Task("caption", "cider_d", caption.metrics, bounded=False))
+# Text-to-image: records are per-image checker verdicts (geneval.geneval_records); no majority baseline.
+register_task(Task("t2i", "geneval_overall", geneval.metrics))
 register_task(Task("grounding", "grounding_accuracy", grounding.metrics))
 
 
