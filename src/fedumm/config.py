@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from fedumm.config_base import Section
 from fedumm.data.config import DataConfig
 from fedumm.errors import ConfigError
-from fedumm.metrics import TASKS
+from fedumm.metrics import MULTITASK, TASKS, Evaluation, MetricOptions, build_evaluation
 
 
 class ModelConfig(Section):
@@ -325,9 +325,24 @@ class EvalConfig(Section):
     task: str = Field(
         "vqa",
         description="A task of the registry (fedumm.metrics.TASKS): vqa (VQA v2 accuracy, exact match), "
-        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D), t2i (GenEval score: "
-        "the mean over its categories of the share of correct images, fedumm.metrics.geneval). The first named is "
-        "the primary metric.",
+        "classification (accuracy, macro-F1, ROC-AUC), caption (CIDEr-D, BLEU-4, ROUGE-L), grounding (accuracy at "
+        "IoU >= 0.5, mean IoU), t2i (GenEval score: the mean over its categories of the share of correct images, "
+        "fedumm.metrics.geneval); the first named is the primary metric. 'multitask': each row is scored by its own "
+        "'task' column; the primary metric is multitask_score, the weighted mean of the tasks' primary metrics.",
+    )
+    task_weights: dict[str, float] | None = Field(
+        None,
+        description="multitask: {task: weight > 0}, the tasks rows may name and their weights in multitask_score; "
+        "null = every registered task, weight 1. Unbounded metrics (CIDEr-D) enter the mean as they are.",
+    )
+    default_task: str | None = Field(
+        None,
+        description="The task of rows without a 'task' column; null = eval.task (multitask: such a row is an error).",
+    )
+    box_format: Literal["normalized", "pixel"] = Field(
+        "normalized",
+        description="grounding: boxes [x1, y1, x2, y2] in the answer text are fractions of the image size "
+        "(normalized) or pixels of the row's image (pixel).",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
     batch_size: int = Field(32, ge=1)
@@ -345,9 +360,22 @@ class EvalConfig(Section):
     @field_validator("task")
     @classmethod
     def _check_task(cls, value: str) -> str:
-        if value not in TASKS:
-            raise ValueError(f"must be one of {', '.join(repr(t) for t in TASKS)}")
+        if value not in TASKS and value != MULTITASK:
+            raise ValueError(f"must be one of {', '.join(repr(t) for t in (*TASKS, MULTITASK))}")
         return value
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> EvalConfig:
+        try:
+            self.evaluation()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def evaluation(self) -> Evaluation:
+        """The run's ``fedumm.metrics.Evaluation`` (its tasks, weights, default task, metric options)."""
+        options = MetricOptions(positive_label=self.positive_label, box_format=self.box_format)
+        return build_evaluation(self.task, self.task_weights, self.default_task, options)
 
 
 class OutputConfig(Section):
