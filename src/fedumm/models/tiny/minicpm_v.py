@@ -1,0 +1,69 @@
+"""tiny-minicpm-v: MiniCPM-V 4.6 shape (transformers' native ``minicpmv4_6``): a SigLIP-style
+NaViT tower with a window-attention merger inside, the 2x2 MLP merger (the connector), a Qwen3.5
+decoder (a linear-attention layer, then a full-attention layer, as Qwen3.5 alternates them),
+ChatML template, image slicing by ``MiniCPMV4_6ImageProcessorPil``.
+
+Sizes: images are scaled to multiples of 32 pixels (patch 8, merged 2x2 twice), so a 32x32
+image is one image token; an image larger than ``scale_resolution`` (32x32 here) is also cut
+into a grid of slices of their own tokens (up to ``max_slice_nums``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedumm.models.tiny.common import llama_text_config, save_model, tiny_tokenizer
+from fedumm.models.tiny.qwen2_vl import IM_CHAT_TEMPLATE
+
+#: MiniCPM-V's named special tokens -> the tiny tokenizer's strings.
+NAMED_TOKENS = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "image_start_token": "<image>",
+    "image_end_token": "</image>",
+    "slice_start_token": "<slice>",
+    "slice_end_token": "</slice>",
+    "image_id_start_token": "<image_id>",
+    "image_id_end_token": "</image_id>",
+}
+
+#: ChatML with MiniCPM-V's image placeholder (the processor expands it to the image's tokens).
+CHAT_TEMPLATE = IM_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>\n")
+
+MINICPM_TOKENS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", *NAMED_TOKENS.values()]
+
+
+def build_tiny_minicpm_v(path: Path, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> None:
+    """MiniCPM-V 4.6 shape: NaViT tower + window merger, MLP merger, Qwen3.5 decoder."""
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6ImageProcessorPil
+
+    from fedumm.models.minicpm_v import MiniCPMV46ImageProcessor
+
+    tokenizer = tiny_tokenizer(MINICPM_TOKENS, eos="<|im_end|>", named=NAMED_TOKENS)
+    image_processor = MiniCPMV4_6ImageProcessorPil(
+        patch_size=patch_size, scale_resolution=image_size, max_slice_nums=4, use_image_id=True
+    )
+    processor = MiniCPMV46ImageProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+    text = llama_text_config(
+        len(tokenizer),
+        tokenizer,
+        model_type="qwen3_5_text",
+        num_key_value_heads=2,
+        head_dim=16,
+        layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=patch_size
+    )
+    config = MiniCPMV4_6Config(
+        text_config=text,
+        vision_config=dict(vision, image_size=image_size),
+        insert_layer_id=0,  # the window merger after the first of the two tower layers
+        image_size=image_size,
+        image_token_id=tokenizer.image_token_id,
+        video_token_id=tokenizer.video_token_id,
+    )
+    save_model(path, MiniCPMV4_6ForConditionalGeneration, config, processor, seed=seed, tokenizer=tokenizer)
