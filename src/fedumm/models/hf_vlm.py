@@ -64,7 +64,7 @@ def last_attention_layer(text_config: Any) -> int:
 
 
 def _minicpmv_presets(hf_config: Any) -> dict[str, str]:
-    """FedMLLM's MiniCPM-V LoRA target, ``llm\..*layers\.27\.self_attn\.q_proj`` (the last of
+    r"""FedMLLM's MiniCPM-V LoRA target, ``llm\..*layers\.27\.self_attn\.q_proj`` (the last of
     Qwen2-7B's 28 layers, remote-code names): the last attention layer's q_proj, in the native
     module names."""
     layer = last_attention_layer(hf_config.text_config)
