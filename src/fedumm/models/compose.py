@@ -84,10 +84,18 @@ def _fingerprint(path: str) -> dict:
     }
 
 
+def _resolve_part(key: str, name: str) -> str:
+    """A part's folder (a tiny part is built once), or the name as a hub id."""
+    try:
+        return resolve_model_path(name)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("model.name_or_path:", f"model.compose.{key}:", 1)) from None
+
+
 def composed_key(compose: ComposeConfig) -> str:
     """The cache folder name of ``compose``: readable part names, connector, then a hash of the
     parts' fingerprints, connector and seed."""
-    vision, language = resolve_model_path(compose.vision), resolve_model_path(compose.language)
+    vision, language = _resolve_part("vision", compose.vision), _resolve_part("language", compose.language)
     seed = compose.seed if compose.seed is not None else 0
     identity = {
         "version": _COMPOSE_VERSION,
@@ -106,7 +114,7 @@ def composed_key(compose: ComposeConfig) -> str:
 
 def composed_checkpoint(compose: ComposeConfig) -> str:
     """The composed LLaVA checkpoint folder for ``compose`` (built once into the model cache)."""
-    vision, language = resolve_model_path(compose.vision), resolve_model_path(compose.language)
+    vision, language = _resolve_part("vision", compose.vision), _resolve_part("language", compose.language)
     seed = compose.seed if compose.seed is not None else 0
     target = cache_root() / "composed" / composed_key(compose)
     return build_once(target, lambda out: build_composed(vision, language, compose.connector, seed, out))

@@ -265,6 +265,9 @@ class HFVisionLanguageBackend(Backend):
         self.model_type: str | None = None
         self.hf_config: Any = None  # the checkpoint's transformers config, read with the family
         self._path: str | None = None
+        compose = config.compose
+        if compose is not None:  # how logs name the model
+            self.name_or_path = f"compose({compose.vision} + {compose.language}, {compose.connector})"
         self._end_token: tuple[Any, int] | None = None  # (chat template, its end id)
 
     @property

@@ -1,11 +1,14 @@
 """tiny-minicpm-v: MiniCPM-V 4.6 shape (transformers' native ``minicpmv4_6``): a SigLIP-style
 NaViT tower with a window-attention merger inside, the 2x2 MLP merger (the connector), a Qwen3.5
-decoder (a linear-attention layer, then a full-attention layer, as Qwen3.5 alternates them),
-ChatML template, image slicing by ``MiniCPMV4_6ImageProcessorPil``.
+decoder mixing full- and linear-attention layers (full, linear, full), ChatML template, image
+slicing by ``MiniCPMV4_6ImageProcessorPil``.
 
-Sizes: images are scaled to multiples of 32 pixels (patch 8, merged 2x2 twice), so a 32x32
-image is one image token; an image larger than ``scale_resolution`` (32x32 here) is also cut
-into a grid of slices of their own tokens (up to ``max_slice_nums``)."""
+MiniCPM-V merges 4x4 patches into one image token (2x2 in the tower, 2x2 in the merger), so the
+tiny processor upscales a 32x32 image to 64x64 (``scale_resolution``) in patches of 4 pixels:
+16 image tokens, as many as tiny-llava's. An image larger than 64x64 is also cut into a grid
+of slices with tokens of their own (up to ``max_slice_nums``). The tower is initialised with
+std 0.2 (transformers' default 0.02 leaves random features of small coloured shapes nearly
+identical, which no adapter can tell apart)."""
 
 from __future__ import annotations
 
@@ -39,8 +42,9 @@ def build_tiny_minicpm_v(path: Path, image_size: int = 32, patch_size: int = 8, 
     from fedumm.models.minicpm_v import MiniCPMV46ImageProcessor
 
     tokenizer = tiny_tokenizer(MINICPM_TOKENS, eos="<|im_end|>", named=NAMED_TOKENS)
+    patch, resolution = patch_size // 2, 2 * image_size
     image_processor = MiniCPMV4_6ImageProcessorPil(
-        patch_size=patch_size, scale_resolution=image_size, max_slice_nums=4, use_image_id=True
+        patch_size=patch, scale_resolution=resolution, max_slice_nums=4, use_image_id=True
     )
     processor = MiniCPMV46ImageProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
     text = llama_text_config(
@@ -49,20 +53,27 @@ def build_tiny_minicpm_v(path: Path, image_size: int = 32, patch_size: int = 8, 
         model_type="qwen3_5_text",
         num_key_value_heads=2,
         head_dim=16,
-        layer_types=["linear_attention", "full_attention"],
+        num_hidden_layers=3,
+        layer_types=["full_attention", "linear_attention", "full_attention"],
         linear_key_head_dim=16,
         linear_value_head_dim=16,
         linear_num_key_heads=2,
         linear_num_value_heads=4,
     )
     vision = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=patch_size
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=patch,
+        image_size=resolution,
+        initializer_range=0.2,
     )
     config = MiniCPMV4_6Config(
         text_config=text,
-        vision_config=dict(vision, image_size=image_size),
+        vision_config=vision,
         insert_layer_id=0,  # the window merger after the first of the two tower layers
-        image_size=image_size,
+        image_size=resolution,
         image_token_id=tokenizer.image_token_id,
         video_token_id=tokenizer.video_token_id,
     )
