@@ -169,6 +169,7 @@ CONNECTOR_FAMILIES = {
     "tiny-paligemma": "hf_vlm",
     "tiny-janus": "janus",
     "tiny-minicpm-v": "hf_vlm",
+    "tiny-minicpm-v4.7": "hf_vlm",
     "compose": "hf_vlm",  # model.compose of the tiny parts (a new LLaVA connector)
 }
 #: How each entry names its model.

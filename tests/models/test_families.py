@@ -33,6 +33,7 @@ CASES = {
     "tiny-paligemma": ("hf_vlm", "paligemma", "PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
     "tiny-janus": ("janus", "janus", "JanusForConditionalGeneration", "JanusProcessor"),
     "tiny-minicpm-v": ("hf_vlm", "minicpmv4_6", "MiniCPMV4_6ForConditionalGeneration", "MiniCPMV46ImageProcessor"),
+    "tiny-minicpm-v4.7": ("hf_vlm", "minicpmv4_7", "MiniCPMV4_7ForConditionalGeneration", "MiniCPMV47ImageProcessor"),
     "tiny-blip-vqa": ("blip_vqa", "blip", "BlipForQuestionAnswering", "BlipProcessor"),
     # model.compose of the tiny parts: saved as, and loaded by path like, any LLaVA checkpoint.
     "compose:tiny-clip-vision+tiny-llama": ("hf_vlm", "llava", "LlavaForConditionalGeneration", "LlavaProcessor"),
@@ -254,6 +255,7 @@ END_TOKENS = {
     "tiny-paligemma": (None, "</s>"),
     "tiny-janus": (None, "</s>"),
     "tiny-minicpm-v": ("<|im_end|>", "<|im_end|>"),
+    "tiny-minicpm-v4.7": ("<|im_end|>", "<|im_end|>"),
     # tiny-llama's Llama-3-style template, kept by model.compose.
     "compose:tiny-clip-vision+tiny-llama": ("<|eot_id|>", "<|eot_id|>"),
 }
@@ -293,6 +295,7 @@ MULTI_IMAGE = [
     "tiny-smolvlm",
     "tiny-janus",
     "tiny-minicpm-v",
+    "tiny-minicpm-v4.7",
     "compose:tiny-clip-vision+tiny-llama",
 ]
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
-from fedumm.models.minicpm_v import MiniCPMV46ImageProcessor
+from fedumm.models.minicpm_v import PROCESSORS, MiniCPMV46ImageProcessor
 from fedumm.models.tiny import resolve_model_path
 from fedumm.models.tiny.minicpm_v import MINICPM_TOKENS
 
 
-def test_config_and_prompt(user_turn):
+@pytest.mark.parametrize(("name", "version"), [("tiny-minicpm-v", "4_6"), ("tiny-minicpm-v4.7", "4_7")])
+def test_config_and_prompt(name, version, user_turn):
     from transformers import AutoConfig
 
-    path = resolve_model_path("tiny-minicpm-v")
+    path = resolve_model_path(name)
     config = AutoConfig.from_pretrained(path)
-    processor = MiniCPMV46ImageProcessor.from_pretrained(path)
+    processor = PROCESSORS[f"minicpmv{version}"].from_pretrained(path)
     tok = processor.tokenizer
-    assert config.model_type == "minicpmv4_6" and config.text_config.model_type == "qwen3_5_text"
+    assert config.model_type == f"minicpmv{version}" and config.text_config.model_type == "qwen3_5_text"
     assert config.text_config.layer_types == ["full_attention", "linear_attention", "full_attention"]
     assert config.text_config.vocab_size == len(tok)
     assert all(tok.convert_tokens_to_ids(t) != tok.unk_token_id for t in MINICPM_TOKENS)
@@ -24,6 +26,10 @@ def test_config_and_prompt(user_turn):
     assert type(processor.image_processor).__name__ == "MiniCPMV4_6ImageProcessorPil"
     prompt = processor.apply_chat_template(user_turn, add_generation_prompt=True)
     assert prompt == "<|im_start|>user\n<|image_pad|>\nwhat color?<|im_end|>\n<|im_start|>assistant\n"
+    if version == "4_7":  # canvas M-RoPE's markers
+        assert [config.image_start_id, config.slice_end_id, config.newline_id] == [
+            tok.convert_tokens_to_ids(t) for t in ("<image>", "</slice>", "\n")
+        ]
 
 
 def _image_tokens(processor, image) -> tuple[list[str], int]:

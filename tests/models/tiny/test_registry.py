@@ -25,6 +25,7 @@ BUILT_IN = [
     "tiny-paligemma",
     "tiny-janus",
     "tiny-minicpm-v",
+    "tiny-minicpm-v4.7",
     "tiny-blip-vqa",
 ]
 
