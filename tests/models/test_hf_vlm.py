@@ -125,7 +125,8 @@ def test_unknown_model_type_warns_with_the_known_families():
     with pytest.warns(
         UserWarning,
         match=r"model_type 'mystery_vlm' is not in the hf_vlm family table "
-        r"\(known: idefics3, janus, llava, llava_next, minicpmv4_6, minicpmv4_7, paligemma, .*\); assuming the LLaVA layout",
+        r"\(known: idefics3, janus, llava, llava_next, minicpmv4_6, minicpmv4_7, paligemma, .*\); "
+        r"assuming the LLaVA layout",
     ):
         assert family_for("mystery_vlm") is LLAVA
     import warnings
