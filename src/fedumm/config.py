@@ -93,8 +93,9 @@ class ModelConfig(Section):
 class AdapterConfig(Section):
     preset: str | None = Field(
         None,
-        description="Backend LoRA preset: hf_vlm/janus attention, attention_qkvo, all_linear; "
-        "blip_vqa qv_self (FedUMM's 1,179,648 at r=16 on blip-vqa-base), qkv; null = attention.",
+        description="Backend LoRA preset: hf_vlm/janus attention, attention_qkvo, all_linear (MiniCPM-V also "
+        "fedmllm: the last attention layer's q_proj, as FedMLLM); blip_vqa qv_self (FedUMM's 1,179,648 at r=16 "
+        "on blip-vqa-base), qkv; null = attention.",
     )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
