@@ -35,6 +35,7 @@ from fedumm.federation.job import phase_summary, run_centralized, write_summary
 from fedumm.federation.loop import round_line
 from fedumm.metrics import primary_metric_of
 from fedumm.models import tiny
+from fedumm.models.compose import composed_checkpoint
 from fedumm.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.runlog import RunFolder, read_checkpoint
 
@@ -104,8 +105,11 @@ def child_env(base: dict[str, str] | None = None, tmpdir: str | Path | None = No
 
 
 def _warm_model_cache(config: RunConfig) -> None:
-    """Build an embedded tiny model once here, not in every FLARE process at the same time."""
-    if config.model.name_or_path in getattr(tiny, "TINY_MODELS", {}):
+    """Build an embedded tiny model (or model.compose's composed checkpoint) once here, not in
+    every FLARE process at the same time."""
+    if config.model.compose is not None:
+        composed_checkpoint(config.model.compose)
+    elif config.model.name_or_path in getattr(tiny, "TINY_MODELS", {}):
         tiny.resolve_model_path(config.model.name_or_path)
 
 
