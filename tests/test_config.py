@@ -286,3 +286,28 @@ def test_output_name_is_one_path_component(name):
         f"(not empty, '.' or '..'; no '/' or '\\') (got {name!r})"
     )
     assert load_run_config(None, ["output.name=run.2"]).output.name == "run.2"
+
+
+def test_eval_multitask_keys() -> None:
+    # Prepare / Execute
+    config = load_run_config(
+        None, ["eval.task=multitask", "eval.task_weights={vqa: 1, grounding: 2}", "eval.box_format=pixel"]
+    )
+    evaluation = config.eval.evaluation()
+
+    # Assert
+    assert (evaluation.primary_metric, dict(evaluation.weights)) == ("multitask_score", {"vqa": 1.0, "grounding": 2.0})
+    assert evaluation.options.box_format == "pixel"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("eval.task_weights={vqa: 1}", "eval.task_weights: only with eval.task: multitask"),
+        ("eval.box_format=xyxy", "box_format"),
+        ("eval.task=multi", "'multitask'"),
+    ],
+)
+def test_eval_multitask_keys_refused(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_run_config(None, [override])

@@ -1,4 +1,4 @@
-"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``partition``, ``config``, and for
+"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``partition``, ``config``, ``data``, and for
 many runs ``compare``, ``sweep`` and ``slurm``.
 
 User errors (bad config, missing files, unknown names) print one line and exit 2; ``--debug``
@@ -21,6 +21,7 @@ from fedumm.config import load_config
 from fedumm.config_doc import config_reference, config_schema
 from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
 from fedumm.data.partition import save_partition_heatmap
+from fedumm.data.vqav2 import write_vqav2
 from fedumm.engines.nvflare import export_job, simulate_nvflare
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
 from fedumm.engines.simulation import simulate
@@ -131,7 +132,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     grid(slurm)
     slurm.add_argument("--submit", action="store_true", help="submit the script with sbatch")
+
+    data = sub.add_parser("data", help="prepare data sets from their official files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    vqav2 = data_sub.add_parser(
+        "vqav2",
+        help="write one VQA v2 split (official question/annotation JSON + COCO images) as parquet for data.source hf",
+    )
+    vqav2.add_argument(
+        "--questions", required=True, metavar="Q.json", help="v2_OpenEnded_mscoco_<split>_questions.json"
+    )
+    vqav2.add_argument("--annotations", required=True, metavar="A.json", help="v2_mscoco_<split>_annotations.json")
+    vqav2.add_argument("--images", required=True, metavar="COCO_DIR", help="the split's COCO images, e.g. val2014/")
+    vqav2.add_argument("--out", required=True, metavar="DIR", help="data set folder (data.hf.path); writes DIR/data/")
+    vqav2.add_argument(
+        "--split", default=None, help="split name (default: train for train2014, validation for val2014)"
+    )
+    vqav2.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="a question with a missing image or broken fields: raise = stop; skip = leave it out, listed in "
+        "DIR/<split>_problems.txt",
+    )
+    vqav2.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="store image bytes in the parquet (portable, about 5 copies of each train image) instead of paths",
+    )
+    vqav2.add_argument("--overwrite", action="store_true", help="replace the split's shards if DIR has them")
+    vqav2.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _data(args: argparse.Namespace) -> int:
+    """``fedumm data vqav2``: the official files to parquet shards, progress on stderr."""
+    written = write_vqav2(
+        args.questions,
+        args.annotations,
+        args.images,
+        args.out,
+        split=args.split,
+        on_error=args.on_error,
+        embed_images=args.embed_images,
+        overwrite=args.overwrite,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    where = written.files[0].parent
+    print(f"wrote {written.rows:,} rows of split {written.split!r} to {where} ({len(written.files)} shard(s))")
+    if written.skipped:
+        print(f"skipped {written.skipped:,} questions; listed in {written.problems_file}")
+    print(f"read it with data.source: hf, data.hf.path: {Path(args.out)}, data.hf.split / test_split: {written.split}")
+    return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -265,6 +317,8 @@ def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        return _data(args)
     if args.command == "compare":
         return _compare(args)
     if args.command == "config" and (args.schema or args.reference):

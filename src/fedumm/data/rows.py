@@ -58,14 +58,17 @@ __all__ = [
     "OnError",
     "RowProblem",
     "answer_list",
+    "answer_text",
     "check_inside",
     "check_on_error",
     "collect_rows",
     "decode_image",
     "image_ref",
     "most_common_answer",
+    "open_closed_type",
     "optional_fields",
     "read_images",
+    "read_json_list",
     "read_text",
     "geneval_metadata",
     "subsample_indices",
@@ -257,6 +260,47 @@ def read_text(path: Path) -> str:
             f"{path}: not UTF-8 text: byte {data[exc.start]:#04x} at byte offset {exc.start} (0-based, "
             f"line {line}) ({exc.reason}); save the file as UTF-8"
         ) from None
+
+
+def read_json_list(path: Path, what: str) -> list:
+    """The JSON list in ``path`` (``what``: what its items are, for the message).
+
+    Raises:
+        DataError: naming the file if it is missing, not UTF-8, not JSON (with the line and column)
+            or not a list.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+    return data
+
+
+def answer_text(record: Mapping, key: str) -> str:
+    """A non-empty answer from ``record[key]``: a string, or a number written as text (VQA-RAD
+    stores some answers as JSON numbers)."""
+    if key not in record:
+        raise RowProblem(f"missing field {key!r} (has {sorted(record)})")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowProblem(f"field {key!r}: expected a string or number, got {type(value).__name__} {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise RowProblem(f"field {key!r}: empty, expected an answer")
+    return text
+
+
+def open_closed_type(record: Mapping, key: str = "answer_type") -> str:
+    """ "open" or "closed" from the OPEN / CLOSED answer types of the medical VQA sets (VQA-RAD,
+    SLAKE; any case, surrounding spaces dropped)."""
+    value = text_field(record, key).strip().lower()
+    if value not in ("open", "closed"):
+        raise RowProblem(f"field {key!r} is {record[key]!r}, expected OPEN or CLOSED")
+    return value
 
 
 def text_field(record: Mapping, key: str) -> str:

@@ -24,7 +24,7 @@ from fedumm.federation.host import ModelHost
 from fedumm.federation.loop import Log, PhaseResult, run_rounds
 from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
-from fedumm.metrics import get_task
+from fedumm.metrics import Evaluation
 from fedumm.report import format_summary, save_accuracy_plot
 from fedumm.report_html import write_report
 from fedumm.runlog import Checkpoint, RunFolder, atomic_write_bytes, read_checkpoint
@@ -144,16 +144,27 @@ def run_centralized(
 # ---------------------------------------------------------------------------- summary
 
 
-def phase_summary(result: PhaseResult) -> dict[str, Any]:
-    """A phase's summary keys."""
-    return {
+def phase_summary(result: PhaseResult, evaluation: Evaluation) -> dict[str, Any]:
+    """A phase's summary keys; a multitask run adds ``<phase>_by_task``: each task's final metrics."""
+    final = result.records[-1]["global"]
+    out = {
         f"{result.phase}_initial_accuracy": result.initial_accuracy,
         f"{result.phase}_final_accuracy": result.final_accuracy,
-        f"{result.phase}_by_answer_type": {
-            k: v[result.metric] for k, v in result.records[-1]["global"].get("by_answer_type", {}).items()
-        },
+        f"{result.phase}_by_answer_type": {k: v[result.metric] for k, v in final.get("by_answer_type", {}).items()},
         f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
     }
+    if evaluation.multitask:
+        initial = result.records[0]["global"].get("by_task", {})
+        by_task = out[f"{result.phase}_by_task"] = {}
+        for name, part in final.get("by_task", {}).items():
+            metric = evaluation.tasks[name].primary_metric
+            by_task[name] = {
+                "n": part["n"],
+                "metric": metric,
+                "initial": initial.get(name, {}).get(metric),
+                "final": part[metric],
+            }
+    return out
 
 
 def job_summary(
@@ -163,6 +174,7 @@ def job_summary(
     setup: SetupInfo,
     baseline: tuple[str, float | None],
     phases: Sequence[PhaseResult],
+    global_test: Sequence[dict] = (),
 ) -> dict[str, Any]:
     trainable, total = host.count_parameters()
     stages = host.trainable_by_stage()
@@ -178,13 +190,20 @@ def job_summary(
         "total_parameters": total,
         **({"trainable_by_stage": stages} if len(stages) > 1 else {}),
         "task": config.eval.task,
-        "metric": get_task(config.eval.task).primary_metric,
+        "metric": host.evaluation.primary_metric,
+        "metric_bounded": host.evaluation.bounded,
+        **({"task_weights": dict(host.evaluation.weights)} if host.evaluation.multitask else {}),
         "majority_answer": baseline[0],
         "majority_baseline_accuracy": baseline[1],
+        **(
+            {"majority_baseline_by_task": host.evaluation.task_baselines(setup.task_answer_counts, list(global_test))}
+            if host.evaluation.multitask
+            else {}
+        ),
         **setup.partition.skipped_summary(),  # counts only; the messages are in load_problems.txt
     }
     for result in phases:
-        summary.update(phase_summary(result))
+        summary.update(phase_summary(result, host.evaluation))
     federated = next((r for r in phases if r.phase == "federated"), None)
     if federated is not None and len(federated.records) > 1:
         last = federated.records[-1]["bytes"]
@@ -224,8 +243,7 @@ def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
     run.write_json("summary.json", summary)
     records = run.read_metrics()
     atomic_write_bytes(run.path / "summary.txt", (format_summary(summary, records) + "\n").encode())
-    task = get_task(summary["task"])
-    save_accuracy_plot(records, run.path / "accuracy.png", task.primary_metric, bounded=task.bounded)
+    save_accuracy_plot(records, run.path / "accuracy.png", summary["metric"], bounded=summary["metric_bounded"])
     write_report(run.path)
 
 
@@ -254,7 +272,7 @@ def run_job(
     setup = transport.setup()
     run.write_json("partition.json", setup.partition.to_dict())
     save_partition_heatmap(setup.partition, run.path / "partition.png")
-    baseline = get_task(config.eval.task).baseline(setup.answer_counts, global_test)
+    baseline = host.evaluation.baseline(setup.answer_counts, global_test)
     if log is not None:
         trainable, total = host.count_parameters()
         log(
@@ -291,7 +309,7 @@ def run_job(
         if pooled_train is not None:
             adapter_name = "centralized_adapter" if federated else "adapter"
             phases.append(run_centralized(config, host, pooled_train, global_test, run, adapter_name, log, trackers))
-        summary = job_summary(config, run, host, setup, baseline, phases)
+        summary = job_summary(config, run, host, setup, baseline, phases, global_test)
         summary.update(transport.summary_extras(phases[0].records if federated else []))
         if federated:
             summary.update(privacy_summary(config, server, phases[0]))

@@ -24,7 +24,6 @@ from fedumm.federation.replies import ReplyRules
 from fedumm.federation.server import Server
 from fedumm.federation.transport import Transport
 from fedumm.finetune import plan_for_round
-from fedumm.metrics import get_task
 from fedumm.runlog import RunFolder
 from fedumm.strategies import ClientUpdate
 from fedumm.tracking import Trackers
@@ -196,7 +195,7 @@ def run_rounds(
     ``federation.max_failed_rounds`` such rounds in a row end the run with ``AggregationError``."""
     strategy = server.strategy
     full_bytes = full_model_nbytes(host.model)
-    task = get_task(config.eval.task)
+    task = host.evaluation
     metric = task.primary_metric
     federation = config.federation
     caps = dict(sample_caps or {})

@@ -374,8 +374,8 @@ def summarize(records: Sequence[Mapping]) -> dict[str, Any]:
     }
 
 
-def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
-    """The t2i task's metrics of one group (``positive_label`` unused): ``summarize``, plus the
+def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any]:
+    """The t2i task's metrics of one group (``options`` unused): ``summarize``, plus the
     mean CLIPScore when records carry "clip_score"."""
     out = summarize(records)
     scored = [float(r["clip_score"]) for r in records if r.get("clip_score") is not None]

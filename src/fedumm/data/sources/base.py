@@ -55,12 +55,16 @@ class LoadedSamples:
     def from_results(cls, train: LoadResult, test: LoadResult | None) -> LoadedSamples:
         """The train split's and (if any) test split's rows, with their skipped rows summed."""
         loaded = [train] + ([test] if test else [])
+        by_file: dict[str, int] = {}
+        for result in loaded:  # summed: both splits may come from one file (VQA-RAD)
+            for name, count in result.skipped_by_source.items():
+                by_file[name] = by_file.get(name, 0) + count
         return cls(
             train=train.rows,
             test=test.rows if test else None,
             skipped=sum(r.skipped for r in loaded),
             problems=[p for r in loaded for p in r.problems],
-            skipped_by_file={k: v for r in loaded for k, v in r.skipped_by_source.items()},
+            skipped_by_file=by_file,
         )
 
 

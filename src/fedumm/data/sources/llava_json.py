@@ -3,7 +3,6 @@ with its test file or a hold-out. ``load_llava_json`` also reads each file of ``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from fedumm.data.rows import (
     collect_rows,
     optional_fields,
     read_images,
-    read_text,
+    read_json_list,
     subsample_indices,
     t2i_row,
 )
@@ -31,7 +30,6 @@ from fedumm.data.sources.base import (
     RowTask,
     SourceSpec,
 )
-from fedumm.errors import DataError
 
 IMAGE_PLACEHOLDER = "<image>"
 T2I_CONVENTION = (
@@ -61,18 +59,6 @@ class LlavaJsonSourceConfig(Section):
 # LLaVA-style speaker names; some exports use chat roles instead.
 _HUMAN = frozenset({"human", "user"})
 _ASSISTANT = frozenset({"gpt", "assistant"})
-
-
-def _read_json_list(path: Path) -> list:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of conversation records, got {type(data).__name__}")
-    return data
 
 
 def _turn_text(content: object) -> str | None:
@@ -191,7 +177,7 @@ def load_llava_json(
             naming "record N (1-based)" and what is wrong with it.
     """
     path = Path(json_path)
-    records = _read_json_list(path)
+    records = read_json_list(path, "conversation records")
     root = Path(image_root) if image_root is not None else path.parent
     reader = ImageReader(root, allow_outside_root, f"{section}.allow_outside_root")
     indices = subsample_indices(len(records), max_samples, seed)
