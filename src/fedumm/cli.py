@@ -18,6 +18,7 @@ import yaml
 
 from fedumm.compare import read_run, runs_markdown, write_comparison
 from fedumm.config import load_config
+from fedumm.config_doc import config_reference, config_schema
 from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.data.vqav2 import write_vqav2
@@ -75,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder for partition.json and partition.png (default: output.dir/<name>-partition)",
     )
-    job("config", "print the resolved config as YAML")
+    config_cmd = job("config", "print the resolved config as YAML (or the reference / JSON schema of every key)")
+    shown = config_cmd.add_mutually_exclusive_group()
+    shown.add_argument("--schema", action="store_true", help="print the JSON schema of a config file (for editors)")
+    shown.add_argument(
+        "--reference", action="store_true", help="print the configuration reference (Markdown: every key and its help)"
+    )
 
     compare = sub.add_parser(
         "compare", help="compare finished runs: final/best metric, rounds to a target, bytes, time"
@@ -315,6 +321,9 @@ def _run(args: argparse.Namespace) -> int:
         return _data(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "config" and (args.schema or args.reference):
+        print(config_schema() if args.schema else config_reference(), end="")
+        return 0
     if args.command == "report":
         print(f"wrote {write_report(args.run_dir)}")
         return 0

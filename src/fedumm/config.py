@@ -282,8 +282,8 @@ class AttackConfig(Section):
 
 
 class FederationConfig(Section):
-    num_clients: int = Field(4, ge=1, le=10_000)
-    rounds: int = Field(12, ge=1)
+    num_clients: int = Field(4, ge=1, le=10_000, description="Clients the data is split across.")
+    rounds: int = Field(12, ge=1, description="Federated rounds (each: sample, train locally, aggregate, evaluate).")
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
     min_fit_clients: int = Field(
         1,
@@ -343,7 +343,7 @@ class TrainConfig(Section):
         ge=0,
         description="adamw: decoupled weight decay (FedUMM's 0.05); sgd: L2 penalty added to the gradient.",
     )
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Rows per local micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     local_epochs: int = Field(1, ge=1, description="Passes over local data per round.")
     local_steps: int | None = Field(
@@ -385,7 +385,7 @@ class EvalConfig(Section):
         "(normalized) or pixels of the row's image (pixel).",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Rows per evaluation batch.")
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
     centralized_baseline: bool = Field(
