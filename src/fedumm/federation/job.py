@@ -96,6 +96,7 @@ def centralized_config(config: RunConfig) -> RunConfig:
     central.federation.min_fit_clients = 1
     central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
     central.federation.resume_from = None  # the baseline always trains from the initial adapter
+    central.adapter.client_ranks = None  # one client, at the host's rank
     central.privacy = PrivacyConfig()  # the pooled baseline is the non-private reference
     if central.train.local_steps is not None:
         # Federated rounds take local_steps on each sampled client; match the total.
@@ -120,6 +121,7 @@ def run_centralized(
     """The centralized baseline: the same round loop over one client holding the pooled data."""
     central = centralized_config(config)
     host.set_state(host.initial_state)
+    host.set_frozen_delta({})
     host.reset_local()
     server = Server.from_config(central, host.initial_state, 1)
     transport = LocalTransport(
