@@ -37,7 +37,7 @@ def test_each_client_receives_the_best_approximation_of_its_rank():
     new = FlexLoRA().aggregate(_global(), _updates(), round_num=1)
     mean = torch.tensor([[0.5, 1.0], [1.0, 0.0]])
     u, s, vh = torch.linalg.svd(mean)
-    # A rank-1 client gets the top singular triple: s1 u1 v1^T (s = (1 + sqrt 5) / 2 ... by svd).
+    # A rank-1 client gets the top singular triple s1 u1 v1^T.
     rank1 = truncate(new, 1)
     assert rank1[A].shape == (1, 2) and rank1[B].shape == (2, 1)
     assert (rank1[B] @ rank1[A] - s[0] * torch.outer(u[:, 0], vh[0])).abs().max().item() <= 1e-6
