@@ -94,7 +94,8 @@ class ClientRuntime:
         host = self.host
         plan = plan_for_round(self.config.finetune, round_num)
         host.configure(plan)
-        host.set_frozen_delta(frozen)
+        if frozen:  # a strategy with a frozen ΔW (FLoRA) sends it in every message
+            host.set_frozen_delta(frozen)
         host.set_state(global_state)  # a rank below the host's (adapter.client_ranks) trains masked
         rank = state_rank(global_state)
         if host.local_units:
