@@ -377,6 +377,12 @@ def test_heterogeneous_ranks_4_8_16_over_6_clients(tmp_path, tiny_llava_path, st
         AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(Path(result.run_dir) / "adapter")
     )
     saved_rank = loaded.peft_config["default"].r
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    assert summary["adapter_rank"] == saved_rank
+    final_ranks = [summary["client_ranks"][str(c)] for c in range(6)]
+    assert all(1 <= got <= rank for got, rank in zip(final_ranks, HET_RANKS))
+    if strategy != "hetlora":  # only HetLoRA prunes
+        assert final_ranks == HET_RANKS
     if strategy == "flora":
         assert saved_rank >= 1
         assert json.loads((Path(result.run_dir) / "adapter" / "adapter_config.json").read_text())["r"] == saved_rank

@@ -11,6 +11,7 @@ split; both then call ``run_job``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,19 @@ def privacy_summary(config: RunConfig, server: Server, result: PhaseResult) -> d
     }
 
 
+def rank_summary(server: Server, run: RunFolder) -> dict[str, Any]:
+    """``adapter_rank``: the LoRA rank of the saved global adapter (adapter.r; FLoRA: its merged
+    ΔW's); ``client_ranks``: each client's rank at the end under adapter.client_ranks (HetLoRA:
+    after self-pruning)."""
+    out: dict[str, Any] = {}
+    adapter_config = Path(run.path) / "adapter" / "adapter_config.json"
+    if adapter_config.is_file():
+        out["adapter_rank"] = json.loads(adapter_config.read_text()).get("r")
+    if server.strategy.ranks:
+        out["client_ranks"] = {str(cid): rank for cid, rank in sorted(server.strategy.ranks.items())}
+    return out
+
+
 def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
     """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
     run.write_json("summary.json", summary)
@@ -291,6 +305,7 @@ def run_job(
     summary.update(transport.summary_extras(phases[0].records if federated else []))
     if federated:
         summary.update(privacy_summary(config, server, phases[0]))
+        summary.update(rank_summary(server, run))
     if server.resumed is not None:
         summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
     write_summary(run, summary)
