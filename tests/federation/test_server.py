@@ -201,3 +201,26 @@ def test_flora_sends_its_frozen_delta_in_the_extras():
     extras = codec.decode_message(server.broadcast(2, {}, [0]))["extras"]
     # D = B A of the one client: [[9, 12, 15], [19, 26, 33]].
     assert torch.equal(extras["frozen_delta/m"], torch.tensor([[9.0, 12.0, 15.0], [19.0, 26.0, 33.0]]))
+
+
+def test_a_rank_aware_rule_without_client_ranks_accepts_a_pruned_reply():
+    from fedumm.config import RunConfig
+    from fedumm.federation.replies import check_replies
+
+    config = RunConfig.model_validate(
+        {"adapter": {"r": 2}, "federation": {"num_clients": 2, "strategy": {"name": "hetlora", "decay": 0.5}}}
+    )
+    server = Server.from_config(config, _rank2_state(), num_clients=2)
+    rules = server.rules([_A, _B], {0: 10}, _task())
+    pruned = {_A: torch.ones(1, 3), _B: torch.ones(2, 1)}
+    reply = FitReply(0, codec.encode_message({"state": pruned}), 5)
+    updates, rejected = check_replies([reply], rules, server.global_state, config.federation.validation)
+    assert not rejected and updates[0].state[_A].shape == (1, 3)
+    # Both clients still receive one message at the global rank.
+    assert isinstance(server.broadcast(1, {}, [0, 1]), bytes)
+
+
+def _task():
+    from fedumm.metrics import get_task
+
+    return get_task("vqa")

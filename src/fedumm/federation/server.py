@@ -57,6 +57,8 @@ class Server:
         secure_config = config.privacy.secure_aggregation
         secure = SecureAggregator(secure_config, plan) if secure_config is not None else None
         ranks = config.adapter.rank_table(num_clients)
+        if ranks is None and strategy.rank_aware:  # every client at R; HetLoRA may still prune
+            ranks = dict.fromkeys(range(num_clients), config.adapter.r)
         if ranks is not None:
             strategy.set_client_ranks(ranks)
         server = cls(strategy, initial_state, config.federation, config.seed, privacy, secure)
