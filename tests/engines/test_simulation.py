@@ -420,3 +420,32 @@ def test_heterogeneous_rank_run_resumes_bit_for_bit(tmp_path, tiny_llava_path, s
     records_a, records_b = _metrics(straight.run_dir), _metrics(resumed_dir)
     assert [r["global"] for r in records_b] == [r["global"] for r in records_a]
     assert [r["bytes"] for r in records_b[1:]] == [r["bytes"] for r in records_a[1:]]
+
+
+def test_hetlora_clients_self_prune_end_to_end(tmp_path, tiny_llava_path):
+    # A strong tail regulariser (reg 10) shrinks the tail below the received one from round 2 on.
+    config = _tiny(
+        tiny_llava_path,
+        tmp_path,
+        "prune",
+        "adapter.client_ranks=[4,8,16]",
+        "federation.fraction_fit=1.0",
+        "federation.strategy.name=hetlora",
+        "federation.strategy.decay=0.5",
+        "federation.strategy.reg=10",
+        "federation.rounds=3",
+    )
+    result = simulate(config)
+    records = _metrics(result.run_dir)
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    assert not any("rejected" in r for r in records)
+    final = [summary["client_ranks"][str(c)] for c in range(3)]
+    assert final != [4, 8, 16] and all(f in (r, r // 2, r // 4) for f, r in zip(final, [4, 8, 16]))
+    # A client that pruned in round 2 (a smaller upload) gets round 3's global adapter at that rank.
+    for cid in range(3):
+        if _bytes(records[2], cid, "upload") < _bytes(records[1], cid, "upload"):
+            assert _bytes(records[3], cid, "download") < _bytes(records[1], cid, "download")
+
+
+def _bytes(record, cid, direction):
+    return record["bytes"][direction][str(cid)]
