@@ -16,7 +16,10 @@ Sparsity-weighted zero-padding aggregation: every reply is zero-padded to R, and
 or p_{k,m} = n_k / Σ_j n_j (weighting: samples). Tensors that are not LoRA factors are averaged
 with the sample weights.
 
-Choices the paper leaves open, named: γ (``decay``), λ (``reg``) and the floor ``min_rank`` are
+The paper's full text was not at hand when this was written (only its abstract and summaries of
+its three steps: truncation, rank self-pruning with a decaying factor γ, sparsity-weighted
+zero-padding aggregation); the pruning test and its constants follow that description.
+Choices the paper leaves open, or that could not be checked against it, named: γ (``decay``), λ (``reg``) and the floor ``min_rank`` are
 parameters; the tail norm is summed over the modules and one rank is kept per client (not per
 module); the sparsity weights are per module; the pruning test compares the trained tail with
 the received one (the global model's tail, i.e. the previous round's aggregate), so no client
