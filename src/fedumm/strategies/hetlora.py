@@ -19,12 +19,12 @@ with the sample weights.
 The paper's full text was not at hand when this was written (only its abstract and summaries of
 its three steps: truncation, rank self-pruning with a decaying factor γ, sparsity-weighted
 zero-padding aggregation); the pruning test and its constants follow that description.
-Choices the paper leaves open, or that could not be checked against it, named: γ (``decay``), λ (``reg``) and the floor ``min_rank`` are
-parameters; the tail norm is summed over the modules and one rank is kept per client (not per
-module); the sparsity weights are per module; the pruning test compares the trained tail with
-the received one (the global model's tail, i.e. the previous round's aggregate), so no client
-prunes in round 1, when the received B is zero. The norm uses the identity
-||B A||_F^2 = Σ (BᵀB) ⊙ (A Aᵀ), which needs no d_out x d_in product.
+Choices the paper leaves open, or that could not be checked against it, named: γ (``decay``),
+λ (``reg``) and the floor ``min_rank`` are parameters; the tail norm is summed over the modules
+and one rank is kept per client (not per module); the sparsity weights are per module; the
+pruning test compares the trained tail with the received one (the global model's tail, i.e. the
+previous round's aggregate), so no client prunes in round 1, when the received B is zero. The
+norm uses the identity ||B A||_F^2 = Σ (BᵀB) ⊙ (A Aᵀ), which needs no d_out x d_in product.
 """
 
 from __future__ import annotations
