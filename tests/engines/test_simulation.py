@@ -449,3 +449,28 @@ def test_hetlora_clients_self_prune_end_to_end(tmp_path, tiny_llava_path):
 
 def _bytes(record, cid, direction):
     return record["bytes"][direction][str(cid)]
+
+
+def test_ffa_lora_run_trains_and_sends_b_only(tmp_path, tiny_llava_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from fedumm.federation import ModelHost
+
+    config = _tiny(tiny_llava_path, tmp_path, "ffa", "adapter.freeze_a=true", "federation.rounds=2")
+    host = ModelHost(config)
+    seeded_a = {k: p.detach().clone() for k, p in host.model.named_parameters() if "lora_A" in k}
+    result = simulate(config, host=host)
+    # Only B travels: every trained key is a lora_B factor, and uploads carry B's bytes only.
+    assert result.federated.final_state and all(".lora_B." in k for k in result.federated.final_state)
+    b_bytes = sum(t.numel() * 4 for t in result.federated.final_state.values())
+    for record in _metrics(result.run_dir)[1:]:
+        assert all(b_bytes < n < b_bytes + 16_384 for n in record["bytes"]["upload"].values())
+    # The saved adapter carries the seeded A, unchanged, next to the trained B.
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(Path(result.run_dir) / "adapter")
+    )
+    saved_a = {k: p for k, p in loaded.named_parameters() if "lora_A" in k}
+    assert saved_a.keys() == seeded_a.keys()
+    assert all(torch.equal(saved_a[k].detach(), seeded_a[k]) for k in seeded_a)
+    assert any(torch.count_nonzero(t) for t in result.federated.final_state.values())
