@@ -49,3 +49,75 @@ def test_config_and_strategies_load_no_model_trainer_or_engine(module):
             ("fedumm.models", "fedumm.federation", "fedumm.engines", "fedumm.validation", "transformers", "peft")
         )
     ]
+
+
+# ---------------------------------------------------------------- heterogeneous LoRA ranks
+
+SIX = ["federation.num_clients=6"]
+RANKS = "adapter.client_ranks=[4,4,8,8,16,16]"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        # parsing: lengths, ids, bounds
+        (["adapter.client_ranks=[4,8,16]"], r"adapter\.client_ranks: 3 ranks for federation\.num_clients=4"),
+        (["adapter.client_ranks=[4,0,8,8]"], r"adapter\.client_ranks: client 1's rank 0 is below 1"),
+        (["adapter.client_ranks=[4,4,8,32]"], r"adapter\.client_ranks: client 3's rank 32 exceeds adapter\.r \(16\)"),
+        (
+            ["adapter.client_ranks=[{rank: 4, clients: [0, 1]}, {rank: 8, clients: [1, 2, 3]}]"],
+            r"adapter\.client_ranks: client 1 is in two tiers",
+        ),
+        (
+            ["adapter.client_ranks=[{rank: 4, clients: [0, 1]}, {rank: 8, clients: [2]}]"],
+            r"adapter\.client_ranks: clients \[3\] are in no tier",
+        ),
+        (
+            ["adapter.client_ranks=[{rank: 4, clients: [0, 9]}, {rank: 8, clients: [1, 2, 3]}]"],
+            r"adapter\.client_ranks: client 9 of tier rank 4 is not a client id \(0 \.\. 3\)",
+        ),
+        # registry: the strategy and the engine
+        (
+            [*SIX, RANKS],
+            r"adapter\.client_ranks: federation\.strategy\.name=fedavg needs every client at adapter\.r \(16\), "
+            r"got ranks \[4, 8, 16\]; use flexlora, flora, hetlora",
+        ),
+        ([*SIX, RANKS, "federation.strategy.name=hetlora", "adapter.freeze_a=true"], r"adapter\.freeze_a: not with"),
+        (
+            [*SIX, RANKS, "federation.strategy.name=flexlora", "engine.name=nvflare"],
+            r"adapter\.client_ranks: in-process engine only",
+        ),
+        (["federation.strategy.name=flora", "adapter.freeze_a=true"], r"adapter\.freeze_a: not with .*flora"),
+        (
+            ["federation.strategy.name=flora", "model.quantization=4bit"],
+            r"federation\.strategy\.name=flora: .* needs model\.quantization=none",
+        ),
+        (
+            ["federation.strategy.name=hetlora", "finetune.strategy=connector"],
+            r"federation\.strategy\.name=hetlora: aggregates LoRA factors, but finetune shares no lora unit",
+        ),
+        (["federation.strategy.name=hetlora", "federation.strategy.decay=1.5"], r"federation\.strategy\.decay: "),
+        (
+            [*SIX, RANKS, "federation.strategy.name=flexlora", "privacy.level=client", "privacy.noise_multiplier=1"],
+            r"federation\.strategy\.name=flexlora: not with privacy\.level=client",
+        ),
+    ],
+)
+def test_bad_client_rank_configs_are_one_line_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=rf"^invalid config <defaults>: {fragment}"):
+        load_run_config(None, overrides)
+
+
+def test_equal_ranks_at_adapter_r_run_with_any_strategy_and_tiers_resolve():
+    config = load_run_config(None, ["adapter.r=8", "adapter.client_ranks=[8,8,8,8]"])
+    assert config.adapter.rank_table(4) == {0: 8, 1: 8, 2: 8, 3: 8}
+    tiers = load_run_config(
+        None,
+        [
+            *SIX,
+            "federation.strategy.name=hetlora",
+            "adapter.client_ranks=[{rank: 4, clients: [0, 5]}, "
+            "{rank: 8, clients: [1, 2]}, {rank: 16, clients: [3, 4]}]",
+        ],
+    )
+    assert tiers.adapter.rank_table(6) == {0: 4, 5: 4, 1: 8, 2: 8, 3: 16, 4: 16}

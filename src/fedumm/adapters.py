@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from fedumm.config import AdapterConfig
 from fedumm.errors import AdapterStateError, ConfigError
-from fedumm.types import check_state_matches, describe_keys
+from fedumm.lowrank import A_SUFFIX, B_SUFFIX, lora_modules, product, split_svd
+from fedumm.types import State, check_state_matches, describe_keys
 
 _WRAPPER_PREFIX = "base_model.model."
 
@@ -180,7 +182,42 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 IN_PLACE_FILE = "fedumm_in_place.safetensors"
 
 
-def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch.Tensor]) -> None:
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """peft's LoRA layers by canonical module name (``model.language_model.layers.0.self_attn.q_proj``)."""
+    return {
+        name.removeprefix(_WRAPPER_PREFIX): module
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict) and hasattr(module, "get_base_layer")
+    }
+
+
+def merged_factors(delta: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]) -> tuple[State, int]:
+    """LoRA factors of ``delta[m] + B_m A_m`` for every module m of ``current`` (canonical factor
+    keys), exact: the SVD U S Vᵀ kept at the largest numerical rank over the modules (singular
+    values above max(S) x max(shape) x float32 eps), B = U S^½, A = S^½ Vᵀ. Returns (factors, rank)."""
+    merged: dict[str, torch.Tensor] = {}
+    for module in lora_modules(current):
+        total = product(current, module)
+        merged[module] = total + delta[module].float() if module in delta else total
+    decompositions = {m: torch.linalg.svd(t, full_matrices=False) for m, t in merged.items()}
+    eps = torch.finfo(torch.float32).eps
+    rank = 1
+    for module, (_, s, _) in decompositions.items():
+        if s.numel() and float(s[0]) > 0:
+            rank = max(rank, int((s > s[0] * max(merged[module].shape) * eps).sum()))
+    factors: State = {}
+    for module, total in merged.items():
+        b, a = split_svd(total, rank)
+        factors[module + A_SUFFIX], factors[module + B_SUFFIX] = a, b
+    return factors, rank
+
+
+def save_adapter(
+    model: torch.nn.Module,
+    path: str,
+    in_place: Mapping[str, torch.Tensor],
+    factors: tuple[Mapping[str, torch.Tensor], int] | None = None,
+) -> None:
     """Write the PEFT adapter folder (LoRA and modules_to_save) and, when there are any, the
     in-place trained parameters under their canonical keys (``IN_PLACE_FILE``).
 
@@ -190,8 +227,27 @@ def save_adapter(model: torch.nn.Module, path: str, in_place: Mapping[str, torch
     embedding is a modules_to_save copy that peft saves anyway."""
 
     model.save_pretrained(path, save_embedding_layers=False)
+    if factors is not None:
+        _replace_lora(model, path, *factors)
     if in_place:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in in_place.items()}, str(Path(path) / IN_PLACE_FILE))
+
+
+def _replace_lora(model: torch.nn.Module, path: str, factors: Mapping[str, torch.Tensor], rank: int) -> None:
+    """Rewrite a saved PEFT folder with other LoRA factors of rank ``rank`` (the scale alpha / r
+    kept: lora_alpha becomes alpha x rank / r); the other saved tensors stay."""
+    folder = Path(path)
+    weights = folder / "adapter_model.safetensors"
+    saved = load_file(str(weights))
+    for key in [k for k in saved if is_lora_key(k)]:
+        del saved[key]
+    for key, tensor in factors.items():
+        saved[_WRAPPER_PREFIX + key] = tensor.detach().to("cpu", torch.float32).contiguous()
+    config = copy.deepcopy(model.peft_config["default"])
+    config.lora_alpha = config.lora_alpha * rank / config.r
+    config.r = rank
+    config.save_pretrained(str(folder))
+    save_file(saved, str(weights), metadata={"format": "pt"})
 
 
 def load_adapter(base: torch.nn.Module, path: str):

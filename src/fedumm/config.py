@@ -90,6 +90,11 @@ class ModelConfig(Section):
         return self
 
 
+class RankTier(Section):
+    rank: int = Field(description="LoRA rank of the clients in this tier (1 .. adapter.r).")
+    clients: list[int] = Field(min_length=1, description="Client ids (0 .. federation.num_clients - 1).")
+
+
 class AdapterConfig(Section):
     preset: str | None = Field(
         None,
@@ -105,6 +110,58 @@ class AdapterConfig(Section):
         description="Regex over module names to wrap with LoRA; overrides adapter.preset. "
         "null = the preset's language-side targets.",
     )
+    client_ranks: list[int] | list[RankTier] | None = Field(
+        None,
+        description="Heterogeneous LoRA ranks: one rank per client (a list of federation.num_clients ints), or "
+        "tiers [{rank: r, clients: [ids]}] covering every client once. Each rank is at most adapter.r, the "
+        "host's and the global adapter's rank; a client of rank r_k trains the first r_k LoRA components "
+        "(scale alpha / adapter.r for all). Needs a rank-aware strategy (hetlora, flexlora, flora) unless "
+        "every rank equals adapter.r. null = every client at adapter.r.",
+    )
+    freeze_a: bool = Field(
+        False,
+        description="FFA-LoRA (Sun et al. 2024): LoRA A stays at its seeded initialisation, only B trains and "
+        "travels, so FedAvg of B is the exact average of the products B_k A.",
+    )
+
+    @model_validator(mode="after")
+    def _check_client_ranks(self) -> AdapterConfig:
+        ranks = self.client_ranks or []
+        tiers = [(t.rank, f"tier rank {t.rank}") for t in ranks if isinstance(t, RankTier)]
+        plain = [(r, f"client {i}'s rank {r}") for i, r in enumerate(ranks) if isinstance(r, int)]
+        for rank, what in tiers + plain:
+            if rank < 1:
+                raise ValueError(f"adapter.client_ranks: {what} is below 1")
+            if rank > self.r:
+                raise ValueError(f"adapter.client_ranks: {what} exceeds adapter.r ({self.r}), the host's rank")
+        return self
+
+    def rank_table(self, num_clients: int) -> dict[int, int] | None:
+        """Client id -> LoRA rank from ``client_ranks`` (None when unset); a list of the wrong
+        length or tiers that miss or repeat a client are a ValueError naming the key."""
+        if self.client_ranks is None:
+            return None
+        if all(isinstance(r, int) for r in self.client_ranks):
+            if len(self.client_ranks) != num_clients:
+                raise ValueError(
+                    f"adapter.client_ranks: {len(self.client_ranks)} ranks for federation.num_clients={num_clients}"
+                )
+            return dict(enumerate(self.client_ranks))
+        table: dict[int, int] = {}
+        for tier in self.client_ranks:
+            for cid in tier.clients:
+                if not 0 <= cid < num_clients:
+                    raise ValueError(
+                        f"adapter.client_ranks: client {cid} of tier rank {tier.rank} is not a client id "
+                        f"(0 .. {num_clients - 1})"
+                    )
+                if cid in table:
+                    raise ValueError(f"adapter.client_ranks: client {cid} is in two tiers")
+                table[cid] = tier.rank
+        missing = sorted(set(range(num_clients)) - set(table))
+        if missing:
+            raise ValueError(f"adapter.client_ranks: clients {missing} are in no tier")
+        return table
 
 
 class FinetuneConfig(Section):
@@ -632,6 +689,7 @@ class RunConfig(Section):
             )
         if federation.attack.kind != "none" and not federation.attack.clients:
             raise ValueError("federation.attack.clients: name the attacking client ids (e.g. [0])")
+        self.adapter.rank_table(federation.num_clients)
         if self.federation.resume_from and self.engine.name == "nvflare":
             # The FLARE controller builds its server through Server.from_config, but its round
             # loop and run-folder copy do not continue a run yet.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fedumm.config import RunConfig, load_config
 from fedumm.errors import ConfigError
+from fedumm.finetune import units_over_run
 from fedumm.models.registry import available_backends
 from fedumm.strategies import STRATEGIES, check_strategy_config, validate_params
 
@@ -70,8 +71,40 @@ def _check_privacy(config: RunConfig) -> None:
         )
 
 
+def _check_ranks(config: RunConfig) -> None:
+    """adapter.client_ranks and adapter.freeze_a against the strategy and the engine."""
+    adapter, name = config.adapter, config.federation.strategy.name
+    strategy = STRATEGIES[name]
+    if strategy.rank_aware and "lora" not in units_over_run(config.finetune, config.federation.rounds, "share"):
+        raise ConfigError(f"federation.strategy.name={name}: aggregates LoRA factors, but finetune shares no lora unit")
+    if adapter.freeze_a and strategy.rank_aware:
+        raise ConfigError(
+            f"adapter.freeze_a: not with federation.strategy.name={name}, which needs each client's A; with A frozen "
+            "FedAvg of B is already the exact average of the products (use fedavg)"
+        )
+    if name == "flora" and config.model.quantization != "none":
+        raise ConfigError(
+            "federation.strategy.name=flora: adds its merged ΔW to the base weights; needs model.quantization=none"
+        )
+    if name == "flora" and config.engine.name != "simulation":
+        raise ConfigError("federation.strategy.name=flora: in-process engine only (engine.name=simulation)")
+    if adapter.client_ranks is None:
+        return
+    if adapter.freeze_a:
+        raise ConfigError("adapter.freeze_a: not with adapter.client_ranks in this version (set one of them)")
+    if config.engine.name != "simulation":
+        raise ConfigError("adapter.client_ranks: in-process engine only (engine.name=simulation)")
+    ranks = sorted(set(adapter.rank_table(config.federation.num_clients).values()))
+    if not strategy.rank_aware and ranks != [adapter.r]:
+        aware = ", ".join(n for n, cls in sorted(STRATEGIES.items()) if cls.rank_aware)
+        raise ConfigError(
+            f"adapter.client_ranks: federation.strategy.name={name} needs every client at adapter.r ({adapter.r}), "
+            f"got ranks {ranks}; use {aware}"
+        )
+
+
 #: Run in order; each raises ``ConfigError`` naming its key.
-CHECKS = (_check_backend, _check_strategy, _check_privacy)
+CHECKS = (_check_backend, _check_strategy, _check_privacy, _check_ranks)
 
 
 def validate(config: RunConfig, source: str = "<config>") -> RunConfig:

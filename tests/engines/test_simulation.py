@@ -310,3 +310,167 @@ def test_partial_participation_end_to_end(tmp_path, tiny_llava_path, strategy):
     final = result.federated.final_state
     _assert_identical({k.removeprefix("global/"): v for k, v in state.items() if k.startswith("global/")}, final)
     assert any(not torch.equal(final[k], initial[k]) for k in initial)
+
+
+# ---------------------------------------------------------------- heterogeneous LoRA ranks
+
+HET_RANKS = [4, 4, 8, 8, 16, 16]
+
+
+def _het(model_path, out, name, strategy, *extra):
+    return load_run_config(
+        None,
+        [
+            f"name={name}",
+            f"model.name_or_path={model_path}",
+            "model.device=cpu",
+            "model.max_new_tokens=2",
+            "federation.num_clients=6",
+            "federation.rounds=2",
+            f"federation.strategy.name={strategy}",
+            f"adapter.client_ranks={HET_RANKS}",
+            "data.synthetic.train_samples=60",
+            "data.synthetic.test_samples=8",
+            "data.partition.min_samples=4",
+            "train.batch_size=4",
+            "train.local_steps=2",
+            "eval.clients=false",
+            "eval.centralized_baseline=false",
+            "output.progress=false",
+            f"output.dir={out}",
+            *extra,
+        ],
+    )
+
+
+@pytest.mark.parametrize("strategy", ["hetlora", "flexlora", "flora"])
+def test_heterogeneous_ranks_4_8_16_over_6_clients(tmp_path, tiny_llava_path, strategy):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from fedumm import codec
+    from fedumm.federation import ModelHost
+    from fedumm.lowrank import truncate
+
+    config = _het(tiny_llava_path, tmp_path, strategy, strategy)
+    host = ModelHost(config)
+    initial = dict(host.initial_state)
+    # Execute
+    result = simulate(config, host=host)
+    # Assert: both rounds aggregated every client.
+    records = _metrics(result.run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert all(r["client_metrics"].keys() == {str(c) for c in range(6)} for r in records[1:])
+    assert not any("rejected" in r or r.get("aggregated") is False for r in records)
+    # Round 1: client k receives exactly the initial global adapter cut to its own rank.
+    for cid, rank in enumerate(HET_RANKS):
+        expected = len(codec.encode_message({"state": truncate(initial, rank), "extras": {}}))
+        assert records[1]["bytes"]["download"][str(cid)] == expected, cid
+    # Uploads carry the client's own rank (HetLoRA may prune below it): rank-4 < rank-8 < rank-16.
+    for record in records[1:]:
+        up = {rank: record["bytes"]["upload"][str(c)] for c, rank in enumerate(HET_RANKS)}
+        assert up[4] < up[8] < up[16]
+        down = {rank: record["bytes"]["download"][str(c)] for c, rank in enumerate(HET_RANKS)}
+        assert down[4] < down[8] < down[16]
+    # The saved global adapter loads with plain peft: rank adapter.r (16), FLoRA the merged rank.
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(Path(result.run_dir) / "adapter")
+    )
+    saved_rank = loaded.peft_config["default"].r
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    assert summary["adapter_rank"] == saved_rank
+    final_ranks = [summary["client_ranks"][str(c)] for c in range(6)]
+    assert all(1 <= got <= rank for got, rank in zip(final_ranks, HET_RANKS))
+    if strategy != "hetlora":  # only HetLoRA prunes
+        assert final_ranks == HET_RANKS
+    if strategy == "flora":
+        assert saved_rank >= 1
+        assert json.loads((Path(result.run_dir) / "adapter" / "adapter_config.json").read_text())["r"] == saved_rank
+    else:
+        assert saved_rank == 16
+        state = {
+            k.removeprefix("base_model.model.").replace(".default.", "."): p
+            for k, p in loaded.named_parameters()
+            if "lora_" in k
+        }
+        for key, tensor in result.federated.final_state.items():
+            assert torch.equal(state[key].detach(), tensor), key
+
+
+@pytest.mark.parametrize("strategy", ["hetlora", "flora"])
+def test_heterogeneous_rank_run_resumes_bit_for_bit(tmp_path, tiny_llava_path, strategy):
+    from fedumm.federation import ModelHost
+
+    ranks = ["adapter.client_ranks=[4,8,16]", f"federation.strategy.name={strategy}"]
+    if strategy == "hetlora":
+        ranks.append("federation.strategy.decay=0.5")
+    two = _tiny(tiny_llava_path, tmp_path, "two", *ranks, "federation.rounds=2")
+    one = _tiny(tiny_llava_path, tmp_path, "one", *ranks, "federation.rounds=1")
+    host = ModelHost(two)
+    straight = simulate(two, host=host)
+    simulate(one, host=host)
+    resumed = _tiny(
+        tiny_llava_path, tmp_path, "branch", *ranks, "federation.rounds=2", f"federation.resume_from={tmp_path / 'one'}"
+    )
+    resumed_dir = Path(simulate(resumed, host=host).run_dir)
+    (state_a, _), (state_b, _) = _checkpoint_files(straight.run_dir), _checkpoint_files(resumed_dir)
+    prefix = "server/hetlora/ranks" if strategy == "hetlora" else "server/flora_delta/"
+    assert any(k.startswith(prefix) for k in state_a)
+    _assert_identical(state_a, state_b)
+    records_a, records_b = _metrics(straight.run_dir), _metrics(resumed_dir)
+    assert [r["global"] for r in records_b] == [r["global"] for r in records_a]
+    assert [r["bytes"] for r in records_b[1:]] == [r["bytes"] for r in records_a[1:]]
+
+
+def test_hetlora_clients_self_prune_end_to_end(tmp_path, tiny_llava_path):
+    # A strong tail regulariser (reg 10) shrinks the tail below the received one from round 2 on.
+    config = _tiny(
+        tiny_llava_path,
+        tmp_path,
+        "prune",
+        "adapter.client_ranks=[4,8,16]",
+        "federation.fraction_fit=1.0",
+        "federation.strategy.name=hetlora",
+        "federation.strategy.decay=0.5",
+        "federation.strategy.reg=10",
+        "federation.rounds=3",
+    )
+    result = simulate(config)
+    records = _metrics(result.run_dir)
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    assert not any("rejected" in r for r in records)
+    final = [summary["client_ranks"][str(c)] for c in range(3)]
+    assert final != [4, 8, 16] and all(f in (r, r // 2, r // 4) for f, r in zip(final, [4, 8, 16]))
+    # A client that pruned in round 2 (a smaller upload) gets round 3's global adapter at that rank.
+    for cid in range(3):
+        if _bytes(records[2], cid, "upload") < _bytes(records[1], cid, "upload"):
+            assert _bytes(records[3], cid, "download") < _bytes(records[1], cid, "download")
+
+
+def _bytes(record, cid, direction):
+    return record["bytes"][direction][str(cid)]
+
+
+def test_ffa_lora_run_trains_and_sends_b_only(tmp_path, tiny_llava_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from fedumm.federation import ModelHost
+
+    config = _tiny(tiny_llava_path, tmp_path, "ffa", "adapter.freeze_a=true", "federation.rounds=2")
+    host = ModelHost(config)
+    seeded_a = {k: p.detach().clone() for k, p in host.model.named_parameters() if "lora_A" in k}
+    result = simulate(config, host=host)
+    # Only B travels: every trained key is a lora_B factor, and uploads carry B's bytes only.
+    assert result.federated.final_state and all(".lora_B." in k for k in result.federated.final_state)
+    b_bytes = sum(t.numel() * 4 for t in result.federated.final_state.values())
+    for record in _metrics(result.run_dir)[1:]:
+        assert all(b_bytes < n < b_bytes + 16_384 for n in record["bytes"]["upload"].values())
+    # The saved adapter carries the seeded A, unchanged, next to the trained B.
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(Path(result.run_dir) / "adapter")
+    )
+    saved_a = {k: p for k, p in loaded.named_parameters() if "lora_A" in k}
+    assert saved_a.keys() == seeded_a.keys()
+    assert all(torch.equal(saved_a[k].detach(), seeded_a[k]) for k in seeded_a)
+    assert any(torch.count_nonzero(t) for t in result.federated.final_state.values())

@@ -150,3 +150,39 @@ def test_auto_norm_bound_rejects_a_scaled_update():
     updates, rejected = check_replies(replies, rules, GLOBAL, ValidationConfig(max_update_norm="auto"))
     assert [u.client_id for u in updates] == [1, 2, 3]
     assert rejected[0].startswith("update norm 3.162e+06 is above the bound")
+
+
+# ---------------------------------------------------------------- heterogeneous LoRA ranks
+
+_A, _B = "m.lora_A.weight", "m.lora_B.weight"
+
+
+def _ranked_rules():
+    # Global rank 4; client 0 may reply at rank 2 to 4 (HetLoRA pruning), client 1 at exactly 2.
+    return ReplyRules({_A: (4, 3), _B: (5, 4)}, {}, "", True, {0: (2, 4), 1: (2, 2)})
+
+
+def _ranked(cid, a_rank, b_rank=None):
+    state = {_A: torch.ones(a_rank, 3), _B: torch.ones(5, b_rank or a_rank)}
+    return FitReply(cid, codec.encode_message({"state": state}), 1)
+
+
+def test_replies_at_a_clients_own_rank_pass_and_others_are_rejected():
+    global_state = {_A: torch.zeros(4, 3), _B: torch.zeros(5, 4)}
+    replies = [_ranked(0, 3), _ranked(1, 3), _ranked(1, 2, 1)]
+    updates, rejected = check_replies(replies[:2], _ranked_rules(), global_state, ValidationConfig())
+    assert [u.client_id for u in updates] == [0]
+    assert rejected == {1: "LoRA rank 3 is outside [2, 2] for this client (adapter.client_ranks)"}
+    _, rejected = check_replies(replies[2:], _ranked_rules(), global_state, ValidationConfig())
+    assert "different ranks" in rejected[1]
+
+
+def test_update_norm_of_a_lower_rank_reply_is_against_the_global_cut_to_its_rank():
+    global_state = {_A: torch.ones(4, 3), _B: torch.ones(5, 4)}
+    reply = FitReply(0, codec.encode_message({"state": {_A: torch.full((2, 3), 2.0), _B: torch.ones(5, 2)}}), 1)
+    config = ValidationConfig(max_update_norm=2.5)
+    # ||theta - global[:2]|| = ||ones(2, 3)|| = sqrt 6 = 2.449 <= 2.5: accepted.
+    updates, rejected = check_replies([reply], _ranked_rules(), global_state, config)
+    assert [u.client_id for u in updates] == [0] and not rejected
+    updates, rejected = check_replies([reply], _ranked_rules(), global_state, ValidationConfig(max_update_norm=2.4))
+    assert not updates and "update norm 2.449" in rejected[0]

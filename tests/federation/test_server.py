@@ -161,3 +161,66 @@ def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path, change, fragme
     with pytest.raises(ConfigError, match=r"federation.resume_from: .*last.safetensors.*" + fragment):
         fresh.restore(read_checkpoint(tmp_path), config, num_clients)
     assert fresh.start_round == 0 and torch.equal(fresh.global_state["w"], torch.zeros(2))  # nothing loaded
+
+
+# ---------------------------------------------------------------- heterogeneous LoRA ranks
+
+_A, _B = "m.lora_A.weight", "m.lora_B.weight"
+
+
+def _rank2_state():
+    return {_A: torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), _B: torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
+
+
+def test_each_client_receives_the_global_factors_at_its_own_rank():
+    from fedumm.strategies import HetLoRA
+
+    strategy = HetLoRA(num_clients=3)
+    strategy.set_client_ranks({0: 1, 1: 2, 2: 1})
+    server = Server(strategy, _rank2_state(), FederationConfig(num_clients=3), seed=0)
+    # Execute
+    messages = server.broadcast(1, {}, [0, 1])
+    # Assert: one message per asked client, cut to its rank; bytes follow the rank.
+    assert set(messages) == {0, 1}
+    rank1 = codec.decode_message(messages[0])["state"]
+    assert torch.equal(rank1[_A], torch.tensor([[1.0, 2.0, 3.0]]))
+    assert torch.equal(rank1[_B], torch.tensor([[1.0], [3.0]]))
+    assert codec.decode_message(messages[1])["state"][_A].shape == (2, 3)
+    assert len(messages[0]) < len(messages[1])
+    # Every client at the global rank: one message for all, as without client_ranks.
+    assert isinstance(server.broadcast(1, {}, [1]), bytes)
+
+
+def test_flora_sends_its_frozen_delta_in_the_extras():
+    from fedumm.strategies import FLoRA
+    from fedumm.strategies.base import ClientUpdate
+
+    strategy = FLoRA()
+    server = Server(strategy, _rank2_state(), FederationConfig(num_clients=1), seed=0)
+    strategy.aggregate(server.global_state, [ClientUpdate(0, 1, _rank2_state())], 1)
+    extras = codec.decode_message(server.broadcast(2, {}, [0]))["extras"]
+    # D = B A of the one client: [[9, 12, 15], [19, 26, 33]].
+    assert torch.equal(extras["frozen_delta/m"], torch.tensor([[9.0, 12.0, 15.0], [19.0, 26.0, 33.0]]))
+
+
+def test_a_rank_aware_rule_without_client_ranks_accepts_a_pruned_reply():
+    from fedumm.config import RunConfig
+    from fedumm.federation.replies import check_replies
+
+    config = RunConfig.model_validate(
+        {"adapter": {"r": 2}, "federation": {"num_clients": 2, "strategy": {"name": "hetlora", "decay": 0.5}}}
+    )
+    server = Server.from_config(config, _rank2_state(), num_clients=2)
+    rules = server.rules([_A, _B], {0: 10}, _task())
+    pruned = {_A: torch.ones(1, 3), _B: torch.ones(2, 1)}
+    reply = FitReply(0, codec.encode_message({"state": pruned}), 5)
+    updates, rejected = check_replies([reply], rules, server.global_state, config.federation.validation)
+    assert not rejected and updates[0].state[_A].shape == (1, 3)
+    # Both clients still receive one message at the global rank.
+    assert isinstance(server.broadcast(1, {}, [0, 1]), bytes)
+
+
+def _task():
+    from fedumm.metrics import get_task
+
+    return get_task("vqa")

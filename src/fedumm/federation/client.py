@@ -17,6 +17,7 @@ from fedumm.federation.privacy import UNCLIPPED_METRIC, ClientPrivacy, plan_priv
 from fedumm.federation.secure import SAMPLE_SCALE_KEY, pack
 from fedumm.federation.train import make_sample_dp
 from fedumm.finetune import plan_for_round
+from fedumm.lowrank import FROZEN_DELTA_PREFIX, state_rank, truncate
 from fedumm.privacy.secagg import SecAggClient
 from fedumm.strategies import ClientAlgorithm
 from fedumm.types import State, derive_seed, state_delta
@@ -81,6 +82,9 @@ class ClientRuntime:
         round's plan trains, evaluate on the local test split, reply with the shared ones."""
         parts = codec.decode_message(message)
         global_state, server_extras = parts["state"], parts.get("extras", {})
+        prefix = FROZEN_DELTA_PREFIX  # a dense ΔW the strategy adds to the base (FLoRA), not the algorithm's
+        frozen = {k.removeprefix(prefix): v for k, v in server_extras.items() if k.startswith(prefix)}
+        server_extras = {k: v for k, v in server_extras.items() if not k.startswith(prefix)}
         if not all(bool(torch.isfinite(t).all()) for t in [*global_state.values(), *server_extras.values()]):
             raise TrainingError(
                 f"round {round_num} client {self.client_id}: the global message holds non-finite values (a diverged "
@@ -89,7 +93,10 @@ class ClientRuntime:
         host = self.host
         plan = plan_for_round(self.config.finetune, round_num)
         host.configure(plan)
-        host.set_state(global_state)
+        if frozen:  # a strategy with a frozen ΔW (FLoRA) sends it in every message
+            host.set_frozen_delta(frozen)
+        host.set_state(global_state)  # a rank below the host's (adapter.client_ranks) trains masked
+        rank = state_rank(global_state)
         if host.local_units:
             host.set_state(self.local_state or host.initial_local_state, host.local_units)
         trained_keys = list(host.parameters_of(plan.shared))
@@ -106,9 +113,12 @@ class ClientRuntime:
             dp=self.sample_dp,
         )
         trained = host.get_state(plan.shared)
+        if rank is not None and rank != host.lora_rank:
+            trained = truncate(trained, rank)  # only this client's own components travel
         extras, self.client_state = self.algorithm.finish(
             round_global, trained, server_extras, self.client_state, result, self.config.train.lr
         )
+        trained = self.algorithm.reply_state(round_global, trained)
         if host.local_units:
             self.local_state = host.get_state(host.local_units)
         metrics: dict[str, float] = {

@@ -25,7 +25,7 @@ from fedumm import codec
 from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.federation.client import FitReply, derive_seed
-from fedumm.federation.transport import ClientStates, LocalTransport, SetupInfo, Transport
+from fedumm.federation.transport import ClientStates, LocalTransport, Message, SetupInfo, Transport, message_for
 from fedumm.runlog import Checkpoint
 from fedumm.types import State
 
@@ -108,7 +108,7 @@ class SimulatedFaults(Transport):
             return False
         return True
 
-    def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
+    def fit(self, client_ids: Sequence[int], message: Message, round_num: int) -> list[FitReply]:
         attack = self.config.federation.attack
         late: list[int] = []
         dropped: list[int] = []
@@ -118,8 +118,6 @@ class SimulatedFaults(Transport):
             self.inner.runtimes[cid].data = data if cid in active else self.clean[cid]
         replies = self.inner.fit(asked, message, round_num)
         attacked = [r.client_id for r in replies if r.client_id in active and not r.error]
-        if attacked and attack.kind not in ("label_flip", "inflate_samples"):
-            global_state = codec.decode_message(message)["state"]
         for i, reply in enumerate(replies):
             if reply.client_id not in attacked:
                 continue
@@ -127,6 +125,7 @@ class SimulatedFaults(Transport):
                 replies[i] = FitReply(reply.client_id, reply.payload, attack.samples, reply.metrics)
             elif attack.kind != "label_flip":
                 parts = codec.decode_message(reply.payload)
+                global_state = codec.decode_message(message_for(message, reply.client_id))["state"]
                 seed = derive_seed(self.config.seed, round_num, reply.client_id, _NOISE_STREAM)
                 parts["state"] = poison(attack.kind, parts["state"], global_state, self.config, seed)
                 payload = codec.encode_message(parts, self.config.federation.wire_dtype)

@@ -10,17 +10,21 @@ import torch
 
 from fedumm.adapters import (
     apply_lora,
+    canonical_key,
     copy_state,
     group_layout,
     load_state,
+    lora_layers,
     matching_module_names,
+    merged_factors,
     save_adapter,
     unit_parameters,
 )
 from fedumm.config import RunConfig, TrainConfig
-from fedumm.errors import ConfigError
+from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.train import train_local
 from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
+from fedumm.lowrank import A_SUFFIX, B_SUFFIX, pad, state_rank
 from fedumm.metrics import Evaluation, normalize_answer
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
@@ -71,6 +75,16 @@ class ModelHost:
         self.model = apply_lora(base, config.adapter, targets, list(modules_to_save))
         self.model.eval()
         self.units = unit_parameters(self.model, self.backend.module_groups)
+        if config.adapter.freeze_a:
+            # FFA-LoRA: A keeps its seeded initialisation on every client; it neither trains nor travels.
+            for key in [k for k in self.units["lora"] if k.endswith(A_SUFFIX)]:
+                self.units["lora"].pop(key).requires_grad_(False)
+        #: The host's LoRA rank R (adapter.r); ``rank``: the rank the loaded state trains at.
+        self.lora_rank: int = config.adapter.r
+        self.rank: int = self.lora_rank
+        self._lora_layers = lora_layers(self.model)
+        self._base_weights: dict[str, torch.Tensor] = {}  # originals under a frozen delta (FLoRA)
+        self.frozen_delta: State = {}
         #: Canonical keys of the unit parameters trained in place (not peft modules_to_save).
         self.in_place_keys: list[str] = in_place
         self.shared_units = units_over_run(finetune, rounds, "share")
@@ -92,8 +106,39 @@ class ModelHost:
         return copy_state(self.parameters_of(self.shared_units if units is None else units))
 
     def set_state(self, state: State, units: Sequence[str] | None = None) -> None:
+        """Load ``state``; LoRA factors of a rank r below R (a client of adapter.client_ranks) fill
+        the first r components, the others are set to zero and stay there while it trains."""
         units = self.shared_units if units is None else units
+        rank = state_rank(state)
+        if rank is not None and rank != self.lora_rank:
+            state = pad(state, self.lora_rank)  # a rank above R fails the shape check below
         load_state(self.parameters_of(units), state, f"state for units {list(units)} does not match the model")
+        if rank is not None:
+            self.rank = rank
+
+    @torch.no_grad()
+    def set_frozen_delta(self, delta: State) -> None:
+        """Base weight of each LoRA module m = its original + s·delta[m] (s = alpha / R); modules
+        absent from ``delta`` go back to their original weight. FLoRA's merged stack: one dense
+        matrix per module on the shared base, whatever the number of clients."""
+        unknown = sorted(set(delta) - set(self._lora_layers))
+        if unknown:
+            raise AdapterStateError(f"frozen delta for {unknown[0]!r}, which is not a LoRA module of the model")
+        for module in sorted(set(delta) | set(self._base_weights)):
+            layer = self._lora_layers[module]
+            weight = layer.get_base_layer().weight
+            original = self._base_weights.setdefault(module, weight.detach().clone())
+            if module in delta:
+                if tuple(delta[module].shape) != tuple(weight.shape):
+                    shape = tuple(delta[module].shape)
+                    raise AdapterStateError(
+                        f"frozen delta for {module!r} has shape {shape}, expected {tuple(weight.shape)}"
+                    )
+                scale = layer.scaling["default"]
+                weight.copy_(original.float() + scale * delta[module].to(weight.device, torch.float32))
+            else:
+                weight.copy_(original)
+        self.frozen_delta = {k: v.detach().to("cpu", torch.float32).clone() for k, v in delta.items()}
 
     def reset_local(self) -> None:
         """Local (never shared) units back to their initial values, as the global model has them."""
@@ -129,7 +174,13 @@ class ModelHost:
         the parameters trained in place, which peft's format has no slot for, in
         ``adapters.IN_PLACE_FILE``; ``adapters.load_adapter(base, path)`` loads both."""
         params = {k: p for unit in self.units.values() for k, p in unit.items()}
-        save_adapter(self.model, path, {k: params[k] for k in self.in_place_keys})
+        factors = None
+        if self.frozen_delta:
+            # FLoRA: the global update is s·(D + B A); saved exactly as LoRA factors of D + B A's rank.
+            lora = {k: p for k, p in self.model.named_parameters() if ".lora_" in k}
+            current = {canonical_key(k): p.detach().to("cpu") for k, p in lora.items()}
+            factors = merged_factors(self.frozen_delta, current)
+        save_adapter(self.model, path, {k: params[k] for k in self.in_place_keys}, factors)
 
     def train(
         self,
@@ -141,6 +192,8 @@ class ModelHost:
         description: str,
         dp: SampleDP | None = None,
     ) -> TrainResult:
+        if self.rank < self.lora_rank:
+            hooks = RankMask(hooks or LocalHooks(), self.rank)
         return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
 
     def class_choices(self, samples: Sequence[dict]) -> list[str] | None:
@@ -188,6 +241,36 @@ class ModelHost:
             log_likelihood = self.backend.score_choices(self.model, samples[start : start + batch_size], choices)
             scores += log_likelihood.softmax(dim=-1)[:, 0].tolist()
         return scores
+
+
+class RankMask(LocalHooks):
+    """A client of rank r on the host's rank-R LoRA: the components r..R of every factor get no
+    gradient (zeroed after backward, before clipping, the step and any DP noise is applied) and
+    are set back to zero after each step, so weight decay or noise cannot move them either."""
+
+    def __init__(self, inner: LocalHooks, rank: int):
+        self.inner, self.rank = inner, rank
+
+    def extra_loss(self, params):
+        return self.inner.extra_loss(params)
+
+    @torch.no_grad()
+    def _tails(self, tensors: dict[str, torch.Tensor | None]) -> None:
+        for key, tensor in tensors.items():
+            if tensor is None:
+                continue
+            if key.endswith(A_SUFFIX):
+                tensor[self.rank :] = 0
+            elif key.endswith(B_SUFFIX):
+                tensor[:, self.rank :] = 0
+
+    def after_backward(self, params):
+        self._tails({k: p.grad for k, p in params.items()})
+        self.inner.after_backward(params)
+
+    def after_step(self, params, lr):
+        self.inner.after_step(params, lr)
+        self._tails(dict(params))
 
 
 def _check_lora_outside(base: torch.nn.Module, targets: str, modules_to_save: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ split; both then call ``run_job``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ def centralized_config(config: RunConfig) -> RunConfig:
     central.federation.min_fit_clients = 1
     central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
     central.federation.resume_from = None  # the baseline always trains from the initial adapter
+    central.adapter.client_ranks = None  # one client, at the host's rank
     central.privacy = PrivacyConfig()  # the pooled baseline is the non-private reference
     if central.train.local_steps is not None:
         # Federated rounds take local_steps on each sampled client; match the total.
@@ -123,6 +125,7 @@ def run_centralized(
     """The centralized baseline: the same round loop over one client holding the pooled data."""
     central = centralized_config(config)
     host.set_state(host.initial_state)
+    host.set_frozen_delta({})
     host.reset_local()
     server = Server.from_config(central, host.initial_state, 1)
     transport = LocalTransport(
@@ -208,7 +211,7 @@ def job_summary(
     if federated is not None and len(federated.records) > 1:
         last = federated.records[-1]["bytes"]
         summary["bytes_per_round"] = last["total"]
-        summary["adapter_message_bytes"] = next(iter(last["download"].values()))
+        summary["adapter_message_bytes"] = max(last["download"].values())  # client_ranks: the largest
         summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
         summary["communication_reduction_pct"] = last["reduction_pct"]
     return summary
@@ -236,6 +239,19 @@ def privacy_summary(config: RunConfig, server: Server, result: PhaseResult) -> d
             "level": "sample",
         }
     }
+
+
+def rank_summary(server: Server, run: RunFolder) -> dict[str, Any]:
+    """``adapter_rank``: the LoRA rank of the saved global adapter (adapter.r; FLoRA: its merged
+    ΔW's); ``client_ranks``: each client's rank at the end under adapter.client_ranks (HetLoRA:
+    after self-pruning)."""
+    out: dict[str, Any] = {}
+    adapter_config = Path(run.path) / "adapter" / "adapter_config.json"
+    if adapter_config.is_file():
+        out["adapter_rank"] = json.loads(adapter_config.read_text()).get("r")
+    if server.strategy.ranks:
+        out["client_ranks"] = {str(cid): rank for cid, rank in sorted(server.strategy.ranks.items())}
+    return out
 
 
 def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
@@ -313,6 +329,7 @@ def run_job(
         summary.update(transport.summary_extras(phases[0].records if federated else []))
         if federated:
             summary.update(privacy_summary(config, server, phases[0]))
+            summary.update(rank_summary(server, run))
         if server.resumed is not None:
             summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
         write_summary(run, summary)

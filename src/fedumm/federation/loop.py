@@ -22,7 +22,7 @@ from fedumm.federation.client import FitReply
 from fedumm.federation.host import ModelHost
 from fedumm.federation.replies import ReplyRules
 from fedumm.federation.server import Server
-from fedumm.federation.transport import Transport
+from fedumm.federation.transport import Message, Transport, message_for
 from fedumm.finetune import plan_for_round
 from fedumm.runlog import RunFolder
 from fedumm.strategies import ClientUpdate
@@ -68,12 +68,15 @@ def round_record(
     global_metrics: dict,
     replies: Sequence[FitReply],
     updates: Sequence[ClientUpdate],
-    download: bytes,
+    download: Message,
     full_bytes: int,
 ) -> dict[str, Any]:
     """A round's metrics.jsonl record (without its seconds): the accepted clients' metrics and
-    the payload bytes each way per client (every reply received counts)."""
+    the payload bytes each way per client (every reply received counts; under
+    adapter.client_ranks each client's own-rank message)."""
     upload = {str(r.client_id): len(r.payload) for r in replies}
+    sent = {str(cid): len(message_for(download, cid)) for cid in selected}
+    largest = max(sent.values(), default=len(download) if isinstance(download, bytes) else 0)
     return {
         "phase": phase,
         "round": round_num,
@@ -82,10 +85,10 @@ def round_record(
         "client_metrics": {str(u.client_id): {"num_samples": u.num_samples, **u.metrics} for u in updates},
         "bytes": {
             "upload": upload,
-            "download": {str(cid): len(download) for cid in selected},
-            "total": sum(upload.values()) + len(download) * len(selected),
+            "download": sent,
+            "total": sum(upload.values()) + sum(sent.values()),
             "full_finetune_per_message": full_bytes,
-            "reduction_pct": 100.0 * (1 - len(download) / full_bytes),
+            "reduction_pct": 100.0 * (1 - largest / full_bytes),
         },
     }
 
@@ -206,6 +209,7 @@ def run_rounds(
     trackers = trackers or Trackers()
 
     host.set_state(server.global_state)
+    host.set_frozen_delta(strategy.frozen_delta())
     host.reset_local()
     if not result.records or result.records[-1]["round"] != server.start_round:
         # Round 0, or a resumed checkpoint without the record of its round: evaluate it here.
@@ -232,7 +236,7 @@ def run_rounds(
         selected = server.sample_clients(round_num, transport.client_ids)
         if server.privacy is not None:
             server.privacy.spend()  # the round is charged once its clients are drawn
-        download = server.broadcast(round_num, caps)
+        download = server.broadcast(round_num, caps, selected)
         replies = transport.fit(selected, download, round_num)
         trained = list(host.parameters_of(plan_for_round(config.finetune, round_num).shared))
         step = _aggregate_round(server, transport, replies, server.rules(trained, caps, task), needed, round_num)
@@ -241,6 +245,7 @@ def run_rounds(
         fit_seconds = time.perf_counter() - start
 
         host.set_state(server.global_state)
+        host.set_frozen_delta(strategy.frozen_delta())
         host.reset_local()  # the global model has no personalised units
         eval_start = time.perf_counter()
         global_metrics = host.evaluate(test, config.eval.batch_size)

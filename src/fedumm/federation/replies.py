@@ -24,7 +24,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,7 @@ from fedumm import codec
 from fedumm.config import ValidationConfig
 from fedumm.errors import AdapterStateError
 from fedumm.federation.client import FitReply
+from fedumm.lowrank import rank_shapes, state_rank, truncate
 from fedumm.strategies import ClientUpdate
 from fedumm.types import State
 
@@ -53,6 +54,30 @@ class ReplyRules:
     sample_caps: Mapping[int, int]  # client id -> largest sample count it may claim
     score_metric: str  # the local score key, e.g. local_vqa_accuracy
     score_bounded: bool  # the score is a fraction of 1
+    #: adapter.client_ranks: client id -> (lowest, highest) LoRA rank its reply may carry; the
+    #: factors' shapes in ``shapes`` are then those at the reply's rank.
+    ranks: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+
+    def shapes_for(self, client_id: int, header: Mapping[str, object]) -> Mapping[str, tuple[int, ...]]:
+        """The shapes client ``client_id``'s reply must have, its rank read from its header."""
+        allowed = self.ranks.get(client_id)
+        if allowed is None:
+            return self.shapes
+        declared = {
+            name.partition("/")[2]: tuple(info.get("shape", ()))
+            for name, info in header.items()
+            if name.startswith("state/") and isinstance(info, dict) and name.partition("/")[2] in self.shapes
+        }
+        try:
+            rank = state_rank({k: s for k, s in declared.items() if len(s) == 2})
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
+        if rank is None:
+            return self.shapes
+        low, high = allowed
+        if not low <= rank <= high:
+            raise Rejected(f"LoRA rank {rank} is outside [{low}, {high}] for this client (adapter.client_ranks)")
+        return rank_shapes(self.shapes, rank)
 
 
 def _header(payload: object) -> tuple[dict, int]:
@@ -70,17 +95,18 @@ def _header(payload: object) -> tuple[dict, int]:
     return header, length
 
 
-def check_layout(payload: bytes, rules: ReplyRules) -> None:
+def check_layout(payload: bytes, rules: ReplyRules, client_id: int | None = None) -> None:
     """Keys, parts, dtypes, shapes and byte ranges from the header alone."""
     header, length = _header(payload)
     meta = header.pop("__metadata__", None) or {}
+    shapes = rules.shapes if client_id is None else rules.shapes_for(client_id, header)
     parts = [p for p in str(meta.get("fedumm_parts", "")).split(",") if p] if isinstance(meta, dict) else []
     if "state" not in parts or any(p not in _PARTS for p in parts):
         raise Rejected(f"message parts {parts} (expected state and optionally extras)")
     state_keys, end = set(), 0
     for name, info in header.items():
         part, _, key = name.partition("/")
-        if part not in parts or key not in rules.shapes:
+        if part not in parts or key not in shapes:
             raise Rejected(f"unexpected tensor {name!r}")
         if not isinstance(info, dict) or info.get("dtype") not in _ITEM_BYTES:
             raise Rejected(
@@ -88,15 +114,15 @@ def check_layout(payload: bytes, rules: ReplyRules) -> None:
                 f"not a floating wire dtype ({', '.join(_ITEM_BYTES)})"
             )
         shape = tuple(info.get("shape", ()))
-        if shape != tuple(rules.shapes[key]):
-            raise Rejected(f"tensor {name!r} has shape {shape}, expected {tuple(rules.shapes[key])}")
+        if shape != tuple(shapes[key]):
+            raise Rejected(f"tensor {name!r} has shape {shape}, expected {tuple(shapes[key])}")
         begin, stop = info.get("data_offsets", (0, -1))
         if stop - begin != math.prod(shape) * _ITEM_BYTES[info["dtype"]]:
             raise Rejected(f"tensor {name!r} has a byte range that does not fit its shape")
         end = max(end, stop)
         if part == "state":
             state_keys.add(key)
-    missing = set(rules.shapes) - state_keys
+    missing = set(shapes) - state_keys
     if missing:
         raise Rejected(f"state lacks {len(missing)} tensor(s) trained this round, e.g. {sorted(missing)[0]!r}")
     if len(payload) != 8 + length + end:
@@ -112,7 +138,7 @@ def check_reply(reply: FitReply, rules: ReplyRules) -> ClientUpdate:
     if reply.error:
         raise Rejected(f"client failed: {reply.error}")
     try:
-        check_layout(reply.payload, rules)
+        check_layout(reply.payload, rules, reply.client_id)
     except (TypeError, ValueError, AttributeError):  # a header entry of the wrong JSON type
         raise Rejected("payload header is malformed") from None
     try:
@@ -137,7 +163,11 @@ def check_reply(reply: FitReply, rules: ReplyRules) -> ClientUpdate:
 
 
 def update_norm(update: ClientUpdate, global_state: State) -> float:
-    """||theta_k - theta||_2 over all of the round's tensors, in float64."""
+    """||theta_k - theta||_2 over all of the round's tensors, in float64 (a reply of a lower
+    LoRA rank against the global factors cut to that rank)."""
+    rank = state_rank(update.state)
+    if rank is not None and rank != state_rank(global_state):
+        global_state = truncate(global_state, rank)
     total = sum(float((update.state[k].double() - global_state[k].double()).pow(2).sum()) for k in update.state)
     return math.sqrt(total)
 

@@ -15,6 +15,7 @@ from fedumm.federation.client import FitReply, derive_seed
 from fedumm.federation.privacy import PRIVACY_PREFIX, UNCLIPPED_METRIC, ServerPrivacy, apply_mean_update, plan_privacy
 from fedumm.federation.replies import ReplyRules, check_replies
 from fedumm.federation.secure import SecureAggregator
+from fedumm.lowrank import FROZEN_DELTA_PREFIX, state_rank, truncate
 from fedumm.metrics import Evaluation
 from fedumm.runlog import Checkpoint, read_checkpoint
 from fedumm.strategies import ClientUpdate, State, Strategy, build_strategy
@@ -55,6 +56,11 @@ class Server:
         privacy = ServerPrivacy(plan, config.privacy, config.seed) if plan is not None else None
         secure_config = config.privacy.secure_aggregation
         secure = SecureAggregator(secure_config, plan) if secure_config is not None else None
+        ranks = config.adapter.rank_table(num_clients)
+        if ranks is None and strategy.rank_aware:  # every client at R; HetLoRA may still prune
+            ranks = dict.fromkeys(range(num_clients), config.adapter.r)
+        if ranks is not None:
+            strategy.set_client_ranks(ranks)
         server = cls(strategy, initial_state, config.federation, config.seed, privacy, secure)
         if config.federation.resume_from:
             server.restore(checkpoint or read_checkpoint(config.federation.resume_from), config, num_clients)
@@ -103,15 +109,31 @@ class Server:
         rng = np.random.default_rng(derive_seed(self.seed, round_num, 7919))
         return sorted(rng.choice(list(client_ids), size=count, replace=False).tolist())
 
-    def broadcast(self, round_num: int, sample_caps: Mapping[int, int] | None = None) -> bytes:
+    def broadcast(
+        self, round_num: int, sample_caps: Mapping[int, int] | None = None, client_ids: Sequence[int] = ()
+    ) -> bytes | dict[int, bytes]:
         """The message every sampled client receives: global state + strategy extras (+ the clip
-        bound under DP, the weight scale from ``sample_caps`` under secure aggregation)."""
+        bound under DP, the weight scale from ``sample_caps`` under secure aggregation, a frozen
+        ΔW such as FLoRA's). Under adapter.client_ranks each of ``client_ids`` gets its own
+        message, the global LoRA factors cut to its rank (``Strategy.client_rank``)."""
         extras = self.strategy.server_extras(self.global_state, round_num)
+        frozen = self.strategy.frozen_delta()
+        if frozen:
+            extras = {**extras, **{FROZEN_DELTA_PREFIX + k: v for k, v in frozen.items()}}
         if self.privacy is not None:
             extras = {**extras, **self.privacy.extras()}
         if self.secure is not None:
             extras = {**extras, **self.secure.extras(sample_caps or {})}
-        return codec.encode_message({"state": self.global_state, "extras": extras}, self.config.wire_dtype)
+        wire = self.config.wire_dtype
+        global_rank = state_rank(self.global_state)
+        ranks = {cid: self.strategy.client_rank(cid) for cid in client_ids}
+        if all(r is None or r == global_rank for r in ranks.values()):
+            return codec.encode_message({"state": self.global_state, "extras": extras}, wire)
+        messages = {}
+        for cid, rank in ranks.items():
+            state = truncate(self.global_state, rank) if rank is not None else self.global_state
+            messages[cid] = codec.encode_message({"state": state, "extras": extras}, wire)
+        return messages
 
     def check(self, replies: Sequence[FitReply], rules: ReplyRules) -> tuple[list[ClientUpdate], dict[int, str]]:
         """The replies that pass ``federation.replies`` (and why the others do not)."""
@@ -156,7 +178,8 @@ class Server:
         cap = self.config.validation.max_samples
         caps = {cid: cap for cid in sample_caps} if cap is not None else dict(sample_caps)
         shapes = {k: tuple(self.global_state[k].shape) for k in trained_keys}
-        return ReplyRules(shapes, caps, f"local_{task.primary_metric}", task.bounded)
+        ranks = {cid: r for cid in self.strategy.ranks if (r := self.strategy.reply_ranks(cid)) is not None}
+        return ReplyRules(shapes, caps, f"local_{task.primary_metric}", task.bounded, ranks)
 
     def aggregate(
         self, replies: Sequence[FitReply], round_num: int, trained_keys: Sequence[str] | None = None

@@ -34,6 +34,13 @@ from fedumm.runlog import Checkpoint
 from fedumm.strategies import ClientAlgorithm
 from fedumm.types import State
 
+#: What one round sends: the same bytes to every client, or each client its own (client_ranks).
+Message = bytes | Mapping[int, bytes]
+
+
+def message_for(message: Message, client_id: int) -> bytes:
+    return message if isinstance(message, bytes | bytearray) else message[client_id]
+
 
 @dataclass
 class SetupInfo:
@@ -70,8 +77,9 @@ class Transport(ABC):
         """The clients' data statistics, once, before round 1."""
 
     @abstractmethod
-    def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
-        """Send ``message`` to ``client_ids``; their replies in the same order. A client that
+    def fit(self, client_ids: Sequence[int], message: Message, round_num: int) -> list[FitReply]:
+        """Send ``message`` to ``client_ids`` (a mapping: client id -> its own message, as under
+        adapter.client_ranks); their replies in the same order. A client that
         died, stayed silent or answered after ``federation.round_timeout`` has no reply: the
         list is then shorter, and the loop records the missing clients."""
 
@@ -129,8 +137,8 @@ class LocalTransport(Transport):
         answers = Counter(str(row["multiple_choice_answer"]) for row in rows)
         return SetupInfo(self.partition, dict(answers), {t: dict(c) for t, c in by_task.items()})
 
-    def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
-        return [self._fit_one(cid, message, round_num) for cid in client_ids]
+    def fit(self, client_ids: Sequence[int], message: Message, round_num: int) -> list[FitReply]:
+        return [self._fit_one(cid, message_for(message, cid), round_num) for cid in client_ids]
 
     def _fit_one(self, cid: int, message: bytes, round_num: int) -> FitReply:
         try:

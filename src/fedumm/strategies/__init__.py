@@ -23,6 +23,9 @@ from fedumm.strategies.fedavg import FedAvg
 from fedumm.strategies.fedavgm import FedAvgM
 from fedumm.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedumm.strategies.fedprox import FedProx
+from fedumm.strategies.flexlora import FlexLoRA
+from fedumm.strategies.flora import FLoRA
+from fedumm.strategies.hetlora import HetLoRA
 from fedumm.strategies.quality_weighted import QualityWeighted
 from fedumm.strategies.robust import Krum, Median, TrimmedMean
 from fedumm.strategies.scaffold import Scaffold
@@ -41,6 +44,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Median,
         TrimmedMean,
         Krum,
+        HetLoRA,
+        FlexLoRA,
+        FLoRA,
     )
 }
 
@@ -87,6 +93,9 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedYogi",
+    "FLoRA",
+    "FlexLoRA",
+    "HetLoRA",
     "Krum",
     "Median",
     "QualityWeighted",

@@ -97,6 +97,10 @@ class ClientAlgorithm:
         """(extras for the server, new client state) after local training."""
         return {}, client_state
 
+    def reply_state(self, global_state: State, trained_state: State) -> State:
+        """The trained tensors the client sends (HetLoRA: cut to a self-pruned rank)."""
+        return trained_state
+
 
 class StrategyParams(Section):
     """Hyperparameters of a strategy; subclasses add fields (validated with the config)."""
@@ -111,10 +115,33 @@ class Strategy(ABC):
     #: through their weighted mean update, so it runs on one pre-aggregated update under
     #: differential privacy and secure aggregation).
     needs_individual_updates: ClassVar[str | None] = None
+    #: The rule aggregates LoRA factors of different ranks (adapter.client_ranks below adapter.r).
+    rank_aware: ClassVar[bool] = False
 
     def __init__(self, params: StrategyParams | None = None, num_clients: int = 1):
         self.params = params if params is not None else self.Params()
         self.num_clients = num_clients
+        #: Client id -> the LoRA rank it trains at (adapter.client_ranks); empty: every client at
+        #: the host's rank, and the global state travels whole.
+        self.ranks: dict[int, int] = {}
+
+    def set_client_ranks(self, ranks: Mapping[int, int]) -> None:
+        self.ranks = {int(c): int(r) for c, r in ranks.items()}
+
+    def client_rank(self, client_id: int) -> int | None:
+        """The rank client ``client_id`` receives the global adapter at (None: the whole state)."""
+        return self.ranks.get(client_id)
+
+    def reply_ranks(self, client_id: int) -> tuple[int, int] | None:
+        """(lowest, highest) LoRA rank a reply of ``client_id`` may carry; None: the global shapes."""
+        rank = self.client_rank(client_id)
+        return None if rank is None else (rank, rank)
+
+    def frozen_delta(self) -> State:
+        """Dense per-module ΔW (key: the LoRA module, e.g. ``...q_proj``; without the LoRA scale)
+        the global model adds to its frozen base weights besides the LoRA factors (FLoRA's merged
+        stack); empty for every other rule."""
+        return {}
 
     @classmethod
     def check_config(cls, params: StrategyParams, config: RunConfig) -> None:

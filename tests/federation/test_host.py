@@ -1,0 +1,140 @@
+"""The model host under heterogeneous ranks: a rank-r client on the shared rank-R LoRA (masked
+components stay exactly zero, only its own factors travel), FFA-LoRA's frozen A, and FLoRA's
+frozen ΔW on the base weights, saved as a PEFT adapter plain peft loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedumm import codec
+from fedumm.data.federated import ClientData
+from fedumm.data.synthetic import make_synthetic_vqa
+from fedumm.errors import AdapterStateError
+from fedumm.federation import ModelHost
+from fedumm.federation.client import ClientRuntime
+from fedumm.lowrank import A_SUFFIX, B_SUFFIX, truncate
+from fedumm.validation import load_run_config
+
+
+def _host(tiny_llava_path, *overrides):
+    config = load_run_config(
+        None,
+        [
+            f"model.name_or_path={tiny_llava_path}",
+            "model.device=cpu",
+            "adapter.r=8",
+            "adapter.dropout=0.0",
+            "train.local_steps=3",
+            "train.batch_size=4",
+            "train.lr=0.05",
+            "train.weight_decay=0.1",
+            "eval.clients=false",
+            *overrides,
+        ],
+    )
+    host = ModelHost(config)
+    return config, host, ClientRuntime(ClientData(0, make_synthetic_vqa(8, seed=3), []), host, config)
+
+
+def _factors(host):
+    return {k: p for k, p in host.units["lora"].items()}
+
+
+def test_a_rank_4_client_trains_its_first_4_components_and_sends_only_them(tiny_llava_path):
+    config, host, client = _host(tiny_llava_path)
+    full = host.initial_state
+    message = codec.encode_message({"state": truncate(full, 4)})
+    # Execute
+    reply = client.fit(message, round_num=1)
+    # Assert: beyond component 4 every factor and its last gradient are exactly zero ...
+    for key, param in _factors(host).items():
+        tail = param[4:] if key.endswith(A_SUFFIX) else param[:, 4:]
+        grad = param.grad[4:] if key.endswith(A_SUFFIX) else param.grad[:, 4:]
+        assert torch.count_nonzero(tail) == 0, key
+        assert torch.count_nonzero(grad) == 0, key
+    # ... while the first 4 trained (B starts at zero; A moved from its initialisation).
+    a_key = next(k for k in full if k.endswith(A_SUFFIX))
+    b_key = next(k for k in full if k.endswith(B_SUFFIX))
+    assert torch.count_nonzero(host.units["lora"][b_key][:, :4]) > 0
+    assert not torch.equal(host.units["lora"][a_key][:4].detach(), full[a_key][:4])
+    # The reply is rank 4: half the factor bytes of a rank-8 reply (float32 on the wire).
+    sent = codec.decode_message(reply.payload)["state"]
+    assert sent[a_key].shape == (4, full[a_key].shape[1]) and sent[b_key].shape == (full[b_key].shape[0], 4)
+    tensor_bytes = sum(t.numel() * 4 for t in sent.values())
+    assert tensor_bytes * 2 == sum(t.numel() * 4 for t in full.values())
+    assert tensor_bytes < len(reply.payload) < tensor_bytes + 16_384  # plus the header
+    # Loading the full-rank state again lifts the mask.
+    host.set_state(full)
+    assert host.rank == 8
+
+
+def test_a_rank_above_the_hosts_is_refused(tiny_llava_path):
+    _, host, _ = _host(tiny_llava_path)
+    bigger = {
+        k: torch.zeros(16, v.shape[1]) if k.endswith(A_SUFFIX) else torch.zeros(v.shape[0], 16)
+        for k, v in host.initial_state.items()
+    }
+    with pytest.raises(ValueError, match="above the 8"):
+        host.set_state(bigger)
+
+
+def test_freeze_a_trains_and_sends_b_only(tiny_llava_path):
+    _, host, client = _host(tiny_llava_path, "adapter.freeze_a=true")
+    a_before = {k: p.detach().clone() for k, p in host.model.named_parameters() if "lora_A" in k}
+    assert host.units["lora"] and all(k.endswith(B_SUFFIX) for k in host.units["lora"])
+    reply = client.fit(codec.encode_message({"state": host.initial_state}), round_num=1)
+    sent = codec.decode_message(reply.payload)["state"]
+    assert set(sent) == set(host.units["lora"])
+    assert any(torch.count_nonzero(t) for t in sent.values())
+    for name, param in host.model.named_parameters():
+        if "lora_A" in name:
+            assert not param.requires_grad and torch.equal(param.detach(), a_before[name]), name
+
+
+def test_frozen_delta_moves_the_base_weight_and_is_undone(tiny_llava_path):
+    _, host, _ = _host(tiny_llava_path)
+    module = sorted(host._lora_layers)[0]
+    layer = host._lora_layers[module]
+    weight = layer.get_base_layer().weight
+    original = weight.detach().clone()
+    delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+    # Execute
+    host.set_frozen_delta({module: delta})
+    # Assert: W = W0 + (alpha / r) D = W0 + 4 D (alpha 32, r 8).
+    assert layer.scaling["default"] == 4.0
+    assert torch.allclose(weight, original + 4.0 * delta, atol=1e-6)
+    host.set_frozen_delta({})
+    assert torch.equal(weight, original)
+    with pytest.raises(AdapterStateError, match="not a LoRA module"):
+        host.set_frozen_delta({"nowhere": delta})
+    with pytest.raises(AdapterStateError, match="has shape"):
+        host.set_frozen_delta({module: torch.zeros(1, 1)})
+
+
+def test_saved_adapter_with_a_frozen_delta_loads_in_plain_peft_with_the_same_outputs(tiny_llava_path, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    _, host, client = _host(tiny_llava_path)
+    client.fit(codec.encode_message({"state": host.initial_state}), round_num=1)
+    modules = sorted(host._lora_layers)
+    generator = torch.Generator().manual_seed(1)
+    delta = {
+        m: 0.01 * torch.randn(host._lora_layers[m].get_base_layer().weight.shape, generator=generator) for m in modules
+    }
+    host.set_frozen_delta(delta)
+    batch = host.backend.to_device(host.backend.training_batch(make_synthetic_vqa(4, seed=5)))
+    with torch.no_grad():
+        expected = host.model(**batch).logits
+    # Execute
+    host.save_pretrained(str(tmp_path / "adapter"))
+    loaded = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_path), str(tmp_path / "adapter")
+    )
+    loaded.eval()
+    with torch.no_grad():
+        got = loaded(**batch).logits
+    # Assert: same outputs; the saved rank is the merged update's numerical rank (64 x 64 modules: up to 64).
+    assert (got - expected).abs().max().item() < 1e-4
+    assert loaded.peft_config["default"].r > 8
