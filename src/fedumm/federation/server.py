@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedumm import codec
+from fedumm import codec, compression
 from fedumm.config import FederationConfig, RunConfig
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.client import FitReply, derive_seed
@@ -39,6 +39,9 @@ class Server:
         self.secure = secure  # secure aggregation (privacy.secure_aggregation), else None
         self.global_state: State = {k: v.clone() for k, v in initial_state.items()}
         self.config = config
+        settings = config.compression
+        # federation.compression: replies carry the codec's fields of a delta, decoded in the checks.
+        self.codec = compression.build_codec(settings.codec, settings.topk_fraction)
         self.seed = seed
         self.start_round = 0  # rounds already done: a resumed run continues at start_round + 1
         self.resumed: Checkpoint | None = None  # the checkpoint restored from, if any
@@ -156,7 +159,9 @@ class Server:
         cap = self.config.validation.max_samples
         caps = {cid: cap for cid in sample_caps} if cap is not None else dict(sample_caps)
         shapes = {k: tuple(self.global_state[k].shape) for k in trained_keys}
-        return ReplyRules(shapes, caps, f"local_{task.primary_metric}", task.bounded)
+        return ReplyRules(
+            shapes, caps, f"local_{task.primary_metric}", task.bounded, self.codec, self.config.wire_dtype
+        )
 
     def aggregate(
         self, replies: Sequence[FitReply], round_num: int, trained_keys: Sequence[str] | None = None
@@ -165,7 +170,8 @@ class Server:
         and aggregate those that pass; with none, the global state stays (a convenience over
         ``check`` and ``aggregate_updates``, which the round loop uses with the round's own rules)."""
         keys = list(self.global_state) if trained_keys is None else list(trained_keys)
-        rules = ReplyRules({k: tuple(self.global_state[k].shape) for k in keys}, {}, "", True)
+        shapes = {k: tuple(self.global_state[k].shape) for k in keys}
+        rules = ReplyRules(shapes, {}, "", True, self.codec, self.config.wire_dtype)
         updates, _ = self.check(replies, rules)
         if updates:
             self.aggregate_updates(updates, round_num)
