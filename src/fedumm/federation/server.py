@@ -85,6 +85,12 @@ class Server:
                 if not 0 <= cid < num_clients:
                     raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
                 check_per_key_state(restored, state, f"client {cid}'s algorithm state")
+            if checkpoint.residual_states and not config.federation.compression.error_feedback:
+                raise ValueError("it holds error feedback residuals but federation.compression.error_feedback is false")
+            for cid, state in checkpoint.residual_states.items():
+                if not 0 <= cid < num_clients:
+                    raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
+                check_per_key_state(restored, state, f"client {cid}'s error feedback residual")
         except ValueError as exc:
             raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
         self.global_state = restored
