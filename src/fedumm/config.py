@@ -265,7 +265,8 @@ class CompressionConfig(Section):
             raise ValueError(
                 "federation.compression.error_feedback: needs a codec (federation.compression.codec is none)"
             )
-        if "topk_fraction" in self.model_fields_set and self.codec != "topk":
+        # Compared with the default, not model_fields_set: a saved config.yaml lists every key.
+        if self.topk_fraction != type(self).model_fields["topk_fraction"].default and self.codec != "topk":
             raise ValueError(f"federation.compression.topk_fraction: only used with codec topk (codec is {self.codec})")
         return self
 

@@ -85,17 +85,28 @@ class Server:
                 if not 0 <= cid < num_clients:
                     raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
                 check_per_key_state(restored, state, f"client {cid}'s algorithm state")
-            if checkpoint.residual_states and not config.federation.compression.error_feedback:
-                raise ValueError("it holds error feedback residuals but federation.compression.error_feedback is false")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
+        self._check_residuals(checkpoint, restored, config, num_clients)
+        self.global_state = restored
+        self.start_round = checkpoint.round
+        self.resumed = checkpoint
+
+    @staticmethod
+    def _check_residuals(checkpoint: Checkpoint, restored: State, config: RunConfig, num_clients: int) -> None:
+        """Error feedback residuals resume only into a run that keeps them, keyed like the adapter."""
+        where = f"federation.resume_from: {checkpoint.path}"
+        if checkpoint.residual_states and not config.federation.compression.error_feedback:
+            raise ConfigError(
+                f"{where} holds error feedback residuals, but federation.compression.error_feedback is false"
+            )
+        try:
             for cid, state in checkpoint.residual_states.items():
                 if not 0 <= cid < num_clients:
                     raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
                 check_per_key_state(restored, state, f"client {cid}'s error feedback residual")
         except ValueError as exc:
-            raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
-        self.global_state = restored
-        self.start_round = checkpoint.round
-        self.resumed = checkpoint
+            raise ConfigError(f"{where}: {exc}") from exc
 
     def state_dict(self) -> State:
         """The server state a checkpoint keeps: the strategy's, and the privacy budget's."""
