@@ -373,3 +373,33 @@ def test_upload_bytes_are_the_encoded_payloads_length(tmp_path, tiny_llava_path,
     assert set(record["bytes"]["upload"].values()) == {expected}
     assert 12_288 + 480 * 4 < expected < 12_288 + 480 * 4 + 512  # codes + scales + a header of a few hundred bytes
     assert expected < 0.3 * plain and record["bytes"]["download"][str(record["clients"][0])] == plain
+
+
+def test_local_dp_composes_with_topk_and_error_feedback(tmp_path, tiny_llava_path):
+    # Prepare: local DP-FedAvg (each client clips and noises its update), then top-k 1% with
+    # error feedback on that noised update.
+    config = _tiny(
+        tiny_llava_path,
+        tmp_path,
+        "dp",
+        "federation.rounds=2",
+        "privacy.level=client",
+        "privacy.mechanism=local",
+        "privacy.noise_multiplier=0.5",
+        "privacy.seeded_noise=true",
+        "federation.compression.codec=topk",
+        "federation.compression.topk_fraction=0.01",
+        "federation.compression.error_feedback=true",
+    )
+    # Execute
+    result = simulate(config)
+    # Assert: every sampled reply was accepted, the budget was spent, the uploads are top-k sized
+    # (10 of 1,024 entries in each of 12 tensors: 120 float32 values + 120 int16 indices + header)
+    # and residuals were kept: the noise and the dropped 99% wait in them.
+    records = _metrics(result.run_dir)[1:]
+    assert all("rejected" not in r for r in records)
+    assert all(r["privacy"]["epsilon"] > 0 for r in records)
+    uploads = {size for r in records for size in r["bytes"]["upload"].values()}
+    assert all(120 * 6 < size < 120 * 6 + 512 for size in uploads)
+    residuals = {k: v for k, v in _compressed_checkpoint(result.run_dir).items() if k.startswith("residual/")}
+    assert residuals and all(bool(torch.isfinite(v).all()) for v in residuals.values())
