@@ -4,7 +4,8 @@ accuracy, for fp32, fp16, int8, int4 and top-k 10% / 1% (with and without error 
 Runs the quickstart job (configs/quickstart.yaml: synthetic VQA, 4 clients, LoRA r=16 on the
 tiny LLaVA-shaped model, FedAvg, seed 42, 12 rounds) federated only, once per row, in-process
 with ``simulate``; every row has the same seed, data split and initial adapter, and differs
-only in ``federation.compression`` and ``federation.wire_dtype``. Changed from the quickstart
+only in ``federation.compression`` and ``federation.wire_dtype`` (``--seeds`` repeats every row
+per seed and reports the mean and spread). Changed from the quickstart
 for the bench (printed at start): no centralized baseline, no client-side evaluation (neither
 changes training). One base model is shared by all runs; run folders go to a temporary
 directory (kept with --keep). Prints a Markdown table with each row's upload bytes relative to
@@ -12,6 +13,7 @@ fp32's, and the issue's acceptance check for int8 (<= 0.27x fp32 bytes, accuracy
 
     python bench/compression.py                      # every row, 12 rounds
     python bench/compression.py --rounds 2 --rows int8 topk10-ef   # a quick look (fp32 always runs)
+    python bench/compression.py --rows fp16 int8 int8-fp16 --seeds 42 43 44   # the spread over seeds
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--config", default=str(QUICKSTART), help="base config (default: the quickstart)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run every row once per seed (data split, training order, stochastic rounding; the initial "
+        "adapter stays the one of the config's seed) and report the mean and spread (default: the config's seed)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
     args = parser.parse_args()
     unknown = [r for r in args.rows if r not in ROWS]
@@ -100,50 +110,62 @@ def main() -> None:
         f"{base.train.optimizer} lr {base.train.lr}, {base.train.local_epochs} local epoch(s)"
     )
     host = ModelHost(base)  # one base model for every run; each run starts from host.initial_state
+    seeds = args.seeds or [base.seed]
     out = tempfile.mkdtemp(prefix="fedumm-bench-compression-")
     print(f"run folders: {out}{'' if args.keep else ' (deleted at the end; --keep keeps them)'}")
-    rows = []
+    uploads: dict[str, list[float]] = {name: [] for name in args.names}
+    finals: dict[str, list[float]] = {name: [] for name in args.names}
     started = time.perf_counter()
     try:
-        for index, name in enumerate(args.names):
-            label, config = ROWS[name][0], configs[name].model_copy(deep=True)
-            config.output.dir, config.output.name = out, f"row{index}"
-            t0 = time.perf_counter()
-            result = simulate(config, host=host)
-            records = result.federated.records
-            accs = [r["global"]["vqa_accuracy"] for r in records]
-            rows.append((label, config, upload_per_client(records), accs[-1]))
-            print(
-                f"  {label}: accuracy " + " ".join(f"{a:.3f}" for a in accs) + f"; "
-                f"{upload_per_client(records):,.0f} B/client/round ({time.perf_counter() - t0:.0f}s)",
-                flush=True,
-            )
+        for seed in seeds:
+            for index, name in enumerate(args.names):
+                label, config = ROWS[name][0], configs[name].model_copy(deep=True)
+                config.seed = seed
+                config.output.dir, config.output.name = out, f"row{index}-seed{seed}"
+                t0 = time.perf_counter()
+                records = simulate(config, host=host).federated.records
+                accs = [r["global"]["vqa_accuracy"] for r in records]
+                uploads[name].append(upload_per_client(records))
+                finals[name].append(accs[-1])
+                print(
+                    f"  seed {seed} {label}: accuracy " + " ".join(f"{a:.3f}" for a in accs) + f"; "
+                    f"{uploads[name][-1]:,.0f} B/client/round ({time.perf_counter() - t0:.0f}s)",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
 
-    reference_bytes, reference_acc = rows[0][2], rows[0][3]
+    reference_bytes = statistics.fmean(uploads["fp32"])
     print()
     print(
-        f"{args.rounds} rounds, upload = mean bytes per client per round (the encoded reply payload), "
-        f"accuracy = final global VQA accuracy; {(time.perf_counter() - started) / 60:.1f} min"
+        f"{args.rounds} rounds, seed(s) {' '.join(map(str, seeds))}; upload = mean bytes per client per round "
+        f"(the encoded reply payload); accuracy = final global VQA accuracy"
+        + (", mean ± std over the seeds; Δ = mean of the per-seed differences" if len(seeds) > 1 else "")
+        + f"; {(time.perf_counter() - started) / 60:.1f} min"
     )
     print()
     print("| run | codec | wire dtype | error feedback | upload B/client/round | × fp32 | final accuracy | Δ vs fp32 |")
     print("|---|---|---|---|---:|---:|---:|---:|")
-    for label, config, upload, acc in rows:
+    deltas = {}
+    for name in args.names:
+        label, config = ROWS[name][0], configs[name]
         comp = config.federation.compression
         codec = comp.codec if comp.codec != "topk" else f"topk {comp.topk_fraction:g}"
+        upload, accs = statistics.fmean(uploads[name]), finals[name]
+        spread = f" ± {statistics.stdev(accs):.3f}" if len(accs) > 1 else ""
+        deltas[name] = statistics.fmean(100 * (a - b) for a, b in zip(accs, finals["fp32"], strict=True))
         print(
             f"| {label} | {codec} | {config.federation.wire_dtype} | {'yes' if comp.error_feedback else 'no'} | "
-            f"{upload:,.0f} | {upload / reference_bytes:.3f} | {acc:.3f} | {100 * (acc - reference_acc):+.1f} pt |"
+            f"{upload:,.0f} | {upload / reference_bytes:.3f} | {statistics.fmean(accs):.3f}{spread} | "
+            f"{deltas[name]:+.1f} pt |"
         )
-    for label, _, upload, acc in rows:
-        if label.startswith("int8"):
-            ratio, points = upload / reference_bytes, 100 * (acc - reference_acc)
+    for name in args.names:
+        if name.startswith("int8"):
+            ratio = statistics.fmean(uploads[name]) / reference_bytes
             print(
-                f"acceptance, {label}: bytes {ratio:.3f}x fp32 ({'<=' if ratio <= 0.27 else '>'} 0.27), accuracy "
-                f"{points:+.1f} points ({'within' if abs(points) <= 1 else 'outside'} 1 point)"
+                f"acceptance, {ROWS[name][0]}: bytes {ratio:.3f}x fp32 ({'<=' if ratio <= 0.27 else '>'} 0.27), "
+                f"accuracy {deltas[name]:+.1f} points ({'within' if abs(deltas[name]) <= 1 else 'outside'} 1 point)"
             )
 
 
