@@ -356,7 +356,8 @@ class EvalConfig(Section):
     task: str = Field(
         "vqa",
         description="A task of the registry (fedumm.metrics.TASKS): vqa (VQA v2 accuracy, exact match), "
-        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is "
+        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D), t2i (GenEval score: "
+        "the mean over its categories of the share of correct images, fedumm.metrics.geneval). The first named is "
         "the primary metric.",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
@@ -365,6 +366,11 @@ class EvalConfig(Section):
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
     centralized_baseline: bool = Field(
         True, description="After the federated job, train the centralized baseline (same budget)."
+    )
+    clip_model: str | None = Field(
+        None,
+        description="t2i: a CLIP checkpoint (a folder saved with save_pretrained, or a hub name) for CLIPScore of "
+        "generated images against their prompts (torchmetrics; needs the generation extra); null = off.",
     )
 
     @field_validator("task")
@@ -386,6 +392,19 @@ class OutputConfig(Section):
         ".fedumm-run marker its run wrote; anything else is refused).",
     )
     progress: bool = Field(True, description="Show progress bars.")
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers every round is logged to: tensorboard (event files in <run>/tensorboard) "
+        "and/or mlflow (MLFLOW_TRACKING_URI, else a file store in <run>/mlruns; experiment = the run name); "
+        "needs the tracking extra.",
+    )
+
+    @field_validator("trackers")
+    @classmethod
+    def _unique_trackers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a tracker twice: {value}")
+        return value
 
     @staticmethod
     def folder_name_problem(name: str) -> str | None:

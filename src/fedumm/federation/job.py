@@ -26,7 +26,9 @@ from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 from fedumm.metrics import get_task
 from fedumm.report import format_summary, save_accuracy_plot
+from fedumm.report_html import write_report
 from fedumm.runlog import Checkpoint, RunFolder, atomic_write_bytes, read_checkpoint
+from fedumm.tracking import Trackers
 from fedumm.types import check_state_matches
 
 
@@ -116,6 +118,7 @@ def run_centralized(
     run: RunFolder,
     adapter_name: str,
     log: Log | None = None,
+    trackers: Trackers | None = None,
 ) -> PhaseResult:
     """The centralized baseline: the same round loop over one client holding the pooled data."""
     central = centralized_config(config)
@@ -131,7 +134,9 @@ def run_centralized(
     )
     test = eval_rows(config, global_test)
     caps = {0: len(pooled_train)}
-    result = run_rounds(central, host, server, transport, test, run, "centralized", log=log, sample_caps=caps)
+    result = run_rounds(
+        central, host, server, transport, test, run, "centralized", log=log, sample_caps=caps, trackers=trackers
+    )
     run.save_adapter(host, adapter_name)
     return result
 
@@ -215,12 +220,13 @@ def privacy_summary(config: RunConfig, server: Server, result: PhaseResult) -> d
 
 
 def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
-    """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
+    """summary.json, summary.txt, accuracy.png and report.html from the summary and the run's records."""
     run.write_json("summary.json", summary)
     records = run.read_metrics()
     atomic_write_bytes(run.path / "summary.txt", (format_summary(summary, records) + "\n").encode())
     task = get_task(summary["task"])
     save_accuracy_plot(records, run.path / "accuracy.png", task.primary_metric, bounded=task.bounded)
+    write_report(run.path)
 
 
 # ---------------------------------------------------------------------------- the job
@@ -260,37 +266,40 @@ def run_job(
     phases: list[PhaseResult] = []
     if federated and log is not None and server.start_round >= config.federation.rounds:
         log(f"all {config.federation.rounds} rounds are done: finishing the run (adapter, summary) without training")
-    if federated:
-        phases.append(
-            run_rounds(
-                config,
-                host,
-                server,
-                transport,
-                eval_rows(config, global_test),
-                run,
-                "federated",
-                prior_records=prior_records,
-                log=log,
-                label=label,
-                sample_caps=dict(enumerate(setup.partition.sizes)),
+    trackers = Trackers.open(config, run.path)
+    try:
+        if federated:
+            phases.append(
+                run_rounds(
+                    config,
+                    host,
+                    server,
+                    transport,
+                    eval_rows(config, global_test),
+                    run,
+                    "federated",
+                    prior_records=prior_records,
+                    log=log,
+                    label=label,
+                    sample_caps=dict(enumerate(setup.partition.sizes)),
+                    trackers=trackers,
+                )
             )
-        )
-        host.set_state(phases[-1].final_state)
-        host.reset_local()
-        run.save_adapter(host)
-    if pooled_train is not None:
-        phases.append(
-            run_centralized(
-                config, host, pooled_train, global_test, run, "centralized_adapter" if federated else "adapter", log
-            )
-        )
-    summary = job_summary(config, run, host, setup, baseline, phases)
-    summary.update(transport.summary_extras(phases[0].records if federated else []))
-    if federated:
-        summary.update(privacy_summary(config, server, phases[0]))
-    if server.resumed is not None:
-        summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
-    write_summary(run, summary)
+            host.set_state(phases[-1].final_state)
+            host.reset_local()
+            run.save_adapter(host)
+        if pooled_train is not None:
+            adapter_name = "centralized_adapter" if federated else "adapter"
+            phases.append(run_centralized(config, host, pooled_train, global_test, run, adapter_name, log, trackers))
+        summary = job_summary(config, run, host, setup, baseline, phases)
+        summary.update(transport.summary_extras(phases[0].records if federated else []))
+        if federated:
+            summary.update(privacy_summary(config, server, phases[0]))
+        if server.resumed is not None:
+            summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
+        write_summary(run, summary)
+        trackers.finish([run.path / name for name in ("summary.json", "report.html", "adapter", "centralized_adapter")])
+    finally:
+        trackers.close()
     by_phase = {p.phase: p for p in phases}
     return RunResult(str(Path(run.path)), by_phase.get("federated"), by_phase.get("centralized"), baseline[1], summary)

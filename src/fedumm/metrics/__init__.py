@@ -4,7 +4,7 @@ To add a task: write ``metrics/<task>.py`` with ``metrics(records, positive_labe
 group's metrics) and, if the task has a majority-answer baseline, ``baseline(answer,
 test_rows) -> float``; then add one ``register_task(Task(...))`` line below.
 
-Heavy metric libraries (scikit-learn, pycocoevalcap, rouge-score) are imported only by the
+Heavy metric libraries (scikit-learn, pycocoevalcap, rouge-score, scipy) are imported only by the
 functions that use them, so importing this package is cheap.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedumm.errors import ConfigError
-from fedumm.metrics import caption, classification, vqa
+from fedumm.metrics import caption, classification, geneval, vqa
 from fedumm.metrics.base import Task, majority_answer
 from fedumm.metrics.classification import accuracy
 from fedumm.metrics.vqa import normalize_answer, vqa_accuracy
@@ -46,6 +46,8 @@ def register_task(task: Task) -> Task:
 register_task(Task("vqa", "vqa_accuracy", vqa.metrics, vqa.baseline))
 register_task(Task("classification", "accuracy", classification.metrics, classification.baseline, scores_choices=True))
 register_task(Task("caption", "cider_d", caption.metrics, bounded=False))
+# Text-to-image: records are per-image checker verdicts (geneval.geneval_records); no majority baseline.
+register_task(Task("t2i", "geneval_overall", geneval.metrics))
 
 
 def get_task(name: str) -> Task:

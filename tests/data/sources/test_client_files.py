@@ -300,3 +300,39 @@ def test_client_files_image_outside_the_root_names_the_key(tmp_path: Path, write
         load_client_files(tmp_path / "root")
     with pytest.raises(DataError, match="0 usable samples"):  # everything skipped: no client keeps a row
         build_federated_data(config, num_clients=2, seed=0)
+
+
+def test_client_files_t2i(tmp_path: Path, write_image) -> None:
+    # Prepare: two clients and a global test file of t2i records.
+    def records(n: int, start: int) -> str:
+        return json.dumps(
+            [
+                {
+                    "image": write_image(f"{i}.png"),
+                    "conversations": [{"from": "human", "value": f"prompt {i}"}, {"from": "gpt", "value": "<image>"}],
+                }
+                for i in range(start, start + n)
+            ]
+        )
+
+    for folder, name, n, start in [("train", "client_0", 3, 0), ("train", "client_1", 2, 3), ("test", "all", 2, 5)]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{name}.json").write_text(records(n, start))
+    config = DataConfig.model_validate(
+        {
+            "source": "client_files",
+            "client_files": {"root": str(tmp_path), "task": "t2i"},
+            "partition": {"min_samples": 2},
+            "local_test_fraction": 0,
+        }
+    )
+    # Execute
+    result = load_client_files(tmp_path, task="t2i")
+    data = build_federated_data(config, num_clients=2, seed=0)
+    # Assert
+    assert [[r["prompt"] for r in client] for client in result.clients] == [
+        ["prompt 0", "prompt 1", "prompt 2"],
+        ["prompt 3", "prompt 4"],
+    ]
+    assert [r["prompt"] for r in result.test] == ["prompt 5", "prompt 6"]
+    assert all(r["task"] == "t2i" for c in data.clients for r in c.train)
