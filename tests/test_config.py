@@ -311,3 +311,57 @@ def test_eval_multitask_keys() -> None:
 def test_eval_multitask_keys_refused(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_run_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["federation.compression.codec=int2"], "federation.compression.codec: must be one of 'none', 'int8'"),
+        (
+            ["federation.compression.error_feedback=true"],
+            "federation.compression.error_feedback: needs a codec (federation.compression.codec is none)",
+        ),
+        (
+            ["federation.compression.codec=int8", "federation.compression.topk_fraction=0.2"],
+            "federation.compression.topk_fraction: only used with codec topk (codec is int8)",
+        ),
+        (
+            ["federation.compression.codec=topk", "federation.compression.topk_fraction=0"],
+            "federation.compression.topk_fraction: Input should be greater than 0",
+        ),
+        (
+            ["federation.compression.codec=topk", "federation.compression.topk_fraction=1.5"],
+            "federation.compression.topk_fraction: Input should be less than or equal to 1",
+        ),
+        (
+            ["federation.compression.codec=int4", "privacy.secure_aggregation.threshold=2"],
+            "federation.compression.codec=int4: not with privacy.secure_aggregation",
+        ),
+    ],
+)
+def test_bad_compression_settings_fail_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, overrides)
+    assert fragment in str(info.value)
+
+
+def test_compression_composes_with_wire_dtype_and_dp():
+    config = load_run_config(
+        None,
+        [
+            "federation.compression.codec=topk",
+            "federation.compression.topk_fraction=0.01",
+            "federation.compression.error_feedback=true",
+            "federation.wire_dtype=bfloat16",
+            "privacy.level=client",
+            "privacy.mechanism=local",
+            "privacy.noise_multiplier=0.5",
+        ],
+    )
+    assert config.federation.compression.topk_fraction == 0.01
+    assert load_run_config(None, []).federation.compression.codec == "none"
+
+
+def test_compression_with_client_ranks_is_refused():
+    with pytest.raises(ConfigError, match=r"federation.compression.codec=int8: not with adapter.client_ranks"):
+        load_run_config(None, ["federation.compression.codec=int8", "adapter.client_ranks=[4, 8, 16, 16]"])

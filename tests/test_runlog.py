@@ -39,7 +39,7 @@ def _legacy_pair(directory, round_num, clients_round=None):
         (
             "foreign_key_one_file",
             r"unexpected key 'client/x/w' "
-            r"\(expected global/<key>, server/<key>, client/<id>/<key> or local/<id>/<key>\)",
+            r"\(expected global/<key>, server/<key>, client/<id>/<key>, local/<id>/<key> or residual/<id>/<key>\)",
         ),
         ("torn_pair", r"last-clients.safetensors is from round '1' but .* from round 2: the run stopped"),
     ],
@@ -298,3 +298,23 @@ def test_a_kill_while_replacing_a_run_leaves_a_replaceable_folder(tmp_path, monk
     monkeypatch.setattr(runlog, "_remove", real_remove)
     again = RunFolder.create(_config(tmp_path, "output.overwrite=true"))
     assert sorted(p.name for p in again.path.iterdir()) == [MARKER, "config.yaml"]
+
+
+def test_error_feedback_residuals_are_saved_and_read_per_client(tmp_path):
+    # Prepare/Execute: a checkpoint with client 1's residual (federation.compression.error_feedback).
+    path = RunFolder(tmp_path).save_checkpoint(
+        3,
+        {"w": torch.tensor([1.0, 2.0])},
+        {},
+        residual_states={1: {"w": torch.tensor([0.125, -0.5])}},
+        strategy="fedavg",
+        num_clients=2,
+    )
+    # Assert: stored as residual/<id>/<key>, read back bit for bit, counted as client state saved.
+    with safe_open(str(path), framework="pt") as fh:
+        assert sorted(fh.keys()) == ["global/w", "residual/1/w"]
+        assert fh.metadata()["clients"] == "saved"
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint.clients_saved
+    assert torch.equal(checkpoint.residual_states[1]["w"], torch.tensor([0.125, -0.5]))
+    assert checkpoint.client_states == {} and checkpoint.local_states == {}

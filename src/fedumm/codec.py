@@ -42,14 +42,19 @@ def decode(payload: bytes) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
-def encode_message(parts: Mapping[str, Mapping[str, torch.Tensor]], dtype: WireDtype = "float32") -> bytes:
-    """Several named tensor dicts in one safetensors payload (keys ``part/name``)."""
+def encode_message(
+    parts: Mapping[str, Mapping[str, torch.Tensor]],
+    dtype: WireDtype = "float32",
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
+    """Several named tensor dicts in one safetensors payload (keys ``part/name``), with
+    ``metadata`` in its header."""
     flat = {}
     for part, tensors in parts.items():
         if "/" in part:
             raise ValueError(f"message part name {part!r} must not contain '/'")
         flat.update({f"{part}/{k}": v for k, v in tensors.items()})
-    return encode(flat, dtype, metadata={"fedumm_parts": ",".join(parts)})
+    return encode(flat, dtype, metadata={**(metadata or {}), "fedumm_parts": ",".join(parts)})
 
 
 def decode_message(payload: bytes) -> dict[str, dict[str, torch.Tensor]]:

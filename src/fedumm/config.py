@@ -338,6 +338,36 @@ class AttackConfig(Section):
     samples: int = Field(1_000_000_000, ge=1, description="inflate_samples: the sample count claimed.")
 
 
+class CompressionConfig(Section):
+    """Compressed client updates (``fedumm.compression``): clients send their delta
+    theta_k - theta through a codec, the server decodes it before its checks and the strategy."""
+
+    codec: Literal["none", "int8", "int4", "topk"] = Field(
+        "none",
+        description="none = the trained tensors as today (at federation.wire_dtype); int8 / int4 = per-row scaled "
+        "codes with stochastic rounding; topk = the topk_fraction largest-magnitude entries of each tensor.",
+    )
+    topk_fraction: float = Field(
+        0.1, gt=0, le=1, description="codec=topk: the share k of each tensor's entries sent (at least one)."
+    )
+    error_feedback: bool = Field(
+        False,
+        description="Each client adds what compression dropped (its residual, kept across rounds and checkpointed) "
+        "to its next delta (Seide et al. 2014; Karimireddy et al. 2019).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompressionConfig:
+        if self.codec == "none" and self.error_feedback:
+            raise ValueError(
+                "federation.compression.error_feedback: needs a codec (federation.compression.codec is none)"
+            )
+        # Compared with the default, not model_fields_set: a saved config.yaml lists every key.
+        if self.topk_fraction != type(self).model_fields["topk_fraction"].default and self.codec != "topk":
+            raise ValueError(f"federation.compression.topk_fraction: only used with codec topk (codec is {self.codec})")
+        return self
+
+
 class FederationConfig(Section):
     num_clients: int = Field(4, ge=1, le=10_000, description="Clients the data is split across.")
     rounds: int = Field(12, ge=1, description="Federated rounds (each: sample, train locally, aggregate, evaluate).")
@@ -366,6 +396,7 @@ class FederationConfig(Section):
         description="dtype tensors travel in (float16/bfloat16 halve the bytes; the server "
         "aggregates and keeps its state in float32).",
     )
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     resume_from: str | None = Field(
         None,
         min_length=1,
@@ -690,6 +721,16 @@ class RunConfig(Section):
         if federation.attack.kind != "none" and not federation.attack.clients:
             raise ValueError("federation.attack.clients: name the attacking client ids (e.g. [0])")
         self.adapter.rank_table(federation.num_clients)
+        if federation.compression.codec != "none" and self.privacy.secure_aggregation is not None:
+            raise ValueError(
+                f"federation.compression.codec={federation.compression.codec}: not with privacy.secure_aggregation "
+                "(the server decodes each client's update; secure aggregation shows it only their masked sum)"
+            )
+        if federation.compression.codec != "none" and self.adapter.client_ranks is not None:
+            raise ValueError(
+                f"federation.compression.codec={federation.compression.codec}: not with adapter.client_ranks yet "
+                "(a rank-r_k reply's delta has its own shapes; the codecs encode the global adapter's)"
+            )
         if self.federation.resume_from and self.engine.name == "nvflare":
             # The FLARE controller builds its server through Server.from_config, but its round
             # loop and run-folder copy do not continue a run yet.

@@ -4,7 +4,8 @@ round, the partition summary, checkpoints and the final adapter in PEFT format.
 A checkpoint is ONE safetensors file written after every federated round,
 ``checkpoints/last.safetensors``: ``global/<key>`` (the global adapter), ``server/<key>`` (the
 strategy's ``state_dict``), ``client/<id>/<key>`` (each client's algorithm state, such as
-SCAFFOLD's c_i) and ``local/<id>/<key>`` (its kept-local units); metadata: round, phase,
+SCAFFOLD's c_i), ``local/<id>/<key>`` (its kept-local units) and ``residual/<id>/<key>`` (its error
+feedback residual under ``federation.compression``); metadata: round, phase,
 strategy, num_clients and ``clients`` ("saved", or "not held by the server", as under NVIDIA
 FLARE, whose sites keep their own). Server and client state are one unit, written atomically
 (temporary file, fsync, rename, fsync of the folder), so a kill at any instant leaves either the
@@ -89,6 +90,7 @@ class Checkpoint:
     metadata: dict[str, str]
     client_states: dict[int, State] = field(default_factory=dict)  # algorithm state per client id
     local_states: dict[int, State] = field(default_factory=dict)  # kept-local units per client id
+    residual_states: dict[int, State] = field(default_factory=dict)  # error feedback residual per client id
     clients_saved: bool = False  # False: no client state, or written by a server without client state
     clients_file: Path | None = None  # where the client state was read from (the two-file layout: its clients file)
     # True when the checkpoint continues its own run folder in place (fedumm run --resume): a run
@@ -137,6 +139,7 @@ _KEY_FORMS = {
     "server": "server/<key>",
     "client": "client/<id>/<key>",
     "local": "local/<id>/<key>",
+    "residual": "residual/<id>/<key>",
 }
 
 
@@ -150,7 +153,7 @@ def _split(tensors: State, path: Path, kinds: tuple[str, ...]) -> dict[str, Any]
             parts[kind][rest] = tensor
             continue
         cid, _, key = rest.partition("/")
-        if kind in ("client", "local") and kind in parts and cid.isdigit() and key:
+        if kind in ("client", "local", "residual") and kind in parts and cid.isdigit() and key:
             parts[kind].setdefault(int(cid), {})[key] = tensor
             continue
         forms = [_KEY_FORMS[k] for k in kinds]
@@ -183,12 +186,14 @@ def read_checkpoint(location: str | Path) -> Checkpoint:
             f"only the federated phase resumes (checkpoints/{CHECKPOINT}.safetensors)"
         )
     one_file = "clients" in metadata  # the two-file layout kept its clients flag in the clients file
-    parts = _split(tensors, path, ("global", "server", "client", "local") if one_file else ("global", "server"))
+    kinds = ("global", "server", "client", "local", "residual") if one_file else ("global", "server")
+    parts = _split(tensors, path, kinds)
     if not parts["global"]:
         raise ConfigError(f"federation.resume_from: {path} holds no global/* adapter tensors")
     checkpoint = Checkpoint(path, int(round_text), parts["global"], parts["server"], metadata)
     if one_file:
         checkpoint.client_states, checkpoint.local_states = parts["client"], parts["local"]
+        checkpoint.residual_states = parts["residual"]
         checkpoint.clients_saved, checkpoint.clients_file = metadata["clients"] == "saved", path
         return checkpoint
     companion = clients_path(path)
@@ -345,18 +350,20 @@ class RunFolder:
         *,
         client_states: dict[int, State] | None = None,
         local_states: dict[int, State] | None = None,
+        residual_states: dict[int, State] | None = None,
         strategy: str | None = None,
         num_clients: int | None = None,
         phase: str = "federated",
     ) -> Path:
         """One checkpoint file, written atomically: the global adapter and strategy state, and the
-        clients' algorithm state and kept-local units where the caller holds them (``None`` = not
-        held here, as under NVIDIA FLARE), so a run can be inspected or resumed."""
+        clients' algorithm state, kept-local units and error feedback residuals where the caller
+        holds them (``None`` = not held here, as under NVIDIA FLARE), so a run can be inspected or
+        resumed."""
         directory = self.path / "checkpoints"
         directory.mkdir(exist_ok=True)
         name = CHECKPOINT if phase == "federated" else f"{phase}_{CHECKPOINT}"
         path = directory / f"{name}.safetensors"
-        held = client_states is not None or local_states is not None
+        held = any(states is not None for states in (client_states, local_states, residual_states))
         meta = {"round": str(round_num), "phase": phase, "clients": "saved" if held else "not held by the server"}
         if strategy is not None:
             meta["strategy"] = strategy
@@ -364,7 +371,7 @@ class RunFolder:
             meta["num_clients"] = str(num_clients)
         tensors = {f"global/{k}": _cpu(v) for k, v in global_state.items()}
         tensors.update({f"server/{k}": _cpu(v) for k, v in server_state.items()})
-        for kind, states in (("client", client_states), ("local", local_states)):
+        for kind, states in (("client", client_states), ("local", local_states), ("residual", residual_states)):
             for cid, state in (states or {}).items():
                 tensors.update({f"{kind}/{cid}/{k}": _cpu(v) for k, v in state.items()})
         atomic_write_bytes(path, save(tensors, metadata=meta))

@@ -474,3 +474,96 @@ def test_ffa_lora_run_trains_and_sends_b_only(tmp_path, tiny_llava_path):
     assert saved_a.keys() == seeded_a.keys()
     assert all(torch.equal(saved_a[k].detach(), seeded_a[k]) for k in seeded_a)
     assert any(torch.count_nonzero(t) for t in result.federated.final_state.values())
+
+
+# ---------------------------------------------------------------- compressed updates
+
+
+def _compressed_checkpoint(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "checkpoints" / "last.safetensors"))
+
+
+def test_compressed_run_with_error_feedback_resumes_bit_for_bit(tmp_path, tiny_llava_path):
+    from fedumm.cli import main
+    from fedumm.federation import ModelHost
+
+    # Prepare: top-k 10% with error feedback; 2 of 3 clients a round, so a client sampled in
+    # round 2 carries its residual from round 1 across the resume.
+    settings = ("federation.compression.codec=topk", "federation.compression.error_feedback=true")
+    two = _tiny(tiny_llava_path, tmp_path, "two", *settings, "federation.rounds=2")
+    one = _tiny(tiny_llava_path, tmp_path, "one", *settings, "federation.rounds=1")
+    host = ModelHost(two)
+    straight = simulate(two, host=host)
+    simulate(one, host=host)
+    resumed_round_one = _compressed_checkpoint(tmp_path / "one")
+    # Execute: resume "one" for its second round, in place through the CLI.
+    assert main(["run", "--resume", str(tmp_path / "one"), "--set", "federation.rounds=2"]) == 0
+    # Assert: global adapter and every residual equal the straight run's, bit for bit.
+    a, b = _compressed_checkpoint(straight.run_dir), _compressed_checkpoint(tmp_path / "one")
+    assert any(k.startswith("residual/") for k in resumed_round_one)
+    assert any(k.startswith("residual/") for k in a)
+    _assert_identical(a, b)
+    records_a, records_b = _metrics(straight.run_dir), _metrics(tmp_path / "one")
+    assert [r["global"] for r in records_b] == [r["global"] for r in records_a]
+    assert [r.get("bytes") for r in records_b] == [r.get("bytes") for r in records_a]
+    # Round 2 sampled a client of round 1 again: its residual was used, not restarted.
+    rounds = {r["round"]: set(r["clients"]) for r in records_a if r["round"] > 0}
+    assert rounds[1] & rounds[2]
+
+
+@pytest.mark.parametrize(("codec", "fields"), [("int8", {"codes": torch.int8, "scales": torch.float32})])
+def test_upload_bytes_are_the_encoded_payloads_length(tmp_path, tiny_llava_path, codec, fields):
+    from fedumm import codec as wire
+    from fedumm import compression
+    from fedumm.federation import ModelHost
+
+    # Prepare
+    config = _tiny(tiny_llava_path, tmp_path, "int8", f"federation.compression.codec={codec}", "federation.rounds=1")
+    host = ModelHost(config)
+    shapes = {k: tuple(v.shape) for k, v in host.initial_state.items()}
+    # Execute
+    result = simulate(config, host=host)
+    # Assert: the recorded upload is the length of a message holding int8 codes for the 12,288
+    # adapter entries and float32 scales for the 480 rows (16 per lora_A, 64 per lora_B).
+    layout = compression.expected_layout(compression.build_codec(codec), shapes, torch.float32)
+    assert {f: n for f, (_, n) in layout.items()} == {"codes": 12_288, "scales": 480}
+    zeros = {f: torch.zeros(n, dtype=fields[f]) for f, (_, n) in layout.items()}
+    meta = compression.metadata(compression.build_codec(codec), shapes)
+    expected = len(wire.encode_message({"delta": zeros, "extras": {}}, "float32", meta))
+    plain = len(wire.encode_message({"state": host.initial_state, "extras": {}}, "float32"))
+    record = _metrics(result.run_dir)[-1]
+    assert set(record["bytes"]["upload"].values()) == {expected}
+    assert 12_288 + 480 * 4 < expected < 12_288 + 480 * 4 + 512  # codes + scales + a header of a few hundred bytes
+    assert expected < 0.3 * plain and record["bytes"]["download"][str(record["clients"][0])] == plain
+
+
+def test_local_dp_composes_with_topk_and_error_feedback(tmp_path, tiny_llava_path):
+    # Prepare: local DP-FedAvg (each client clips and noises its update), then top-k 1% with
+    # error feedback on that noised update.
+    config = _tiny(
+        tiny_llava_path,
+        tmp_path,
+        "dp",
+        "federation.rounds=2",
+        "privacy.level=client",
+        "privacy.mechanism=local",
+        "privacy.noise_multiplier=0.5",
+        "privacy.seeded_noise=true",
+        "federation.compression.codec=topk",
+        "federation.compression.topk_fraction=0.01",
+        "federation.compression.error_feedback=true",
+    )
+    # Execute
+    result = simulate(config)
+    # Assert: every sampled reply was accepted, the budget was spent, the uploads are top-k sized
+    # (10 of 1,024 entries in each of 12 tensors: 120 float32 values + 120 int16 indices + header)
+    # and residuals were kept: the noise and the dropped 99% wait in them.
+    records = _metrics(result.run_dir)[1:]
+    assert all("rejected" not in r for r in records)
+    assert all(r["privacy"]["epsilon"] > 0 for r in records)
+    uploads = {size for r in records for size in r["bytes"]["upload"].values()}
+    assert all(120 * 6 < size < 120 * 6 + 512 for size in uploads)
+    residuals = {k: v for k, v in _compressed_checkpoint(result.run_dir).items() if k.startswith("residual/")}
+    assert residuals and all(bool(torch.isfinite(v).all()) for v in residuals.values())

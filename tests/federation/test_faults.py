@@ -95,3 +95,41 @@ def test_attacked_run_with_dropouts_and_stragglers_records_them_and_stays_finite
         assert sorted(record.get("missing", [])) == sorted(fault.get("dropped", []) + fault.get("late", []))
     state = read_checkpoint(tmp_path / config.name).global_state
     assert all(bool(torch.isfinite(t).all()) for t in state.values())
+
+
+@pytest.mark.slow
+def test_attacks_under_compression_are_encoded_with_the_codec_and_rejected(tmp_path, tiny_llava_path):
+    # Prepare: int8 updates; client 0 sends NaN, client 1 a 1e6-scaled update, under an auto norm bound.
+    common = [
+        f"model.name_or_path={tiny_llava_path}",
+        "model.device=cpu",
+        "federation.num_clients=4",
+        "federation.rounds=1",
+        "data.synthetic.train_samples=80",
+        "data.synthetic.test_samples=8",
+        "data.partition.min_samples=4",
+        "train.local_steps=2",
+        "train.batch_size=4",
+        "eval.clients=false",
+        "eval.centralized_baseline=false",
+        "output.progress=false",
+        f"output.dir={tmp_path}",
+        "federation.compression.codec=int8",
+        "federation.validation.max_update_norm=auto",
+    ]
+    nan = load_run_config(None, [*common, "name=nan", "federation.attack.kind=nan", "federation.attack.clients=[0]"])
+    scale = load_run_config(
+        None, [*common, "name=scale", "federation.attack.kind=scale", "federation.attack.clients=[1]"]
+    )
+    # Execute
+    nan_record = simulate(nan).federated.records[-1]
+    scale_record = simulate(scale).federated.records[-1]
+    # Assert: the NaN delta's int8 scales are NaN (refused before decoding the state); the scaled
+    # delta decodes (its scales are 1e6 larger) and the norm bound catches it. The others aggregate.
+    assert list(nan_record["rejected"]) == ["0"] and "a scale is not finite" in nan_record["rejected"]["0"]
+    assert list(scale_record["rejected"]) == ["1"] and "above the bound" in scale_record["rejected"]["1"]
+    assert set(nan_record["client_metrics"]) == {"1", "2", "3"} and set(scale_record["client_metrics"]) == {
+        "0",
+        "2",
+        "3",
+    }

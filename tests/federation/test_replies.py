@@ -4,19 +4,23 @@ aggregate (hand-computed), and strategy state never absorbs a rejected reply."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import struct
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import save
 
 from fedumm import codec
+from fedumm.compression import build_codec, encode_delta, layout_digest
 from fedumm.config import FederationConfig, ValidationConfig
 from fedumm.federation import FitReply, Server
 from fedumm.federation.replies import MAX_HEADER_BYTES, ReplyRules, check_replies, norm_bound
 from fedumm.strategies import FedAdam, FedAvg
 from fedumm.strategies.fedopt import FedOptParams
+from fedumm.types import DTYPES
 
 GLOBAL = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
 RULES = ReplyRules({"a": (2, 3), "b": (4,)}, {0: 10, 1: 10, 2: 10}, "local_vqa_accuracy", True)
@@ -186,3 +190,147 @@ def test_update_norm_of_a_lower_rank_reply_is_against_the_global_cut_to_its_rank
     assert [u.client_id for u in updates] == [0] and not rejected
     updates, rejected = check_replies([reply], _ranked_rules(), global_state, ValidationConfig(max_update_norm=2.4))
     assert not updates and "update norm 2.449" in rejected[0]
+
+
+# Compressed replies (federation.compression): the delta's fields are checked as strictly.
+
+INT8_RULES = ReplyRules(
+    {"a": (2, 3), "b": (4,)},
+    {0: 10, 1: 10, 2: 10},
+    "local_vqa_accuracy",
+    True,
+    compression=build_codec("int8"),
+    wire_dtype="float32",
+)
+
+
+def delta_fields(name: str = "int8", value: float = 1.27, wire: torch.dtype = torch.float32, fraction: float = 0.5):
+    delta = {"a": torch.full((2, 3), value), "b": torch.full((4,), value)}
+    return encode_delta(delta, build_codec(name, fraction), wire, seed=0)
+
+
+def compressed(cid: int, fields: dict, name: str = "int8", shapes=None, parts: str = "delta,extras") -> FitReply:
+    meta = {
+        "fedumm_parts": parts,
+        "fedumm_codec": name,
+        "fedumm_layout": layout_digest(shapes or INT8_RULES.shapes),
+    }
+    return FitReply(cid, save({f"delta/{k}": v for k, v in fields.items()}, metadata=meta), 5)
+
+
+PARTS_ONLY = {"fedumm_parts": "delta"}
+
+
+def _with(field: str, tensor: torch.Tensor) -> dict:
+    return {**delta_fields(), field: tensor}
+
+
+BAD_COMPRESSED = {
+    "codes int16": (
+        lambda: compressed(0, _with("codes", torch.zeros(10, dtype=torch.int16))),
+        r"dtype I16, expected I8",
+    ),
+    "scales float16 on a float32 wire": (
+        lambda: compressed(0, _with("scales", torch.ones(3, dtype=torch.float16))),
+        r"'delta/scales' has dtype F16, expected F32 \(int8 with federation.wire_dtype float32\)",
+    ),
+    "scales float64": (lambda: compressed(0, _with("scales", torch.ones(3, dtype=torch.float64))), r"dtype F64"),
+    "one scale too many": (lambda: compressed(0, _with("scales", torch.ones(4))), r"shape \(4,\), expected \(3,\)"),
+    "codes as a matrix": (
+        lambda: compressed(0, _with("codes", torch.zeros(2, 5, dtype=torch.int8))),
+        r"'delta/codes' has shape \(2, 5\), expected \(10,\)",
+    ),
+    "code -128": (
+        lambda: compressed(0, _with("codes", torch.full((10,), -128, dtype=torch.int8))),
+        r"tensor 'a': an int8 code is outside \[-127, 127\]",
+    ),
+    "nan scale": (
+        lambda: compressed(0, _with("scales", torch.tensor([0.01, 0.01, float("nan")]))),
+        r"tensor 'b': a scale is not finite",
+    ),
+    "scale overflows the state": (
+        lambda: compressed(0, _with("scales", torch.full((3,), 3e38))),
+        r"non-finite values",
+    ),
+    "missing scales": (
+        lambda: compressed(0, {"codes": delta_fields()["codes"]}),
+        r"delta lacks 1 int8 field\(s\), e.g. 'scales'",
+    ),
+    "extra field": (lambda: compressed(0, _with("values", torch.zeros(2))), r"unexpected tensor 'delta/values'"),
+    "truncated payload": (
+        lambda: FitReply(0, compressed(0, delta_fields()).payload[:-3], 5),
+        r"payload length does not match its header",
+    ),
+    "another codec": (lambda: compressed(0, delta_fields("int4"), "int4"), r"payload codec 'int4', expected 'int8'"),
+    "no codec named": (
+        lambda: FitReply(
+            0, save({f"delta/{k}": v for k, v in delta_fields().items()}, metadata={"fedumm_parts": "delta"}), 5
+        ),
+        r"payload codec None, expected 'int8'",
+    ),
+    "other tensors": (
+        lambda: compressed(0, delta_fields(), shapes={"a": (3, 2), "b": (4,)}),
+        r"encoded for other tensors than this round's",
+    ),
+    "a plain state": (lambda: good(0), r"message parts \['state', 'extras'\] \(expected delta and optionally extras\)"),
+    "pickle": (lambda: FitReply(0, pickle.dumps({"a": torch.zeros(2, 3)}), 5), r"over its limit or the payload"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_COMPRESSED))
+def test_each_malformed_compressed_reply_is_rejected_with_its_reason_and_the_round_goes_on(kind):
+    make, reason = BAD_COMPRESSED[kind]
+    # Execute: the bad reply from client 0 next to two good ones.
+    good_one, good_two = compressed(1, delta_fields(value=1.27)), compressed(2, delta_fields(value=-0.254))
+    updates, rejected = check_replies([make(), good_one, good_two], INT8_RULES, GLOBAL, ValidationConfig())
+    # Assert
+    assert list(rejected) == [0]
+    assert re.search(reason, rejected[0]), rejected[0]
+    assert [u.client_id for u in updates] == [1, 2]
+
+
+def test_a_compressed_reply_becomes_global_plus_its_decoded_delta():
+    # Prepare: global 0.5 everywhere; deltas 1.27 (s = 0.01, code 127: exact) in every tensor.
+    global_state = {"a": torch.full((2, 3), 0.5), "b": torch.full((4,), 0.5)}
+    # Execute
+    updates, rejected = check_replies([compressed(0, delta_fields())], INT8_RULES, global_state, ValidationConfig())
+    # Assert: the strategy sees the rebuilt state 0.5 + 1.27.
+    assert rejected == {}
+    assert torch.allclose(updates[0].state["a"], torch.full((2, 3), 1.77))
+    assert torch.allclose(updates[0].state["b"], torch.full((4,), 1.77))
+
+
+@pytest.mark.parametrize(
+    ("name", "wire", "dtypes"),
+    [("int4", "bfloat16", ("U8", "BF16")), ("topk", "float16", ("F16", "I16"))],
+)
+def test_int4_and_topk_replies_pass_in_their_own_dtypes(name, wire, dtypes):
+    rules = replace(INT8_RULES, compression=build_codec(name, 0.5), wire_dtype=wire)
+    fields = delta_fields(name, value=0.7, wire=DTYPES[wire])
+    reply = compressed(0, fields, name)
+    header = json.loads(reply.payload[8 : 8 + struct.unpack("<Q", reply.payload[:8])[0]])
+    assert sorted(header[f"delta/{f}"]["dtype"] for f in fields) == sorted(dtypes)
+    updates, rejected = check_replies([reply], rules, GLOBAL, ValidationConfig())
+    assert rejected == {}
+    # int4: 0.7 with s = 0.1 is exact; topk 0.5 of 6 and 4 entries: 3 and 2 of them are 0.7.
+    kept = [float((updates[0].state[k] != 0).sum()) for k in ("a", "b")]
+    assert kept == ([6.0, 4.0] if name == "int4" else [3.0, 2.0])
+    assert all(torch.allclose(v[v != 0], torch.tensor(0.7), atol=1e-3) for v in updates[0].state.values())
+
+
+@pytest.mark.parametrize(
+    ("indices", "reason"),
+    [([0, 1, 6, 0, 1], r"tensor 'a': a topk index is outside \[0, 6\)"), ([0, 0, 1, 0, 1], r"strictly increasing")],
+)
+def test_topk_indices_out_of_range_or_repeated_are_rejected(indices, reason):
+    rules = replace(INT8_RULES, compression=build_codec("topk", 0.5))
+    fields = {**delta_fields("topk"), "indices": torch.tensor(indices, dtype=torch.int16)}
+    _, rejected = check_replies([compressed(0, fields, "topk")], rules, GLOBAL, ValidationConfig())
+    assert re.search(reason, rejected[0]), rejected[0]
+
+
+def test_topk_indices_wider_than_needed_are_rejected():
+    rules = replace(INT8_RULES, compression=build_codec("topk", 0.5))
+    fields = {**delta_fields("topk"), "indices": delta_fields("topk")["indices"].to(torch.int64)}
+    _, rejected = check_replies([compressed(0, fields, "topk")], rules, GLOBAL, ValidationConfig())
+    assert re.search(r"dtype I64, expected I16", rejected[0]), rejected[0]

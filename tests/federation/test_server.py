@@ -224,3 +224,51 @@ def _task():
     from fedumm.metrics import get_task
 
     return get_task("vqa")
+
+
+@pytest.mark.parametrize(
+    ("feedback", "residual", "fragment"),
+    [
+        (False, {0: {"w": torch.zeros(2)}}, r"holds error feedback residuals, but .*error_feedback is false"),
+        (True, {0: {"w": torch.zeros(3)}}, r"client 0's error feedback residual: shape mismatch for 'w'"),
+        (True, {0: {"q": torch.zeros(1)}}, r"client 0's error feedback residual: key 'q' is not a tensor"),
+        (True, {5: {"w": torch.zeros(2)}}, r"client id 5 is not below federation.num_clients \(2\)"),
+    ],
+)
+def test_restore_checks_error_feedback_residuals(tmp_path, feedback, residual, fragment):
+    from fedumm.errors import ConfigError
+    from fedumm.runlog import read_checkpoint
+    from fedumm.validation import load_run_config
+
+    # Prepare: a checkpoint holding a residual; a resumed config with or without error feedback.
+    server, _ = _fedadam_server()
+    _saved_checkpoint(tmp_path, server, residual_states=residual)
+    settings = ["federation.compression.codec=int8", "federation.compression.error_feedback=true"] if feedback else []
+    config = load_run_config(
+        None, ["federation.strategy.name=fedadam", "federation.num_clients=2", "federation.rounds=3", *settings]
+    )
+    fresh, _ = _fedadam_server()
+    # Execute/Assert
+    with pytest.raises(ConfigError, match=fragment):
+        fresh.restore(read_checkpoint(tmp_path), config, 2)
+
+
+def test_restore_keeps_a_fitting_residual(tmp_path):
+    from fedumm.runlog import read_checkpoint
+    from fedumm.validation import load_run_config
+
+    server, _ = _fedadam_server()
+    _saved_checkpoint(tmp_path, server, residual_states={1: {"w": torch.tensor([0.5, -0.25])}})
+    config = load_run_config(
+        None,
+        [
+            "federation.strategy.name=fedadam",
+            "federation.num_clients=2",
+            "federation.rounds=3",
+            "federation.compression.codec=topk",
+            "federation.compression.error_feedback=true",
+        ],
+    )
+    fresh, _ = _fedadam_server()
+    fresh.restore(read_checkpoint(tmp_path), config, 2)
+    assert torch.equal(fresh.resumed.residual_states[1]["w"], torch.tensor([0.5, -0.25]))

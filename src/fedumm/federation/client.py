@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from fedumm import codec
+from fedumm import codec, compression
 from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.errors import TrainingError
@@ -20,7 +20,7 @@ from fedumm.finetune import plan_for_round
 from fedumm.lowrank import FROZEN_DELTA_PREFIX, state_rank, truncate
 from fedumm.privacy.secagg import SecAggClient
 from fedumm.strategies import ClientAlgorithm
-from fedumm.types import State, derive_seed, state_delta
+from fedumm.types import DTYPES, State, derive_seed, state_delta
 
 
 class ProtocolClient(Protocol):
@@ -28,6 +28,9 @@ class ProtocolClient(Protocol):
 
     def handle(self, stage: str, message: bytes) -> bytes: ...
 
+
+#: The random stream of stochastic rounding (federation.compression), apart from training's draws.
+COMPRESSION_STREAM = 0x636F6D70
 
 #: The reply metrics that say nothing about a client's rows (kept when the server is not trusted).
 PUBLIC_METRICS = ("steps", "train_seconds", "dp_epsilon", "dp_noise_multiplier", "dp_sample_rate")
@@ -57,6 +60,10 @@ class ClientRuntime:
         self.algorithm = algorithm or ClientAlgorithm()
         self.client_state: State = {}  # the algorithm's per-client tensors
         self.local_state: State = {}  # kept-local units (personalisation)
+        # federation.compression: the codec, and error feedback's residual (what was not sent yet).
+        settings = config.federation.compression
+        self.compressor = compression.build_codec(settings.codec, settings.topk_fraction)
+        self.residual: State = {}
         # The open multi-step protocol of this round (secure aggregation), set by ``fit``.
         self.protocol: ProtocolClient | None = None
         plan = plan_privacy(config)
@@ -133,8 +140,26 @@ class ClientRuntime:
             metrics[f"local_{primary}"] = local[primary]
             metrics["local_test_samples"] = local["n"]
         trained, metrics = self._protect(round_global, trained, server_extras, metrics, result.num_samples, round_num)
-        payload = codec.encode_message({"state": trained, "extras": extras}, self.config.federation.wire_dtype)
+        payload = self._payload(round_global, trained, extras, round_num)
         return FitReply(self.client_id, payload, result.num_samples, metrics)
+
+    def _payload(self, round_global: State, trained: State, extras: State, round_num: int) -> bytes:
+        """The reply's bytes: the trained tensors, or under ``federation.compression`` the codec's
+        fields of their delta from the global state (plus the residual, with error feedback)."""
+        wire = self.config.federation.wire_dtype
+        if self.compressor is None:
+            return codec.encode_message({"state": trained, "extras": extras}, wire)
+        feedback = self.config.federation.compression.error_feedback
+        seed = derive_seed(self.config.seed, round_num, self.client_id, COMPRESSION_STREAM)
+        delta = state_delta(trained, round_global)
+        fields, _, residual = compression.compress(
+            delta, self.compressor, DTYPES[wire], seed, self.residual if feedback else None
+        )
+        if residual is not None:
+            self.residual = residual
+        shapes = {k: tuple(v.shape) for k, v in delta.items()}
+        meta = compression.metadata(self.compressor, shapes)
+        return codec.encode_message({compression.PART: fields, "extras": extras}, wire, meta)
 
     def _protect(
         self,

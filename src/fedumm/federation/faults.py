@@ -11,6 +11,9 @@ Attacks, on an attacking client's reply from ``attack.from_round`` on (Δ = its 
 - ``gaussian``: θ_k + N(0, std²) per entry;
 - ``label_flip``: the client trains on answers shifted to the next answer in sorted order;
 - ``inflate_samples``: the reply claims ``attack.samples`` rows.
+
+Under ``federation.compression`` the poisoned state's delta is encoded again with the run's codec
+(no error feedback), as an attacker running the same client code would send it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedumm import codec
+from fedumm import codec, compression
 from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.federation.client import FitReply, derive_seed
 from fedumm.federation.transport import ClientStates, LocalTransport, Message, SetupInfo, Transport, message_for
+from fedumm.finetune import plan_for_round
 from fedumm.runlog import Checkpoint
-from fedumm.types import State
+from fedumm.types import DTYPES, State, state_delta
 
 # Random streams apart from training's draws: faults, gaussian noise.
 _FAULT_STREAM, _NOISE_STREAM = 0x6661756C, 0x6E6F6973
@@ -124,14 +128,28 @@ class SimulatedFaults(Transport):
             if attack.kind == "inflate_samples":
                 replies[i] = FitReply(reply.client_id, reply.payload, attack.samples, reply.metrics)
             elif attack.kind != "label_flip":
-                parts = codec.decode_message(reply.payload)
                 global_state = codec.decode_message(message_for(message, reply.client_id))["state"]
                 seed = derive_seed(self.config.seed, round_num, reply.client_id, _NOISE_STREAM)
-                parts["state"] = poison(attack.kind, parts["state"], global_state, self.config, seed)
-                payload = codec.encode_message(parts, self.config.federation.wire_dtype)
+                payload = self._poisoned(reply.payload, global_state, round_num, seed)
                 replies[i] = FitReply(reply.client_id, payload, reply.num_samples, reply.metrics)
         self.extras = {k: v for k, v in (("dropped", dropped), ("late", late), ("attacked", attacked)) if v}
         return replies
+
+    def _poisoned(self, payload: bytes, global_state: State, round_num: int, seed: int) -> bytes:
+        kind, wire = self.config.federation.attack.kind, self.config.federation.wire_dtype
+        parts = codec.decode_message(payload)
+        codec_ = self.inner.runtimes[self.client_ids[0]].compressor
+        if codec_ is None:
+            parts["state"] = poison(kind, parts["state"], global_state, self.config, seed)
+            return codec.encode_message(parts, wire)
+        trained = self.inner.host.parameters_of(plan_for_round(self.config.finetune, round_num).shared)
+        shapes = {k: tuple(global_state[k].shape) for k in trained}
+        state = {
+            k: global_state[k] + d for k, d in compression.decode_delta(parts[compression.PART], codec_, shapes).items()
+        }
+        delta = state_delta(poison(kind, state, global_state, self.config, seed), global_state)
+        parts[compression.PART] = compression.encode_delta(delta, codec_, DTYPES[wire], seed)
+        return codec.encode_message(parts, wire, compression.metadata(codec_, shapes))
 
     def round_extras(self) -> dict[str, Any]:
         return {**self.inner.round_extras(), **({"faults": self.extras} if self.extras else {})}

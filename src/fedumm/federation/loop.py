@@ -165,6 +165,7 @@ def _checkpoint(run: RunFolder, server: Server, transport: Transport, round_num:
         server.state_dict(),
         client_states=held.client_states if held else None,
         local_states=held.local_states if held else None,
+        residual_states=held.residuals if held else None,
         strategy=server.strategy.name,
         num_clients=len(transport.client_ids),
         phase=phase,

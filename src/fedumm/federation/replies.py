@@ -15,6 +15,15 @@ A reply passes when:
   (a number, or ``auto`` = ``auto_norm_factor`` x the median norm of the round's otherwise valid
   replies).
 
+Under ``federation.compression`` the reply carries a ``delta`` part instead of ``state``, and
+BEFORE anything is decoded its header must name the configured codec and this round's layout
+digest, and hold exactly the codec's fields, each 1-D in the dtype the codec and
+``federation.wire_dtype`` fix (int8 / uint8 codes, int16 / int32 / int64 indices, wire-dtype
+scales and values) and of the exact length the round's tensor shapes imply; then every code lies
+in its range (int8 [-127, 127], int4 nibbles [1, 15] with a zero-code padding nibble), every topk
+index in [0, numel) and strictly increasing, every scale finite and non-negative. The server
+rebuilds the state = global + decoded delta, and the checks above (finite, norm) run on it.
+
 A reply that fails is dropped with its reason (``Rejected``); nothing of it reaches the strategy.
 """
 
@@ -28,18 +37,30 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedumm import codec
+from fedumm import codec, compression
+from fedumm.compression import Codec, CompressionError
 from fedumm.config import ValidationConfig
 from fedumm.errors import AdapterStateError
 from fedumm.federation.client import FitReply
 from fedumm.lowrank import rank_shapes, state_rank, truncate
 from fedumm.strategies import ClientUpdate
-from fedumm.types import State
+from fedumm.types import DTYPES, State
 
 #: The JSON header of one reply (names, dtypes, shapes, offsets of adapter tensors) stays far below.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
-_PARTS = ("state", "extras")
+#: The dtypes of a compressed delta's fields, by their safetensors names.
+_FIELD_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+}
+_FIELD_BYTES = {"I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, **_ITEM_BYTES}
 
 
 class Rejected(Exception):
@@ -79,6 +100,9 @@ class ReplyRules:
             raise Rejected(f"LoRA rank {rank} is outside [{low}, {high}] for this client (adapter.client_ranks)")
         return rank_shapes(self.shapes, rank)
 
+    compression: Codec | None = None  # federation.compression's codec: replies carry a delta part
+    wire_dtype: str = "float32"  # federation.wire_dtype: the dtype of a delta's scales and values
+
 
 def _header(payload: object) -> tuple[dict, int]:
     if not isinstance(payload, bytes | bytearray) or len(payload) < 8:
@@ -95,36 +119,63 @@ def _header(payload: object) -> tuple[dict, int]:
     return header, length
 
 
+def _delta_layout(rules: ReplyRules, meta: dict) -> dict[str, tuple[str, int]]:
+    """field -> (safetensors dtype, length) a compressed reply must hold, after its header names
+    the configured codec and this round's tensors."""
+    codec_, sent = rules.compression, meta.get(compression.CODEC_KEY)
+    if sent != codec_.name:
+        raise Rejected(f"payload codec {sent!r}, expected {codec_.name!r} (federation.compression.codec)")
+    if meta.get(compression.LAYOUT_KEY) != compression.layout_digest(rules.shapes):
+        raise Rejected("its delta was encoded for other tensors than this round's (layout digest differs)")
+    layout = compression.expected_layout(codec_, rules.shapes, DTYPES[rules.wire_dtype])
+    return {name: (_FIELD_DTYPES[dtype], size) for name, (dtype, size) in layout.items()}
+
+
 def check_layout(payload: bytes, rules: ReplyRules, client_id: int | None = None) -> None:
-    """Keys, parts, dtypes, shapes and byte ranges from the header alone."""
+    """Keys, parts, dtypes, shapes and byte ranges from the header alone (under adapter.client_ranks
+    at the rank the reply's header declares, within the client's range)."""
     header, length = _header(payload)
     meta = header.pop("__metadata__", None) or {}
     shapes = rules.shapes if client_id is None else rules.shapes_for(client_id, header)
-    parts = [p for p in str(meta.get("fedumm_parts", "")).split(",") if p] if isinstance(meta, dict) else []
-    if "state" not in parts or any(p not in _PARTS for p in parts):
-        raise Rejected(f"message parts {parts} (expected state and optionally extras)")
-    state_keys, end = set(), 0
+    meta = meta if isinstance(meta, dict) else {}
+    parts = [p for p in str(meta.get("fedumm_parts", "")).split(",") if p]
+    main = compression.PART if rules.compression is not None else "state"
+    if main not in parts or any(p not in (main, "extras") for p in parts):
+        raise Rejected(f"message parts {parts} (expected {main} and optionally extras)")
+    fields = _delta_layout(rules, meta) if rules.compression is not None else {}
+    main_keys, end = set(), 0
     for name, info in header.items():
         part, _, key = name.partition("/")
-        if part not in parts or key not in shapes:
+        if not isinstance(info, dict):
+            raise Rejected(f"tensor {name!r} has no header entry")
+        if part == compression.PART and key in fields and part in parts:
+            dtype, size = fields[key]
+            if info.get("dtype") != dtype:
+                raise Rejected(
+                    f"tensor {name!r} has dtype {info.get('dtype')}, expected {dtype} ({rules.compression.name} "
+                    f"with federation.wire_dtype {rules.wire_dtype})"
+                )
+            expected: tuple[int, ...] = (size,)
+        elif part in ("state", "extras") and part in parts and key in shapes:
+            if info.get("dtype") not in _ITEM_BYTES:
+                floating = ", ".join(_ITEM_BYTES)
+                raise Rejected(f"tensor {name!r} has dtype {info.get('dtype')}, not a floating wire dtype ({floating})")
+            expected = tuple(shapes[key])
+        else:
             raise Rejected(f"unexpected tensor {name!r}")
-        if not isinstance(info, dict) or info.get("dtype") not in _ITEM_BYTES:
-            raise Rejected(
-                f"tensor {name!r} has dtype {info.get('dtype') if isinstance(info, dict) else '?'}, "
-                f"not a floating wire dtype ({', '.join(_ITEM_BYTES)})"
-            )
         shape = tuple(info.get("shape", ()))
-        if shape != tuple(shapes[key]):
-            raise Rejected(f"tensor {name!r} has shape {shape}, expected {tuple(shapes[key])}")
+        if shape != expected:
+            raise Rejected(f"tensor {name!r} has shape {shape}, expected {expected}")
         begin, stop = info.get("data_offsets", (0, -1))
-        if stop - begin != math.prod(shape) * _ITEM_BYTES[info["dtype"]]:
+        if stop - begin != math.prod(shape) * _FIELD_BYTES[info["dtype"]]:
             raise Rejected(f"tensor {name!r} has a byte range that does not fit its shape")
         end = max(end, stop)
-        if part == "state":
-            state_keys.add(key)
-    missing = set(shapes) - state_keys
+        if part == main:
+            main_keys.add(key)
+    missing = set(fields or shapes) - main_keys
     if missing:
-        raise Rejected(f"state lacks {len(missing)} tensor(s) trained this round, e.g. {sorted(missing)[0]!r}")
+        what = f"{rules.compression.name} field(s)" if fields else "tensor(s) trained this round"
+        raise Rejected(f"{main} lacks {len(missing)} {what}, e.g. {sorted(missing)[0]!r}")
     if len(payload) != 8 + length + end:
         raise Rejected("payload length does not match its header")
 
@@ -133,8 +184,9 @@ def _finite(state: State) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state.values())
 
 
-def check_reply(reply: FitReply, rules: ReplyRules) -> ClientUpdate:
-    """One reply's own checks (not the norm bound); the update the strategy may see."""
+def check_reply(reply: FitReply, rules: ReplyRules, global_state: State) -> ClientUpdate:
+    """One reply's own checks (not the norm bound); the update the strategy may see (under
+    compression: ``global_state`` + the decoded delta)."""
     if reply.error:
         raise Rejected(f"client failed: {reply.error}")
     try:
@@ -145,7 +197,15 @@ def check_reply(reply: FitReply, rules: ReplyRules) -> ClientUpdate:
         parts = codec.decode_message(reply.payload)
     except AdapterStateError as exc:
         raise Rejected(str(exc)) from None
-    state, extras = parts["state"], parts.get("extras", {})
+    extras = parts.get("extras", {})
+    if rules.compression is None:
+        state = parts["state"]
+    else:
+        try:
+            delta = compression.decode_delta(parts[compression.PART], rules.compression, rules.shapes)
+        except CompressionError as exc:
+            raise Rejected(str(exc)) from None
+        state = {k: global_state[k].float() + delta[k] for k in rules.shapes}
     if not _finite(state) or not _finite(extras):
         raise Rejected("non-finite values (NaN or inf) in its tensors")
     samples, cap = reply.num_samples, rules.sample_caps.get(reply.client_id)
@@ -197,7 +257,7 @@ def check_replies(
             continue
         seen.add(reply.client_id)
         try:
-            updates.append(check_reply(reply, rules))
+            updates.append(check_reply(reply, rules, global_state))
         except Rejected as exc:
             rejected[reply.client_id] = str(exc)
     norms = {u.client_id: update_norm(u, global_state) for u in updates}

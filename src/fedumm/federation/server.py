@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedumm import codec
+from fedumm import codec, compression
 from fedumm.config import FederationConfig, RunConfig
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.client import FitReply, derive_seed
@@ -40,6 +40,9 @@ class Server:
         self.secure = secure  # secure aggregation (privacy.secure_aggregation), else None
         self.global_state: State = {k: v.clone() for k, v in initial_state.items()}
         self.config = config
+        settings = config.compression
+        # federation.compression: replies carry the codec's fields of a delta, decoded in the checks.
+        self.codec = compression.build_codec(settings.codec, settings.topk_fraction)
         self.seed = seed
         self.start_round = 0  # rounds already done: a resumed run continues at start_round + 1
         self.resumed: Checkpoint | None = None  # the checkpoint restored from, if any
@@ -90,9 +93,26 @@ class Server:
                 check_per_key_state(restored, state, f"client {cid}'s algorithm state")
         except ValueError as exc:
             raise ConfigError(f"{where}: does not fit strategy {name!r}: {exc}") from exc
+        self._check_residuals(checkpoint, restored, config, num_clients)
         self.global_state = restored
         self.start_round = checkpoint.round
         self.resumed = checkpoint
+
+    @staticmethod
+    def _check_residuals(checkpoint: Checkpoint, restored: State, config: RunConfig, num_clients: int) -> None:
+        """Error feedback residuals resume only into a run that keeps them, keyed like the adapter."""
+        where = f"federation.resume_from: {checkpoint.path}"
+        if checkpoint.residual_states and not config.federation.compression.error_feedback:
+            raise ConfigError(
+                f"{where} holds error feedback residuals, but federation.compression.error_feedback is false"
+            )
+        try:
+            for cid, state in checkpoint.residual_states.items():
+                if not 0 <= cid < num_clients:
+                    raise ValueError(f"client id {cid} is not below federation.num_clients ({num_clients})")
+                check_per_key_state(restored, state, f"client {cid}'s error feedback residual")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
 
     def state_dict(self) -> State:
         """The server state a checkpoint keeps: the strategy's, and the privacy budget's."""
@@ -179,7 +199,9 @@ class Server:
         caps = {cid: cap for cid in sample_caps} if cap is not None else dict(sample_caps)
         shapes = {k: tuple(self.global_state[k].shape) for k in trained_keys}
         ranks = {cid: r for cid in self.strategy.ranks if (r := self.strategy.reply_ranks(cid)) is not None}
-        return ReplyRules(shapes, caps, f"local_{task.primary_metric}", task.bounded, ranks)
+        return ReplyRules(
+            shapes, caps, f"local_{task.primary_metric}", task.bounded, ranks, self.codec, self.config.wire_dtype
+        )
 
     def aggregate(
         self, replies: Sequence[FitReply], round_num: int, trained_keys: Sequence[str] | None = None
@@ -188,7 +210,8 @@ class Server:
         and aggregate those that pass; with none, the global state stays (a convenience over
         ``check`` and ``aggregate_updates``, which the round loop uses with the round's own rules)."""
         keys = list(self.global_state) if trained_keys is None else list(trained_keys)
-        rules = ReplyRules({k: tuple(self.global_state[k].shape) for k in keys}, {}, "", True)
+        shapes = {k: tuple(self.global_state[k].shape) for k in keys}
+        rules = ReplyRules(shapes, {}, "", True, compression=self.codec, wire_dtype=self.config.wire_dtype)
         updates, _ = self.check(replies, rules)
         if updates:
             self.aggregate_updates(updates, round_num)

@@ -58,10 +58,12 @@ class SetupInfo:
 
 @dataclass
 class ClientStates:
-    """Per-client tensors the server process holds: algorithm state and kept-local units."""
+    """Per-client tensors the server process holds: algorithm state, kept-local units and
+    error feedback residuals (``federation.compression.error_feedback``)."""
 
     client_states: dict[int, State]
     local_states: dict[int, State]
+    residuals: dict[int, State] = field(default_factory=dict)
 
 
 class Transport(ABC):
@@ -120,6 +122,7 @@ class LocalTransport(Transport):
     ):
         self.runtimes = {c.client_id: ClientRuntime(c, host, config, algorithm) for c in clients}
         self.host = host
+        self.config = config
         self.partition = partition
         self.progress = progress
 
@@ -160,18 +163,24 @@ class LocalTransport(Transport):
         return ClientStates(
             {cid: r.client_state for cid, r in runtimes if r.client_state},
             {cid: r.local_state for cid, r in runtimes if r.local_state},
+            {cid: r.residual for cid, r in runtimes if r.residual},
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
         algorithm = next(iter(self.runtimes.values())).algorithm if self.runtimes else None
-        stateful = self.host.local_units or (algorithm is not None and type(algorithm) is not ClientAlgorithm)
+        feedback = self.config.federation.compression.error_feedback
+        stateful = (
+            self.host.local_units or feedback or (algorithm is not None and type(algorithm) is not ClientAlgorithm)
+        )
         if stateful and not checkpoint.clients_saved:
             warnings.warn(
                 f"{checkpoint.path}: no client state was saved with it (e.g. an NVIDIA FLARE run, whose "
-                "sites keep theirs): clients restart their algorithm state and kept-local units",
+                "sites keep theirs): clients restart their algorithm state, kept-local units and residuals",
                 stacklevel=2,
             )
         for cid, state in checkpoint.client_states.items():
             self.runtimes[cid].client_state = dict(state)
         for cid, state in checkpoint.local_states.items():
             self.runtimes[cid].local_state = dict(state)
+        for cid, state in checkpoint.residual_states.items():
+            self.runtimes[cid].residual = dict(state)

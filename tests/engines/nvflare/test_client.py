@@ -4,6 +4,8 @@ bytes; a step its protocol refuses, or one with no protocol open, is answered as
 
 from __future__ import annotations
 
+import torch
+
 from fedumm.data.federated import ClientData
 from fedumm.engines.nvflare import protocol as P
 from fedumm.engines.nvflare.client import ClientSession
@@ -55,3 +57,20 @@ def test_a_failed_step_is_answered_as_failed_and_the_site_goes_on(tmp_path):
     assert refused["meta"][P.META_STAGE] == "bad"
     ok = session.exchange(b"y", {**META, P.META_ROUND: 3, P.META_STAGE: "unmask"})  # still in the job
     assert P.unpack(ok["params"]) == b"unmask:y"
+
+
+def test_a_sites_error_feedback_residual_survives_a_client_restart(tmp_path):
+    # Prepare: a site whose runtime holds an error feedback residual after a round.
+    settings = ["federation.compression.codec=int8", "federation.compression.error_feedback=true"]
+    config = load_run_config(None, ["engine.name=nvflare", "federation.num_clients=2", *settings])
+    session = ClientSession(config, "site-2", tmp_path, None)
+    session.runtime = ClientRuntime(ClientData(1, [], []), host=None, config=config)
+    session.runtime.residual = {"w": torch.tensor([0.125, -3.0e-7])}
+    # Execute: saved into the app folder; a restarted client process rebuilds its runtime from it.
+    session._save_state()
+    restarted = ClientSession(config, "site-2", tmp_path, None)
+    restarted.runtime = ClientRuntime(ClientData(1, [], []), host=None, config=config)
+    restarted._restore_state()
+    # Assert: bit for bit (float32 in the site's state file).
+    assert torch.equal(restarted.runtime.residual["w"], torch.tensor([0.125, -3.0e-7]))
+    assert restarted.runtime.client_state == {} and restarted.runtime.local_state == {}

@@ -390,3 +390,20 @@ def test_a_dp_run_gives_the_same_epsilon_and_adapter_on_flare(tiny_job, tmp_path
     assert [r["privacy"]["epsilon"] for r in a] == pytest.approx([r["privacy"]["epsilon"] for r in b])
     summary = json.loads((flare / "summary.json").read_text())["privacy"]
     assert summary["epsilon"] == pytest.approx(b[-1]["privacy"]["epsilon"]) and summary["sample_rate"] == 0.7
+
+
+def test_a_compressed_run_with_error_feedback_gives_the_same_adapter_and_bytes_on_flare(tiny_job, tmp_path):
+    """int8 updates with error feedback: the sites encode with the same seeded stochastic rounding
+    and keep their residuals across rounds in their state file; the server decodes the same
+    deltas, so the adapter and every recorded upload match the in-process run."""
+    job = ("federation.compression.codec=int8", "federation.compression.error_feedback=true")
+    out = tmp_path / "runs"
+    _simulate_in_process(load_run_config(None, tiny_job(out, "inproc-int8", *job)))
+    result = simulate_nvflare(
+        load_run_config(None, tiny_job(out, "flare-int8", *job, "engine.name=nvflare", "engine.timeout=300"))
+    )
+    flare, inproc = Path(result.run_dir), out / "inproc-int8"
+    assert _max_diff(_checkpoint(flare), _checkpoint(inproc)) <= 1e-5
+    a, b = _records(flare)[1:], _records(inproc)[1:]
+    assert [r["bytes"]["upload"] for r in a] == [r["bytes"]["upload"] for r in b]
+    assert all("rejected" not in r for r in a)

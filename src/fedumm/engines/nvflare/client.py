@@ -41,7 +41,8 @@ class ClientSession:
 
     Built lazily from the first task's meta (client id, number of clients, data placement),
     so a client process restarted between rounds rebuilds itself from any task; the
-    algorithm's per-client state (SCAFFOLD's control variate, kept-local units) is saved to
+    algorithm's per-client state (SCAFFOLD's control variate, kept-local units, the error
+    feedback residual of federation.compression) is saved to
     the app folder after every round and restored on a rebuild.
     """
 
@@ -109,15 +110,14 @@ class ClientSession:
             parts = codec.decode_message(self._state_path.read_bytes())
             self.runtime.client_state = parts.get("client", {})
             self.runtime.local_state = parts.get("local", {})
+            self.runtime.residual = parts.get("residual", {})
 
     def _save_state(self) -> None:
         runtime = self.runtime
-        if not (runtime.client_state or runtime.local_state):
+        if not (runtime.client_state or runtime.local_state or runtime.residual):
             return
-        atomic_write_bytes(
-            self._state_path,
-            codec.encode_message({"client": runtime.client_state, "local": runtime.local_state}, "float32"),
-        )
+        parts = {"client": runtime.client_state, "local": runtime.local_state, "residual": runtime.residual}
+        atomic_write_bytes(self._state_path, codec.encode_message(parts, "float32"))
 
     def setup(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         self._ensure(meta)
