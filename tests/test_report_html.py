@@ -164,3 +164,20 @@ def test_the_report_command_writes_the_file_again(run_folder, capsys):
     assert main(["report", str(run_folder)]) == 0
     assert (run_folder / REPORT_FILE).read_text() == render_report(run_folder)
     assert write_report(run_folder) == Path(run_folder) / REPORT_FILE
+
+
+def test_the_task_breakdown_shows_each_tasks_own_primary_metric(run_folder):
+    # Prepare: a multitask last round where caption's first metric is BLEU-4, not its primary CIDEr-D.
+    records = _records()
+    records[2]["global"]["by_task"] = {
+        "caption": {"n": 3, "bleu_4": 0.11, "cider_d": 1.25},
+        "vqa": {"n": 5, "vqa_accuracy": 0.6},
+    }
+    (run_folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    # Execute
+    page = render_report(run_folder)
+
+    # Assert
+    assert "<td class=k>caption</td><td>3</td><td>cider_d</td><td>1.250</td>" in page
+    assert "<td class=k>vqa</td><td>5</td><td>vqa_accuracy</td><td>0.600</td>" in page

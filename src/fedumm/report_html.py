@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from fedumm.errors import ConfigError
+from fedumm.metrics import TASKS
 from fedumm.runlog import RunFolder, atomic_write_bytes
 
 REPORT_FILE = "report.html"
@@ -204,20 +205,30 @@ def _client_table(records: Sequence[Mapping[str, Any]], metric: str) -> str:
     return f"<p>{_e(shown)} per client and round{note}</p>" + _table(["round", *(f"client {c}" for c in clients)], rows)
 
 
+def _task_metric(name: str, values: Mapping[str, Any]) -> str:
+    """A task's primary metric (the registered task's; else the first metric its group reports)."""
+    if name in TASKS:
+        return TASKS[name].primary_metric
+    return next((k for k in values if k not in ("n", "task")), "n")
+
+
 def _breakdowns(records: Sequence[Mapping[str, Any]], metric: str) -> str:
     fed = _phase(records, "federated")
     if not fed:
         return ""
     last = fed[-1]["global"]
     out = []
-    for key, title in (("by_task", "by task"), ("by_answer_type", "by answer type")):
-        groups = last.get(key)
-        if groups:
-            rows = []
-            for name, values in groups.items():
-                primary = values.get(metric, next((v for k, v in values.items() if k not in ("n", "task")), None))
-                rows.append([name, values.get("n"), primary])
-            out.append(f"<h3>{_e(title)} (last round)</h3>" + _table(["group", "n", metric], rows))
+    tasks = last.get("by_task") or {}
+    if tasks:  # each task by its own primary metric
+        rows = [
+            [name, values.get("n"), _task_metric(name, values), values.get(_task_metric(name, values))]
+            for name, values in tasks.items()
+        ]
+        out.append("<h3>by task (last round)</h3>" + _table(["task", "n", "primary metric", "value"], rows, left=1))
+    groups = last.get("by_answer_type") or {}
+    if groups:
+        rows = [[name, values.get("n"), values.get(metric)] for name, values in groups.items()]
+        out.append("<h3>by answer type (last round)</h3>" + _table(["answer type", "n", metric], rows))
     return "".join(out) or '<p class="note">The task reports no breakdown.</p>'
 
 
