@@ -13,6 +13,7 @@ from fedumm.adapters import (
     copy_state,
     group_layout,
     load_state,
+    lora_base_weights,
     matching_module_names,
     save_adapter,
     unit_parameters,
@@ -122,6 +123,10 @@ class ModelHost:
             for first, last, plan in stages(self.config.finetune, self.config.federation.rounds)
         ]
 
+    def lora_base_weights(self, keys: Sequence[str]) -> State:
+        """The frozen base weight under each LoRA layer whose B factor is in ``keys`` (by B key)."""
+        return lora_base_weights(self.model, keys)
+
     def save_pretrained(self, path: str) -> None:
         """The current adapter as a PEFT folder (``PeftModel.from_pretrained(base, path)``), plus
         the parameters trained in place, which peft's format has no slot for, in
@@ -161,16 +166,32 @@ class ModelHost:
         A task that scores choices (classification) also scores each row: ``score`` =
         P(eval.positive_label), the softmax of the label texts' answer log-likelihoods
         (``Backend.score_choices``), for ROC-AUC."""
-        task = get_task(self.config.eval.task)
-        if not samples:
-            return {"task": task.name, "n": 0, task.primary_metric: 0.0}
+        return self.summarize(samples, self.predict(samples, batch_size), batch_size)
+
+    def predict(self, samples: Sequence[dict], batch_size: int) -> list[str]:
+        """The current adapter's generated answer for each row."""
         self.model.eval()
         predictions: list[str] = []
         for start in range(0, len(samples), batch_size):
             predictions += self.backend.predict(self.model, samples[start : start + batch_size])
+        return predictions
+
+    def summarize(
+        self,
+        samples: Sequence[dict],
+        predictions: Sequence[str],
+        batch_size: int,
+        scores: Sequence[float] | None = None,
+    ) -> dict:
+        """The task's metrics of ``predictions``; a task that scores choices gets ``scores``
+        (default: the current adapter's ``positive_scores``)."""
+        task = get_task(self.config.eval.task)
+        if not samples:
+            return {"task": task.name, "n": 0, task.primary_metric: 0.0}
         records = [dict(row, prediction=p) for row, p in zip(samples, predictions)]
-        scores = self.positive_scores(samples, batch_size) if task.scores_choices else None
-        if scores is not None:
+        if task.scores_choices and scores is None:
+            scores = self.positive_scores(samples, batch_size)
+        if task.scores_choices and scores is not None:
             for record, score in zip(records, scores):
                 record["score"] = score
         return task.summarize(records, self.config.eval.positive_label)

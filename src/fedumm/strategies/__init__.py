@@ -14,6 +14,7 @@ from fedumm.errors import ConfigError
 from fedumm.strategies.base import (
     ClientAlgorithm,
     ClientUpdate,
+    LocalContext,
     State,
     Strategy,
     StrategyParams,
@@ -23,9 +24,13 @@ from fedumm.strategies.fedavg import FedAvg
 from fedumm.strategies.fedavgm import FedAvgM
 from fedumm.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedumm.strategies.fedprox import FedProx
+from fedumm.strategies.mean import OneShotMean
+from fedumm.strategies.ot_align import OTAlign
 from fedumm.strategies.quality_weighted import QualityWeighted
 from fedumm.strategies.robust import Krum, Median, TrimmedMean
 from fedumm.strategies.scaffold import Scaffold
+from fedumm.strategies.sign_conflict import SignConflict
+from fedumm.strategies.yoco import YOCO
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -41,6 +46,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Median,
         TrimmedMean,
         Krum,
+        OneShotMean,
+        SignConflict,
+        OTAlign,
+        YOCO,
     )
 }
 
@@ -80,6 +89,7 @@ __all__ = [
     "STRATEGIES",
     "ClientAlgorithm",
     "ClientUpdate",
+    "LocalContext",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
