@@ -300,8 +300,8 @@ class FederationConfig(Section):
             return self
         if self.rounds != 1:
             raise ValueError(
-                f"federation.rounds: mode one_shot trains and uploads once: set federation.rounds=1 (got {self.rounds}); "
-                "the local budget is train.local_epochs / train.local_steps"
+                f"federation.rounds: mode one_shot trains and uploads once: set federation.rounds=1 "
+                f"(got {self.rounds}); the local budget is train.local_epochs / train.local_steps"
             )
         if self.clients_per_round() != self.num_clients:
             raise ValueError(

@@ -122,7 +122,8 @@ def one_shot_line(references: dict[str, Any]) -> str:
     metric, floor = references["metric"], references["local_floor"]
     return (
         f"one-shot references: ensemble {metric} {references['ensemble'][metric]:.3f} | local floor "
-        f"mean {floor['mean']:.3f} (min {floor['min']:.3f}, max {floor['max']:.3f}) over {len(floor['clients'])} clients"
+        f"mean {floor['mean']:.3f} (min {floor['min']:.3f}, max {floor['max']:.3f}) "
+        f"over {len(floor['clients'])} clients"
     )
 
 
