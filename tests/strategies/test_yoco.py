@@ -149,7 +149,7 @@ def test_rank_one_truncation_keeps_the_largest_component():
 
 
 def test_bad_alpha_range_names_the_key():
-    with pytest.raises(ConfigError, match="alpha_min"):
+    with pytest.raises(ConfigError, match=r"federation.strategy.alpha_max: .*below alpha_min \(300.0\)"):
         validate_params("yoco", {"alpha_min": 300.0})
     with pytest.raises(ConfigError, match="federation.strategy.sign_weight"):
         validate_params("yoco", {"sign_weight": -1.0})

@@ -47,7 +47,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from fedumm.strategies.base import (
     ClientAlgorithm,
@@ -170,13 +170,17 @@ class YOCOParams(StrategyParams):
     sign_weight: float = Field(1.0, ge=0, description="λ_sign: weight of the soft-sign regulariser on LoRA B.")
     sparsity_weight: float = Field(0.01, ge=0, description="λ_sparse: weight of the L1 (mean |A|) term on LoRA A.")
     alpha_min: float = Field(1.0, gt=0, description="Soft-sign sharpness α at the first local step.")
-    alpha_max: float = Field(200.0, gt=0, description="Soft-sign sharpness α at the last local step.")
+    alpha_max: float = Field(
+        200.0, gt=0, validate_default=True, description="Soft-sign sharpness α at the last local step."
+    )
 
-    @model_validator(mode="after")
-    def _check_alpha(self) -> YOCOParams:
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
-        return self
+    @field_validator("alpha_max")
+    @classmethod
+    def _check_alpha(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("alpha_min")
+        if low is not None and low > value:
+            raise ValueError(f"must not be below alpha_min ({low})")
+        return value
 
 
 class YOCO(Strategy):
