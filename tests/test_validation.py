@@ -49,3 +49,37 @@ def test_config_and_strategies_load_no_model_trainer_or_engine(module):
             ("fedumm.models", "fedumm.federation", "fedumm.engines", "fedumm.validation", "transformers", "peft")
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["federation.strategy.name=yoco"],
+            r"federation\.strategy\.name=yoco: not with federation\.mode=rounds \(it runs in one_shot\); "
+            r"federation\.mode=rounds takes fedadagrad, fedadam, fedavg, ",
+        ),
+        (
+            ["federation.mode=one_shot", "federation.strategy.name=fedadam"],
+            r"federation\.strategy\.name=fedadam: not with federation\.mode=one_shot \(it runs in rounds\); "
+            r"federation\.mode=one_shot takes fedavg, fedprox, mean, ot_align, sign_conflict, yoco$",
+        ),
+        (
+            ["federation.mode=one_shot", "privacy.level=client", "privacy.noise_multiplier=1.0"],
+            r"federation\.mode=one_shot: not with privacy\.level=client: ",
+        ),
+        (
+            ["federation.mode=one_shot", "privacy.secure_aggregation.threshold=2"],
+            r"federation\.mode=one_shot: not with privacy\.secure_aggregation: ",
+        ),
+    ],
+)
+def test_one_shot_mode_problems_are_one_line(overrides, fragment):
+    with pytest.raises(ConfigError, match=rf"^invalid config <defaults>: {fragment}"):
+        load_run_config(None, overrides)
+
+
+@pytest.mark.parametrize("name", ["mean", "sign_conflict", "ot_align", "yoco", "fedavg"])
+def test_one_shot_mode_takes_its_combiners(name):
+    config = load_run_config(None, ["federation.mode=one_shot", f"federation.strategy.name={name}"])
+    assert config.federation.rounds == 1 and config.federation.mode == "one_shot"
