@@ -15,7 +15,10 @@ yoco); the multi-round reference is FedAvg over --rounds rounds of --epochs / --
 epochs each. The prediction ensemble and the local floor (each client's own upload on the global
 test: mean [min, max]) are the server-side references of the plain-mean run (plain local
 training; YOCO's run has its own, printed in its log line). Bytes: every upload and download of
-the run (metrics.jsonl bytes.total summed over rounds). Prints a Markdown table.
+the run (metrics.jsonl bytes.total summed over rounds). Prints a Markdown table. Accuracy of
+the global adapters and of the local floor is scored on generated answers; the ensemble answers
+with the candidate of highest mean likelihood (on fedmllm the label with the highest mean
+P(label)), so on fedmllm compare scores through ROC-AUC (P(yes) per row, the ensemble's averaged).
 
     python bench/one_shot.py                                  # the defaults (about an hour on 2 shared cores)
     python bench/one_shot.py --tasks vqa --alphas 0.5 --train-rows 120 --test-rows 40 --epochs 2 --rounds 2
@@ -55,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test-rows", type=int, default=100, help="global test rows")
     parser.add_argument("--epochs", type=int, default=4, help="total local epochs per client")
     parser.add_argument("--rounds", type=int, default=4, help="FedAvg rounds (epochs / rounds local epochs each)")
+    parser.add_argument("--max-new-tokens", type=int, default=3, help="model.max_new_tokens (answers are 1 word)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
     args = parser.parse_args()
@@ -100,7 +104,6 @@ def task_overrides(task: str, args: argparse.Namespace, folder: Path) -> list[st
         "data.modality.no_modality_prompt='Is the content hateful?'",
         "eval.task=classification",
         "eval.positive_label='yes'",
-        "model.max_new_tokens=2",
     ]
 
 
@@ -121,6 +124,7 @@ def main() -> None:
         "eval.centralized_baseline=false",
         "eval.clients=false",
         "output.progress=false",
+        f"model.max_new_tokens={args.max_new_tokens}",
         f"output.dir={out}",
         *args.set,
     ]
@@ -170,8 +174,9 @@ def main() -> None:
                     records = result.federated.records
                     metric = result.federated.metric
                     final = records[-1]["global"][metric]
+                    auc = records[-1]["global"].get("roc_auc")
                     sent = total_bytes(records)
-                    table.append((task, alpha, label, final, sent))
+                    table.append((task, alpha, label, final, auc, sent))
                     line = f"  {task} alpha={alpha} {label}: {metric} {final:.3f}, {sent / 1024:.0f} KiB"
                     refs = records[-1].get("one_shot")
                     if refs:
@@ -181,23 +186,34 @@ def main() -> None:
                             f"[{floor['min']:.3f}, {floor['max']:.3f}]"
                         )
                         if label == "mean":
-                            table.append((task, alpha, "ensemble of the clients", refs["ensemble"][metric], sent))
-                            table.append((task, alpha, "local floor mean [min, max]", floor, sent))
+                            ensemble = refs["ensemble"]
+                            table.append(
+                                (
+                                    task,
+                                    alpha,
+                                    "ensemble of the clients",
+                                    ensemble[metric],
+                                    ensemble.get("roc_auc"),
+                                    sent,
+                                )
+                            )
+                            table.append((task, alpha, "local floor mean [min, max]", floor, None, sent))
                     print(line + f" ({time.perf_counter() - t0:.0f}s)", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
 
     print(f"\ntotal {(time.perf_counter() - started) / 60:.1f} min; metric: fedmllm accuracy, vqa vqa_accuracy\n")
-    print("| task | alpha | method | final accuracy | bytes sent |")
-    print("|---|---:|---|---:|---:|")
-    for task, alpha, label, value, sent in table:
+    print("| task | alpha | method | final accuracy | ROC-AUC | bytes sent |")
+    print("|---|---:|---|---:|---:|---:|")
+    for task, alpha, label, value, auc, sent in table:
         shown = (
             f"{value['mean']:.3f} [{value['min']:.3f}, {value['max']:.3f}]"
             if isinstance(value, dict)
             else f"{value:.3f}"
         )
-        print(f"| {task} | {alpha} | {label} | {shown} | {sent / 1024:.0f} KiB |")
+        auc_shown = "-" if auc is None else f"{auc:.3f}"
+        print(f"| {task} | {alpha} | {label} | {shown} | {auc_shown} | {sent / 1024:.0f} KiB |")
 
 
 if __name__ == "__main__":
