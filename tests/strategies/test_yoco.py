@@ -153,3 +153,18 @@ def test_bad_alpha_range_names_the_key():
         validate_params("yoco", {"alpha_min": 300.0})
     with pytest.raises(ConfigError, match="federation.strategy.sign_weight"):
         validate_params("yoco", {"sign_weight": -1.0})
+
+
+def test_client_runtime_hands_the_algorithm_its_step_count(toy_fit):
+    from fedumm.strategies import ClientAlgorithm
+
+    seen = []
+
+    class Recorder(ClientAlgorithm):
+        def local_hooks(self, global_state, server_extras, client_state, context):
+            seen.append(context)
+            return super().local_hooks(global_state, server_extras, client_state, context)
+
+    # one row, batch 1, 3 local epochs: 3 optimizer steps; no base weights asked for
+    toy_fit(Recorder(), [0.0, 0.0], {}, ["train.local_epochs=3", "train.lr=0.1"])
+    assert seen[0].total_steps == 3 and seen[0].base_weights == {}
