@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint install bench-memory bench-algorithms bench-gpu clean
+.PHONY: demo test test-fast lint docs install bench-memory bench-algorithms bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedumm run configs/quickstart.yaml --set output.overwrite=true
 
-# The whole suite (CI runs this): lint, format check, import layering, every test.
-test: lint
+# The whole suite (CI runs this): lint, format check, import layering, the docs build, every test.
+test: lint docs
 	$(BIN)/python -m pytest
+
+# The documentation site (docs/ -> .site/); --strict fails on a broken link or page.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The inner loop: lint and the tests not marked slow (end-to-end runs).
 test-fast: lint
@@ -41,7 +45,7 @@ bench-gpu: $(STAMP)
 	$(BIN)/python bench/gpu_train.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .site
 
 # NVIDIA FLARE engine: its tests, the quickstart in FLARE's simulator, an exported job, the
 # exported job on a loopback deployment (provisioned server + 2 sites as processes), the bench.

@@ -320,3 +320,28 @@ def test_quickstart_with_one_shot_names_its_rounds():
     with pytest.raises(ConfigError, match=r"set federation\.rounds=1 \(got 12\)"):
         load_run_config(quickstart, ["federation.mode=one_shot"])
     assert load_run_config(quickstart, ["federation.mode=one_shot", "federation.rounds=1"]).federation.rounds == 1
+
+
+def test_eval_multitask_keys() -> None:
+    # Prepare / Execute
+    config = load_run_config(
+        None, ["eval.task=multitask", "eval.task_weights={vqa: 1, grounding: 2}", "eval.box_format=pixel"]
+    )
+    evaluation = config.eval.evaluation()
+
+    # Assert
+    assert (evaluation.primary_metric, dict(evaluation.weights)) == ("multitask_score", {"vqa": 1.0, "grounding": 2.0})
+    assert evaluation.options.box_format == "pixel"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("eval.task_weights={vqa: 1}", "eval.task_weights: only with eval.task: multitask"),
+        ("eval.box_format=xyxy", "box_format"),
+        ("eval.task=multi", "'multitask'"),
+    ],
+)
+def test_eval_multitask_keys_refused(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_run_config(None, [override])

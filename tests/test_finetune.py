@@ -168,6 +168,13 @@ CONNECTOR_FAMILIES = {
     "tiny-smolvlm": "hf_vlm",
     "tiny-paligemma": "hf_vlm",
     "tiny-janus": "janus",
+    "tiny-minicpm-v": "hf_vlm",
+    "tiny-minicpm-v4.7": "hf_vlm",
+    "compose": "hf_vlm",  # model.compose of the tiny parts (a new LLaVA connector)
+}
+#: How each entry names its model.
+MODEL_KEYS = {
+    "compose": ["model.name_or_path=null", "model.compose={vision: tiny-clip-vision, language: tiny-llama}"],
 }
 #: strategy -> (overrides, per round: (units sent, units trained and kept on the client))
 STRATEGY_ROUNDS = {
@@ -230,7 +237,7 @@ def test_strategy_sends_and_changes_exactly_its_units_on_every_family(tiny, stra
         None,
         [
             f"model.backend={CONNECTOR_FAMILIES[tiny]}",
-            f"model.name_or_path={resolve_model_path(tiny)}",
+            *MODEL_KEYS.get(tiny, [f"model.name_or_path={resolve_model_path(tiny)}"]),
             "model.device=cpu",
             "federation.rounds=2",
             "train.local_steps=1",

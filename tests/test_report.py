@@ -112,3 +112,32 @@ def test_one_shot_summary_lines():
     assert "one-shot" not in format_summary(
         {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": None}, []
     )
+
+
+def test_multitask_summary_lines_per_task():
+    # Prepare: vqa + caption: the mean is not a fraction of 1 (metric_bounded false); each task
+    # prints in its own unit (vqa as a percentage, CIDEr-D as a number).
+    summary = {
+        **BASE,
+        "task": "multitask",
+        "metric": "multitask_score",
+        "metric_bounded": False,
+        "majority_answer": "",
+        "majority_baseline_accuracy": None,
+        "federated_final_accuracy": 0.9,
+        "federated_initial_accuracy": 0.1,
+        "federated_by_answer_type": {},
+        "federated_by_task": {
+            "vqa": {"n": 4, "metric": "vqa_accuracy", "initial": 0.0, "final": 0.5},
+            "caption": {"n": 2, "metric": "cider_d", "initial": None, "final": 1.3},
+        },
+        "majority_baseline_by_task": {"vqa": {"answer": "yes", "score": 0.25}},
+    }
+
+    # Execute
+    text = format_summary(summary, [_record("multitask_score", 0.9)])
+
+    # Assert
+    assert "federated global multitask_score:        0.900  (untrained 0.100)" in text
+    assert "  vqa (4 rows) vqa_accuracy: 50.0% (untrained 0.0%; majority 'yes' 25.0%)" in text
+    assert "  caption (2 rows) cider_d: 1.300 (untrained -)" in text

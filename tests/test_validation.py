@@ -69,6 +69,14 @@ def test_config_and_strategies_load_no_model_trainer_or_engine(module):
             r"federation\.mode=one_shot: not with privacy\.level=client: ",
         ),
         (
+            ["federation.mode=one_shot", "eval.task=multitask"],
+            r"federation\.mode=one_shot: not with eval\.task=multitask: ",
+        ),
+        (
+            ["federation.mode=one_shot", "eval.task=t2i"],
+            r"federation\.mode=one_shot: not with eval\.task=t2i: ",
+        ),
+        (
             ["federation.mode=one_shot", "privacy.secure_aggregation.threshold=2"],
             r"federation\.mode=one_shot: not with privacy\.secure_aggregation: ",
         ),

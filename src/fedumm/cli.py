@@ -1,4 +1,5 @@
-"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``partition``, ``config``.
+"""``fedumm`` command line: ``run``, ``centralized``, ``export``, ``partition``, ``config``, ``data``, and for
+many runs ``compare``, ``sweep`` and ``slurm``.
 
 User errors (bad config, missing files, unknown names) print one line and exit 2; ``--debug``
 shows the traceback instead.
@@ -15,14 +16,20 @@ from pathlib import Path
 
 import yaml
 
+from fedumm.compare import read_run, runs_markdown, write_comparison
 from fedumm.config import load_config
+from fedumm.config_doc import config_reference, config_schema
 from fedumm.data.federated import LOAD_PROBLEMS_FILE, build_federated_data
 from fedumm.data.partition import save_partition_heatmap
+from fedumm.data.vqav2 import write_vqav2
 from fedumm.engines.nvflare import export_job, simulate_nvflare
 from fedumm.engines.nvflare.protocol import SITE_CONFIG_FILE, resolve_placement
 from fedumm.engines.simulation import simulate
 from fedumm.errors import ConfigError, FedummError
+from fedumm.report_html import write_report
 from fedumm.runlog import CHECKPOINT, MARKER
+from fedumm.slurm import SlurmOptions, sbatch_script, submit
+from fedumm.sweep import parse_grid, plan_sweep, run_sweep, write_sweep_tables
 from fedumm.validation import load_run_config
 
 
@@ -69,8 +76,172 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder for partition.json and partition.png (default: output.dir/<name>-partition)",
     )
-    job("config", "print the resolved config as YAML")
+    config_cmd = job("config", "print the resolved config as YAML (or the reference / JSON schema of every key)")
+    shown = config_cmd.add_mutually_exclusive_group()
+    shown.add_argument("--schema", action="store_true", help="print the JSON schema of a config file (for editors)")
+    shown.add_argument(
+        "--reference", action="store_true", help="print the configuration reference (Markdown: every key and its help)"
+    )
+
+    compare = sub.add_parser(
+        "compare", help="compare finished runs: final/best metric, rounds to a target, bytes, time"
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (with summary.json)")
+    compare.add_argument("--target", type=float, default=None, help="report the first round reaching this metric")
+    compare.add_argument(
+        "--out", metavar="DIR", default=None, help="also write compare.md, compare.csv and compare.png into DIR"
+    )
+    compare.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    report = sub.add_parser("report", help="write a finished run folder's report.html again")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    def grid(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--grid",
+            action="append",
+            default=[],
+            metavar="KEY=V1,V2",
+            help="a config key and its values (repeatable: the grid is their product)",
+        )
+        p.add_argument("--seeds", type=int, default=1, help="runs per grid point: seed, seed+1, ... (default 1)")
+
+    sweep = job("sweep", "run a grid of configs x seeds as separate runs, then compare them (mean ± std)")
+    grid(sweep)
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time (they share the cores)")
+    sweep.add_argument("--out", metavar="DIR", default=None, help="sweep folder (default: output.dir/sweep-<name>)")
+    sweep.add_argument("--target", type=float, default=None, help="report rounds to reach this metric")
+
+    slurm = job("slurm", "write (and with --submit, submit) an sbatch script that runs the job on Slurm")
+    slurm.add_argument("--partition", required=True)
+    slurm.add_argument("--gpus", type=int, required=True, help="GPUs per job (--gres=gpu:N)")
+    slurm.add_argument("--time", required=True, help="wall-time limit, e.g. 02:00:00 or 1-00:00:00")
+    slurm.add_argument("--job-name", default=None, help="default: the run name")
+    slurm.add_argument("--cpus", type=int, default=8, help="--cpus-per-task (default 8)")
+    slurm.add_argument("--mem", default="64G", help="--mem (default 64G)")
+    slurm.add_argument("--venv", default=None, help="environment to activate (default: this one)")
+    slurm.add_argument("--hf-home", default="$HOME/.cache/huggingface", help="HF_HOME with the pre-filled caches")
+    slurm.add_argument("--log-dir", default="logs", help="folder for the job's .out/.err files")
+    slurm.add_argument("--out", metavar="FILE", default=None, help="script path (default: output.dir/<name>.sbatch)")
+    slurm.add_argument(
+        "--array-from-sweep",
+        metavar="SWEEP_DIR",
+        default=None,
+        help="an array job: one task per run of the sweep given by --grid/--seeds, into SWEEP_DIR",
+    )
+    grid(slurm)
+    slurm.add_argument("--submit", action="store_true", help="submit the script with sbatch")
+
+    data = sub.add_parser("data", help="prepare data sets from their official files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    vqav2 = data_sub.add_parser(
+        "vqav2",
+        help="write one VQA v2 split (official question/annotation JSON + COCO images) as parquet for data.source hf",
+    )
+    vqav2.add_argument(
+        "--questions", required=True, metavar="Q.json", help="v2_OpenEnded_mscoco_<split>_questions.json"
+    )
+    vqav2.add_argument("--annotations", required=True, metavar="A.json", help="v2_mscoco_<split>_annotations.json")
+    vqav2.add_argument("--images", required=True, metavar="COCO_DIR", help="the split's COCO images, e.g. val2014/")
+    vqav2.add_argument("--out", required=True, metavar="DIR", help="data set folder (data.hf.path); writes DIR/data/")
+    vqav2.add_argument(
+        "--split", default=None, help="split name (default: train for train2014, validation for val2014)"
+    )
+    vqav2.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="a question with a missing image or broken fields: raise = stop; skip = leave it out, listed in "
+        "DIR/<split>_problems.txt",
+    )
+    vqav2.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="store image bytes in the parquet (portable, about 5 copies of each train image) instead of paths",
+    )
+    vqav2.add_argument("--overwrite", action="store_true", help="replace the split's shards if DIR has them")
+    vqav2.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _data(args: argparse.Namespace) -> int:
+    """``fedumm data vqav2``: the official files to parquet shards, progress on stderr."""
+    written = write_vqav2(
+        args.questions,
+        args.annotations,
+        args.images,
+        args.out,
+        split=args.split,
+        on_error=args.on_error,
+        embed_images=args.embed_images,
+        overwrite=args.overwrite,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    where = written.files[0].parent
+    print(f"wrote {written.rows:,} rows of split {written.split!r} to {where} ({len(written.files)} shard(s))")
+    if written.skipped:
+        print(f"skipped {written.skipped:,} questions; listed in {written.problems_file}")
+    print(f"read it with data.source: hf, data.hf.path: {Path(args.out)}, data.hf.split / test_split: {written.split}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    rows = [read_run(path, args.target) for path in args.runs]
+    print(runs_markdown(rows, args.target), end="")
+    if args.out:
+        written = write_comparison(rows, Path(args.out), args.target)
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _sweep(args: argparse.Namespace, config) -> int:
+    out = Path(args.out) if args.out else Path(config.output.dir) / f"sweep-{config.name}"
+    runs = plan_sweep(args.config, args.overrides, parse_grid(args.grid), args.seeds, out)
+    result = run_sweep(args.config, runs, out, args.jobs)
+    table = write_sweep_tables(result, out, args.target)
+    if table:
+        print(table, end="")
+        print(f"wrote {out / 'sweep.md'}, {out / 'sweep.csv'}, {out / 'compare.md'}, {out / 'compare.png'}")
+    if result.failed:
+        raise FedummError(
+            f"sweep: {len(result.failed)} of {len(runs)} runs failed ({', '.join(result.failed.values())}); "
+            "run the same command again to retry them"
+        )
+    return 0
+
+
+def _slurm(args: argparse.Namespace, config) -> int:
+    options = SlurmOptions(
+        partition=args.partition,
+        gpus=args.gpus,
+        time=args.time,
+        job_name=args.job_name or config.name,
+        cpus=args.cpus,
+        mem=args.mem,
+        log_dir=args.log_dir,
+        venv=args.venv,
+        hf_home=args.hf_home,
+    )
+    array = None
+    if args.array_from_sweep:
+        if not args.grid:
+            raise ConfigError("--array-from-sweep: give the sweep's --grid (and --seeds)")
+        array = plan_sweep(args.config, args.overrides, parse_grid(args.grid), args.seeds, Path(args.array_from_sweep))
+    elif args.grid or args.seeds != 1:
+        raise ConfigError("--grid/--seeds: only with --array-from-sweep SWEEP_DIR")
+    script = Path(args.out) if args.out else Path(config.output.dir) / f"{options.job_name}.sbatch"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    Path(options.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm opens the log files before the script runs
+    script.write_text(sbatch_script(args.config, args.overrides, options, array))
+    script.chmod(0o755)
+    tasks = f" ({len(array)} array tasks)" if array else ""
+    print(f"wrote {script}{tasks}")
+    if args.submit:
+        print(f"submitted: Slurm job {submit(script)}")
+    else:
+        print(f"submit it with: sbatch {script}")
+    return 0
 
 
 def _partition(config, out: str | None) -> int:
@@ -146,6 +317,16 @@ def _resume_overrides(config: str | None, run_dir: str) -> tuple[Path, list[str]
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        return _data(args)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "config" and (args.schema or args.reference):
+        print(config_schema() if args.schema else config_reference(), end="")
+        return 0
+    if args.command == "report":
+        print(f"wrote {write_report(args.run_dir)}")
+        return 0
     overrides = list(args.overrides)
     if args.command == "export":  # an exported job always runs on NVIDIA FLARE
         overrides.insert(0, "engine.name=nvflare")
@@ -161,6 +342,10 @@ def _run(args: argparse.Namespace) -> int:
         return _export(config, args.out)
     if args.command == "partition":
         return _partition(config, args.out)
+    if args.command == "sweep":
+        return _sweep(args, config)
+    if args.command == "slurm":
+        return _slurm(args, config)
 
     from transformers.utils import logging as hf_logging  # noqa: PLC0415 (heavy: only commands that load models)
 

@@ -17,7 +17,24 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from fedumm.config_base import Section
 from fedumm.data.config import DataConfig
 from fedumm.errors import ConfigError
-from fedumm.metrics import TASKS
+from fedumm.metrics import MULTITASK, TASKS, Evaluation, MetricOptions, build_evaluation
+
+
+class ComposeConfig(Section):
+    """A LLaVA-architecture model built from a vision encoder and a causal language model."""
+
+    vision: str = Field(
+        description="CLIP or SigLIP checkpoint (folder or hub id; a full CLIP/SigLIP model or its vision "
+        "model), or a built-in tiny part (tiny-clip-vision)."
+    )
+    language: str = Field(
+        description="Causal language model checkpoint (folder or hub id), or a built-in tiny part (tiny-llama)."
+    )
+    connector: Literal["linear", "mlp2x_gelu"] = Field(
+        "mlp2x_gelu",
+        description="New connector: mlp2x_gelu (LLaVA-1.5's two layers with GELU) or linear (one affine map).",
+    )
+    seed: int | None = Field(None, description="Seed of the connector's initialisation; null = the run seed.")
 
 
 class ModelConfig(Section):
@@ -25,8 +42,19 @@ class ModelConfig(Section):
     name_or_path: str | None = Field(
         None,
         description="Hub id, local checkpoint folder, or a built-in tiny model (fedumm.models.tiny.TINY_MODELS, "
-        "e.g. tiny-llava, tiny-qwen2-vl, tiny-idefics3, tiny-paligemma, tiny-janus, tiny-blip-vqa); null = the "
-        "backend's own tiny model.",
+        "e.g. tiny-llava, tiny-qwen2-vl, tiny-idefics3, tiny-paligemma, tiny-janus, tiny-minicpm-v, "
+        "tiny-blip-vqa); null = the backend's own tiny model (or model.compose).",
+    )
+    compose: ComposeConfig | None = Field(
+        None,
+        description="hf_vlm: build a LLaVA-architecture model from a vision encoder and a language model with "
+        "a new connector (FedVLMBench's encoder-based VLM), cached as an ordinary LLaVA checkpoint; exclusive "
+        "with model.name_or_path.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the checkpoint (model types transformers does not implement, "
+        "e.g. MiniCPM-V 2.6's minicpmv); off by default.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in."
@@ -50,12 +78,24 @@ class ModelConfig(Section):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
+    @model_validator(mode="after")
+    def _check_compose(self) -> ModelConfig:
+        if self.compose is not None and self.backend != "hf_vlm":
+            raise ValueError(f"model.compose: builds a LLaVA model for backend hf_vlm, not {self.backend!r}")
+        if self.compose is not None and self.name_or_path is not None:
+            raise ValueError(
+                "model.compose and model.name_or_path are exclusive: compose builds the model from its parts; "
+                "set model.name_or_path=null (or load a saved composed checkpoint by path without compose)"
+            )
+        return self
+
 
 class AdapterConfig(Section):
     preset: str | None = Field(
         None,
-        description="Backend LoRA preset: hf_vlm/janus attention, attention_qkvo, all_linear; "
-        "blip_vqa qv_self (FedUMM's 1,179,648 at r=16 on blip-vqa-base), qkv; null = attention.",
+        description="Backend LoRA preset: hf_vlm/janus attention, attention_qkvo, all_linear (MiniCPM-V also "
+        "fedmllm: the last attention layer's q_proj, as FedMLLM); blip_vqa qv_self (FedUMM's 1,179,648 at r=16 "
+        "on blip-vqa-base), qkv; null = attention.",
     )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -249,8 +289,8 @@ class FederationConfig(Section):
         "uploads (one round: federation.rounds=1, fraction_fit=1; a one-shot combiner such as yoco, or fedavg) and "
         "also scores the clients' prediction ensemble and each client's own model on the global test.",
     )
-    num_clients: int = Field(4, ge=1, le=10_000)
-    rounds: int = Field(12, ge=1)
+    num_clients: int = Field(4, ge=1, le=10_000, description="Clients the data is split across.")
+    rounds: int = Field(12, ge=1, description="Federated rounds (each: sample, train locally, aggregate, evaluate).")
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
     min_fit_clients: int = Field(
         1,
@@ -334,7 +374,7 @@ class TrainConfig(Section):
         ge=0,
         description="adamw: decoupled weight decay (FedUMM's 0.05); sgd: L2 penalty added to the gradient.",
     )
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Rows per local micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     local_epochs: int = Field(1, ge=1, description="Passes over local data per round.")
     local_steps: int | None = Field(
@@ -356,23 +396,57 @@ class EvalConfig(Section):
     task: str = Field(
         "vqa",
         description="A task of the registry (fedumm.metrics.TASKS): vqa (VQA v2 accuracy, exact match), "
-        "classification (accuracy, macro-F1, ROC-AUC), caption (BLEU-4, ROUGE-L, CIDEr-D). The first named is "
-        "the primary metric.",
+        "classification (accuracy, macro-F1, ROC-AUC), caption (CIDEr-D, BLEU-4, ROUGE-L), grounding (accuracy at "
+        "IoU >= 0.5, mean IoU), t2i (GenEval score: the mean over its categories of the share of correct images, "
+        "fedumm.metrics.geneval); the first named is the primary metric. 'multitask': each row is scored by its own "
+        "'task' column; the primary metric is multitask_score, the weighted mean of the tasks' primary metrics.",
+    )
+    task_weights: dict[str, float] | None = Field(
+        None,
+        description="multitask: {task: weight > 0}, the tasks rows may name and their weights in multitask_score; "
+        "null = every registered task, weight 1. Unbounded metrics (CIDEr-D) enter the mean as they are.",
+    )
+    default_task: str | None = Field(
+        None,
+        description="The task of rows without a 'task' column; null = eval.task (multitask: such a row is an error).",
+    )
+    box_format: Literal["normalized", "pixel"] = Field(
+        "normalized",
+        description="grounding: boxes [x1, y1, x2, y2] in the answer text are fractions of the image size "
+        "(normalized) or pixels of the row's image (pixel).",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Rows per evaluation batch.")
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
     centralized_baseline: bool = Field(
         True, description="After the federated job, train the centralized baseline (same budget)."
     )
+    clip_model: str | None = Field(
+        None,
+        description="t2i: a CLIP checkpoint (a folder saved with save_pretrained, or a hub name) for CLIPScore of "
+        "generated images against their prompts (torchmetrics; needs the generation extra); null = off.",
+    )
 
     @field_validator("task")
     @classmethod
     def _check_task(cls, value: str) -> str:
-        if value not in TASKS:
-            raise ValueError(f"must be one of {', '.join(repr(t) for t in TASKS)}")
+        if value not in TASKS and value != MULTITASK:
+            raise ValueError(f"must be one of {', '.join(repr(t) for t in (*TASKS, MULTITASK))}")
         return value
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> EvalConfig:
+        try:
+            self.evaluation()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def evaluation(self) -> Evaluation:
+        """The run's ``fedumm.metrics.Evaluation`` (its tasks, weights, default task, metric options)."""
+        options = MetricOptions(positive_label=self.positive_label, box_format=self.box_format)
+        return build_evaluation(self.task, self.task_weights, self.default_task, options)
 
 
 class OutputConfig(Section):
@@ -386,6 +460,19 @@ class OutputConfig(Section):
         ".fedumm-run marker its run wrote; anything else is refused).",
     )
     progress: bool = Field(True, description="Show progress bars.")
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers every round is logged to: tensorboard (event files in <run>/tensorboard) "
+        "and/or mlflow (MLFLOW_TRACKING_URI, else a file store in <run>/mlruns; experiment = the run name); "
+        "needs the tracking extra.",
+    )
+
+    @field_validator("trackers")
+    @classmethod
+    def _unique_trackers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a tracker twice: {value}")
+        return value
 
     @staticmethod
     def folder_name_problem(name: str) -> str | None:
@@ -553,6 +640,9 @@ class RunConfig(Section):
                 f"federation.rounds ({self.federation.rounds}) or the LoRA stage never runs"
             )
         self.engine.check_against(self)
+        compose = self.model.compose
+        if compose is not None and compose.seed is None:
+            compose.seed = self.seed  # recorded with the run: every party builds the same connector
         if self.federation.min_fit_clients > self.federation.num_clients:
             raise ValueError(
                 f"federation.min_fit_clients ({self.federation.min_fit_clients}) exceeds "

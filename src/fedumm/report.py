@@ -1,12 +1,12 @@
 """Human-readable summary of a run (printed at the end, saved as ``summary.txt``) and its
-accuracy plot. A task whose primary metric is not a fraction of 1 (``Task.bounded`` false,
-e.g. CIDEr-D) prints as a plain number rather than a percentage."""
+accuracy plot. A primary metric that is not a fraction of 1 (``metric_bounded`` false: CIDEr-D,
+or a multitask score with CIDEr-D in it) prints as a plain number rather than a percentage."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fedumm.metrics import get_task
+from fedumm.metrics import get_task, primary_metric_of
 
 
 def _kib(n: float) -> str:
@@ -18,14 +18,16 @@ def _pct(x: float) -> str:
 
 
 def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    task = get_task(summary.get("task", "vqa"))
-    metric = summary.get("metric", task.primary_metric)
+    task = summary.get("task", "vqa")
+    metric = summary.get("metric") or primary_metric_of(task)
+    # Summaries written before multitask runs carry no metric_bounded: their task says.
+    bounded = summary["metric_bounded"] if "metric_bounded" in summary else get_task(task).bounded
 
-    def show(x: float) -> str:
-        return _pct(x) if task.bounded else f"{x:6.3f}"
+    def show(x: float, fraction: bool = bounded) -> str:
+        return _pct(x) if fraction else f"{x:6.3f}"
 
     def difference(delta: float) -> str:
-        return f"{100 * delta:+.1f} pts" if task.bounded else f"{delta:+.3f}"
+        return f"{100 * delta:+.1f} pts" if bounded else f"{delta:+.3f}"
 
     lines = [
         f"fedumm run {summary['name']!r}: {summary['num_clients']} clients, "
@@ -64,6 +66,17 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         by_type = ", ".join(f"{k} {show(v).strip()}" for k, v in summary["federated_by_answer_type"].items())
         if by_type:
             lines.append(f"  by answer type: {by_type}")
+        majority = summary.get("majority_baseline_by_task", {})
+        for name, part in summary.get("federated_by_task", {}).items():
+            fraction = get_task(name).bounded
+            initial = "-" if part["initial"] is None else show(part["initial"], fraction).strip()
+            versus = ""
+            if name in majority:
+                versus = f"; majority {majority[name]['answer']!r} {show(majority[name]['score'], fraction).strip()}"
+            lines.append(
+                f"  {name} ({part['n']} rows) {part['metric']}: {show(part['final'], fraction).strip()} "
+                f"(untrained {initial}{versus})"
+            )
     if "centralized_final_accuracy" in summary:
         cen_acc = summary["centralized_final_accuracy"]
         gap = ""

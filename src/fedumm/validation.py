@@ -29,6 +29,10 @@ def _check_strategy(config: RunConfig) -> None:
     check_strategy_config(config)
 
 
+#: The tasks whose answers the one-shot references can ensemble: one text task (not multitask, not t2i).
+ONE_SHOT_TASKS = ("vqa", "classification", "caption")
+
+
 def _check_mode(config: RunConfig) -> None:
     """federation.mode against the strategy (a one-shot combiner runs in one_shot only, and
     one_shot takes the strategies that can combine one upload per client) and privacy (one_shot
@@ -40,6 +44,11 @@ def _check_mode(config: RunConfig) -> None:
         raise ConfigError(
             f"federation.strategy.name={name}: not with federation.mode={mode} (it runs in "
             f"{', '.join(STRATEGIES[name].modes)}); federation.mode={mode} takes {', '.join(allowed)}"
+        )
+    if mode == "one_shot" and config.eval.task not in ONE_SHOT_TASKS:
+        raise ConfigError(
+            f"federation.mode=one_shot: not with eval.task={config.eval.task}: the one-shot references (the clients' "
+            "ensemble, each client's own model) score the text answers of one task"
         )
     if mode == "one_shot" and (config.privacy.level == "client" or config.privacy.secure_aggregation is not None):
         what = "privacy.level=client" if config.privacy.level == "client" else "privacy.secure_aggregation"

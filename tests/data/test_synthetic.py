@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedumm.data.synthetic import ANSWER_TYPES, COLORS, SHAPES, make_synthetic_vqa
+from fedumm.data.synthetic import ANSWER_TYPES, COLORS, SHAPES, T2I_TAGS, make_synthetic_t2i, make_synthetic_vqa
 
 VQA_COLUMNS = {
     "image",
@@ -219,3 +219,107 @@ def test_bad_arguments_raise_value_error(kwargs: dict, name: str) -> None:
     args = {"num_samples": 4, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=name):
         make_synthetic_vqa(**args)
+
+
+# ---------------------------------------------------------------- text-to-image split
+
+T2I_COLUMNS = {
+    "task",
+    "prompt",
+    "image",
+    "geneval",
+    "question",
+    "answers",
+    "multiple_choice_answer",
+    "tag",
+    "color",
+    "shape",
+    "image_id",
+}
+
+
+def test_t2i_rows_follow_the_contract_and_cycle_the_six_tags() -> None:
+    # Execute
+    rows = make_synthetic_t2i(12, seed=0)
+    # Assert
+    assert all(set(r) == T2I_COLUMNS for r in rows)
+    assert [r["tag"] for r in rows] == list(T2I_TAGS) * 2
+    assert all(r["task"] == "t2i" and r["question"] == "" and r["answers"] == [] for r in rows)
+    assert all(r["geneval"]["prompt"] == r["prompt"] and r["geneval"]["tag"] == r["tag"] for r in rows)
+    assert all(isinstance(r["image"], Image.Image) and r["image"].size == (32, 32) for r in rows)
+
+
+def test_t2i_prompts_match_metadata_and_pixels() -> None:
+    rows = make_synthetic_t2i(60, seed=1, image_size=64)
+    for row in rows:
+        meta, prompt = row["geneval"], row["prompt"]
+        include = meta["include"]
+        # Every named class and colour is in the prompt; the colour column is a drawn colour.
+        assert all(c["class"] in prompt and c.get("color", "") in prompt for c in include)
+        assert row["color"] in prompt and row["shape"] in prompt and prompt.split()[1] in (row["color"], "red")
+        drawn = {p for p in _pixels(row["image"]) if p != (0, 0, 0)}
+        assert COLORS[row["color"]] in drawn
+        if row["tag"] == "counting":
+            n = include[0]["count"]
+            assert meta["exclude"] == [{"class": include[0]["class"], "count": n + 1}]
+            assert prompt.startswith(("two ", "three ")) and 2 <= n <= 3
+        if row["tag"] in ("colors", "color_attr"):
+            assert all("color" in c for c in include)
+        else:
+            assert not any("color" in c for c in include)
+        if row["tag"] == "position":
+            relation = include[1]["position"][0]
+            assert include[1]["position"] == [relation, 0] and f" {relation} " in prompt
+            # GenEval's order: the reference object (named last) is the first clause.
+            assert prompt.endswith(include[0]["class"]) and prompt.split()[2] == include[1]["class"]
+        if row["tag"] == "color_attr":
+            assert include[0]["color"] != include[1]["color"] and include[0]["class"] != include[1]["class"]
+
+
+def test_t2i_articles() -> None:
+    prompts = [r["prompt"] for r in make_synthetic_t2i(120, seed=2)]
+    assert any(p.startswith("an orange ") for p in prompts)
+    assert not any(" a orange" in f" {p}" for p in prompts)
+
+
+def test_t2i_is_deterministic_prefix_stable_and_split_specific() -> None:
+    a, b = make_synthetic_t2i(10, seed=3), make_synthetic_t2i(20, seed=3)
+    test = make_synthetic_t2i(10, seed=3, split="test")
+    assert [r["prompt"] for r in a] == [r["prompt"] for r in b[:10]]
+    assert all(np.array_equal(np.asarray(x["image"]), np.asarray(y["image"])) for x, y in zip(a, b))
+    assert {r["image_id"] for r in a}.isdisjoint(r["image_id"] for r in test)
+    assert [r["prompt"] for r in a] != [r["prompt"] for r in test]
+    # The VQA split of the same seed is a different set of scenes.
+    vqa = make_synthetic_vqa(10, seed=3)
+    assert not any(np.array_equal(np.asarray(x["image"]), np.asarray(y["image"])) for x, y in zip(a, vqa))
+
+
+def test_t2i_tag_weights_set_the_proportions() -> None:
+    rows = make_synthetic_t2i(40, seed=0, tags={"colors": 3, "position": 1})
+    assert Counter(r["tag"] for r in rows) == {"colors": 30, "position": 10}
+    assert [r["tag"] for r in rows[:4]] == ["colors", "position", "colors", "colors"]
+
+
+def test_t2i_colours_are_roughly_uniform() -> None:
+    counts = Counter(r["color"] for r in make_synthetic_t2i(600, seed=4))
+    # 100 expected per colour; binomial sd ~9.1, so 60..140 is > 4 sd.
+    assert set(counts) == set(COLORS) and all(60 <= n <= 140 for n in counts.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tags": {"counting": 1}, "max_count": 1}, "max_count must be >= 2"),
+        ({"tags": {"shapes": 1}}, "unknown tag"),
+        ({"tags": {"colors": 0}}, "every weight is 0"),
+        ({"tags": {"colors": -1}}, "integers >= 0"),
+        # A 32 px image holds at most 3 x 3 shapes of 8 px with their gaps.
+        (
+            {"tags": {"counting": 1}, "max_count": 10, "num_samples": 12},
+            r"cannot place \d+ shapes of 8 px apart in a 32 px image",
+        ),
+    ],
+)
+def test_t2i_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_synthetic_t2i(**{"num_samples": 3, "seed": 0, **kwargs})

@@ -131,6 +131,20 @@ def test_pooled_other_counts_add_up_and_the_baseline_ignores_them():
     assert get_task("vqa").baseline(setup.answer_counts, [])[0] == "no"
 
 
+def test_answer_counts_per_task_are_k_anonymous_each():
+    # Prepare: 10 vqa rows "yes", 9 caption rows "a cat" (fewer than k = 10), 10 untagged "no".
+    rows = [dict(r, task="vqa") for r in _rows(["Yes"] * 10)] + [dict(r, task="caption") for r in _rows(["a cat"] * 9)]
+    config = load_run_config(None, [])
+
+    # Execute
+    reply = data_stats(rows + _rows(["no"] * 10), [], config.data, min_label_count=10)
+    setup = setup_from_replies({"site-1": reply, "site-2": reply}, ["site-1", "site-2"], 10, by_site=False)
+
+    # Assert: named per task only at >= k rows of that task; "" holds the untagged rows; pooled over sites.
+    assert reply["task_answer_counts"] == {"vqa": {"yes": 10}, "": {"no": 10}}
+    assert setup.task_answer_counts == {"vqa": {"yes": 20}, "": {"no": 20}}
+
+
 @pytest.mark.parametrize(
     ("changes", "field", "problem"),
     [
@@ -156,6 +170,11 @@ def test_pooled_other_counts_add_up_and_the_baseline_ignores_them():
         ({"answer_counts": {"x" * 1001: 10}}, "answer_counts", "at most 1000 characters"),
         ({"other_answer_count": 2}, "answer_counts", "add up to 2, not train_size 10"),
         ({"other_label_count": -2}, "other_label_count", "outside"),
+        ({"task_answer_counts": [["vqa", {}]]}, "task_answer_counts", "expected at most 100"),
+        ({"task_answer_counts": {"vqa": [["yes", 10]]}}, "task_answer_counts", "a task's counts are a list"),
+        ({"task_answer_counts": {"vqa": {"Jane Doe": 1}}}, "task_answer_counts", "held by 1 rows, fewer than"),
+        ({"task_answer_counts": {"vqa": {"yes": 10}, "": {"no": 10}}}, "task_answer_counts", "20, more than train"),
+        ({"task_answer_counts": {f"t{i}": {} for i in range(101)}}, "task_answer_counts", "at most 100"),
         ({"min_label_count": 1}, "min_label_count", "not the job's engine.min_label_count 10"),
         ({"modality_counts": {"image+text": 12}}, "modality_counts", "exactly image\\+text, image, text, none"),
         ({"modality_counts": {"image+text": 11, "image": 0, "text": 0, "none": 0}}, "modality_counts", "not size 12"),

@@ -14,7 +14,7 @@ from fedumm.metrics import TASKS, Task, get_task, register_task, summarize_task
 
 
 def test_tasks_in_registration_order() -> None:
-    assert list(TASKS) == ["vqa", "classification", "caption"]
+    assert list(TASKS) == ["vqa", "classification", "caption", "t2i", "grounding"]
     assert all(get_task(name) is task and task.name == name for name, task in TASKS.items())
 
 
@@ -24,6 +24,7 @@ def test_tasks_in_registration_order() -> None:
         ("vqa", "vqa_accuracy", True, False),
         ("classification", "accuracy", True, True),
         ("caption", "cider_d", False, False),
+        ("t2i", "geneval_overall", True, False),
     ],
 )
 def test_task_attributes(name: str, primary_metric: str, bounded: bool, scores_choices: bool) -> None:
@@ -34,7 +35,7 @@ def test_task_attributes(name: str, primary_metric: str, bounded: bool, scores_c
 def test_get_task_unknown_name() -> None:
     with pytest.raises(ConfigError) as info:
         get_task("x")
-    assert str(info.value) == "eval.task: unknown task 'x'; available: caption, classification, vqa"
+    assert str(info.value) == "eval.task: unknown task 'x'; available: caption, classification, grounding, t2i, vqa"
 
 
 def test_summarize_task_unknown_name() -> None:
@@ -79,3 +80,8 @@ def test_import_loads_no_heavy_library_and_no_other_fedumm_module() -> None:
     # Assert
     loaded = ast.literal_eval(out)
     assert [m for m in loaded if m not in ("fedumm", "fedumm.errors") and not m.startswith("fedumm.metrics")] == []
+
+
+def test_multitask_is_not_a_task_name() -> None:
+    with pytest.raises(ValueError, match="'multitask' is the eval.task of runs that mix tasks"):
+        register_task(Task("multitask", "x", lambda records, options: {"x": 0.0}))

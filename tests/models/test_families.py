@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from fedumm.adapters import apply_lora, get_adapter_state
-from fedumm.config import AdapterConfig, ModelConfig, TrainConfig
+from fedumm.config import AdapterConfig, ComposeConfig, ModelConfig, TrainConfig
 from fedumm.data.synthetic import make_synthetic_vqa
 from fedumm.errors import ConfigError
 from fedumm.federation.train import train_local
+from fedumm.models.compose import composed_checkpoint
 from fedumm.models.hf_vlm import IGNORE_INDEX
 from fedumm.models.registry import get_backend
-from fedumm.models.tiny import TINY_MODELS, resolve_model_path
+from fedumm.models.tiny import TINY_MODELS, TINY_PARTS, resolve_model_path
 from fedumm.validation import load_run_config
 
 # tiny model -> (backend, model_type, model class, processor class)
@@ -31,9 +32,16 @@ CASES = {
     "tiny-smolvlm": ("hf_vlm", "smolvlm", "SmolVLMForConditionalGeneration", "Idefics3Processor"),
     "tiny-paligemma": ("hf_vlm", "paligemma", "PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
     "tiny-janus": ("janus", "janus", "JanusForConditionalGeneration", "JanusProcessor"),
+    "tiny-minicpm-v": ("hf_vlm", "minicpmv4_6", "MiniCPMV4_6ForConditionalGeneration", "MiniCPMV46ImageProcessor"),
+    "tiny-minicpm-v4.7": ("hf_vlm", "minicpmv4_7", "MiniCPMV4_7ForConditionalGeneration", "MiniCPMV47ImageProcessor"),
     "tiny-blip-vqa": ("blip_vqa", "blip", "BlipForQuestionAnswering", "BlipProcessor"),
+    # model.compose of the tiny parts: saved as, and loaded by path like, any LLaVA checkpoint.
+    "compose:tiny-clip-vision+tiny-llama": ("hf_vlm", "llava", "LlavaForConditionalGeneration", "LlavaProcessor"),
 }
 NAMES = list(CASES)
+COMPOSED = {
+    "compose:tiny-clip-vision+tiny-llama": ComposeConfig(vision="tiny-clip-vision", language="tiny-llama", seed=0)
+}
 
 # Where LoRA may land (the language side) and what the default preset must never touch.
 LANGUAGE_SIDE = {
@@ -43,13 +51,18 @@ LANGUAGE_SIDE = {
 }
 
 
-def test_every_tiny_model_is_covered():
-    assert set(CASES) == set(TINY_MODELS)
+def test_every_tiny_model_and_part_is_covered():
+    assert set(CASES) - set(COMPOSED) == set(TINY_MODELS)
+    assert {part for c in COMPOSED.values() for part in (c.vision, c.language)} == set(TINY_PARTS)
+
+
+def checkpoint_path(name: str) -> str:
+    return composed_checkpoint(COMPOSED[name]) if name in COMPOSED else resolve_model_path(name)
 
 
 @pytest.fixture(scope="module")
 def paths() -> dict[str, str]:
-    return {name: resolve_model_path(name) for name in NAMES}
+    return {name: checkpoint_path(name) for name in NAMES}
 
 
 def make_backend(name: str, path: str, **model_overrides):
@@ -214,7 +227,7 @@ def test_one_federated_round(name, paths, tmp_path):
 DECODER_ONLY = [n for n in NAMES if n != "tiny-blip-vqa"]
 #: BOS ids in a training row: tiny-idefics3's template starts with BOS and its tokenizer adds
 #: one too (as Idefics3-8B-Llama3's); PaliGemma's processor writes BOS after the image tokens.
-BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1}
+BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "compose:tiny-clip-vision+tiny-llama": 1}
 
 
 @pytest.mark.parametrize("name", DECODER_ONLY)
@@ -241,6 +254,10 @@ END_TOKENS = {
     "tiny-smolvlm": ("<end_of_utterance>", "<end_of_utterance>"),
     "tiny-paligemma": (None, "</s>"),
     "tiny-janus": (None, "</s>"),
+    "tiny-minicpm-v": ("<|im_end|>", "<|im_end|>"),
+    "tiny-minicpm-v4.7": ("<|im_end|>", "<|im_end|>"),
+    # tiny-llama's Llama-3-style template, kept by model.compose.
+    "compose:tiny-clip-vision+tiny-llama": ("<|eot_id|>", "<|eot_id|>"),
 }
 
 
@@ -277,6 +294,9 @@ MULTI_IMAGE = [
     "tiny-idefics3",
     "tiny-smolvlm",
     "tiny-janus",
+    "tiny-minicpm-v",
+    "tiny-minicpm-v4.7",
+    "compose:tiny-clip-vision+tiny-llama",
 ]
 
 
@@ -370,3 +390,31 @@ def test_score_choices_is_the_answer_log_likelihood(name, loaded):
     # P(first choice) as ModelHost reports it for ROC-AUC: a probability, the softmax of the two.
     p = scores.softmax(dim=-1)[:, 0]
     assert torch.allclose(p, 1 / (1 + torch.exp(expected[:, 1] - expected[:, 0])), atol=1e-3)
+
+
+# -- learning: LoRA alone learns the synthetic colour task -------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-minicpm-v", "compose:tiny-clip-vision+tiny-llama"])
+def test_lora_learns_the_colour_task(name, paths):
+    from collections import Counter
+
+    rows = [r for r in make_synthetic_vqa(600, seed=3) if r["answer_type"] == "color"]
+    train, test = rows[:96], rows[96:144]
+    backend = make_backend(name, paths[name])
+    torch.manual_seed(0)
+    model = apply_lora(backend.load(), AdapterConfig(dropout=0.0), backend.lora_target_regex(AdapterConfig()))
+
+    def accuracy() -> float:
+        model.eval()
+        answers = backend.predict(model, test)
+        return sum(a == r["multiple_choice_answer"] for a, r in zip(answers, test)) / len(test)
+
+    before = accuracy()
+    train_local(model, backend, train, TrainConfig(lr=1e-2, batch_size=16, local_epochs=8), seed=0)
+    after = accuracy()
+    # Six colours: chance is 1/6; always answering the most frequent test colour scores `majority`.
+    majority = Counter(r["multiple_choice_answer"] for r in test).most_common(1)[0][1] / len(test)
+    assert before < 0.1
+    assert after >= majority + 0.25 and after >= 0.5, (after, majority)

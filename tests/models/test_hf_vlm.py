@@ -125,7 +125,8 @@ def test_unknown_model_type_warns_with_the_known_families():
     with pytest.warns(
         UserWarning,
         match=r"model_type 'mystery_vlm' is not in the hf_vlm family table "
-        r"\(known: idefics3, janus, llava, llava_next, paligemma, .*\); assuming the LLaVA layout",
+        r"\(known: idefics3, janus, llava, llava_next, minicpmv4_6, minicpmv4_7, paligemma, .*\); "
+        r"assuming the LLaVA layout",
     ):
         assert family_for("mystery_vlm") is LLAVA
     import warnings
@@ -175,3 +176,28 @@ def test_a_failing_fallback_processor_is_chained(tmp_path):
     ) as info:
         backend.load()
     assert isinstance(info.value.__cause__, OSError)
+
+
+# -- model.trust_remote_code -----------------------------------------------------------------
+
+
+def test_a_remote_code_checkpoint_needs_trust_remote_code(tmp_path):
+    # MiniCPM-V 2.6's layout: a model type transformers does not implement, classes in the folder.
+    folder = tmp_path / "minicpm-v-2_6"
+    folder.mkdir()
+    auto_map = {"AutoConfig": "configuration_minicpm.MiniCPMVConfig", "AutoModel": "modeling_minicpmv.MiniCPMV"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "minicpmv", "auto_map": auto_map}))
+    backend = get_backend("hf_vlm")(ModelConfig(name_or_path=str(folder), device="cpu"))
+    with pytest.raises(ConfigError) as err:
+        backend.load()
+    message = str(err.value)
+    assert message.startswith(f"model.trust_remote_code: '{folder}' is a model type transformers does not implement")
+    assert "set model.trust_remote_code=true" in message and "\n" not in message
+    assert ModelConfig().trust_remote_code is False  # off unless asked for
+
+
+def test_trust_remote_code_warns_that_it_runs_the_checkpoints_code(tiny_llava_path):
+    backend = get_backend("hf_vlm")(ModelConfig(name_or_path=tiny_llava_path, device="cpu", trust_remote_code=True))
+    with pytest.warns(UserWarning, match=r"model.trust_remote_code: loading '.*' may run Python code shipped with"):
+        model = backend.load()
+    assert type(model).__name__ == "LlavaForConditionalGeneration"  # a native checkpoint loads as before

@@ -13,6 +13,12 @@ The sample schema (every row is a dict):
   row came from), ``metadata`` (dict: source file, 1-based row number, and any further
   columns such as a site).
 
+A text-to-image row (``task`` "t2i", built by ``t2i_row``) holds ``prompt`` (str, the text to
+draw), ``image`` (the target image; None for an evaluation prompt without one), optional
+``geneval`` (GenEval's metadata of the prompt, checked by ``geneval_metadata``) and ``tag`` (its
+GenEval category), the understanding columns empty (``question`` "", ``answers`` [],
+``multiple_choice_answer`` ""), and ``metadata`` as above.
+
 Broken rows (a missing or undecodable image file, a missing field, a wrong type) raise
 ``DataError`` naming the file, the row (always 1-based, and the unit: row, line or
 record) and what was expected. With ``on_error="skip"`` they are dropped instead, and
@@ -30,6 +36,7 @@ unless the source's ``allow_outside_root`` is set. A text file that is not UTF-8
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,22 +50,29 @@ from fedumm.data.images import ImageProblem, ImageRef, decode, max_image_pixels
 from fedumm.errors import DataError
 
 __all__ = [
+    "GENEVAL_RELATIONS",
     "SCHEMA_COLUMNS",
+    "T2I_COLUMNS",
     "ImageReader",
     "LoadResult",
     "OnError",
     "RowProblem",
     "answer_list",
+    "answer_text",
     "check_inside",
     "check_on_error",
     "collect_rows",
     "decode_image",
     "image_ref",
     "most_common_answer",
+    "open_closed_type",
     "optional_fields",
     "read_images",
+    "read_json_list",
     "read_text",
+    "geneval_metadata",
     "subsample_indices",
+    "t2i_row",
     "text_field",
 ]
 
@@ -248,6 +262,47 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def read_json_list(path: Path, what: str) -> list:
+    """The JSON list in ``path`` (``what``: what its items are, for the message).
+
+    Raises:
+        DataError: naming the file if it is missing, not UTF-8, not JSON (with the line and column)
+            or not a list.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+    return data
+
+
+def answer_text(record: Mapping, key: str) -> str:
+    """A non-empty answer from ``record[key]``: a string, or a number written as text (VQA-RAD
+    stores some answers as JSON numbers)."""
+    if key not in record:
+        raise RowProblem(f"missing field {key!r} (has {sorted(record)})")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowProblem(f"field {key!r}: expected a string or number, got {type(value).__name__} {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise RowProblem(f"field {key!r}: empty, expected an answer")
+    return text
+
+
+def open_closed_type(record: Mapping, key: str = "answer_type") -> str:
+    """ "open" or "closed" from the OPEN / CLOSED answer types of the medical VQA sets (VQA-RAD,
+    SLAKE; any case, surrounding spaces dropped)."""
+    value = text_field(record, key).strip().lower()
+    if value not in ("open", "closed"):
+        raise RowProblem(f"field {key!r} is {record[key]!r}, expected OPEN or CLOSED")
+    return value
+
+
 def text_field(record: Mapping, key: str) -> str:
     if key not in record:
         raise RowProblem(f"missing field {key!r} (has {sorted(record)})")
@@ -300,3 +355,106 @@ def optional_fields(record: Mapping) -> dict:
             raise RowProblem(f"field 'question_id': expected an integer, got {type(qid).__name__} {qid!r}")
         out["question_id"] = qid
     return out
+
+
+# Columns a text-to-image row takes from a table; every other column goes into metadata.
+T2I_COLUMNS = frozenset({"prompt", "image", "geneval", "task", "metadata"})
+
+# GenEval's relations (Ghosh et al. 2023); its metadata says where an object stands relative to another.
+GENEVAL_RELATIONS = ("left of", "right of", "above", "below")
+
+
+def _clause(value: object, where: str, index: int, include: bool) -> dict:
+    """One include/exclude clause of GenEval metadata, checked."""
+    if not isinstance(value, Mapping):
+        raise RowProblem(f"{where}: expected an object {{'class', 'count', ...}}, got {value!r}")
+    allowed = {"class", "count", "color", "position"} if include else {"class", "count"}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise RowProblem(f"{where}: unknown key(s) {unknown}; expected {sorted(allowed)}")
+    name, count = value.get("class"), value.get("count")
+    if not isinstance(name, str) or not name.strip():
+        raise RowProblem(f"{where}: 'class' must be a non-empty string, got {name!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RowProblem(f"{where}: 'count' must be an integer >= 1, got {count!r}")
+    clause = {"class": name, "count": count}
+    if "color" in value:
+        if not isinstance(value["color"], str) or not value["color"].strip():
+            raise RowProblem(f"{where}: 'color' must be a non-empty string, got {value['color']!r}")
+        clause["color"] = value["color"]
+    if "position" in value:
+        position = value["position"]
+        ok = isinstance(position, list) and len(position) == 2 and position[0] in GENEVAL_RELATIONS
+        target = position[1] if ok else None
+        if not ok or isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < index:
+            raise RowProblem(
+                f"{where}: 'position' must be [relation, index of an earlier include clause] with a relation "
+                f"among {list(GENEVAL_RELATIONS)}, got {position!r}"
+            )
+        clause["position"] = [position[0], target]
+    return clause
+
+
+def geneval_metadata(value: object, prompt: str | None = None) -> dict:
+    """GenEval metadata (Ghosh et al. 2023, its ``evaluation_metadata.jsonl`` lines), checked:
+    ``{"tag": str, "include": [{"class", "count", "color"?, "position"?: [relation, k]}, ...],
+    "exclude"?: [{"class", "count"}], "prompt"?: str}``; other keys are kept as given.
+
+    ``prompt``: the row's prompt; the metadata's own prompt, when given, must equal it (when
+    missing, it is filled in). A JSON string (a CSV cell) is parsed first.
+
+    Raises:
+        RowProblem: naming the field and what was expected.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowProblem(f"field 'geneval': not valid JSON ({exc.msg}): {value!r}") from None
+    if not isinstance(value, Mapping):
+        raise RowProblem(f"field 'geneval': expected an object with tag and include, got {type(value).__name__}")
+    tag = value.get("tag")
+    if not isinstance(tag, str) or not tag.strip():
+        raise RowProblem(f"field 'geneval': 'tag' must be a non-empty string (e.g. 'counting'), got {tag!r}")
+    include = value.get("include")
+    if not isinstance(include, list) or not include:
+        raise RowProblem(f"field 'geneval': 'include' must be a non-empty list of objects, got {include!r}")
+    exclude = value.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise RowProblem(f"field 'geneval': 'exclude' must be a list of objects, got {exclude!r}")
+    own = value.get("prompt")
+    if own is not None and not isinstance(own, str):
+        raise RowProblem(f"field 'geneval': 'prompt' must be a string, got {own!r}")
+    if own is not None and prompt is not None and own != prompt:
+        raise RowProblem(f"field 'geneval': its prompt {own!r} differs from the row's prompt {prompt!r}")
+    checked = dict(value)
+    checked["include"] = [_clause(c, f"field 'geneval': include[{i}]", i, True) for i, c in enumerate(include)]
+    if "exclude" in value:
+        checked["exclude"] = [_clause(c, f"field 'geneval': exclude[{i}]", i, False) for i, c in enumerate(exclude)]
+    if own is None and prompt is not None:
+        checked["prompt"] = prompt
+    return checked
+
+
+def t2i_row(prompt: object, image: object, metadata: dict, geneval: object = None) -> dict:
+    """A text-to-image row (see the module): ``prompt`` must be a non-empty string; ``geneval``
+    (None: none) is checked by ``geneval_metadata``.
+
+    Raises:
+        RowProblem: for an empty or non-string prompt, or bad GenEval metadata.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RowProblem(f"field 'prompt': expected a non-empty string, got {prompt!r}")
+    row = {
+        "task": "t2i",
+        "prompt": prompt,
+        "image": image,
+        "question": "",
+        "answers": [],
+        "multiple_choice_answer": "",
+    }
+    if geneval is not None:
+        row["geneval"] = geneval_metadata(geneval, prompt)
+        row["tag"] = row["geneval"]["tag"]
+    row["metadata"] = metadata
+    return row

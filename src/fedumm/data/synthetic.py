@@ -1,17 +1,24 @@
-"""Deterministic synthetic VQA data: coloured shapes on black, in the VQAv2 row schema.
+"""Deterministic synthetic data: coloured shapes on black, as VQA rows or text-to-image rows.
 
-Each row has the same columns as a VQAv2 row (``image``, ``question``, ``answers``,
-``multiple_choice_answer``, ``answer_type``, ``question_id``, ``image_id``), so the rest of
-the pipeline (processors, collators, metrics) runs on it unchanged. Every question is
+``make_synthetic_vqa``: each row has the same columns as a VQAv2 row (``image``, ``question``,
+``answers``, ``multiple_choice_answer``, ``answer_type``, ``question_id``, ``image_id``), so the
+rest of the pipeline (processors, collators, metrics) runs on it unchanged. Every question is
 answerable from the pixels, which makes it a fast, offline sanity task for fine-tuning.
+
+``make_synthetic_t2i``: text-to-image rows from the same kind of scenes, one per GenEval
+category (Ghosh et al. 2023, arXiv:2310.11513), each with the GenEval metadata that makes its
+image checkable (``fedumm.metrics.geneval``); see that function.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from fedumm.data.rows import GENEVAL_RELATIONS
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
@@ -228,3 +235,210 @@ def make_synthetic_vqa(
     """
     _validate(num_samples, image_size, max_count, answer_noise)
     return [_make_row(i, seed, split, image_size, max_count, answer_noise) for i in range(num_samples)]
+
+
+# ---------------------------------------------------------------- text-to-image split
+
+#: GenEval's task tags (the same tuple as ``fedumm.metrics.geneval.GENEVAL_TAGS``; data and
+#: metrics are sibling layers, so each names it), in GenEval's order.
+T2I_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+# Attempts at a layout, and box draws per attempt.
+_T2I_LAYOUTS = 100
+_T2I_DRAWS = 400
+
+
+def _t2i_schedule(tags: Mapping[str, int]) -> list[str]:
+    """The repeating order of tags: round robin over the tags, each as often as its weight."""
+    unknown = [t for t in tags if t not in T2I_TAGS]
+    if unknown:
+        raise ValueError(f"t2i_tags: unknown tag(s) {unknown}; expected some of {', '.join(T2I_TAGS)}")
+    bad = {t: w for t, w in tags.items() if isinstance(w, bool) or not isinstance(w, int) or w < 0}
+    if bad:
+        raise ValueError(f"t2i_tags: weights must be integers >= 0, got {bad}")
+    left = {t: tags.get(t, 0) for t in T2I_TAGS}
+    if not any(left.values()):
+        raise ValueError(f"t2i_tags: every weight is 0 ({dict(tags)}); give at least one tag a weight >= 1")
+    schedule: list[str] = []
+    while any(left.values()):
+        for tag in T2I_TAGS:
+            if left[tag]:
+                schedule.append(tag)
+                left[tag] -= 1
+    return schedule
+
+
+def t2i_capacity(image_size: int) -> int:
+    """How many shapes a t2i scene of ``image_size`` px places reliably: half of a full grid of
+    shapes with their gaps (random placement rarely packs a grid)."""
+    size = _shape_size(image_size)
+    per_side = (image_size - size) // (size + max(2, size // 4)) + 1
+    return per_side * per_side // 2
+
+
+def _apart(a: tuple[int, int], b: tuple[int, int], reach: int) -> bool:
+    """Boxes at top-left ``a`` and ``b`` are separated along x or y by at least ``reach`` (size + gap)."""
+    return abs(a[0] - b[0]) >= reach or abs(a[1] - b[1]) >= reach
+
+
+def _t2i_corners(
+    rng: np.random.Generator, count: int, image_size: int, size: int, relation: str | None = None
+) -> list[tuple[int, int]]:
+    """Top-left corners of ``count`` boxes with a gap of at least max(2, size/4) between any two
+    (so blurred shapes do not merge). With ``relation`` (two boxes): the second box stands in
+    that relation to the first, at least size + gap apart along its axis and at most size/2
+    off it, which GenEval's position rule accepts with room to spare."""
+    reach = size + max(2, size // 4)
+    high = image_size - size + 1
+    for _ in range(_T2I_LAYOUTS):
+        placed: list[tuple[int, int]] = []
+        for _ in range(_T2I_DRAWS):
+            box = (int(rng.integers(0, high)), int(rng.integers(0, high)))
+            if all(_apart(box, other, reach) for other in placed):
+                placed.append(box)
+                if len(placed) == count:
+                    break
+        if len(placed) < count:
+            continue
+        if relation is None:
+            return placed
+        (bx, by), (ax, ay) = placed
+        along, across = {
+            "left of": (bx - ax, ay - by),
+            "right of": (ax - bx, ay - by),
+            "above": (by - ay, ax - bx),
+            "below": (ay - by, ax - bx),
+        }[relation]
+        if along >= reach and abs(across) <= size // 2:
+            return placed
+    raise ValueError(
+        f"cannot place {count} shapes of {size} px apart in a {image_size} px image; use a larger image_size"
+    )
+
+
+def render_scene(objects: list[tuple[str, str, tuple[int, int]]], image_size: int) -> Image.Image:
+    """An RGB image on black with each (shape, colour, top-left corner) drawn in its box."""
+    image = Image.new("RGB", (image_size, image_size), (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    size = _shape_size(image_size)
+    for shape, color, (x, y) in objects:
+        _draw_shape(draw, shape, x, y, size, COLORS[color])
+    return image
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article ("a red", "an orange")."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...], count: int) -> list[str]:
+    """``count`` distinct options, uniformly."""
+    return [options[int(i)] for i in rng.choice(len(options), size=count, replace=False)]
+
+
+def _t2i_scene(
+    rng: np.random.Generator, tag: str, max_count: int
+) -> tuple[str, dict, list[tuple[str, str]], str | None]:
+    """(prompt, GenEval include/exclude, [(shape, colour)] to draw in prompt order, relation).
+
+    Every prompt names the colour of each object it asks for, so the prompt fixes the scene
+    up to placement; the metadata checks what GenEval checks for the tag (colours only in
+    ``colors`` and ``color_attr``).
+    """
+    palette = tuple(COLORS)
+    if tag in ("single_object", "colors"):
+        (shape,), (color,) = _pick(rng, SHAPES, 1), _pick(rng, palette, 1)
+        clause = {"class": shape, "count": 1, **({"color": color} if tag == "colors" else {})}
+        return f"{_a(color)} {shape}", {"include": [clause]}, [(shape, color)], None
+    if tag == "counting":
+        (shape,), (color,) = _pick(rng, SHAPES, 1), _pick(rng, palette, 1)
+        n = int(rng.integers(2, max_count + 1))
+        include = [{"class": shape, "count": n}]
+        exclude = [{"class": shape, "count": n + 1}]
+        return (
+            f"{_NUMBER_WORDS[n]} {color} {shape}s",
+            {"include": include, "exclude": exclude},
+            [(shape, color)] * n,
+            None,
+        )
+    first, second = _pick(rng, SHAPES, 2)
+    if tag == "color_attr":
+        c1, c2 = _pick(rng, palette, 2)
+        include = [{"class": first, "count": 1, "color": c1}, {"class": second, "count": 1, "color": c2}]
+        return f"{_a(c1)} {first} and {_a(c2)} {second}", {"include": include}, [(first, c1), (second, c2)], None
+    c1, c2 = (palette[int(i)] for i in rng.integers(0, len(palette), size=2))
+    if tag == "two_object":
+        include = [{"class": first, "count": 1}, {"class": second, "count": 1}]
+        return f"{_a(c1)} {first} and {_a(c2)} {second}", {"include": include}, [(first, c1), (second, c2)], None
+    # position: "a <first> <relation> a <second>"; GenEval lists the reference object first.
+    relation = GENEVAL_RELATIONS[int(rng.integers(len(GENEVAL_RELATIONS)))]
+    include = [{"class": second, "count": 1}, {"class": first, "count": 1, "position": [relation, 0]}]
+    draw = [(second, c2), (first, c1)]
+    return f"{_a(c1)} {first} {relation} {_a(c2)} {second}", {"include": include}, draw, relation
+
+
+def _make_t2i_row(index: int, seed: int, split: str, image_size: int, max_count: int, schedule: list[str]) -> dict:
+    """One text-to-image row; all randomness comes from the sample's own generator."""
+    key = f"t2i/{split}"
+    rng = _sample_rng(seed, key, index)
+    tag = schedule[index % len(schedule)]
+    prompt, clauses, draw, relation = _t2i_scene(rng, tag, max_count)
+    size = _shape_size(image_size)
+    corners = _t2i_corners(rng, len(draw), image_size, size, relation)
+    # The prompt names its first object first; for position prompts that is the second drawn.
+    named = draw[-1] if relation is not None else draw[0]
+    return {
+        "task": "t2i",
+        "prompt": prompt,
+        "image": render_scene([(shape, color, xy) for (shape, color), xy in zip(draw, corners)], image_size),
+        "geneval": {"tag": tag, **clauses, "prompt": prompt},
+        "question": "",
+        "answers": [],
+        "multiple_choice_answer": "",
+        "tag": tag,
+        "color": named[1],
+        "shape": named[0],
+        "image_id": _image_id(key, index),
+    }
+
+
+def make_synthetic_t2i(
+    num_samples: int,
+    seed: int,
+    split: str = "train",
+    image_size: int = 32,
+    max_count: int = 3,
+    tags: Mapping[str, int] | None = None,
+) -> list[dict]:
+    """Generate ``num_samples`` deterministic text-to-image rows (the t2i row contract).
+
+    Scenes are coloured shapes on black as in ``make_synthetic_vqa``, drawn from a prompt in
+    one of GenEval's categories (Ghosh et al. 2023), with its metadata in GenEval's form:
+
+    - single_object "a red square": include the class;
+    - two_object "a red square and a blue circle" (two shapes): include both classes;
+    - counting "three red squares" (2..``max_count``): include count n, exclude n + 1;
+    - colors "a red square": include the class with its colour;
+    - position "a blue circle left of a green triangle" (left of / right of / above /
+      below): include the reference, then the object with ``position: [relation, 0]``;
+    - color_attr "a yellow triangle and a purple circle" (two shapes, two colours): both
+      classes with their colours.
+
+    Each row: ``task`` "t2i", ``prompt``, ``image`` (the rendered target), ``geneval``
+    (``{"tag", "include", "exclude"?, "prompt"}``), ``tag``, ``color`` and ``shape`` of the
+    object the prompt names first (``data.partition.label_column: color`` splits by it),
+    ``image_id``, and the empty understanding columns. Row ``i`` has tag
+    ``schedule[i % len(schedule)]``, where the schedule takes each tag of ``tags`` (weights,
+    default 1 each) as often as its weight, round robin; rows are independent of
+    ``num_samples`` and identical for identical arguments. Shapes keep a gap of at least
+    max(2, size/4) px; a position prompt's objects are at least a shape apart along the
+    relation's axis and at most half a shape off it.
+
+    Raises:
+        ValueError: if num_samples < 1, image_size < 16, a tag or weight is invalid, or
+            counting has weight but max_count < 2.
+    """
+    _validate(num_samples, image_size, max_count, 0.0)
+    schedule = _t2i_schedule(dict.fromkeys(T2I_TAGS, 1) if tags is None else tags)
+    if "counting" in schedule and max_count < 2:
+        raise ValueError(f"max_count must be >= 2 for counting prompts (two or more objects), got {max_count}")
+    return [_make_t2i_row(i, seed, split, image_size, max_count, schedule) for i in range(num_samples)]

@@ -17,7 +17,6 @@ from fedumm.federation.privacy import UNCLIPPED_METRIC, ClientPrivacy, plan_priv
 from fedumm.federation.secure import SAMPLE_SCALE_KEY, pack
 from fedumm.federation.train import make_sample_dp, plan_steps
 from fedumm.finetune import plan_for_round
-from fedumm.metrics import get_task
 from fedumm.privacy.secagg import SecAggClient
 from fedumm.strategies import ClientAlgorithm, LocalContext
 from fedumm.types import State, derive_seed, state_delta
@@ -124,7 +123,7 @@ class ClientRuntime:
         }
         if self.config.eval.clients and self.data.test:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)
-            primary = get_task(self.config.eval.task).primary_metric
+            primary = host.evaluation.primary_metric
             metrics[f"local_{primary}"] = local[primary]
             metrics["local_test_samples"] = local["n"]
         trained, metrics = self._protect(round_global, trained, server_extras, metrics, result.num_samples, round_num)

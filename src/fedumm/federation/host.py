@@ -22,7 +22,7 @@ from fedumm.config import RunConfig, TrainConfig
 from fedumm.errors import ConfigError
 from fedumm.federation.train import train_local
 from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
-from fedumm.metrics import get_task, normalize_answer
+from fedumm.metrics import Evaluation, normalize_answer
 from fedumm.models.base import Backend
 from fedumm.models.registry import get_backend
 from fedumm.privacy.dpsgd import SampleDP
@@ -43,6 +43,8 @@ class ModelHost:
 
     def __init__(self, config: RunConfig):
         self.config = config
+        #: What evaluate scores: eval.task's tasks, each row by its own (``fedumm.metrics.Evaluation``).
+        self.evaluation: Evaluation = config.eval.evaluation()
         finetune, rounds = config.finetune, config.federation.rounds
         self.backend: Backend = get_backend(config.model.backend)(config.model)
         base = self.backend.load()
@@ -161,15 +163,18 @@ class ModelHost:
         return [positive] + [labels[k] for k in sorted(labels) if k != key]
 
     def evaluate(self, samples: Sequence[dict], batch_size: int) -> dict:
-        """Generate answers for ``samples`` with the current adapter and score them.
+        """Score ``samples`` with the current adapter: each row by its task (``Evaluation.evaluate``;
+        multitask runs break down ``by_task``). A text task generates answers (``predict``); one
+        that scores choices (classification) also scores each row: ``score`` = P(eval.positive_label),
+        the softmax of the label texts' answer log-likelihoods (``Backend.score_choices``), for ROC-AUC.
 
-        A task that scores choices (classification) also scores each row: ``score`` =
-        P(eval.positive_label), the softmax of the label texts' answer log-likelihoods
-        (``Backend.score_choices``), for ROC-AUC."""
-        return self.summarize(samples, self.predict(samples, batch_size), batch_size)
+        Raises:
+            DataError: naming the row, for a row whose task the run does not score.
+        """
+        return self.evaluation.evaluate(self, samples, batch_size)
 
     def predict(self, samples: Sequence[dict], batch_size: int) -> list[str]:
-        """The current adapter's generated answer for each row."""
+        """The generated answer of each row with the current adapter, ``batch_size`` rows at a time."""
         self.model.eval()
         predictions: list[str] = []
         for start in range(0, len(samples), batch_size):
@@ -183,18 +188,20 @@ class ModelHost:
         batch_size: int,
         scores: Sequence[float] | None = None,
     ) -> dict:
-        """The task's metrics of ``predictions``; a task that scores choices gets ``scores``
+        """The metrics of given answers to ``samples`` in a single-task run of a text task (what
+        ``evaluate`` computes from ``predict``); a task that scores choices gets ``scores``
         (default: the current adapter's ``positive_scores``)."""
-        task = get_task(self.config.eval.task)
+        evaluation = self.evaluation
+        task = evaluation.tasks[evaluation.name]
         if not samples:
-            return {"task": task.name, "n": 0, task.primary_metric: 0.0}
+            return evaluation.combine({})
         records = [dict(row, prediction=p) for row, p in zip(samples, predictions)]
         if task.scores_choices and scores is None:
             scores = self.positive_scores(samples, batch_size)
         if task.scores_choices and scores is not None:
             for record, score in zip(records, scores):
                 record["score"] = score
-        return task.summarize(records, self.config.eval.positive_label)
+        return evaluation.combine({evaluation.name: task.summarize(records, evaluation.options)})
 
     def positive_scores(self, samples: Sequence[dict], batch_size: int) -> list[float] | None:
         """P(eval.positive_label) per row: the softmax over ``class_choices`` of their answer

@@ -24,9 +24,11 @@ from fedumm.federation.host import ModelHost
 from fedumm.federation.loop import Log, PhaseResult, run_rounds
 from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
-from fedumm.metrics import get_task
+from fedumm.metrics import Evaluation
 from fedumm.report import format_summary, save_accuracy_plot
+from fedumm.report_html import write_report
 from fedumm.runlog import Checkpoint, RunFolder, atomic_write_bytes, read_checkpoint
+from fedumm.tracking import Trackers
 from fedumm.types import check_state_matches
 
 
@@ -117,6 +119,7 @@ def run_centralized(
     run: RunFolder,
     adapter_name: str,
     log: Log | None = None,
+    trackers: Trackers | None = None,
 ) -> PhaseResult:
     """The centralized baseline: the same round loop over one client holding the pooled data."""
     central = centralized_config(config)
@@ -132,7 +135,9 @@ def run_centralized(
     )
     test = eval_rows(config, global_test)
     caps = {0: len(pooled_train)}
-    result = run_rounds(central, host, server, transport, test, run, "centralized", log=log, sample_caps=caps)
+    result = run_rounds(
+        central, host, server, transport, test, run, "centralized", log=log, sample_caps=caps, trackers=trackers
+    )
     run.save_adapter(host, adapter_name)
     return result
 
@@ -140,16 +145,27 @@ def run_centralized(
 # ---------------------------------------------------------------------------- summary
 
 
-def phase_summary(result: PhaseResult) -> dict[str, Any]:
-    """A phase's summary keys."""
-    return {
+def phase_summary(result: PhaseResult, evaluation: Evaluation) -> dict[str, Any]:
+    """A phase's summary keys; a multitask run adds ``<phase>_by_task``: each task's final metrics."""
+    final = result.records[-1]["global"]
+    out = {
         f"{result.phase}_initial_accuracy": result.initial_accuracy,
         f"{result.phase}_final_accuracy": result.final_accuracy,
-        f"{result.phase}_by_answer_type": {
-            k: v[result.metric] for k, v in result.records[-1]["global"].get("by_answer_type", {}).items()
-        },
+        f"{result.phase}_by_answer_type": {k: v[result.metric] for k, v in final.get("by_answer_type", {}).items()},
         f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
     }
+    if evaluation.multitask:
+        initial = result.records[0]["global"].get("by_task", {})
+        by_task = out[f"{result.phase}_by_task"] = {}
+        for name, part in final.get("by_task", {}).items():
+            metric = evaluation.tasks[name].primary_metric
+            by_task[name] = {
+                "n": part["n"],
+                "metric": metric,
+                "initial": initial.get(name, {}).get(metric),
+                "final": part[metric],
+            }
+    return out
 
 
 def job_summary(
@@ -159,6 +175,7 @@ def job_summary(
     setup: SetupInfo,
     baseline: tuple[str, float | None],
     phases: Sequence[PhaseResult],
+    global_test: Sequence[dict] = (),
 ) -> dict[str, Any]:
     trainable, total = host.count_parameters()
     stages = host.trainable_by_stage()
@@ -175,13 +192,20 @@ def job_summary(
         "total_parameters": total,
         **({"trainable_by_stage": stages} if len(stages) > 1 else {}),
         "task": config.eval.task,
-        "metric": get_task(config.eval.task).primary_metric,
+        "metric": host.evaluation.primary_metric,
+        "metric_bounded": host.evaluation.bounded,
+        **({"task_weights": dict(host.evaluation.weights)} if host.evaluation.multitask else {}),
         "majority_answer": baseline[0],
         "majority_baseline_accuracy": baseline[1],
+        **(
+            {"majority_baseline_by_task": host.evaluation.task_baselines(setup.task_answer_counts, list(global_test))}
+            if host.evaluation.multitask
+            else {}
+        ),
         **setup.partition.skipped_summary(),  # counts only; the messages are in load_problems.txt
     }
     for result in phases:
-        summary.update(phase_summary(result))
+        summary.update(phase_summary(result, host.evaluation))
     federated = next((r for r in phases if r.phase == "federated"), None)
     if federated is not None and len(federated.records) > 1:
         last = federated.records[-1]["bytes"]
@@ -224,12 +248,12 @@ def privacy_summary(config: RunConfig, server: Server, result: PhaseResult) -> d
 
 
 def write_summary(run: RunFolder, summary: dict[str, Any]) -> None:
-    """summary.json, summary.txt and accuracy.png from the summary and the run's records."""
+    """summary.json, summary.txt, accuracy.png and report.html from the summary and the run's records."""
     run.write_json("summary.json", summary)
     records = run.read_metrics()
     atomic_write_bytes(run.path / "summary.txt", (format_summary(summary, records) + "\n").encode())
-    task = get_task(summary["task"])
-    save_accuracy_plot(records, run.path / "accuracy.png", task.primary_metric, bounded=task.bounded)
+    save_accuracy_plot(records, run.path / "accuracy.png", summary["metric"], bounded=summary["metric_bounded"])
+    write_report(run.path)
 
 
 # ---------------------------------------------------------------------------- the job
@@ -257,7 +281,7 @@ def run_job(
     setup = transport.setup()
     run.write_json("partition.json", setup.partition.to_dict())
     save_partition_heatmap(setup.partition, run.path / "partition.png")
-    baseline = get_task(config.eval.task).baseline(setup.answer_counts, global_test)
+    baseline = host.evaluation.baseline(setup.answer_counts, global_test)
     if log is not None:
         trainable, total = host.count_parameters()
         log(
@@ -269,37 +293,40 @@ def run_job(
     phases: list[PhaseResult] = []
     if federated and log is not None and server.start_round >= config.federation.rounds:
         log(f"all {config.federation.rounds} rounds are done: finishing the run (adapter, summary) without training")
-    if federated:
-        phases.append(
-            run_rounds(
-                config,
-                host,
-                server,
-                transport,
-                eval_rows(config, global_test),
-                run,
-                "federated",
-                prior_records=prior_records,
-                log=log,
-                label=label,
-                sample_caps=dict(enumerate(setup.partition.sizes)),
+    trackers = Trackers.open(config, run.path)
+    try:
+        if federated:
+            phases.append(
+                run_rounds(
+                    config,
+                    host,
+                    server,
+                    transport,
+                    eval_rows(config, global_test),
+                    run,
+                    "federated",
+                    prior_records=prior_records,
+                    log=log,
+                    label=label,
+                    sample_caps=dict(enumerate(setup.partition.sizes)),
+                    trackers=trackers,
+                )
             )
-        )
-        host.set_state(phases[-1].final_state)
-        host.reset_local()
-        run.save_adapter(host)
-    if pooled_train is not None:
-        phases.append(
-            run_centralized(
-                config, host, pooled_train, global_test, run, "centralized_adapter" if federated else "adapter", log
-            )
-        )
-    summary = job_summary(config, run, host, setup, baseline, phases)
-    summary.update(transport.summary_extras(phases[0].records if federated else []))
-    if federated:
-        summary.update(privacy_summary(config, server, phases[0]))
-    if server.resumed is not None:
-        summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
-    write_summary(run, summary)
+            host.set_state(phases[-1].final_state)
+            host.reset_local()
+            run.save_adapter(host)
+        if pooled_train is not None:
+            adapter_name = "centralized_adapter" if federated else "adapter"
+            phases.append(run_centralized(config, host, pooled_train, global_test, run, adapter_name, log, trackers))
+        summary = job_summary(config, run, host, setup, baseline, phases, global_test)
+        summary.update(transport.summary_extras(phases[0].records if federated else []))
+        if federated:
+            summary.update(privacy_summary(config, server, phases[0]))
+        if server.resumed is not None:
+            summary["resumed_from"] = {"checkpoint": str(server.resumed.path), "round": server.resumed.round}
+        write_summary(run, summary)
+        trackers.finish([run.path / name for name in ("summary.json", "report.html", "adapter", "centralized_adapter")])
+    finally:
+        trackers.close()
     by_phase = {p.phase: p for p in phases}
     return RunResult(str(Path(run.path)), by_phase.get("federated"), by_phase.get("centralized"), baseline[1], summary)

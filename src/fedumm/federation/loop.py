@@ -25,9 +25,9 @@ from fedumm.federation.replies import ReplyRules
 from fedumm.federation.server import Server
 from fedumm.federation.transport import Transport
 from fedumm.finetune import plan_for_round
-from fedumm.metrics import get_task
 from fedumm.runlog import RunFolder
 from fedumm.strategies import ClientUpdate
+from fedumm.tracking import Trackers
 from fedumm.types import State
 
 #: Where progress lines go: ``print``-like (the in-process engine writes above the bars, the
@@ -192,19 +192,21 @@ def run_rounds(
     log: Log | None = None,
     label: str | None = None,
     sample_caps: Mapping[int, int] | None = None,
+    trackers: Trackers | None = None,
 ) -> PhaseResult:
     """Rounds ``server.start_round + 1 .. federation.rounds`` (a resumed server continues after
     its checkpoint; ``prior_records`` are the earlier rounds' records, already in the run
     folder). ``test`` is the global test set the server evaluates on; ``log`` gets one line per
     round (None: none), tagged ``label`` (default: the phase). ``sample_caps`` (client id -> its
-    row count, from the setup) bound the sample count a reply may claim.
+    row count, from the setup) bound the sample count a reply may claim. ``trackers`` get every
+    record (``output.trackers``).
 
     Replies are checked (``federation.replies``) before the strategy sees them; a round with fewer
     than ``federation.min_fit_clients`` valid replies keeps the global model and server state, and
     ``federation.max_failed_rounds`` such rounds in a row end the run with ``AggregationError``."""
     strategy = server.strategy
     full_bytes = full_model_nbytes(host.model)
-    task = get_task(config.eval.task)
+    task = host.evaluation
     metric = task.primary_metric
     federation = config.federation
     caps = dict(sample_caps or {})
@@ -212,6 +214,7 @@ def run_rounds(
     # Valid replies a round needs: federation.min_fit_clients, and what the strategy needs (Krum).
     needed = max(federation.min_fit_clients, strategy.min_updates())
     result = PhaseResult(phase, metric, records=list(prior_records))
+    trackers = trackers or Trackers()
 
     host.set_state(server.global_state)
     host.reset_local()
@@ -219,6 +222,7 @@ def run_rounds(
         # Round 0, or a resumed checkpoint without the record of its round: evaluate it here.
         record = {"phase": phase, "round": server.start_round, "global": host.evaluate(test, config.eval.batch_size)}
         run.append_metrics(record)
+        trackers.log_round(record)
         result.records.append(record)
 
     # Bars only on a terminal (disable=None) and only where lines go to one.
@@ -274,6 +278,7 @@ def run_rounds(
             "round": time.perf_counter() - start,
         }
         run.append_metrics(record)
+        trackers.log_round(record)
         _checkpoint(run, server, transport, round_num, phase)
         result.records.append(record)
         if log is not None:

@@ -24,7 +24,7 @@ import torch
 
 from fedumm.config import RunConfig
 from fedumm.federation.host import ModelHost
-from fedumm.metrics import get_task, normalize_answer
+from fedumm.metrics import normalize_answer
 from fedumm.strategies import ClientUpdate
 from fedumm.types import State
 
@@ -67,7 +67,7 @@ def one_shot_references(
 ) -> dict[str, Any]:
     """``{"metric", "ensemble": the ensemble's metrics, "local_floor": {"mean", "min", "max", "clients"}}``
     over the global test rows; the host holds ``global_state`` again afterwards."""
-    task = get_task(config.eval.task)
+    task = host.evaluation.tasks[host.evaluation.name]  # one text task (validation._check_mode)
     metric, batch = task.primary_metric, config.eval.batch_size
     if not test or not updates:
         return {}

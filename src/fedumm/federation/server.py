@@ -15,7 +15,7 @@ from fedumm.federation.client import FitReply, derive_seed
 from fedumm.federation.privacy import PRIVACY_PREFIX, UNCLIPPED_METRIC, ServerPrivacy, apply_mean_update, plan_privacy
 from fedumm.federation.replies import ReplyRules, check_replies
 from fedumm.federation.secure import SecureAggregator
-from fedumm.metrics import Task
+from fedumm.metrics import Evaluation
 from fedumm.runlog import Checkpoint, read_checkpoint
 from fedumm.strategies import ClientUpdate, State, Strategy, build_strategy
 from fedumm.strategies.stateful import check_per_key_state
@@ -150,7 +150,7 @@ class Server:
         self.global_state = {**self.global_state, **new}
         return True
 
-    def rules(self, trained_keys: Sequence[str], sample_caps: dict[int, int], task: Task) -> ReplyRules:
+    def rules(self, trained_keys: Sequence[str], sample_caps: dict[int, int], task: Evaluation) -> ReplyRules:
         """What this round's replies must satisfy: the trained units' shapes, the sample caps
         (federation.validation.max_samples overrides the clients' own row counts), the score range."""
         cap = self.config.validation.max_samples

@@ -17,6 +17,8 @@ The reply (JSON, in ``FLModel.meta``)::
     other_label_count    int        rows whose label fewer than k rows share
     answer_counts        {answer: n}   normalised training answers held by >= k training rows
     other_answer_count   int        training rows whose answer fewer than k rows share
+    task_answer_counts   {task: {answer: n}}  the same per the rows' task column ("": rows
+                                    without one), each answer held by >= k training rows of its task
     modality_counts      {modality: n} rows per "image+text" / "image" / "text" / "none"
     skipped_rows_by_file {file: n}  broken rows skipped while loading, by file *basename*
 """
@@ -42,6 +44,7 @@ MAX_LABELS = 10_000  # distinct labels (and distinct answers)
 MAX_ROWS = 1_000_000_000  # rows of one client
 MAX_FILES = 1_000  # files with skipped rows
 MAX_TEXT = 1_000  # characters of one label, answer or file name
+MAX_TASKS = 100  # tasks of one client's rows
 
 FIELDS = (
     "size",
@@ -51,6 +54,7 @@ FIELDS = (
     "other_label_count",
     "answer_counts",
     "other_answer_count",
+    "task_answer_counts",
     "modality_counts",
     "skipped_rows_by_file",
 )
@@ -77,6 +81,12 @@ def data_stats(
     answers, other_answers = _k_anonymous(
         Counter(normalize_answer(str(row["multiple_choice_answer"])) for row in train), min_label_count
     )
+    by_task: dict[str, Counter[str]] = {}
+    for row in train:
+        by_task.setdefault(str(row.get("task") or ""), Counter())[
+            normalize_answer(str(row["multiple_choice_answer"]))
+        ] += 1
+    task_answers = {task: _k_anonymous(counts, min_label_count)[0] for task, counts in by_task.items()}
     skipped: Counter[str] = Counter()
     for name, n in (skipped_by_file or {}).items():
         skipped[_file_name(name)] += int(n)
@@ -88,6 +98,7 @@ def data_stats(
         "other_label_count": other_labels,
         "answer_counts": answers,
         "other_answer_count": other_answers,
+        "task_answer_counts": {task: counts for task, counts in task_answers.items() if counts},
         "modality_counts": modality_counts(rows),
         "skipped_rows_by_file": dict(skipped),
     }
@@ -181,6 +192,30 @@ def check_stats(stats: Any, site: str, min_label_count: int) -> None:
     for answer in answers:
         text("answer_counts", answer)
     histogram("answer_counts", list(answers.items()), "other_answer_count", train_size, "train_size")
+    by_task = stats["task_answer_counts"]
+    if not isinstance(by_task, Mapping) or len(by_task) > MAX_TASKS:
+        raise fail("task_answer_counts", f"expected at most {MAX_TASKS} {{task: {{answer: count}}}} entries")
+    entries = 0
+    tagged = 0
+    for task, counts in by_task.items():
+        text("task_answer_counts", task)
+        if not isinstance(counts, Mapping):
+            raise fail(
+                "task_answer_counts", f"a task's counts are a {type(counts).__name__}, expected {{answer: count}}"
+            )
+        entries += len(counts)
+        if entries > MAX_LABELS:
+            raise fail("task_answer_counts", f"more than {MAX_LABELS} answers")
+        for answer, n in counts.items():
+            text("task_answer_counts", answer)
+            if count("task_answer_counts", n) < min_label_count:
+                raise fail(
+                    "task_answer_counts",
+                    f"an answer held by {n} rows, fewer than engine.min_label_count {min_label_count}",
+                )
+            tagged += n
+    if tagged > train_size:
+        raise fail("task_answer_counts", f"counts add up to {tagged}, more than train_size {train_size}")
 
     modalities = stats["modality_counts"]
     if not isinstance(modalities, Mapping) or set(modalities) != set(MODALITIES):
@@ -267,6 +302,15 @@ def pooled_answer_counts(stats: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return dict(pooled)
 
 
+def pooled_task_answer_counts(stats: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """The clients' named training answer counts per task, summed (``pooled_answer_counts`` per task)."""
+    pooled: dict[str, Counter[str]] = {}
+    for s in stats:
+        for task, counts in s["task_answer_counts"].items():
+            pooled.setdefault(str(task), Counter()).update({str(a): int(n) for a, n in counts.items()})
+    return {task: dict(counts) for task, counts in pooled.items()}
+
+
 @dataclass
 class SiteSetupInfo(SetupInfo):
     """``SetupInfo`` from the clients' replies: ``train_rows`` counts the pooled answers too."""
@@ -291,5 +335,6 @@ def setup_from_replies(
     return SiteSetupInfo(
         partition_from_stats(stats, list(sites) if by_site else None),
         pooled_answer_counts(stats),
+        pooled_task_answer_counts(stats),
         train_size=sum(int(s["train_size"]) for s in stats),
     )

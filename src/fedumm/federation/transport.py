@@ -21,7 +21,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedumm.config import RunConfig
@@ -41,6 +41,8 @@ class SetupInfo:
 
     partition: PartitionStats  # sizes, label counts, modality counts, skipped rows
     answer_counts: dict[str, int]  # training answers pooled over the clients (the majority baseline)
+    # The same by the rows' own task column ("": rows without one): multitask runs' baselines.
+    task_answer_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def train_rows(self) -> int:
@@ -120,8 +122,12 @@ class LocalTransport(Transport):
     def setup(self) -> SetupInfo:
         if self.partition is None:
             raise ValueError("LocalTransport.setup: built without the partition statistics")
-        answers = Counter(str(row["multiple_choice_answer"]) for r in self.runtimes.values() for row in r.data.train)
-        return SetupInfo(self.partition, dict(answers))
+        rows = [row for r in self.runtimes.values() for row in r.data.train]
+        by_task: dict[str, Counter[str]] = {}
+        for row in rows:
+            by_task.setdefault(str(row.get("task") or ""), Counter())[str(row["multiple_choice_answer"])] += 1
+        answers = Counter(str(row["multiple_choice_answer"]) for row in rows)
+        return SetupInfo(self.partition, dict(answers), {t: dict(c) for t, c in by_task.items()})
 
     def fit(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
         return [self._fit_one(cid, message, round_num) for cid in client_ids]

@@ -1,31 +1,46 @@
 """Task metrics and the task registry: ``get_task(name)`` gives a ``Task`` (metrics, primary metric, baseline).
 
-To add a task: write ``metrics/<task>.py`` with ``metrics(records, positive_label) -> dict`` (one
-group's metrics) and, if the task has a majority-answer baseline, ``baseline(answer,
-test_rows) -> float``; then add one ``register_task(Task(...))`` line below.
+To add a task: write ``metrics/<task>.py`` with ``metrics(records, options) -> dict`` (one
+group's metrics; ``options``: ``MetricOptions``) and, if the task has a majority-answer
+baseline, ``baseline(answer, test_rows) -> float``; then add one ``register_task(Task(...))``
+line below. A task that does not score generated text gives ``Task(make_records=...)``: how
+the model host turns its rows into records.
 
-Heavy metric libraries (scikit-learn, pycocoevalcap, rouge-score) are imported only by the
+A run scores through one ``Evaluation`` (``build_evaluation``; ``metrics/multitask.py``): one
+task, or ``multitask`` (each row by its own task, combined by weighted mean).
+
+Heavy metric libraries (scikit-learn, pycocoevalcap, rouge-score, scipy) are imported only by the
 functions that use them, so importing this package is cheap.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedumm.errors import ConfigError
-from fedumm.metrics import caption, classification, vqa
-from fedumm.metrics.base import Task, majority_answer
+from fedumm.metrics import caption, classification, geneval, grounding, vqa
+from fedumm.metrics.base import EvalHost, MetricOptions, Task, majority_answer, predict_records
 from fedumm.metrics.classification import accuracy
+from fedumm.metrics.multitask import MULTITASK, MULTITASK_METRIC, Evaluation
 from fedumm.metrics.vqa import normalize_answer, vqa_accuracy
 
 __all__ = [
+    "MULTITASK",
+    "MULTITASK_METRIC",
     "TASKS",
+    "EvalHost",
+    "Evaluation",
+    "MetricOptions",
     "Task",
     "accuracy",
+    "build_evaluation",
     "get_task",
     "majority_answer",
     "normalize_answer",
+    "predict_records",
+    "primary_metric_of",
     "register_task",
     "summarize_task",
     "vqa_accuracy",
@@ -39,6 +54,8 @@ def register_task(task: Task) -> Task:
     """Add ``task`` to ``TASKS``; a name registered twice is a ValueError (a second task would shadow the first)."""
     if task.name in TASKS:
         raise ValueError(f"task {task.name!r} is already registered")
+    if task.name == MULTITASK:
+        raise ValueError(f"{MULTITASK!r} is the eval.task of runs that mix tasks; a task cannot take that name")
     TASKS[task.name] = task
     return task
 
@@ -46,6 +63,9 @@ def register_task(task: Task) -> Task:
 register_task(Task("vqa", "vqa_accuracy", vqa.metrics, vqa.baseline))
 register_task(Task("classification", "accuracy", classification.metrics, classification.baseline, scores_choices=True))
 register_task(Task("caption", "cider_d", caption.metrics, bounded=False))
+# Text-to-image: records are per-image checker verdicts (geneval.geneval_records); no majority baseline.
+register_task(Task("t2i", "geneval_overall", geneval.metrics))
+register_task(Task("grounding", "grounding_accuracy", grounding.metrics))
 
 
 def get_task(name: str) -> Task:
@@ -60,6 +80,55 @@ def get_task(name: str) -> Task:
         raise ConfigError(f"eval.task: unknown task {name!r}; available: {', '.join(sorted(TASKS))}") from None
 
 
-def summarize_task(records: Iterable[Mapping], task_name: str, positive_label: str = "yes") -> dict[str, Any]:
-    """``get_task(task_name).summarize(records, positive_label)``."""
-    return get_task(task_name).summarize(records, positive_label)
+def summarize_task(
+    records: Iterable[Mapping], task_name: str, positive_label: str = "yes", **options: Any
+) -> dict[str, Any]:
+    """``get_task(task_name).summarize(records, MetricOptions(positive_label, **options))``."""
+    return get_task(task_name).summarize(records, MetricOptions(positive_label=positive_label, **options))
+
+
+def primary_metric_of(task_name: str) -> str:
+    """The primary metric of ``eval.task`` (``multitask``: ``multitask_score``)."""
+    return MULTITASK_METRIC if task_name == MULTITASK else get_task(task_name).primary_metric
+
+
+def build_evaluation(
+    task: str,
+    task_weights: Mapping[str, float] | None = None,
+    default_task: str | None = None,
+    options: MetricOptions | None = None,
+) -> Evaluation:
+    """The run's ``Evaluation`` from ``eval.task``, ``eval.task_weights`` and ``eval.default_task``.
+
+    One task: rows are scored by it (``default_task`` may only name it; no weights).
+    ``multitask``: the tasks of ``task_weights`` (default: every registered task, weight 1);
+    rows without a ``task`` column take ``default_task`` (None: such a row is an error).
+
+    Raises:
+        ConfigError: naming the key, for an unknown task, a weight that is not a positive
+            finite number, or a setting that only a multitask run takes.
+    """
+    if task != MULTITASK:
+        get_task(task)
+        if task_weights is not None:
+            raise ConfigError(f"eval.task_weights: only with eval.task: {MULTITASK} (eval.task is {task!r})")
+        if default_task not in (None, task):
+            raise ConfigError(
+                f"eval.default_task: {default_task!r} differs from eval.task {task!r}; a single-task run scores "
+                f"every row by eval.task (use eval.task: {MULTITASK} to mix tasks)"
+            )
+        return Evaluation(task, {task: get_task(task)}, {task: 1.0}, task, options or MetricOptions())
+    weights = dict(task_weights) if task_weights is not None else dict.fromkeys(TASKS, 1.0)
+    if not weights:
+        raise ConfigError("eval.task_weights: empty; name at least one task with its weight")
+    for name, weight in weights.items():
+        if name not in TASKS:
+            raise ConfigError(f"eval.task_weights: unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"eval.task_weights.{name}: {weight!r}; expected a positive finite number")
+    if default_task is not None and default_task not in weights:
+        raise ConfigError(f"eval.default_task: {default_task!r} is not one of the run's tasks ({', '.join(weights)})")
+    tasks = {name: TASKS[name] for name in weights}
+    return Evaluation(
+        MULTITASK, tasks, {k: float(v) for k, v in weights.items()}, default_task, options or MetricOptions()
+    )

@@ -5,14 +5,43 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fedumm.metrics.vqa import normalize_answer
 
-__all__ = ["Task", "majority_answer", "majority_from_counts"]
+__all__ = ["EvalHost", "MetricOptions", "Task", "majority_answer", "majority_from_counts", "predict_records"]
 
-#: One group's metrics: ``(records, positive_label) -> {metric: value}``.
-GroupMetrics = Callable[[Sequence[Mapping], str], dict[str, Any]]
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """The run's metric settings (from ``eval``) every task's metrics receive.
+
+    Attributes:
+        positive_label: classification: the positive class (ROC-AUC).
+        box_format: grounding: how boxes are written, ``normalized`` or ``pixel``.
+    """
+
+    positive_label: str = "yes"
+    box_format: str = "normalized"
+
+
+class EvalHost(Protocol):
+    """What a task's evaluation may ask of the model host (``federation.host.ModelHost``)."""
+
+    def predict(self, rows: Sequence[dict], batch_size: int) -> list[str]:
+        """The generated answer text of each row."""
+        ...
+
+    def positive_scores(self, rows: Sequence[dict], batch_size: int) -> list[float] | None:
+        """P(positive label) per row from the label choices' likelihoods; None where undefined."""
+        ...
+
+
+#: One group's metrics: ``(records, options) -> {metric: value}``.
+GroupMetrics = Callable[[Sequence[Mapping], MetricOptions], dict[str, Any]]
+#: A task's records for its rows: ``(task, host, rows, batch_size) -> records`` (rows plus what
+#: the task scores, e.g. "prediction").
+MakeRecords = Callable[["Task", EvalHost, Sequence[dict], int], list[dict]]
 #: The score of always giving ``answer`` on ``test_rows`` (never called with no rows).
 BaselineScore = Callable[[str, Sequence[Mapping]], float]
 
@@ -81,6 +110,17 @@ def _group_order(item: tuple[Any, Any]) -> tuple[bool, Any]:
     return isinstance(item[0], str), item[0]
 
 
+def predict_records(task: Task, host: EvalHost, rows: Sequence[dict], batch_size: int) -> list[dict]:
+    """The default records of a task: each row plus the host's generated ``prediction``, and
+    ``score`` (P(positive label)) where the task scores choices and the rows allow it."""
+    records = [dict(row, prediction=p) for row, p in zip(rows, host.predict(rows, batch_size), strict=True)]
+    scores = host.positive_scores(rows, batch_size) if task.scores_choices else None
+    if scores is not None:
+        for record, score in zip(records, scores, strict=True):
+            record["score"] = score
+    return records
+
+
 @dataclass(frozen=True)
 class Task:
     """An evaluation task: its metrics, the number runs report, and its majority-answer baseline.
@@ -88,10 +128,13 @@ class Task:
     Attributes:
         name: the ``eval.task`` value.
         primary_metric: the metric a run reports, plots and compares.
-        metrics: one group's metrics, ``(records, positive_label) -> dict``.
+        metrics: one group's metrics, ``(records, options) -> dict``.
         baseline_score: the score of always giving one answer on the test rows; None: no baseline.
         bounded: False when the primary metric is not a fraction of 1 (CIDEr-D).
         scores_choices: True when the model host also scores the label choices (for ROC-AUC).
+        make_records: how the host evaluates the task's rows into records; the default
+            (``predict_records``) generates answer text. A task that is not text generation
+            (a text-to-image task: generate images, score them) brings its own.
     """
 
     name: str
@@ -100,8 +143,13 @@ class Task:
     baseline_score: BaselineScore | None = None
     bounded: bool = True
     scores_choices: bool = False
+    make_records: MakeRecords = predict_records
 
-    def summarize(self, records: Iterable[Mapping], positive_label: str = "yes") -> dict[str, Any]:
+    def evaluate(self, host: EvalHost, rows: Sequence[dict], batch_size: int, options: MetricOptions) -> dict[str, Any]:
+        """``summarize`` of the records ``make_records`` gets from ``host`` for ``rows`` (not empty)."""
+        return self.summarize(self.make_records(self, host, rows, batch_size), options)
+
+    def summarize(self, records: Iterable[Mapping], options: MetricOptions | None = None) -> dict[str, Any]:
         """The task's metrics overall, and per answer type / per client where records carry them.
 
         Records without the grouping key go to group "unknown"; groups are sorted by name
@@ -116,14 +164,15 @@ class Task:
         rows = list(records)
         if not rows:
             raise ValueError(f"summarize_task({self.name!r}): no records")
-        out: dict[str, Any] = {"task": self.name, "n": len(rows), **self.metrics(rows, positive_label)}
+        options = options or MetricOptions()
+        out: dict[str, Any] = {"task": self.name, "n": len(rows), **self.metrics(rows, options)}
         for key, name in _BREAKDOWNS:
             if any(key in r for r in rows):
                 groups: dict[Any, list[Mapping]] = {}
                 for r in rows:
                     groups.setdefault(r.get(key, "unknown"), []).append(r)
                 out[name] = {
-                    group: {"n": len(members), **self.metrics(members, positive_label)}
+                    group: {"n": len(members), **self.metrics(members, options)}
                     for group, members in sorted(groups.items(), key=_group_order)
                 }
         return out

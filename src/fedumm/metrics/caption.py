@@ -1,40 +1,55 @@
 """Caption metrics: BLEU-4, ROUGE-L and CIDEr-D, and the summary.
 
 BLEU-4 and CIDEr-D come from pycocoevalcap (the COCO caption evaluation, Chen et al. 2015,
-arXiv:1504.00325), ROUGE-L from Google's rouge-score; both are imported on first use.
+arXiv:1504.00325) on text tokenised as that evaluation does (``metrics.ptb``: the Stanford
+PTB tokenizer via Java, or its Python rules without Java), so they equal pycocoevalcap's
+scores; ROUGE-L comes from Google's rouge-score (its own tokenizer). The libraries are
+imported on first use.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedumm.metrics.base import check_lengths, field
+from fedumm.metrics.base import MetricOptions, check_lengths, field
+from fedumm.metrics.ptb import ptb_tokenize
 
 __all__ = ["bleu4", "caption_tokens", "cider_d", "metrics", "rouge_l"]
 
-# Words with an inner apostrophe stay whole ("don't"); all other punctuation separates and
-# is dropped, as the COCO evaluation's PTB tokenizer does, but without its Java dependency.
-_CAPTION_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
-
 
 def caption_tokens(text: str) -> str:
-    """Lowercased words joined by single spaces, punctuation dropped ("A dog, running." -> "a dog running")."""
-    return " ".join(_CAPTION_TOKEN.findall(text.lower()))
+    """``text`` tokenised as the COCO caption evaluation does (``ptb_tokenize``): lowercased PTB
+    tokens without punctuation, joined by single spaces ("Don't run." -> "do n't run")."""
+    return ptb_tokenize([text])[0]
 
 
 def _coco_inputs(
     predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """pycocoevalcap's {id: [references]} and {id: [prediction]}, tokenised."""
+    """pycocoevalcap's {id: [references]} and {id: [prediction]}, PTB-tokenised in one pass."""
     check_lengths(predictions, references, "predictions and references")
     empty = [i for i, refs in enumerate(references) if not refs]
     if empty:
         raise ValueError(f"references[{empty[0]}] is empty; every caption needs at least one reference")
-    gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [caption_tokens(p)] for i, p in enumerate(predictions)}
+    tokens = iter(ptb_tokenize([*predictions, *(r for refs in references for r in refs)]))
+    res = {i: [next(tokens)] for i in range(len(predictions))}
+    gts = {i: [next(tokens) for _ in refs] for i, refs in enumerate(references)}
     return gts, res
+
+
+def _bleu4(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return float(scores[3])
+
+
+def _cider_d(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    from pycocoevalcap.cider.cider import Cider
+
+    score, _ = Cider().compute_score(gts, res)
+    return float(score)
 
 
 def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -43,11 +58,7 @@ def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> fl
     Clipped 1- to 4-gram precisions pooled over the corpus, geometric mean, brevity penalty
     against the closest reference length. 1.0 for captions identical to a reference.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    gts, res = _coco_inputs(predictions, references)
-    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    return float(scores[3])
+    return _bleu4(*_coco_inputs(predictions, references))
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -77,22 +88,15 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     IDF comes from the references of the captions scored together, so a single caption
     (one image) scores 0: score a corpus.
     """
-    from pycocoevalcap.cider.cider import Cider
-
-    gts, res = _coco_inputs(predictions, references)
-    score, _ = Cider().compute_score(gts, res)
-    return float(score)
+    return _cider_d(*_coco_inputs(predictions, references))
 
 
-def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
-    """The caption task's metrics of one group: ``{"bleu4", "rouge_l", "cider_d"}`` (``positive_label`` unused).
+def metrics(records: Sequence[Mapping], options: MetricOptions | None = None) -> dict[str, Any]:
+    """The caption task's metrics of one group: ``{"bleu4", "rouge_l", "cider_d"}`` (``options`` unused).
 
     Records hold "prediction" and "references" (or "answers").
     """
     predictions = [str(p) for p in field(records, "prediction")]
     references = [list(refs) for refs in field(records, "references", "answers")]
-    return {
-        "bleu4": bleu4(predictions, references),
-        "rouge_l": rouge_l(predictions, references),
-        "cider_d": cider_d(predictions, references),
-    }
+    gts, res = _coco_inputs(predictions, references)  # one tokenizer run for both COCO metrics
+    return {"bleu4": _bleu4(gts, res), "rouge_l": rouge_l(predictions, references), "cider_d": _cider_d(gts, res)}

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedumm.metrics.base import check_lengths, field
+from fedumm.metrics.base import MetricOptions, check_lengths, field
 from fedumm.metrics.vqa import normalize_answer
 
 __all__ = ["accuracy", "baseline", "macro_f1", "metrics", "roc_auc"]
@@ -67,13 +67,15 @@ def roc_auc(scores: Sequence[float], labels: Sequence[str], positive_label: str 
     return float(roc_auc_score(truth, [float(s) for s in scores]))
 
 
-def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
-    """The classification task's metrics of one group: ``{"accuracy", "macro_f1", "roc_auc"?}``.
+def metrics(records: Sequence[Mapping], options: MetricOptions | None = None) -> dict[str, Any]:
+    """The classification task's metrics of one group: ``{"accuracy", "macro_f1", "roc_auc"?}``
+    (``options.positive_label``: the positive class).
 
     Records hold "prediction", "multiple_choice_answer" (or "label") and optionally "score",
     a positive-class score; ``roc_auc`` is present when some record has one, None in a group
     with one class only.
     """
+    positive_label = (options or MetricOptions()).positive_label
     predictions = [str(p) for p in field(records, "prediction")]
     # The model answers in words, so the answer text is the class; a numeric "label" column
     # (Hateful Memes' 0/1) is only the fallback for rows that carry no answer.

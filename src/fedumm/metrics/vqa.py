@@ -14,12 +14,15 @@ every human answer:
    otherwise every occurrence is replaced by a space (so ``black/white``
    becomes ``black white`` but ``yes!`` becomes ``yes``);
 3. a period not followed by a digit is deleted (``dog.`` -> ``dog``, while
-   ``3.5`` is kept);
+   ``3.5`` is kept), at most 32 of them per answer (the official call passes
+   ``re.UNICODE`` where ``Pattern.sub`` takes its count);
 4. lowercase, split on whitespace; number words ``none``/``zero``..``ten``
    become digits; the articles ``a``, ``an``, ``the`` are dropped;
 5. contractions written without the apostrophe are restored from the
    official table (``dont`` -> ``don't``); words are re-joined by single
-   spaces.
+   spaces. The table's capitalised keys (``Im``, ``Ive``, ``Id've``,
+   ``I'dve``) never match lowercased words, so ``im`` and ``ive`` stay as
+   they are, exactly as in the official scores.
 
 The apostrophe is not in the official punctuation set and is kept, so
 ``don't`` and ``dont`` both normalise to ``don't``.
@@ -30,13 +33,19 @@ out, count how many of the other N-1 equal the prediction, score
 answers this gives 0.3 per matching annotator up to 1.0 at 4 or more matches
 (3 matches score 0.9, because a subset dropping a matching answer only has 2).
 
-One deliberate difference from the official evaluator: it normalises the prediction and
-the human answers only when the human answers disagree (``len(set(gtAnswers)) > 1``);
-when all of them are identical it compares the raw strings after stripping whitespace,
-so "Yes." against ten "yes" scores 0 there. Here both sides are always normalised, so
-that case scores 1. Official submissions are normalised before upload, which makes the
-two agree; raw generative outputs ("Yes.", "Two") are not, and would otherwise be
-penalised only on questions where annotators happened to agree.
+Checked against GT-Vision-Lab's ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``
+(github.com/GT-Vision-Lab/VQA). Two deliberate differences, both only where the
+official rule is degenerate for generative answers:
+
+- Identical human answers: the official evaluator normalises the prediction and the
+  human answers only when the human answers disagree (``len(set(gtAnswers)) > 1``);
+  when all are identical it compares the raw strings after stripping whitespace, so
+  "Yes." against ten "yes" scores 0 there. Here both sides are always normalised, so
+  that case scores 1. Official submissions are normalised before upload, which makes
+  the two agree; raw generative outputs ("Yes.", "Two") are not.
+- One human answer (LLaVA-style JSON rows, most medical VQA sets): the official
+  leave-one-out leaves no other answer, so every prediction scores 0. Here a single
+  answer scores 1.0 on a normalised match and 0.0 otherwise (exact match).
 """
 
 from __future__ import annotations
@@ -81,6 +90,9 @@ _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 # lookbehind but is a lookahead that never blocks a ".", so the effective rule
 # is "delete a period not followed by a digit"; decimals such as 3.5 survive.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# The official call is ``periodStrip.sub("", text, re.UNICODE)``: the third argument of
+# ``Pattern.sub`` is ``count``, so at most re.UNICODE == 32 periods are deleted per answer.
+_PERIOD_STRIP_COUNT = int(re.UNICODE)
 
 _NUMBER_WORDS: dict[str, str] = {
     "none": "0",
@@ -99,9 +111,10 @@ _NUMBER_WORDS: dict[str, str] = {
 
 _ARTICLES: frozenset[str] = frozenset({"a", "an", "the"})
 
-# The official contraction table. The official keys "Id've", "I'dve", "Im"
-# and "Ive" are capitalised and so can never match lowercased text; they are
-# lowercased here so that e.g. "im" -> "i'm" works as intended.
+# The official contraction table, keys as the official evaluator spells them. Its keys
+# "Id've", "I'dve", "Im" and "Ive" are capitalised, and the table is looked up after
+# lowercasing, so they never match there: kept capitalised here, so "im" stays "im" as it
+# does in the official scores.
 _CONTRACTIONS: dict[str, str] = {
     "aint": "ain't",
     "arent": "aren't",
@@ -125,10 +138,10 @@ _CONTRACTIONS: dict[str, str] = {
     "howd": "how'd",
     "howll": "how'll",
     "hows": "how's",
-    "id've": "i'd've",
-    "i'dve": "i'd've",
-    "im": "i'm",
-    "ive": "i've",
+    "Id've": "I'd've",
+    "I'dve": "I'd've",
+    "Im": "I'm",
+    "Ive": "I've",
     "isnt": "isn't",
     "itd": "it'd",
     "itd've": "it'd've",
@@ -242,7 +255,7 @@ def _process_punctuation(text: str) -> str:
             out = out.replace(char, "")
         else:
             out = out.replace(char, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
 def _process_digits_and_articles(text: str) -> str:
@@ -339,8 +352,8 @@ def summarize(records: Iterable[Mapping]) -> dict:
     }
 
 
-def metrics(records: Sequence[Mapping], positive_label: str = "yes") -> dict[str, Any]:
-    """The vqa task's metrics of one group: ``{"vqa_accuracy", "exact_match"}`` (``positive_label`` unused)."""
+def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any]:
+    """The vqa task's metrics of one group: ``{"vqa_accuracy", "exact_match"}`` (``options`` unused)."""
     summary = summarize(records)
     return {"vqa_accuracy": summary["vqa_accuracy"], "exact_match": summary["exact_match"]}
 

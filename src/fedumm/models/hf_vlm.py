@@ -43,6 +43,34 @@ def _qwen_fallback(path: str):
     return QwenVLImageTextProcessor.from_pretrained(path)
 
 
+def _minicpmv46_fallback(path: str):
+    from fedumm.models.minicpm_v import load_processor
+
+    return load_processor(path, "minicpmv4_6")
+
+
+def _minicpmv47_fallback(path: str):
+    from fedumm.models.minicpm_v import load_processor
+
+    return load_processor(path, "minicpmv4_7")
+
+
+def last_attention_layer(text_config: Any) -> int:
+    """Index of the decoder's last self-attention layer: the last layer, or with ``layer_types``
+    (Qwen3.5 alternates linear and full attention) the last ``full_attention`` one."""
+    types = getattr(text_config, "layer_types", None) or []
+    full = [i for i, kind in enumerate(types) if kind == "full_attention"]
+    return full[-1] if full else text_config.num_hidden_layers - 1
+
+
+def _minicpmv_presets(hf_config: Any) -> dict[str, str]:
+    r"""FedMLLM's MiniCPM-V LoRA target, ``llm\..*layers\.27\.self_attn\.q_proj`` (the last of
+    Qwen2-7B's 28 layers, remote-code names): the last attention layer's q_proj, in the native
+    module names."""
+    layer = last_attention_layer(hf_config.text_config)
+    return {"fedmllm": rf"model\.language_model\.layers\.{layer}\.self_attn\.q_proj"}
+
+
 def _idefics3_fallback(path: str):
     """SmolVLM's stock processor needs a video processor (torchvision); for images alone the
     Idefics3 processor does the same work (global image, <fake_token_around_image> wrapping)."""
@@ -87,14 +115,20 @@ class Family:
     quant_skip: tuple[str, ...] = ()
     #: Several images per prompt (one placeholder each in the chat content); False: one only.
     multi_image: bool = True
+    #: Presets that depend on the checkpoint (e.g. its layer count): hf config -> name -> regex.
+    config_presets: Callable[[Any], dict[str, str]] | None = None
 
-    def lora_presets(self) -> dict[str, str]:
+    def lora_presets(self, hf_config: Any = None) -> dict[str, str]:
+        """The three standard presets, plus the family's ``config_presets`` of ``hf_config``."""
         lang = self.language
-        return {
+        presets = {
             "attention": rf".*{lang}.*\.(q_proj|k_proj|v_proj)",
             "attention_qkvo": rf".*{lang}.*\.(q_proj|k_proj|v_proj|o_proj)",
             "all_linear": rf".*{lang}.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         }
+        if self.config_presets is not None and hf_config is not None:
+            presets.update(self.config_presets(hf_config))
+        return presets
 
     def module_groups(self) -> dict[str, str]:
         groups = {"vision": self.vision, "connector": self.connector, "language": self.language_params}
@@ -133,6 +167,22 @@ _IDEFICS3 = Family(
     quant_skip=("vision_model", "connector"),
 )
 
+# MiniCPM-V 4.6 / 4.7: NaViT tower (its window-attention vit_merger included), the MLP merger
+# as connector, a Qwen3.5 decoder whose linear-attention layers have no q/k/v_proj (the
+# attention presets wrap the full-attention layers), ChatML.
+_MINICPMV = Family(
+    language="language_model",
+    vision=r"model\.vision_tower\..*",
+    connector=r"model\.merger\..*",
+    language_params=r"(model\.language_model|lm_head)\..*",
+    answer_prefix="",  # the template ends with "assistant\n"
+    end_tokens=("<|im_end|>",),
+    answer_token_types={"mm_token_type_ids": 0},
+    fallback_processor=_minicpmv46_fallback,
+    quant_skip=("vision_tower", "merger"),
+    config_presets=_minicpmv_presets,
+)
+
 FAMILIES: dict[str, Family] = {
     "llava": LLAVA,
     # image_newline: the learned separator appended to each row of anyres features.
@@ -169,6 +219,8 @@ FAMILIES: dict[str, Family] = {
         extra_groups={"generation": r"model\.(vqmodel|generation_embeddings|generation_aligner|generation_head)\..*"},
         quant_skip=("vision_model", "aligner", "vqmodel", "generation_"),
     ),
+    "minicpmv4_6": _MINICPMV,
+    "minicpmv4_7": dataclasses.replace(_MINICPMV, fallback_processor=_minicpmv47_fallback),
 }
 
 
@@ -196,7 +248,7 @@ class HFVisionLanguageBackend(Backend):
 
     @property
     def lora_presets(self) -> dict[str, str]:
-        return self.resolve_family().lora_presets()
+        return self.resolve_family().lora_presets(self.hf_config)
 
     @property
     def module_groups(self) -> dict[str, str]:
@@ -211,6 +263,11 @@ class HFVisionLanguageBackend(Backend):
         super().__init__(config)
         self.family: Family | None = None
         self.model_type: str | None = None
+        self.hf_config: Any = None  # the checkpoint's transformers config, read with the family
+        self._path: str | None = None
+        compose = config.compose
+        if compose is not None:  # how logs name the model
+            self.name_or_path = f"compose({compose.vision} + {compose.language}, {compose.connector})"
         self._end_token: tuple[Any, int] | None = None  # (chat template, its end id)
 
     @property
@@ -236,17 +293,47 @@ class HFVisionLanguageBackend(Backend):
         self.family = FAMILIES[chosen] if chosen is not None else family_for(model_type)
 
     def _read_model_type(self, path: str) -> str:
+        """The checkpoint's model type (its config kept in ``hf_config``). A model type that
+        transformers does not implement needs ``model.trust_remote_code`` (the checkpoint's own
+        code); without it, one line says so."""
         from transformers import AutoConfig
 
+        remote = self.config.trust_remote_code
         try:
-            return AutoConfig.from_pretrained(path).model_type
+            self.hf_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
         except (OSError, ValueError, KeyError) as exc:
+            if not remote and "trust_remote_code" in str(exc):
+                raise ConfigError(
+                    f"model.trust_remote_code: {path!r} is a model type transformers does not implement and "
+                    "ships its own Python code; set model.trust_remote_code=true to run it (MiniCPM-V: use "
+                    "a 4.6 or 4.7 checkpoint, which transformers implements natively)"
+                ) from exc
             raise load_error(path, exc) from exc
+        return self.hf_config.model_type
+
+    def checkpoint_path(self) -> str:
+        """The folder (or hub id) to load: model.compose's cached composed checkpoint (built once),
+        else model.name_or_path or the backend's tiny model."""
+        if self._path is None:
+            compose = self.config.compose
+            if compose is not None:
+                from fedumm.models.compose import composed_checkpoint
+
+                self._path = composed_checkpoint(compose)
+            else:
+                self._path = resolve_model_path(self.name_or_path)
+            if self.config.trust_remote_code:
+                warnings.warn(
+                    f"model.trust_remote_code: loading {self._path!r} may run Python code shipped with the "
+                    "checkpoint (with this process's rights); use it only for checkpoints you trust",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return self._path
 
     def resolve_family(self) -> Family:
         if self.family is None:
-            path = resolve_model_path(self.name_or_path)
-            self._set_family(self._read_model_type(path))
+            self._set_family(self._read_model_type(self.checkpoint_path()))
         return self.family
 
     # -- loading ---------------------------------------------------------------------------
@@ -264,7 +351,7 @@ class HFVisionLanguageBackend(Backend):
 
         fallback = self.family.fallback_processor
         try:
-            processor = AutoProcessor.from_pretrained(path)
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=self.config.trust_remote_code)
         except (OSError, ValueError, ImportError, TypeError, AttributeError) as exc:
             if fallback is None:
                 raise load_error(path, exc) from exc
@@ -284,11 +371,12 @@ class HFVisionLanguageBackend(Backend):
         return processor
 
     def load(self) -> torch.nn.Module:
-        path = resolve_model_path(self.name_or_path)
+        path = self.checkpoint_path()
         self._set_family(self._read_model_type(path))
         processor = self._load_processor(path)
+        remote = {"trust_remote_code": True} if self.config.trust_remote_code else {}
         model = load_frozen_model(
-            self._model_class(), path, self.config, self.device, skip_modules=self.family.quant_skip
+            self._model_class(), path, self.config, self.device, skip_modules=self.family.quant_skip, **remote
         )
         self.model, self.processor = model, processor
         return model

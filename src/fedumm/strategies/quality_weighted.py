@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from fedumm.errors import ConfigError
-from fedumm.metrics import get_task
+from fedumm.metrics import primary_metric_of
 from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams, weighted_average
 from fedumm.types import check_state_matches
 
@@ -100,7 +100,7 @@ class QualityWeighted(Strategy):
     @classmethod
     def resolve_params(cls, params, task):
         if params.metric is None and task is not None:
-            return params.model_copy(update={"metric": f"local_{get_task(task).primary_metric}"})
+            return params.model_copy(update={"metric": f"local_{primary_metric_of(task)}"})
         return params
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:

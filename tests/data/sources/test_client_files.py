@@ -300,3 +300,97 @@ def test_client_files_image_outside_the_root_names_the_key(tmp_path: Path, write
         load_client_files(tmp_path / "root")
     with pytest.raises(DataError, match="0 usable samples"):  # everything skipped: no client keeps a row
         build_federated_data(config, num_clients=2, seed=0)
+
+
+@pytest.mark.slow
+def test_fedvlmbench_multitask_config_scores_each_task(tmp_path: Path, run_seed_config) -> None:
+    # Prepare: Fed-Med's layout (clients/{train,test}/client_{i}.json, images under image/) with
+    # vqa, caption and grounding records; one vqa test record has no "task" (eval.default_task).
+    (tmp_path / "image").mkdir()
+    Image.new("RGB", (8, 8), (0, 90, 0)).save(tmp_path / "image" / "x.png")
+    answers = {"vqa": "yes", "caption": "a green square on a plain background", "grounding": "[0.1, 0.1, 0.6, 0.6]"}
+
+    def record(k: int, task: str | None) -> dict:
+        out = _llava_record(k, "image/x.png", answers[task or "vqa"])
+        return out if task is None else {**out, "task": task}
+
+    for folder, tasks in (
+        ("train", ["vqa", "caption", "grounding"] * 2),
+        ("test", ["vqa", "caption", "grounding", None]),
+    ):
+        (tmp_path / "clients" / folder).mkdir(parents=True)
+        for c in range(2):
+            records = [record(k, task) for k, task in enumerate(tasks)]
+            (tmp_path / "clients" / folder / f"client_{c}.json").write_text(json.dumps(records))
+
+    # Execute
+    config, result = run_seed_config(
+        "fedvlmbench_multitask.yaml",
+        tmp_path,
+        "tiny-llava",
+        f"data.client_files.root={tmp_path / 'clients'}",
+        f"data.client_files.image_root={tmp_path}",
+        "federation.num_clients=2",
+    )
+
+    # Assert: every task reports its own metrics over its rows (vqa: 2 tagged + 2 default).
+    final = result.federated.records[-1]["global"]
+    assert final["task"] == "multitask" and final["n"] == 8
+    by_task = final["by_task"]
+    assert {name: part["n"] for name, part in by_task.items()} == {"vqa": 4, "caption": 2, "grounding": 2}
+    assert {"vqa_accuracy", "exact_match"} <= set(by_task["vqa"])
+    assert {"cider_d", "bleu4", "rouge_l"} <= set(by_task["caption"])
+    assert {"grounding_accuracy", "mean_iou", "unparsable"} <= set(by_task["grounding"])
+    # The primary metric is the equal-weight mean of the three primary metrics.
+    mean = (
+        by_task["vqa"]["vqa_accuracy"] + by_task["caption"]["cider_d"] + by_task["grounding"]["grounding_accuracy"]
+    ) / 3
+    assert final["multitask_score"] == pytest.approx(mean)
+    assert set(final["by_client"]) == {0, 1} and all(g["n"] == 4 for g in final["by_client"].values())
+    # Clients evaluate locally the same way; the summary names the metric and each task.
+    assert all("local_multitask_score" in m for m in result.federated.records[-1]["client_metrics"].values())
+    summary = result.summary
+    assert (summary["metric"], summary["metric_bounded"]) == ("multitask_score", False)
+    assert set(summary["federated_by_task"]) == {"vqa", "caption", "grounding"}
+    assert summary["federated_by_task"]["caption"]["metric"] == "cider_d"
+    # Majority baseline per task that has one: vqa's training answers are all "yes", as its test answers.
+    assert summary["majority_baseline_accuracy"] is None
+    assert summary["majority_baseline_by_task"] == {"vqa": {"answer": "yes", "score": 1.0}}
+    text = (Path(result.run_dir) / "summary.txt").read_text()
+    assert "grounding (2 rows) grounding_accuracy:" in text
+
+
+def test_client_files_t2i(tmp_path: Path, write_image) -> None:
+    # Prepare: two clients and a global test file of t2i records.
+    def records(n: int, start: int) -> str:
+        return json.dumps(
+            [
+                {
+                    "image": write_image(f"{i}.png"),
+                    "conversations": [{"from": "human", "value": f"prompt {i}"}, {"from": "gpt", "value": "<image>"}],
+                }
+                for i in range(start, start + n)
+            ]
+        )
+
+    for folder, name, n, start in [("train", "client_0", 3, 0), ("train", "client_1", 2, 3), ("test", "all", 2, 5)]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{name}.json").write_text(records(n, start))
+    config = DataConfig.model_validate(
+        {
+            "source": "client_files",
+            "client_files": {"root": str(tmp_path), "task": "t2i"},
+            "partition": {"min_samples": 2},
+            "local_test_fraction": 0,
+        }
+    )
+    # Execute
+    result = load_client_files(tmp_path, task="t2i")
+    data = build_federated_data(config, num_clients=2, seed=0)
+    # Assert
+    assert [[r["prompt"] for r in client] for client in result.clients] == [
+        ["prompt 0", "prompt 1", "prompt 2"],
+        ["prompt 3", "prompt 4"],
+    ]
+    assert [r["prompt"] for r in result.test] == ["prompt 5", "prompt 6"]
+    assert all(r["task"] == "t2i" for c in data.clients for r in c.train)

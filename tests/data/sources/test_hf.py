@@ -389,31 +389,32 @@ def test_fedumm_vqav2_standin_max_samples_and_raise(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fedumm_vqav2_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
-    datasets.DatasetDict({"train": _vqav2_split(40, 0), "validation": _vqav2_split(8, 100)}).save_to_disk(
-        tmp_path / "vqav2"
-    )
+    # Prepare: the layout `fedumm data vqav2` writes (data/train-*.parquet, data/validation-*.parquet).
+    (tmp_path / "vqav2" / "data").mkdir(parents=True)
+    _vqav2_split(40, 0).to_parquet(tmp_path / "vqav2" / "data" / "train-00000-of-00001.parquet")
+    _vqav2_split(16, 100).to_parquet(tmp_path / "vqav2" / "data" / "validation-00000-of-00001.parquet")
+    # Execute: the shipped config as it is, only the path redirected.
     config, result = run_seed_config(
         "fedumm_vqav2.yaml",
         tmp_path,
         "tiny-blip-vqa",
         f"data.hf.path={tmp_path / 'vqav2'}",
-        "data.hf.max_samples=null",
-        "data.hf.max_test_samples=null",
         "federation.num_clients=2",
         "data.partition.min_samples=4",
-        "data.hf.split=train",
-        "data.hf.test_split=validation",
     )
+    # Assert: the global test set is validation[:50%] = 8 of the 16 rows.
     assert config.model.backend == "blip_vqa" and config.adapter.preset == "qv_self"
     assert result.summary["num_clients"] == 2 and result.federated.records[-1]["global"]["n"] == 8
 
 
-def test_fedumm_vqav2_config_points_at_a_parquet_dataset(configs_dir) -> None:
-    # The shipped config must not name a loading-script dataset (datasets>=4 refuses those).
+def test_fedumm_vqav2_config_follows_fedumms_splits(configs_dir) -> None:
+    # FedUMM: train on train, evaluate on the first half of validation; the data set is built by
+    # `fedumm data vqav2` from the official files (no loading-script dataset, which datasets>=4 refuses).
     config = load_config(configs_dir / "fedumm_vqav2.yaml")
     hf = config.data.hf
-    assert (hf.path, hf.split, hf.test_split) == ("lmms-lab/VQAv2", "validation", None)
-    assert config.data.hf.max_samples == 22000 and config.data.global_test_fraction == 0.1
+    assert (hf.path, hf.split, hf.test_split) == ("data/vqav2", "train", "validation[:50%]")
+    assert hf.max_samples is None and hf.max_test_samples is None and config.eval.max_samples is None
+    assert "fedumm data vqav2" in (configs_dir / "fedumm_vqav2.yaml").read_text()
 
 
 def test_hf_relative_image_path_outside_the_data_folder_is_a_row_error(tmp_path: Path) -> None:
@@ -430,3 +431,168 @@ def test_hf_relative_image_path_outside_the_data_folder_is_a_row_error(tmp_path:
     assert skipped.skipped == 1 and "row 1 (1-based): image path '../x.png' resolves to" in skipped.problems[0]
     assert "set data.hf.allow_outside_root: true" in skipped.problems[0]
     assert allowed.rows[0]["image"].load().getpixel((0, 0)) == (6, 6, 6)
+
+
+# ---------------------------------------------------------------- text-to-image datasets
+
+
+def _t2i_dataset(n: int, text_column: str = "caption") -> datasets.Dataset:
+    data = {
+        "picture": [{"bytes": _png((i, 0, 0)), "path": None} for i in range(n)],
+        text_column: [f"a red square number {i}" for i in range(n)],
+        "site": ["a", "b"] * (n // 2) + ["a"] * (n % 2),
+    }
+    return datasets.Dataset.from_dict(data).cast_column("picture", datasets.Image())
+
+
+def test_hf_t2i_rows_from_configured_columns(tmp_path: Path) -> None:
+    # Prepare
+    datasets.DatasetDict({"train": _t2i_dataset(4), "validation": _t2i_dataset(2)}).save_to_disk(tmp_path / "d")
+    config = DataConfig.model_validate(
+        {
+            "source": "hf",
+            "hf": {"path": str(tmp_path / "d"), "task": "t2i", "image_column": "picture", "text_column": "caption"},
+            "partition": {"min_samples": 1},
+            "local_test_fraction": 0,
+        }
+    )
+    # Execute
+    result = load_hf_vqa(str(tmp_path / "d"), "train", task="t2i", image_column="picture", text_column="caption")
+    data = build_federated_data(config, num_clients=2, seed=0)
+    # Assert
+    rows = result.rows
+    assert [r["prompt"] for r in rows] == [f"a red square number {i}" for i in range(4)]
+    assert all(r["task"] == "t2i" and r["answers"] == [] for r in rows)
+    assert rows[3]["image"].load().getpixel((0, 0)) == (3, 0, 0)
+    assert rows[1]["metadata"] == {"source": str(tmp_path / "d"), "split": "train", "row": 2, "site": "b"}
+    assert len(data.global_test) == 2 and all(r["task"] == "t2i" for r in data.pooled_train)
+
+
+def test_hf_t2i_missing_columns_name_the_keys(tmp_path: Path) -> None:
+    _t2i_dataset(2, text_column="text").save_to_disk(tmp_path / "d")
+    with pytest.raises(
+        DataError, match=r"missing column\(s\) \['prompt'\].*data.hf.image_column and data.hf.text_column"
+    ):
+        load_hf_vqa(str(tmp_path / "d"), "train", task="t2i", image_column="picture")
+
+
+def test_hf_t2i_empty_prompt_names_the_row(tmp_path: Path) -> None:
+    data = _t2i_dataset(3, text_column="text").to_dict()
+    data["text"][2] = " "
+    datasets.Dataset.from_dict(data).cast_column("picture", datasets.Image()).save_to_disk(tmp_path / "d")
+    with pytest.raises(DataError, match=r"row 3 \(1-based\): field 'text' \(the prompt\): expected a non-empty string"):
+        load_hf_vqa(str(tmp_path / "d"), "train", task="t2i", image_column="picture", text_column="text")
+
+
+# ---------------------------------------------------------------------------------------------
+# Split slices and max_samples read only the rows they keep
+
+
+def _row_group_parquet(path: Path, rows: int, group: int) -> Path:
+    """A parquet file of ``rows`` VQAv2-schema rows (row i: grey level i) in row groups of ``group`` rows."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(_vqa_dataset(rows).data.table, path, row_group_size=group)
+    return path
+
+
+def _corrupt_row_groups(path: Path, groups: set[int]) -> None:
+    """Overwrite every column chunk of ``groups`` with 0xFF bytes: reading such a group fails."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    data = bytearray(path.read_bytes())
+    for g in groups:
+        for j in range(meta.num_columns):
+            chunk = meta.row_group(g).column(j)
+            start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+            data[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("split", "rows"), [("train[:10]", range(10)), ("train[:25%]", range(10))])
+def test_hf_split_slice_reads_only_its_row_groups(tmp_path: Path, split: str, rows: range) -> None:
+    # Prepare: 40 rows in 4 row groups of 10; groups 1-3 are corrupted, so a full read fails.
+    path = _row_group_parquet(tmp_path / "train.parquet", 40, 10)
+    _corrupt_row_groups(path, {1, 2, 3})
+    with pytest.raises(DataError, match="row group 1 cannot be read"):
+        load_hf_vqa(str(path), "train")
+    # Execute
+    result = load_hf_vqa(str(path), split)
+    # Assert: the first 10 rows, read from group 0 alone.
+    assert [r["question"] for r in result.rows] == [f"question {i}?" for i in rows]
+    assert result.rows[9]["image"].load().getpixel((0, 0)) == (9, 9, 9)
+
+
+def test_hf_max_samples_reads_only_the_drawn_rows_groups(tmp_path: Path) -> None:
+    # Prepare: 100 rows in 10 groups of 10; every group holding no drawn row is corrupted.
+    path = _row_group_parquet(tmp_path / "train.parquet", 100, 10)
+    drawn = subsample_indices(100, 3, seed=4)
+    unread = set(range(10)) - {i // 10 for i in drawn}
+    assert len(unread) >= 7
+    _corrupt_row_groups(path, unread)
+    # Execute
+    rows = load_hf_vqa(str(path), "train", max_samples=3, seed=4).rows
+    # Assert
+    assert [r["metadata"]["row"] for r in rows] == [i + 1 for i in drawn]
+    assert [r["question"] for r in rows] == [f"question {i}?" for i in drawn]
+
+
+def test_hf_slice_then_max_samples_on_a_save_to_disk_split(tmp_path: Path) -> None:
+    # Prepare: 6 train rows; [2:] keeps rows 2..5 (0-based).
+    path = str(_save_dataset_dict(tmp_path / "vqa"))
+    # Execute
+    sliced = load_hf_vqa(path, "train[2:]").rows
+    drawn = load_hf_vqa(path, "train[2:]", max_samples=2, seed=3).rows
+    tail = load_hf_vqa(path, "train[-50%:]").rows
+    # Assert: row numbers count the whole split; the draw is from the slice's 4 rows.
+    assert [r["metadata"]["row"] for r in sliced] == [3, 4, 5, 6]
+    assert [r["metadata"]["row"] for r in drawn] == [3 + k for k in subsample_indices(4, 2, seed=3)]
+    assert [r["metadata"]["row"] for r in tail] == [4, 5, 6]
+    assert sliced[0]["metadata"]["split"] == "train[2:]"
+
+
+def test_hf_sliced_test_split_in_a_folder_of_parquet_shards(tmp_path: Path) -> None:
+    # Prepare: a hub-style folder, validation in two shards (3 + 3 rows).
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    _vqa_dataset(4).to_parquet(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet")
+    for k in range(2):
+        _vqa_dataset(3, offset=100 + 3 * k).to_parquet(
+            tmp_path / "snap" / "data" / f"validation-0000{k}-of-00002.parquet"
+        )
+    config = DataConfig.model_validate(
+        {"source": "hf", "hf": {"path": str(tmp_path / "snap"), "test_split": "validation[:50%]"}}
+    )
+    # Execute
+    train, test = load_samples(config, seed=0)
+    # Assert: the first half of the 6 validation rows, across the shard boundary order.
+    assert [r["question_id"] for r in train] == [1000, 1001, 1002, 1003]
+    assert [r["question_id"] for r in test] == [1100, 1101, 1102]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("split", "train[:x]", "expected a split name with an optional slice"),
+        ("test_split", "train[:10]+validation[:10]", "several splits ['train', 'validation']"),
+    ],
+)
+def test_hf_bad_split_spec_is_a_config_error(key: str, value: str, fragment: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        DataConfig.model_validate({"source": "hf", "hf": {"path": "x", key: value}})
+    assert f"hf.{key}" in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["validation[:50%]", "validation[-3:]", "validation[20%:60%]", "validation[2:5]"])
+def test_hf_slices_select_the_rows_datasets_selects(tmp_path: Path, spec: str) -> None:
+    # Prepare: 7 validation rows (50% rounds: 3.5 -> 4), as shards in a hub-style folder.
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    _vqa_dataset(2).to_parquet(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet")
+    _vqa_dataset(7, offset=100).to_parquet(tmp_path / "snap" / "data" / "validation-00000-of-00001.parquet")
+    # Execute
+    ours = [r["question_id"] for r in load_hf_vqa(str(tmp_path / "snap"), spec).rows]
+    theirs = datasets.load_dataset(str(tmp_path / "snap"), split=spec, cache_dir=str(tmp_path / "cache"))["question_id"]
+    # Assert
+    assert ours == theirs and ours

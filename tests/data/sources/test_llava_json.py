@@ -191,3 +191,56 @@ def test_llava_image_outside_the_root_names_the_key(tmp_path: Path, write_image,
     assert result.skipped == 1 and "record 1 (1-based): image path '../x.png' resolves to" in result.problems[0]
     assert result.problems[0].endswith("set data.llava_json.allow_outside_root: true to read images outside it")
     assert allowed.rows[0]["image"].size == (8, 8)
+
+
+# ---------------------------------------------------------------- text-to-image records
+
+
+def _t2i_record(image: str, prompt: str = "a red square", **extra) -> dict:
+    turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": "<image>"}]
+    return {"id": "r", "image": image, "conversations": turns, **extra}
+
+
+def test_llava_t2i_records(tmp_path: Path, write_image) -> None:
+    # Prepare: the gpt turn may be "<image>" or left out; an "<image>" in the prompt is dropped.
+    meta = {"tag": "single_object", "include": [{"class": "square", "count": 1}]}
+    only_prompt = {
+        "id": "s",
+        "image": write_image("b.png"),
+        "conversations": [{"from": "human", "value": "<image>\na cat"}],
+    }
+    path = tmp_path / "t2i.json"
+    path.write_text(json.dumps([_t2i_record(write_image("a.png"), geneval=meta), only_prompt]))
+    # Execute
+    rows = load_llava_json(path, task="t2i").rows
+    # Assert
+    assert [r["prompt"] for r in rows] == ["a red square", "a cat"]
+    assert rows[0]["geneval"] == {**meta, "prompt": "a red square"} and "geneval" not in rows[1]
+    assert all(r["task"] == "t2i" and r["image"].size == (8, 8) and r["answers"] == [] for r in rows)
+    assert rows[1]["metadata"] == {"source": str(path), "row": 2, "id": "s"}
+
+
+@pytest.mark.parametrize(
+    ("record", "fragment"),
+    [
+        ({"id": "x", "image": "images/a.png", "conversations": []}, "a t2i record has the human prompt"),
+        (
+            {
+                **_t2i_record("images/a.png"),
+                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "red"}],
+            },
+            "a t2i record's answer is the image",
+        ),
+        ({**_t2i_record("images/a.png"), "image": None}, "a t2i record needs its target image"),
+        ({**_t2i_record("images/a.png"), "image": ["images/a.png"]}, "a t2i record needs its target image"),
+        (_t2i_record("images/a.png", prompt="<image>"), "field 'prompt': expected a non-empty string"),
+        (_t2i_record("images/a.png", geneval={"tag": "x", "include": "dog"}), "'include' must be a non-empty list"),
+    ],
+)
+def test_llava_t2i_bad_records_name_file_and_record(tmp_path: Path, write_image, record: dict, fragment: str) -> None:
+    write_image("a.png")
+    path = tmp_path / "t2i.json"
+    path.write_text(json.dumps([_t2i_record("images/a.png"), record]))
+    with pytest.raises(DataError) as info:
+        load_llava_json(path, task="t2i")
+    assert str(info.value).startswith(f"{path}, record 2 (1-based): ") and fragment in str(info.value)

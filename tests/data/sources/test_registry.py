@@ -24,8 +24,11 @@ from fedumm.data.sources.hf import HFSourceConfig
 from fedumm.data.sources.hf import load as load_hf
 from fedumm.errors import ConfigError
 
-BUILT_IN = ["synthetic", "hf", "llava_json", "client_files", "table"]
-UNKNOWN = "data.source: must be one of 'synthetic', 'hf', 'llava_json', 'client_files' or 'table' (got 'csv')"
+BUILT_IN = ["synthetic", "hf", "llava_json", "client_files", "table", "crisismmd", "vqa_rad", "slake", "medalpaca"]
+UNKNOWN = (
+    "data.source: must be one of 'synthetic', 'hf', 'llava_json', 'client_files', 'table', 'crisismmd', "
+    "'vqa_rad', 'slake' or 'medalpaca' (got 'csv')"
+)
 
 
 class ToyConfig(Section):
@@ -60,7 +63,8 @@ def toy_registered() -> Iterator[type[Section]]:
 def test_built_in_sources_are_registered_in_order_and_have_their_sections() -> None:
     assert available_sources() == BUILT_IN
     assert list(DataConfig.model_fields)[: len(BUILT_IN) + 1] == ["source", *BUILT_IN]
-    assert [get_source(name).required for name in BUILT_IN] == [None, "path", "path", "root", "path"]
+    required = [None, "path", "path", "root", "path", "root", "path", "root", "path"]
+    assert [get_source(name).required for name in BUILT_IN] == required
 
 
 def test_registering_a_name_twice_fails() -> None:
@@ -116,7 +120,7 @@ def test_a_registered_toy_source_has_its_required_key_checked(toy_registered: ty
     with pytest.raises(ValidationError, match="data.toy.word: required when data.source is 'toy'"):
         toy_registered.model_validate({"source": "toy"})
     # DataConfig was built before the toy source existed: it has no data.toy, so it refuses the name.
-    with pytest.raises(ValidationError, match="data.source: must be one of 'synthetic', .* or 'table'"):
+    with pytest.raises(ValidationError, match="data.source: must be one of 'synthetic', .* or 'medalpaca'"):
         DataConfig.model_validate({"source": "toy"})
 
 

@@ -461,3 +461,84 @@ def test_table_unresolvable_image_paths_are_row_errors(tmp_path: Path) -> None:
         "image path 'loop.png' cannot be resolved",
         "image path 'a\\x00.png' cannot be resolved",
     ]
+
+
+# ---------------------------------------------------------------- text-to-image tables
+
+T2I_META = {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "red"}]}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_t2i_table_rows(tmp_path: Path, write_image, suffix: str) -> None:
+    # Prepare: in CSV the geneval cell is a JSON string.
+    meta = T2I_META if suffix == ".jsonl" else json.dumps(T2I_META)
+    records = [
+        {"prompt": "a red square", "image": write_image("a.png"), "geneval": meta, "site": "north"},
+        {"prompt": "a blue circle", "image": write_image("b.png", (0, 0, 200)), "geneval": "", "site": "south"},
+    ]
+    path = _write_table(tmp_path / f"t{suffix}", records)
+    # Execute
+    rows = load_table(path, task="t2i").rows
+    # Assert
+    assert [r["prompt"] for r in rows] == ["a red square", "a blue circle"]
+    assert all(r["task"] == "t2i" and r["question"] == "" and r["answers"] == [] for r in rows)
+    assert rows[0]["geneval"] == {**T2I_META, "prompt": "a red square"} and rows[0]["tag"] == "colors"
+    assert "geneval" not in rows[1]
+    assert rows[1]["image"].load().getpixel((0, 0)) == (0, 0, 200)
+    assert rows[0]["metadata"] == {"source": str(path), "row": 1, "site": "north"}
+
+
+@pytest.mark.parametrize(
+    ("record", "fragment"),
+    [
+        ({"image": "images/a.png", "prompt": ""}, "missing field 'prompt'"),
+        ({"prompt": "a red square"}, "missing field 'image'"),
+        ({"prompt": "a red square", "image": "images/none.png"}, "images/none.png"),
+        ({"prompt": "a", "image": "images/a.png", "task": "vqa"}, "field 'task' is 'vqa' in a t2i table"),
+        ({"prompt": "a", "image": "images/a.png", "geneval": {"tag": "x"}}, "'include' must be a non-empty list"),
+        (
+            {"prompt": "a", "image": "images/a.png", "geneval": {**T2I_META, "prompt": "b"}},
+            "its prompt 'b' differs from the row's prompt 'a'",
+        ),
+    ],
+)
+def test_t2i_table_bad_rows_name_file_and_line(tmp_path: Path, write_image, record: dict, fragment: str) -> None:
+    write_image("a.png")
+    path = _write_table(tmp_path / "t.jsonl", [{"prompt": "ok", "image": "images/a.png"}, record])
+    with pytest.raises(DataError) as info:
+        load_table(path, task="t2i")
+    message = str(info.value)
+    assert message.startswith(f"{path}, line 2 (1-based): ") and fragment in message
+
+
+def test_t2i_csv_needs_prompt_and_image_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("image,question\na.png,q\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['prompt'\]"):
+        load_table(path, task="t2i")
+
+
+def test_t2i_table_through_the_config(tmp_path: Path, write_image) -> None:
+    # Prepare: 20 t2i rows, colour column for the partition.
+    records = [
+        {"prompt": f"a {c} square", "image": write_image(f"{i}.png"), "color": c}
+        for i, c in enumerate(["red", "blue"] * 10)
+    ]
+    path = _write_table(tmp_path / "t.jsonl", records)
+    config = DataConfig.model_validate(
+        {
+            "source": "table",
+            "table": {"path": str(path), "task": "t2i"},
+            "partition": {"label_column": "color", "min_samples": 2},
+        }
+    )
+    # Execute
+    data = build_federated_data(config, num_clients=2, seed=0)
+    # Assert: the colour column reached the partition (from metadata) and the rows are t2i.
+    assert all(r["task"] == "t2i" for r in data.pooled_train + data.global_test)
+    assert len(data.global_test) == 2 and sum(data.partition.sizes) == 18
+
+
+def test_t2i_table_refuses_the_hateful_memes_format() -> None:
+    with pytest.raises(ValueError, match="data.table.task: t2i reads the fedumm format only"):
+        DataConfig.model_validate({"table": {"path": "x.jsonl", "task": "t2i", "format": "hateful_memes"}})

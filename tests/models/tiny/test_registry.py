@@ -13,7 +13,7 @@ import pytest
 import fedumm
 from fedumm.errors import ConfigError
 from fedumm.models import tiny
-from fedumm.models.tiny import TINY_MODELS, register_tiny, resolve_model_path
+from fedumm.models.tiny import TINY_MODELS, TINY_PARTS, register_tiny, register_tiny_part, resolve_model_path
 
 BUILT_IN = [
     "tiny-llava",
@@ -24,12 +24,27 @@ BUILT_IN = [
     "tiny-smolvlm",
     "tiny-paligemma",
     "tiny-janus",
+    "tiny-minicpm-v",
+    "tiny-minicpm-v4.7",
     "tiny-blip-vqa",
 ]
 
 
 def test_the_built_in_models_are_registered_in_order():
     assert list(TINY_MODELS) == BUILT_IN
+
+
+def test_the_built_in_parts_are_registered_apart_from_the_models():
+    assert list(TINY_PARTS) == ["tiny-clip-vision", "tiny-llama"]
+    assert not set(TINY_PARTS) & set(TINY_MODELS)
+
+
+def test_a_part_name_cannot_reuse_a_model_name_or_a_part_name():
+    with pytest.raises(ValueError, match="tiny part 'tiny-llava' is already registered by build_tiny_llava"):
+        register_tiny_part("tiny-llava", lambda path: None)
+    with pytest.raises(ValueError, match="tiny model 'tiny-llama' is already registered by build_tiny_llama"):
+        register_tiny("tiny-llama", lambda path: None)
+    assert list(TINY_PARTS) == ["tiny-clip-vision", "tiny-llama"]
 
 
 def test_registering_a_name_twice_fails():

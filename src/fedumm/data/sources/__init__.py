@@ -14,7 +14,7 @@ must be set when the source is selected, or omit it). To add a source:
 
 from __future__ import annotations
 
-from fedumm.data.sources import client_files, hf, llava_json, synthetic, table
+from fedumm.data.sources import client_files, crisismmd, hf, llava_json, medalpaca, slake, synthetic, table, vqa_rad
 from fedumm.data.sources.base import LoadedSamples, SourceSpec
 from fedumm.errors import ConfigError
 
@@ -76,3 +76,7 @@ register(hf.SPEC)
 register(llava_json.SPEC)
 register(client_files.SPEC)
 register(table.SPEC)
+register(crisismmd.SPEC)
+register(vqa_rad.SPEC)
+register(slake.SPEC)
+register(medalpaca.SPEC)

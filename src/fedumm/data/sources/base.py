@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from fedumm.config_base import Section
 from fedumm.data.rows import LoadResult
@@ -19,6 +19,12 @@ ON_ERROR_DESCRIPTION = (
 ALLOW_OUTSIDE_ROOT_DESCRIPTION = (
     "Image paths may point outside image_root: false = a path that resolves outside it (.., an absolute "
     "path, a symlink) is a broken row (on_error); true = read it anyway."
+)
+#: What a file source's rows are: understanding rows (question -> answer) or text-to-image rows.
+RowTask = Literal["understanding", "t2i"]
+TASK_DESCRIPTION = (
+    "What the rows are: understanding = image + question -> answer (VQA, classification, captions); "
+    "t2i = text-to-image rows, a prompt -> its target image (fedumm.data.rows.t2i_row)."
 )
 MAX_SAMPLES_DESCRIPTION = (
     "Cap on source records (rows / conversations), drawn deterministically with the run seed "
@@ -49,12 +55,16 @@ class LoadedSamples:
     def from_results(cls, train: LoadResult, test: LoadResult | None) -> LoadedSamples:
         """The train split's and (if any) test split's rows, with their skipped rows summed."""
         loaded = [train] + ([test] if test else [])
+        by_file: dict[str, int] = {}
+        for result in loaded:  # summed: both splits may come from one file (VQA-RAD)
+            for name, count in result.skipped_by_source.items():
+                by_file[name] = by_file.get(name, 0) + count
         return cls(
             train=train.rows,
             test=test.rows if test else None,
             skipped=sum(r.skipped for r in loaded),
             problems=[p for r in loaded for p in r.problems],
-            skipped_by_file={k: v for r in loaded for k, v in r.skipped_by_source.items()},
+            skipped_by_file=by_file,
         )
 
 

@@ -11,8 +11,15 @@ from pydantic import Field
 
 from fedumm.config_base import Section
 from fedumm.data.rows import OnError
-from fedumm.data.sources.base import ALLOW_OUTSIDE_ROOT_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
-from fedumm.data.sources.llava_json import load_llava_json
+from fedumm.data.sources.base import (
+    ALLOW_OUTSIDE_ROOT_DESCRIPTION,
+    ON_ERROR_DESCRIPTION,
+    TASK_DESCRIPTION,
+    LoadedSamples,
+    RowTask,
+    SourceSpec,
+)
+from fedumm.data.sources.llava_json import T2I_CONVENTION, load_llava_json
 from fedumm.errors import DataError
 
 
@@ -23,6 +30,7 @@ class ClientFilesSourceConfig(Section):
     image_root: str | None = Field(None, description="Folder the records' image paths are relative to; null = root.")
     allow_outside_root: bool = Field(False, description=ALLOW_OUTSIDE_ROOT_DESCRIPTION)
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
+    task: RowTask = Field("understanding", description=f"{TASK_DESCRIPTION} {T2I_CONVENTION}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ def load_client_files(
     on_error: OnError = "raise",
     *,
     allow_outside_root: bool = False,
+    task: RowTask = "understanding",
 ) -> ClientFilesResult:
     """Load pre-split natural clients: ``root/train/client_{i}.json`` and ``root/test/*.json``.
 
@@ -97,7 +106,8 @@ def load_client_files(
     global test set is the union of the clients' test files, each row tagged with its
     ``client_id`` (the 0-based client position) so that the global model's metrics break
     down by client. Image paths are relative to ``image_root`` (default: root) and must
-    resolve inside it unless ``allow_outside_root``.
+    resolve inside it unless ``allow_outside_root``. ``task="t2i"``: every file holds
+    text-to-image records (``load_llava_json``).
 
     Raises:
         DataError: naming the file, if train/ is missing, a name is not client_<index>.json,
@@ -122,7 +132,7 @@ def load_client_files(
             f"{test_dir}: per-client test files must match train/ one to one; "
             + (f"no test file for client(s) {lacking}" if lacking else f"no training file for client(s) {extra}")
         )
-    options = {"allow_outside_root": allow_outside_root, "section": "data.client_files"}
+    options = {"allow_outside_root": allow_outside_root, "section": "data.client_files", "task": task}
     clients = [load_llava_json(p, images, on_error, **options) for p in train_by_index.values()]
     client_tests = (
         [load_llava_json(test_by_index[i], images, on_error, **options) for i in train_by_index]
@@ -149,7 +159,11 @@ def load_client_files(
 def load(config: ClientFilesSourceConfig, seed: int) -> LoadedSamples:
     """The client files as natural clients (``seed`` is unused: nothing is drawn)."""
     result = load_client_files(
-        str(config.root), config.image_root, config.on_error, allow_outside_root=config.allow_outside_root
+        str(config.root),
+        config.image_root,
+        config.on_error,
+        allow_outside_root=config.allow_outside_root,
+        task=config.task,
     )
     return LoadedSamples(
         train=[row for rows in result.clients for row in rows],

@@ -1,19 +1,29 @@
 """Source ``hf``: one split of a Hugging Face dataset with the VQAv2 columns (a hub name, a save_to_disk
-folder, a parquet file, a folder of data files, or ``data_files``), and its test split or a hold-out."""
+folder, a parquet file, a folder of data files, or ``data_files``), and its test split or a hold-out.
+
+Splits may be sliced as in ``datasets`` (``train[:1000]``, ``validation[:50%]``). Local parquet files
+(a parquet file, a folder of parquet data files such as ``fedumm data vqav2`` writes, parquet
+``data_files``) are read by index (``fedumm.data.parquet``): only the row groups holding the rows of
+the slice and of the ``max_samples`` draw are read. A save_to_disk folder is memory-mapped, so only
+the selected rows are read from it too. Any other dataset (a hub name, json/csv files) is prepared
+whole by ``datasets`` first, then sliced and drawn.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fedumm.config_base import Section
 from fedumm.data.images import ImageRef
+from fedumm.data.parquet import ParquetRows, split_name, split_rows
 from fedumm.data.rows import (
     SCHEMA_COLUMNS,
     LoadResult,
@@ -27,9 +37,17 @@ from fedumm.data.rows import (
     most_common_answer,
     optional_fields,
     subsample_indices,
+    t2i_row,
     text_field,
 )
-from fedumm.data.sources.base import MAX_SAMPLES_DESCRIPTION, ON_ERROR_DESCRIPTION, LoadedSamples, SourceSpec
+from fedumm.data.sources.base import (
+    MAX_SAMPLES_DESCRIPTION,
+    ON_ERROR_DESCRIPTION,
+    TASK_DESCRIPTION,
+    LoadedSamples,
+    RowTask,
+    SourceSpec,
+)
 from fedumm.errors import DataError
 
 
@@ -50,10 +68,16 @@ class HFSourceConfig(Section):
         description="Hub revision (branch, tag or commit); refs/convert/parquet = the Hub's automatic "
         "parquet export of a script-only dataset.",
     )
-    split: str = Field("train", min_length=1, description="Split the clients train on.")
+    split: str = Field(
+        "train",
+        min_length=1,
+        description="Split the clients train on; a slice as in datasets reads only its rows, e.g. "
+        "train[:1000], train[10%:20%].",
+    )
     test_split: str | None = Field(
         "validation",
-        description="Split used as the global test set; null = hold out data.global_test_fraction of the train split.",
+        description="Split used as the global test set, sliceable as split (FedUMM: validation[:50%]); "
+        "null = hold out data.global_test_fraction of the train split.",
     )
     data_files: dict[str, list[str]] | None = Field(
         None, description="Split name -> data files (parquet/json/csv), as in datasets.load_dataset."
@@ -71,6 +95,25 @@ class HFSourceConfig(Section):
         "itself writes for undecoded image files, are not checked.",
     )
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
+    task: RowTask = Field(
+        "understanding",
+        description=f"{TASK_DESCRIPTION} A t2i dataset has an image column and a text column (image_column, "
+        "text_column) and optionally a geneval column (GenEval metadata, an object or a JSON string).",
+    )
+    image_column: str = Field("image", min_length=1, description="t2i: the column holding the target image.")
+    text_column: str = Field(
+        "prompt", min_length=1, description="t2i: the column holding the prompt (e.g. text, caption)."
+    )
+
+    @field_validator("split", "test_split")
+    @classmethod
+    def _split_spec(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                split_name(value)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 _HF_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
@@ -110,10 +153,55 @@ def _data_files_folder(path_or_name: str, files: str | list[str]) -> Path | None
     return Path(os.path.commonpath(folders)) if len(set(folders)) > 1 else Path(folders[0])
 
 
+@dataclass(frozen=True)
+class _DatasetRows:
+    """A ``datasets.Dataset`` split read by index (a save_to_disk folder is memory-mapped: only the
+    selected rows are read), its image columns left undecoded so that one broken image names its row."""
+
+    dataset: Any
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.dataset.column_names)
+
+    def records(self, indices: Sequence[int], image_column: str = "image") -> Iterator[tuple[int, Mapping]]:
+        return zip(indices, _undecoded(self.dataset.select(indices), image_column))
+
+
+def _local_parquet(files: list[str]) -> bool:
+    return bool(files) and all(f.lower().endswith(".parquet") and "://" not in f for f in files)
+
+
+def _resolve_files(patterns: str | list[str], base: str | None) -> list[str]:
+    """Data file patterns resolved as ``datasets.load_dataset`` resolves them (globs, relative to ``base``)."""
+    from datasets.data_files import DataFilesList
+
+    return list(DataFilesList.from_patterns([patterns] if isinstance(patterns, str) else list(patterns), base))
+
+
+def _folder_splits(path: Path) -> dict[str, list[str]] | None:
+    """{split: data files} of a local folder, found by datasets' own file-name patterns
+    (data/train-00000-of-00002.parquet, ...); None when it holds no data files (e.g. only a
+    loading script, which ``datasets.load_dataset`` then reports)."""
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+    from datasets.exceptions import DataFilesNotFoundError
+
+    try:
+        patterns = get_data_patterns(str(path))
+    except (EmptyDatasetError, DataFilesNotFoundError):
+        return None
+    return {name: list(files) for name, files in DataFilesDict.from_patterns(patterns, base_path=str(path)).items()}
+
+
 def _open_hf_split(
     path_or_name: str, split: str, data_files: Any, name: str | None = None, revision: str | None = None
-) -> tuple[Any, Path | None]:
-    """The requested split as a ``datasets.Dataset``, and the local folder (if any) image paths are under."""
+) -> tuple[_DatasetRows | ParquetRows, Path | None]:
+    """The split named ``split`` (no slice), readable by index, and the local folder (if any) image paths
+    are under. Local parquet files are read by row group; anything else through ``datasets``."""
     # Imported here: datasets pulls in pyarrow and takes about a second; only this source needs it.
     import datasets
 
@@ -125,17 +213,23 @@ def _open_hf_split(
             files = data_files if isinstance(data_files, Mapping) else {split: data_files}
             if split not in files:
                 raise DataError(f"{where}: data_files has no split {split!r} (has {sorted(files)})")
+            folder = _data_files_folder(path_or_name, files[split])
+            patterns = [files[split]] if isinstance(files[split], str) else list(files[split])
+            if all(isinstance(f, str) and "://" not in f for f in patterns):
+                resolved = _resolve_files(patterns, str(path) if path.is_dir() else None)
+                if _local_parquet(resolved):
+                    return ParquetRows(resolved, f"{where}, split {split!r}"), folder
             loaded = datasets.load_dataset(path_or_name, data_files=dict(files), split=split, **hub)
-            return loaded, _data_files_folder(path_or_name, files[split])
+            return _DatasetRows(loaded), folder
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
                     raise DataError(f"{where} (save_to_disk folder) has no split {split!r} (has {sorted(loaded)})")
-                return loaded[split], path
+                return _DatasetRows(loaded[split]), path
             own = str(loaded.split) if loaded.split is not None else "train"
             _check_single_split(own, split, f"{where} (save_to_disk folder)")
-            return loaded, path
+            return _DatasetRows(loaded), path
         if path.is_file():
             builder = _HF_BUILDERS.get(path.suffix.lower())
             if builder is None:
@@ -143,9 +237,19 @@ def _open_hf_split(
                     f"{where}: unsupported file type {path.suffix!r}; expected one of {sorted(_HF_BUILDERS)}"
                 )
             _check_single_split("train", split, f"{where} (single file)")
-            return datasets.load_dataset(builder, data_files={"train": str(path)}, split="train"), path.parent
-        # A local folder of data files (a hub snapshot: data/train-*.parquet, ...) or a hub name.
-        return datasets.load_dataset(path_or_name, split=split, **hub), path if path.is_dir() else None
+            if builder == "parquet":
+                return ParquetRows([str(path)], where), path.parent
+            loaded = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train")
+            return _DatasetRows(loaded), path.parent
+        if path.is_dir():
+            # A local folder of data files (a hub snapshot, fedumm data vqav2's output: data/train-*.parquet).
+            found = _folder_splits(path)
+            if found is not None and split not in found:
+                raise DataError(f"{where} (folder of data files) has no split {split!r} (has {sorted(found)})")
+            if found is not None and _local_parquet(found[split]):
+                return ParquetRows(found[split], f"{where}, split {split!r}"), path
+            return _DatasetRows(datasets.load_dataset(path_or_name, split=split, **hub)), path
+        return _DatasetRows(datasets.load_dataset(path_or_name, split=split, **hub)), None
     except RuntimeError as exc:
         if "scripts are no longer supported" not in str(exc):
             raise
@@ -154,7 +258,8 @@ def _open_hf_split(
             f"cannot load {where}, split {split!r}: it is a dataset loading script, which datasets>=4 no longer "
             f"runs ({exc}). Point data.hf.path at a parquet copy instead: the Hub's parquet export "
             f"(data.hf.revision: refs/convert/parquet, where the Hub made one), a parquet mirror of the "
-            f"dataset, parquet files via data.hf.data_files, or a save_to_disk folder"
+            f"dataset, parquet files via data.hf.data_files, or a save_to_disk folder; or build one from the "
+            f"official VQA v2 files with `fedumm data vqav2`"
         ) from exc
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot load {where}, split {split!r}: {type(exc).__name__}: {exc}") from exc
@@ -223,14 +328,28 @@ def _hf_sample(
     return row
 
 
-def _undecoded(dataset: Any) -> Any:
+def _hf_t2i_sample(
+    record: Mapping, base: Path | None, metadata: dict, image_column: str, text_column: str, allow_outside_root: bool
+) -> dict:
+    image = _hf_image(record.get(image_column), base, image_column, allow_outside_root)
+    if image is None:
+        raise RowProblem(f"field {image_column!r} is null; a t2i row needs its target image")
+    prompt = record.get(text_column)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RowProblem(f"field {text_column!r} (the prompt): expected a non-empty string, got {prompt!r}")
+    taken = {image_column, text_column, "geneval"}
+    extra = {k: v for k, v in record.items() if k not in taken and isinstance(v, (str, int, float, bool))}
+    return t2i_row(prompt, image, {**metadata, **extra}, record.get("geneval"))
+
+
+def _undecoded(dataset: Any, image_column: str = "image") -> Any:
     """``dataset`` with its image columns left undecoded, so that one broken image names its
     row instead of failing the whole batch."""
     import datasets
 
-    image = dataset.features.get("image")
+    image = dataset.features.get(image_column)
     if isinstance(image, datasets.Image):
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     images = dataset.features.get("images")
     if isinstance(images, datasets.List) and isinstance(images.feature, datasets.Image):
         dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False), length=images.length))
@@ -249,6 +368,9 @@ def load_hf_vqa(
     revision: str | None = None,
     allow_missing_images: bool = False,
     allow_outside_root: bool = False,
+    task: RowTask = "understanding",
+    image_column: str = "image",
+    text_column: str = "prompt",
 ) -> LoadResult:
     """Load one split of a VQAv2-schema Hugging Face dataset (e.g. a parquet copy of VQAv2).
 
@@ -265,31 +387,54 @@ def load_hf_vqa(
     paths in the rows are under the data files' folder); a ``save_to_disk`` folder (a
     DatasetDict, or one Dataset = one split); a single parquet/json/csv file (one split:
     "train"); a local folder of data files; else a hub name (with ``name`` and ``revision``,
-    e.g. "refs/convert/parquet"). ``max_samples`` rows are drawn with ``seed`` before any
-    image is decoded.
+    e.g. "refs/convert/parquet"). ``split`` may be sliced as in ``datasets`` ("train[:1000]",
+    "validation[:50%]"); ``max_samples`` rows of the slice are drawn with ``seed`` before any
+    image is decoded, and only the rows read are the ones kept (local parquet: their row groups).
+
+    ``task="t2i"`` reads text-to-image rows (``fedumm.data.rows.t2i_row``) instead: the target
+    image from ``image_column``, the prompt from ``text_column``, GenEval metadata from a
+    ``geneval`` column if there is one; other scalar columns go into ``metadata``.
 
     Raises:
         DataError: if the dataset or split cannot be loaded (a loading-script dataset says how
             to load a parquet copy instead), a required column is missing, or (with
             on_error="raise") a row is broken; "row N (1-based)" counts the split's rows
-            before subsampling.
+            before slicing and subsampling.
     """
     check_on_error(on_error)
-    dataset, base = _open_hf_split(path_or_name, split, data_files, name, revision)
+    dataset, base = _open_hf_split(path_or_name, split_name(split), data_files, name, revision)
     source = f"Hugging Face dataset {path_or_name!r} split {split!r}"
     columns = dataset.column_names
-    missing = [c for c in ("question", "answers") if c not in columns]
-    if "image" not in columns and "images" not in columns:
-        missing.insert(0, "image (or images)")
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing} (has {columns})")
-    indices = subsample_indices(len(dataset), max_samples, seed)
-    dataset = _undecoded(dataset.select(indices))
+    if task == "t2i":
+        missing = [c for c in (image_column, text_column) if c not in columns]
+        if missing:
+            raise DataError(
+                f"{source}: missing column(s) {missing} (has {columns}); name them with data.hf.image_column "
+                f"and data.hf.text_column"
+            )
+    else:
+        missing = [c for c in ("question", "answers") if c not in columns]
+        if "image" not in columns and "images" not in columns:
+            missing.insert(0, "image (or images)")
+        if missing:
+            raise DataError(f"{source}: missing column(s) {missing} (has {columns})")
+    pool = split_rows(split, dataset.num_rows)
+    indices = sorted(pool[k] for k in subsample_indices(len(pool), max_samples, seed))
     meta = {"source": str(path_or_name), "split": split}
+    if task == "t2i":
+        return collect_rows(
+            source,
+            "row",
+            ((i + 1, record) for i, record in dataset.records(indices, image_column)),
+            lambda record, number: [
+                _hf_t2i_sample(record, base, {**meta, "row": number}, image_column, text_column, allow_outside_root)
+            ],
+            on_error,
+        )
     return collect_rows(
         source,
         "row",
-        ((i + 1, record) for i, record in zip(indices, dataset)),
+        ((i + 1, record) for i, record in dataset.records(indices)),
         lambda record, number: [
             _hf_sample(record, base, {**meta, "row": number}, allow_missing_images, allow_outside_root)
         ],
@@ -304,6 +449,9 @@ def load(config: HFSourceConfig, seed: int) -> LoadedSamples:
         "revision": config.revision,
         "allow_missing_images": config.allow_missing_images,
         "allow_outside_root": config.allow_outside_root,
+        "task": config.task,
+        "image_column": config.image_column,
+        "text_column": config.text_column,
     }
     path, files, on_error = str(config.path), config.data_files, config.on_error
     train = load_hf_vqa(path, config.split, config.max_samples, seed, files, on_error, **hub)

@@ -3,7 +3,6 @@ with its test file or a hold-out. ``load_llava_json`` also reads each file of ``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,17 +17,27 @@ from fedumm.data.rows import (
     collect_rows,
     optional_fields,
     read_images,
-    read_text,
+    read_json_list,
     subsample_indices,
+    t2i_row,
 )
 from fedumm.data.sources.base import (
     ALLOW_OUTSIDE_ROOT_DESCRIPTION,
     MAX_SAMPLES_DESCRIPTION,
     ON_ERROR_DESCRIPTION,
+    TASK_DESCRIPTION,
     LoadedSamples,
+    RowTask,
     SourceSpec,
 )
-from fedumm.errors import DataError
+
+IMAGE_PLACEHOLDER = "<image>"
+T2I_CONVENTION = (
+    "A t2i record is one prompt and its target image: {'id', 'image': path, 'conversations': "
+    "[{'from': 'human', 'value': prompt}, {'from': 'gpt', 'value': '<image>'}], 'geneval'?: metadata}; the "
+    "human turn is the prompt (an '<image>' in it is dropped), the gpt turn (optional) must be '<image>' or empty: "
+    "the image is the answer."
+)
 
 
 class LlavaJsonSourceConfig(Section):
@@ -44,24 +53,12 @@ class LlavaJsonSourceConfig(Section):
     allow_outside_root: bool = Field(False, description=ALLOW_OUTSIDE_ROOT_DESCRIPTION)
     max_samples: int | None = Field(None, ge=1, description=MAX_SAMPLES_DESCRIPTION)
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
+    task: RowTask = Field("understanding", description=f"{TASK_DESCRIPTION} {T2I_CONVENTION}")
 
 
-IMAGE_PLACEHOLDER = "<image>"
 # LLaVA-style speaker names; some exports use chat roles instead.
 _HUMAN = frozenset({"human", "user"})
 _ASSISTANT = frozenset({"gpt", "assistant"})
-
-
-def _read_json_list(path: Path) -> list:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of conversation records, got {type(data).__name__}")
-    return data
 
 
 def _turn_text(content: object) -> str | None:
@@ -91,6 +88,31 @@ def _turn(turns: list, k: int, speakers: frozenset[str]) -> str:
         key = "role" if "role" in turn and "from" not in turn else "from"
         raise RowProblem(f"conversations[{k}]: {key!r} is {speaker!r}, expected one of {sorted(speakers)}")
     return text
+
+
+def _llava_t2i_samples(record: object, reader: ImageReader, source: str, number: int) -> list[dict]:
+    """One text-to-image row per record (``T2I_CONVENTION``)."""
+    if not isinstance(record, Mapping):
+        raise RowProblem(f"expected a conversation object, got {type(record).__name__}")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or len(turns) not in (1, 2):
+        raise RowProblem(
+            f"field 'conversations': a t2i record has the human prompt and, optionally, a gpt turn "
+            f"'{IMAGE_PLACEHOLDER}' (1 or 2 turns), got {turns!r}"
+        )
+    prompt = _turn(turns, 0, _HUMAN).replace(IMAGE_PLACEHOLDER, "").strip()
+    if len(turns) == 2 and _turn(turns, 1, _ASSISTANT).strip() not in ("", IMAGE_PLACEHOLDER):
+        raise RowProblem(
+            f"conversations[1]: a t2i record's answer is the image: expected {IMAGE_PLACEHOLDER!r} or empty, "
+            f"got {turns[1]!r}"
+        )
+    image = record.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise RowProblem(f"field 'image': a t2i record needs its target image (one file path), got {image!r}")
+    if record.get("task") not in (None, "", "t2i"):
+        raise RowProblem(f"field 'task' is {record['task']!r} in a t2i file; expected t2i")
+    metadata = {"source": source, "row": number, "id": record.get("id")}
+    return [t2i_row(prompt, reader.read(image), metadata, record.get("geneval"))]
 
 
 def _llava_samples(record: object, reader: ImageReader, source: str, number: int) -> list[dict]:
@@ -133,6 +155,7 @@ def load_llava_json(
     *,
     allow_outside_root: bool = False,
     section: str = "data.llava_json",
+    task: RowTask = "understanding",
 ) -> LoadResult:
     """Load a LLaVA-style conversation file (the client-file format of FedVLMBench and FedMLLM).
 
@@ -146,29 +169,31 @@ def load_llava_json(
     answer is a broken record. Image paths are relative to ``image_root`` (default: the JSON
     file's folder) and must resolve inside it unless ``allow_outside_root`` (``section``: the
     config section named in the message). ``max_samples`` caps records, drawn with ``seed``;
-    a broken record is skipped whole.
+    a broken record is skipped whole. ``task="t2i"`` reads text-to-image rows, one per record
+    (``T2I_CONVENTION``).
 
     Raises:
         DataError: if the file is missing, not UTF-8, not JSON, or not a list; or (on_error="raise")
             naming "record N (1-based)" and what is wrong with it.
     """
     path = Path(json_path)
-    records = _read_json_list(path)
+    records = read_json_list(path, "conversation records")
     root = Path(image_root) if image_root is not None else path.parent
     reader = ImageReader(root, allow_outside_root, f"{section}.allow_outside_root")
     indices = subsample_indices(len(records), max_samples, seed)
+    convert = _llava_t2i_samples if task == "t2i" else _llava_samples
     return collect_rows(
         str(path),
         "record",
         ((i + 1, records[i]) for i in indices),
-        lambda record, number: _llava_samples(record, reader, str(path), number),
+        lambda record, number: convert(record, reader, str(path), number),
         on_error,
     )
 
 
 def load(config: LlavaJsonSourceConfig, seed: int) -> LoadedSamples:
     """The training file (capped by ``max_samples``) and the test file, if any (never capped)."""
-    outside = {"allow_outside_root": config.allow_outside_root}
+    outside = {"allow_outside_root": config.allow_outside_root, "task": config.task}
     train = load_llava_json(str(config.path), config.image_root, config.on_error, config.max_samples, seed, **outside)
     test = (
         load_llava_json(config.test_path, config.image_root, config.on_error, **outside) if config.test_path else None

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedumm.config_base import Section
 from fedumm.data.rows import (
     SCHEMA_COLUMNS,
+    T2I_COLUMNS,
     ImageReader,
     LoadResult,
     OnError,
@@ -27,13 +28,16 @@ from fedumm.data.rows import (
     read_images,
     read_text,
     subsample_indices,
+    t2i_row,
     text_field,
 )
 from fedumm.data.sources.base import (
     ALLOW_OUTSIDE_ROOT_DESCRIPTION,
     MAX_SAMPLES_DESCRIPTION,
     ON_ERROR_DESCRIPTION,
+    TASK_DESCRIPTION,
     LoadedSamples,
+    RowTask,
     SourceSpec,
 )
 from fedumm.errors import DataError
@@ -60,6 +64,37 @@ class TableSourceConfig(Section):
     allow_outside_root: bool = Field(False, description=ALLOW_OUTSIDE_ROOT_DESCRIPTION)
     max_samples: int | None = Field(None, ge=1, description=MAX_SAMPLES_DESCRIPTION)
     on_error: OnError = Field("raise", description=ON_ERROR_DESCRIPTION)
+    task: RowTask = Field(
+        "understanding",
+        description=TASK_DESCRIPTION + " A t2i table has columns prompt and image (the target), optionally geneval "
+        "(GenEval metadata: an object, in CSV a JSON string); other columns go into metadata.",
+    )
+
+    @model_validator(mode="after")
+    def _t2i_format(self) -> TableSourceConfig:
+        if self.task == "t2i" and self.format != "fedumm":
+            raise ValueError(
+                f"data.table.task: t2i reads the fedumm format only, not data.table.format {self.format!r}"
+            )
+        return self
+
+
+def _t2i_table_sample(record: object, reader: ImageReader, source: str, number: int) -> list[dict]:
+    """A text-to-image row from a table row: prompt, image (the target), geneval?, task? (t2i)."""
+    if not isinstance(record, Mapping):
+        raise RowProblem(f"expected an object with columns, got {type(record).__name__}")
+    for key in ("prompt", "image"):
+        if record.get(key) in (None, ""):
+            raise RowProblem(f"missing field {key!r} (a t2i table has prompt, image, geneval?; has {sorted(record)})")
+    if record.get("task") not in (None, "", "t2i"):
+        raise RowProblem(f"field 'task' is {record['task']!r} in a t2i table (data.table.task: t2i); expected t2i")
+    given = record.get("metadata")
+    if given is not None and not isinstance(given, Mapping):
+        raise RowProblem(f"field 'metadata': expected an object, got {type(given).__name__}")
+    extra = {k: v for k, v in record.items() if k not in T2I_COLUMNS}
+    metadata = {"source": source, "row": number, **(given or {}), **extra}
+    geneval = record.get("geneval") if record.get("geneval") not in (None, "") else None
+    return [t2i_row(record["prompt"], reader.read(record["image"]), metadata, geneval)]
 
 
 def _table_answers(record: Mapping) -> list[str]:
@@ -219,6 +254,7 @@ def load_table(
     table_format: TableFormat = "fedumm",
     *,
     allow_outside_root: bool = False,
+    task: RowTask = "understanding",
 ) -> LoadResult:
     """Load a JSONL (.jsonl/.ndjson) or CSV (.csv) table of samples.
 
@@ -231,6 +267,9 @@ def load_table(
     column (e.g. ``site``) goes into ``metadata``. ``table_format="hateful_memes"`` reads
     the Hateful Memes files (``img``, ``text``, ``label`` 0/1): question = the text then
     ``HATEFUL_MEMES_QUESTION``, answer "yes"/"no", task "classification".
+    ``task="t2i"`` reads text-to-image rows instead (``fedumm.data.rows.t2i_row``): columns
+    ``prompt``, ``image`` (the target) and optionally ``geneval`` (GenEval metadata; a JSON
+    string in CSV) and ``task`` (t2i); other columns go into ``metadata``.
     Rows are numbered "line N" (JSONL file line) or "row N" (CSV record, header not
     counted); a CSV row with more or fewer cells than the header is a broken row. Image
     paths must resolve inside ``image_root`` unless ``allow_outside_root``.
@@ -248,7 +287,9 @@ def load_table(
     if suffix in (".jsonl", ".ndjson"):
         unit, records = "line", list(_jsonl_records(path))
     elif suffix == ".csv":
-        if table_format == "hateful_memes":
+        if task == "t2i":
+            required, answer_columns = ("prompt", "image"), ()
+        elif table_format == "hateful_memes":
             required, answer_columns = ("img", "text", "label"), ()
         else:
             required, answer_columns = ("image|images", "question"), ("answer", "answers")
@@ -261,6 +302,8 @@ def load_table(
 
     def convert(raw: object, number: int) -> list[dict]:
         record = raw.parse() if isinstance(raw, (_JsonLine, _CsvRow)) else raw
+        if task == "t2i":
+            return _t2i_table_sample(record, reader, str(path), number)
         if table_format == "hateful_memes":
             record = _hateful_memes_record(record)
         return _table_sample(record, reader, str(path), number)
@@ -271,7 +314,7 @@ def load_table(
 def load(config: TableSourceConfig, seed: int) -> LoadedSamples:
     """The training table (capped by ``max_samples``) and the test table, if any (never capped)."""
     fmt, root, on_error = config.format, config.image_root, config.on_error
-    outside = {"allow_outside_root": config.allow_outside_root}
+    outside = {"allow_outside_root": config.allow_outside_root, "task": config.task}
     train = load_table(str(config.path), root, on_error, config.max_samples, seed, fmt, **outside)
     test = load_table(config.test_path, root, on_error, table_format=fmt, **outside) if config.test_path else None
     return LoadedSamples.from_results(train, test)

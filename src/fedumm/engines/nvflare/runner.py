@@ -33,8 +33,9 @@ from fedumm.errors import ConfigError, FedummError
 from fedumm.federation import ModelHost, PhaseResult, RunResult
 from fedumm.federation.job import phase_summary, run_centralized, write_summary
 from fedumm.federation.loop import round_line
-from fedumm.metrics import get_task
+from fedumm.metrics import primary_metric_of
 from fedumm.models import tiny
+from fedumm.models.compose import composed_checkpoint
 from fedumm.processes import popen, sigterm_as_interrupt, stop_process_tree
 from fedumm.runlog import RunFolder, read_checkpoint
 
@@ -104,8 +105,11 @@ def child_env(base: dict[str, str] | None = None, tmpdir: str | Path | None = No
 
 
 def _warm_model_cache(config: RunConfig) -> None:
-    """Build an embedded tiny model once here, not in every FLARE process at the same time."""
-    if config.model.name_or_path in getattr(tiny, "TINY_MODELS", {}):
+    """Build an embedded tiny model (or model.compose's composed checkpoint) once here, not in
+    every FLARE process at the same time."""
+    if config.model.compose is not None:
+        composed_checkpoint(config.model.compose)
+    elif config.model.name_or_path in getattr(tiny, "TINY_MODELS", {}):
         tiny.resolve_model_path(config.model.name_or_path)
 
 
@@ -231,7 +235,7 @@ class _RoundPrinter:
 
     def __init__(self, metrics: Path, config: RunConfig):
         self.metrics, self.config, self.seen = metrics, config, 0
-        self.metric = get_task(config.eval.task).primary_metric
+        self.metric = primary_metric_of(config.eval.task)
 
     def poll(self) -> None:
         if not self.metrics.is_file():
@@ -367,16 +371,17 @@ def simulate_nvflare(config: RunConfig, *, centralized: bool | None = None) -> R
     placement = P.resolve_placement(config, exported=False)
     if (centralized if centralized is not None else config.eval.centralized_baseline) and placement == "partition":
         data = build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
+        host = ModelHost(config)
         cen_result = run_centralized(
             config,
-            ModelHost(config),
+            host,
             data.pooled_train,
             data.global_test,
             run,
             "centralized_adapter",
             print if config.output.progress else None,
         )
-        summary.update(phase_summary(cen_result))
+        summary.update(phase_summary(cen_result, host.evaluation))
     write_summary(run, summary)
     if temporary:
         shutil.rmtree(workspace, ignore_errors=True)

@@ -16,7 +16,9 @@ To add a tiny model:
    from ``common`` (``tiny_tokenizer``, ``llama_text_config``, ``vision_dims``, ``save_model``);
    import transformers inside the builder, so importing this package stays cheap.
 2. Register it with one line below: ``register_tiny("tiny-<name>", <family>.build_tiny_<name>)``
-   (a new module also joins the ``from fedumm.models.tiny import ...`` line).
+   (a new module also joins the ``from fedumm.models.tiny import ...`` line). Parts that
+   ``model.compose`` assembles (a vision encoder, a causal LM) register with
+   ``register_tiny_part`` instead; ``resolve_model_path`` builds both kinds.
 3. Test it in ``tests/models/tiny/test_<family>.py`` and add its row to ``CASES`` in
    ``tests/models/test_families.py``, which checks that every registered name is covered.
 
@@ -33,10 +35,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedumm.errors import ConfigError
-from fedumm.models.tiny import blip_vqa, idefics3, janus, llava, paligemma, qwen2_vl
+from fedumm.models.tiny import blip_vqa, idefics3, janus, llava, minicpm_v, paligemma, parts, qwen2_vl
 from fedumm.models.tiny.common import tiny_vocab
 
-__all__ = ["TINY_MODELS", "cache_root", "register_tiny", "resolve_model_path", "tiny_vocab"]
+__all__ = [
+    "TINY_MODELS",
+    "TINY_PARTS",
+    "build_once",
+    "cache_root",
+    "register_tiny",
+    "register_tiny_part",
+    "resolve_model_path",
+    "tiny_vocab",
+]
 
 # Bump when the architecture or vocabulary changes so stale caches are not reused.
 _TINY_VERSION = "2"  # 2: tiny-idefics3 adds BOS and its template starts with it
@@ -44,19 +55,29 @@ _TINY_VERSION = "2"  # 2: tiny-idefics3 adds BOS and its template starts with it
 Builder = Callable[..., None]  # builder(path, image_size=32, patch_size=8, seed=0)
 
 TINY_MODELS: dict[str, Builder] = {}
+#: Parts of a composed model (``model.compose``): a vision encoder, a causal LM.
+TINY_PARTS: dict[str, Builder] = {}
+
+
+def _registrar(table: dict[str, Builder], what: str, name: str, builder: Builder | None):
+    def add(fn: Builder) -> Builder:
+        if name in TINY_MODELS or name in TINY_PARTS:
+            raise ValueError(f"{what} {name!r} is already registered by {(TINY_MODELS | TINY_PARTS)[name].__name__}")
+        table[name] = fn
+        return fn
+
+    return add if builder is None else add(builder)
 
 
 def register_tiny(name: str, builder: Builder | None = None):
     """Add ``builder`` as the tiny model ``name``; without ``builder``, a decorator that does.
-    A name registered twice is a ValueError."""
+    A name registered twice (as a model or a part) is a ValueError."""
+    return _registrar(TINY_MODELS, "tiny model", name, builder)
 
-    def add(fn: Builder) -> Builder:
-        if name in TINY_MODELS:
-            raise ValueError(f"tiny model {name!r} is already registered by {TINY_MODELS[name].__name__}")
-        TINY_MODELS[name] = fn
-        return fn
 
-    return add if builder is None else add(builder)
+def register_tiny_part(name: str, builder: Builder | None = None):
+    """As ``register_tiny``, for a part that ``model.compose`` names (not a whole VLM)."""
+    return _registrar(TINY_PARTS, "tiny part", name, builder)
 
 
 register_tiny("tiny-llava", llava.build_tiny_llava)  # the default
@@ -67,7 +88,11 @@ register_tiny("tiny-idefics3", idefics3.build_tiny_idefics3)
 register_tiny("tiny-smolvlm", idefics3.build_tiny_smolvlm)
 register_tiny("tiny-paligemma", paligemma.build_tiny_paligemma)
 register_tiny("tiny-janus", janus.build_tiny_janus)
+register_tiny("tiny-minicpm-v", minicpm_v.build_tiny_minicpm_v)
+register_tiny("tiny-minicpm-v4.7", minicpm_v.build_tiny_minicpm_v4_7)
 register_tiny("tiny-blip-vqa", blip_vqa.build_tiny_blip_vqa)
+register_tiny_part("tiny-clip-vision", parts.build_tiny_clip_vision)
+register_tiny_part("tiny-llama", parts.build_tiny_llama)
 
 # "name" or "org/name", each part starting with a letter, digit or underscore.
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
@@ -78,8 +103,9 @@ def cache_root() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map a built-in tiny model name to its cached folder (building it once); pass others on."""
-    builder = TINY_MODELS.get(name_or_path)
+    """Map a built-in tiny model or part name to its cached folder (building it once); pass
+    others on."""
+    builder = TINY_MODELS.get(name_or_path) or TINY_PARTS.get(name_or_path)
     if builder is None:
         path = Path(name_or_path).expanduser()
         if path.exists():
@@ -87,10 +113,15 @@ def resolve_model_path(name_or_path: str) -> str:
         if _HUB_ID.fullmatch(name_or_path):
             return name_or_path
         raise ConfigError(f"model.name_or_path: no such folder {name_or_path!r}")
-    target = cache_root() / "models" / f"{name_or_path}-v{_TINY_VERSION}"
+    return build_once(cache_root() / "models" / f"{name_or_path}-v{_TINY_VERSION}", builder)
+
+
+def build_once(target: Path, builder: Callable[[Path], None]) -> str:
+    """``target`` as a string, after ``builder(folder)`` wrote a checkpoint there unless one
+    (its config.json) is already present. It builds in a sibling temp folder and renames, so a
+    crash never leaves half a checkpoint and concurrent builders keep one result."""
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Build in a sibling temp folder and rename, so a crash never leaves half a checkpoint.
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
             builder(tmp)
