@@ -6,6 +6,7 @@ from fedumm.adapters import (
     count_parameters,
     full_model_nbytes,
     get_adapter_state,
+    lora_base_weights,
     set_adapter_state,
 )
 from fedumm.config import AdapterConfig
@@ -147,3 +148,20 @@ def test_no_lora_targets_wrap_only_the_modules_to_save(model_config, tmp_path):
         "base_model.model.model.multi_modal_projector.linear_1.modules_to_save.default.weight"
     ]
     assert torch.equal(weight, torch.full_like(weight, 0.5))
+
+
+def test_lora_base_weights_are_the_frozen_weights_under_each_b(lora_model):
+    # Prepare: the B keys of the adapter; the frozen q_proj weight of layer 0 read from the model
+    model, _ = lora_model
+    keys = list(get_adapter_state(model))
+    b_keys = [k for k in keys if ".lora_B." in k]
+    q0 = next(k for k in b_keys if ".layers.0." in k and "q_proj" in k)
+    frozen = dict(model.named_parameters())["base_model.model." + q0.replace(".lora_B.weight", ".base_layer.weight")]
+    # Execute
+    weights = lora_base_weights(model, keys)
+    # Assert: one per B key, (out, in) = (64, 64), a float32 CPU copy equal to the frozen weight
+    assert sorted(weights) == sorted(b_keys)
+    assert weights[q0].shape == (64, 64) and weights[q0].dtype == torch.float32
+    assert torch.equal(weights[q0], frozen.detach().float())
+    weights[q0].add_(1.0)
+    assert not torch.equal(weights[q0], frozen.detach().float())  # a copy

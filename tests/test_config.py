@@ -288,6 +288,40 @@ def test_output_name_is_one_path_component(name):
     assert load_run_config(None, ["output.name=run.2"]).output.name == "run.2"
 
 
+def test_one_shot_mode_defaults_to_its_one_round():
+    config = load_run_config(None, ["federation.mode=one_shot"])
+    assert config.federation.rounds == 1
+    assert load_run_config(None, []).federation.mode == "rounds"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["federation.mode=one_shot", "federation.rounds=12"],
+            "federation.rounds: mode one_shot trains and uploads once: set federation.rounds=1 (got 12)",
+        ),
+        (
+            ["federation.mode=one_shot", "federation.fraction_fit=0.5"],
+            "federation.fraction_fit: mode one_shot trains every client once: set federation.fraction_fit=1 "
+            "(got 0.5: 2 of 4 clients)",
+        ),
+        (["federation.mode=twice"], "federation.mode"),
+    ],
+)
+def test_bad_one_shot_settings_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, overrides)
+    assert fragment in str(err.value) and "\n" not in str(err.value).strip()
+
+
+def test_quickstart_with_one_shot_names_its_rounds():
+    quickstart = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    with pytest.raises(ConfigError, match=r"set federation\.rounds=1 \(got 12\)"):
+        load_run_config(quickstart, ["federation.mode=one_shot"])
+    assert load_run_config(quickstart, ["federation.mode=one_shot", "federation.rounds=1"]).federation.rounds == 1
+
+
 def test_eval_multitask_keys() -> None:
     # Prepare / Execute
     config = load_run_config(

@@ -93,6 +93,27 @@ def test_no_skipped_line_when_none_or_unknown():
         assert "skipped" not in format_summary(summary, [])
 
 
+def test_one_shot_summary_lines():
+    summary = {
+        **BASE,
+        "mode": "one_shot",
+        "metric": "vqa_accuracy",
+        "majority_answer": "yes",
+        "majority_baseline_accuracy": 0.2,
+        "federated_final_accuracy": 0.4,
+        "federated_initial_accuracy": 0.0,
+        "federated_by_answer_type": {},
+        "one_shot": {"ensemble": 0.45, "local_floor": {"mean": 0.3, "min": 0.125, "max": 0.5}},
+    }
+    text = format_summary(summary, [_record("vqa_accuracy", 0.4)])
+    assert text.startswith("fedumm run 't': 2 clients, one-shot, strategy fedavg")
+    assert "one-shot ensemble of the clients:        45.0%" in text
+    assert "one-shot local floor (own upload):       30.0%  (min 12.5%, max 50.0%)" in text
+    assert "one-shot" not in format_summary(
+        {**BASE, "metric": "vqa_accuracy", "majority_answer": "yes", "majority_baseline_accuracy": None}, []
+    )
+
+
 def test_multitask_summary_lines_per_task():
     # Prepare: vqa + caption: the mean is not a fraction of 1 (metric_bounded false); each task
     # prints in its own unit (vqa as a percentage, CIDEr-D as a number).

@@ -108,6 +108,42 @@ def test_bad_client_rank_configs_are_one_line_naming_the_key(overrides, fragment
         load_run_config(None, overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["federation.strategy.name=yoco"],
+            r"federation\.strategy\.name=yoco: not with federation\.mode=rounds \(it runs in one_shot\); "
+            r"federation\.mode=rounds takes fedadagrad, fedadam, fedavg, ",
+        ),
+        (
+            ["federation.mode=one_shot", "federation.strategy.name=fedadam"],
+            r"federation\.strategy\.name=fedadam: not with federation\.mode=one_shot \(it runs in rounds\); "
+            r"federation\.mode=one_shot takes fedavg, fedprox, mean, ot_align, sign_conflict, yoco$",
+        ),
+        (
+            ["federation.mode=one_shot", "privacy.level=client", "privacy.noise_multiplier=1.0"],
+            r"federation\.mode=one_shot: not with privacy\.level=client: ",
+        ),
+        (
+            ["federation.mode=one_shot", "eval.task=multitask"],
+            r"federation\.mode=one_shot: not with eval\.task=multitask: ",
+        ),
+        (
+            ["federation.mode=one_shot", "eval.task=t2i"],
+            r"federation\.mode=one_shot: not with eval\.task=t2i: ",
+        ),
+        (
+            ["federation.mode=one_shot", "privacy.secure_aggregation.threshold=2"],
+            r"federation\.mode=one_shot: not with privacy\.secure_aggregation: ",
+        ),
+    ],
+)
+def test_one_shot_mode_problems_are_one_line(overrides, fragment):
+    with pytest.raises(ConfigError, match=rf"^invalid config <defaults>: {fragment}"):
+        load_run_config(None, overrides)
+
+
 def test_equal_ranks_at_adapter_r_run_with_any_strategy_and_tiers_resolve():
     config = load_run_config(None, ["adapter.r=8", "adapter.client_ranks=[8,8,8,8]"])
     assert config.adapter.rank_table(4) == {0: 8, 1: 8, 2: 8, 3: 8}
@@ -121,3 +157,9 @@ def test_equal_ranks_at_adapter_r_run_with_any_strategy_and_tiers_resolve():
         ],
     )
     assert tiers.adapter.rank_table(6) == {0: 4, 5: 4, 1: 8, 2: 8, 3: 16, 4: 16}
+
+
+@pytest.mark.parametrize("name", ["mean", "sign_conflict", "ot_align", "yoco", "fedavg"])
+def test_one_shot_mode_takes_its_combiners(name):
+    config = load_run_config(None, ["federation.mode=one_shot", f"federation.strategy.name={name}"])
+    assert config.federation.rounds == 1 and config.federation.mode == "one_shot"

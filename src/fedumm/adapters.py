@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -75,6 +75,18 @@ def canonical_key(name: str, adapter_name: str = "default") -> str:
 
 def is_lora_key(key: str) -> bool:
     return ".lora_" in key
+
+
+def lora_base_weights(model: torch.nn.Module, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The frozen weight under each LoRA layer whose B factor is in ``keys`` (canonical keys),
+    keyed by that B key: float32 CPU copies, shaped (out_features, in_features)."""
+    out = {}
+    for key in keys:
+        if ".lora_B." not in key:
+            continue
+        layer = model.get_submodule(_WRAPPER_PREFIX + key.split(".lora_B.")[0])
+        out[key] = layer.get_base_layer().weight.detach().to("cpu", torch.float32).clone()
+    return out
 
 
 def group_layout(model: torch.nn.Module, pattern: str) -> tuple[list[str], list[str]]:

@@ -369,6 +369,13 @@ class CompressionConfig(Section):
 
 
 class FederationConfig(Section):
+    mode: Literal["rounds", "one_shot"] = Field(
+        "rounds",
+        description="rounds: federation.rounds rounds of sample, train, aggregate; one_shot: every client trains once "
+        "(its whole budget is train.local_epochs / train.local_steps), uploads once, and the server combines the "
+        "uploads (one round: federation.rounds=1, fraction_fit=1; a one-shot combiner such as yoco, or fedavg) and "
+        "also scores the clients' prediction ensemble and each client's own model on the global test.",
+    )
     num_clients: int = Field(4, ge=1, le=10_000, description="Clients the data is split across.")
     rounds: int = Field(12, ge=1, description="Federated rounds (each: sample, train locally, aggregate, evaluate).")
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of clients sampled per round.")
@@ -406,6 +413,30 @@ class FederationConfig(Section):
         "federation.rounds; with output.dir/output.name naming that run folder (fedumm run --resume) it is "
         "continued in place, else a new run folder starts with the earlier rounds' records.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_round_by_default(cls, data: Any) -> Any:
+        """one_shot without a rounds key runs its one round (rounds' default is for mode rounds)."""
+        if isinstance(data, dict) and data.get("mode") == "one_shot" and "rounds" not in data:
+            return {**data, "rounds": 1}
+        return data
+
+    @model_validator(mode="after")
+    def _check_one_shot(self) -> FederationConfig:
+        if self.mode != "one_shot":
+            return self
+        if self.rounds != 1:
+            raise ValueError(
+                f"federation.rounds: mode one_shot trains and uploads once: set federation.rounds=1 "
+                f"(got {self.rounds}); the local budget is train.local_epochs / train.local_steps"
+            )
+        if self.clients_per_round() != self.num_clients:
+            raise ValueError(
+                "federation.fraction_fit: mode one_shot trains every client once: set federation.fraction_fit=1 "
+                f"(got {self.fraction_fit}: {self.clients_per_round()} of {self.num_clients} clients)"
+            )
+        return self
 
     def clients_per_round(self) -> int:
         """ceil(fraction_fit * num_clients), at least min_fit_clients, at most num_clients."""

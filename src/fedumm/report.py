@@ -30,7 +30,8 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         return f"{100 * delta:+.1f} pts" if bounded else f"{delta:+.3f}"
 
     lines = [
-        f"fedumm run {summary['name']!r}: {summary['num_clients']} clients, {summary['rounds']} rounds, "
+        f"fedumm run {summary['name']!r}: {summary['num_clients']} clients, "
+        f"{'one-shot' if summary.get('mode') == 'one_shot' else str(summary['rounds']) + ' rounds'}, "
         f"strategy {summary['strategy']}, partition alpha {summary['partition_alpha']} "
         f"(label skew {summary['partition_skew']:.2f})",
         f"trainable parameters: {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
@@ -82,6 +83,13 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         if "federated_final_accuracy" in summary:
             gap = f"  (federated {difference(summary['federated_final_accuracy'] - cen_acc)})"
         lines.append(f"{'centralized, same budget:':<{width}}{show(cen_acc)}{gap}")
+    if "one_shot" in summary:
+        floor = summary["one_shot"]["local_floor"]
+        lines.append(f"{'one-shot ensemble of the clients:':<{width}}{show(summary['one_shot']['ensemble'])}")
+        lines.append(
+            f"{'one-shot local floor (own upload):':<{width}}{show(floor['mean'])}  "
+            f"(min {show(floor['min']).strip()}, max {show(floor['max']).strip()})"
+        )
     if "bytes_per_round" in summary:
         msg, full = summary["adapter_message_bytes"], summary["full_finetune_message_bytes"]
         lines.append(

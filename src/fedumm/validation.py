@@ -30,6 +30,35 @@ def _check_strategy(config: RunConfig) -> None:
     check_strategy_config(config)
 
 
+#: The tasks whose answers the one-shot references can ensemble: one text task (not multitask, not t2i).
+ONE_SHOT_TASKS = ("vqa", "classification", "caption")
+
+
+def _check_mode(config: RunConfig) -> None:
+    """federation.mode against the strategy (a one-shot combiner runs in one_shot only, and
+    one_shot takes the strategies that can combine one upload per client) and privacy (one_shot
+    scores every client's own upload on the server)."""
+    federation = config.federation
+    name, mode = federation.strategy.name, federation.mode
+    if mode not in STRATEGIES[name].modes:
+        allowed = sorted(n for n, cls in STRATEGIES.items() if mode in cls.modes)
+        raise ConfigError(
+            f"federation.strategy.name={name}: not with federation.mode={mode} (it runs in "
+            f"{', '.join(STRATEGIES[name].modes)}); federation.mode={mode} takes {', '.join(allowed)}"
+        )
+    if mode == "one_shot" and config.eval.task not in ONE_SHOT_TASKS:
+        raise ConfigError(
+            f"federation.mode=one_shot: not with eval.task={config.eval.task}: the one-shot references (the clients' "
+            "ensemble, each client's own model) score the text answers of one task"
+        )
+    if mode == "one_shot" and (config.privacy.level == "client" or config.privacy.secure_aggregation is not None):
+        what = "privacy.level=client" if config.privacy.level == "client" else "privacy.secure_aggregation"
+        raise ConfigError(
+            f"federation.mode=one_shot: not with {what}: the one-shot server combines, ensembles and scores each "
+            "client's own upload; use privacy.level=sample (DP-SGD inside each client) or mode rounds"
+        )
+
+
 def _check_privacy(config: RunConfig) -> None:
     """Combinations that would void the privacy guarantee, or cannot run, refused with the reason."""
     privacy, federation = config.privacy, config.federation
@@ -104,7 +133,7 @@ def _check_ranks(config: RunConfig) -> None:
 
 
 #: Run in order; each raises ``ConfigError`` naming its key.
-CHECKS = (_check_backend, _check_strategy, _check_privacy, _check_ranks)
+CHECKS = (_check_backend, _check_strategy, _check_mode, _check_privacy, _check_ranks)
 
 
 def validate(config: RunConfig, source: str = "<config>") -> RunConfig:

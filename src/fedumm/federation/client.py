@@ -15,11 +15,11 @@ from fedumm.errors import TrainingError
 from fedumm.federation.host import ModelHost
 from fedumm.federation.privacy import UNCLIPPED_METRIC, ClientPrivacy, plan_privacy
 from fedumm.federation.secure import SAMPLE_SCALE_KEY, pack
-from fedumm.federation.train import make_sample_dp
+from fedumm.federation.train import make_sample_dp, plan_steps
 from fedumm.finetune import plan_for_round
 from fedumm.lowrank import FROZEN_DELTA_PREFIX, state_rank, truncate
 from fedumm.privacy.secagg import SecAggClient
-from fedumm.strategies import ClientAlgorithm
+from fedumm.strategies import ClientAlgorithm, LocalContext
 from fedumm.types import DTYPES, State, derive_seed, state_delta
 
 
@@ -108,7 +108,11 @@ class ClientRuntime:
             host.set_state(self.local_state or host.initial_local_state, host.local_units)
         trained_keys = list(host.parameters_of(plan.shared))
         round_global = {k: global_state[k] for k in trained_keys}
-        hooks = self.algorithm.hooks(round_global, server_extras, self.client_state)
+        context = LocalContext(
+            plan_steps(len(self.data.train), self.config.train),
+            host.lora_base_weights(trained_keys) if self.algorithm.needs_base_weights else {},
+        )
+        hooks = self.algorithm.local_hooks(round_global, server_extras, self.client_state, context)
         seed = derive_seed(self.config.seed, round_num, self.client_id)
         result = host.train(
             self.data.train,

@@ -14,6 +14,7 @@ from fedumm.adapters import (
     copy_state,
     group_layout,
     load_state,
+    lora_base_weights,
     lora_layers,
     matching_module_names,
     merged_factors,
@@ -169,6 +170,10 @@ class ModelHost:
             for first, last, plan in stages(self.config.finetune, self.config.federation.rounds)
         ]
 
+    def lora_base_weights(self, keys: Sequence[str]) -> State:
+        """The frozen base weight under each LoRA layer whose B factor is in ``keys`` (by B key)."""
+        return lora_base_weights(self.model, keys)
+
     def save_pretrained(self, path: str) -> None:
         """The current adapter as a PEFT folder (``PeftModel.from_pretrained(base, path)``), plus
         the parameters trained in place, which peft's format has no slot for, in
@@ -228,6 +233,28 @@ class ModelHost:
         for start in range(0, len(samples), batch_size):
             predictions += self.backend.predict(self.model, samples[start : start + batch_size])
         return predictions
+
+    def summarize(
+        self,
+        samples: Sequence[dict],
+        predictions: Sequence[str],
+        batch_size: int,
+        scores: Sequence[float] | None = None,
+    ) -> dict:
+        """The metrics of given answers to ``samples`` in a single-task run of a text task (what
+        ``evaluate`` computes from ``predict``); a task that scores choices gets ``scores``
+        (default: the current adapter's ``positive_scores``)."""
+        evaluation = self.evaluation
+        task = evaluation.tasks[evaluation.name]
+        if not samples:
+            return evaluation.combine({})
+        records = [dict(row, prediction=p) for row, p in zip(samples, predictions)]
+        if task.scores_choices and scores is None:
+            scores = self.positive_scores(samples, batch_size)
+        if task.scores_choices and scores is not None:
+            for record, score in zip(records, scores):
+                record["score"] = score
+        return evaluation.combine({evaluation.name: task.summarize(records, evaluation.options)})
 
     def positive_scores(self, samples: Sequence[dict], batch_size: int) -> list[float] | None:
         """P(eval.positive_label) per row: the softmax over ``class_choices`` of their answer

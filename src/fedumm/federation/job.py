@@ -101,6 +101,7 @@ def centralized_config(config: RunConfig) -> RunConfig:
     central.federation.resume_from = None  # the baseline always trains from the initial adapter
     central.adapter.client_ranks = None  # one client, at the host's rank
     central.privacy = PrivacyConfig()  # the pooled baseline is the non-private reference
+    central.federation.mode = "rounds"  # one pooled client: its one_shot round would have no ensemble to score
     if central.train.local_steps is not None:
         # Federated rounds take local_steps on each sampled client; match the total.
         central.train.local_steps = config.train.local_steps * config.federation.clients_per_round()
@@ -187,6 +188,7 @@ def job_summary(
         "num_clients": config.federation.num_clients,
         "rounds": config.federation.rounds,
         "strategy": config.federation.strategy.name,
+        "mode": config.federation.mode,
         "partition_alpha": config.data.partition.alpha,
         "partition_skew": setup.partition.skew(),
         "trainable_parameters": trainable,
@@ -214,6 +216,13 @@ def job_summary(
         summary["adapter_message_bytes"] = max(last["download"].values())  # client_ranks: the largest
         summary["full_finetune_message_bytes"] = last["full_finetune_per_message"]
         summary["communication_reduction_pct"] = last["reduction_pct"]
+    if federated is not None and "one_shot" in federated.records[-1]:
+        references = federated.records[-1]["one_shot"]
+        floor = references["local_floor"]
+        summary["one_shot"] = {
+            "ensemble": references["ensemble"][references["metric"]],
+            "local_floor": {k: floor[k] for k in ("mean", "min", "max")},
+        }
     return summary
 
 

@@ -20,6 +20,7 @@ from fedumm.config import RunConfig
 from fedumm.errors import AggregationError
 from fedumm.federation.client import FitReply
 from fedumm.federation.host import ModelHost
+from fedumm.federation.one_shot import one_shot_references
 from fedumm.federation.replies import ReplyRules
 from fedumm.federation.server import Server
 from fedumm.federation.transport import Message, Transport, message_for
@@ -117,6 +118,16 @@ def outcome_line(record: dict[str, Any], needed: int) -> str:
     elif record.get("aggregated") is False:
         parts.append(f"fewer than {needed} valid replies: the global model and server state stay")
     return "; ".join(parts) or "every reply used"
+
+
+def one_shot_line(references: dict[str, Any]) -> str:
+    """The one-shot references of a record in one line."""
+    metric, floor = references["metric"], references["local_floor"]
+    return (
+        f"one-shot references: ensemble {metric} {references['ensemble'][metric]:.3f} | local floor "
+        f"mean {floor['mean']:.3f} (min {floor['min']:.3f}, max {floor['max']:.3f}) "
+        f"over {len(floor['clients'])} clients"
+    )
 
 
 @dataclass
@@ -261,9 +272,15 @@ def run_rounds(
         if server.privacy is not None:
             record["privacy"] = server.privacy.record()
         record.update(transport.round_extras())
+        eval_seconds = time.perf_counter() - eval_start
+        references_start = time.perf_counter()
+        if federation.mode == "one_shot" and aggregated and server.secure is None:
+            # The server holds every upload once: score their prediction ensemble and each one alone.
+            record["one_shot"] = one_shot_references(host, server.global_state, updates, test, config)
         record["seconds"] = {
             "fit": fit_seconds,
-            "eval": time.perf_counter() - eval_start,
+            "eval": eval_seconds,
+            **({"one_shot": time.perf_counter() - references_start} if "one_shot" in record else {}),
             "round": time.perf_counter() - start,
         }
         run.append_metrics(record)
@@ -274,6 +291,13 @@ def run_rounds(
             log(round_line(record, config.federation.rounds, metric, label or phase))
             if not aggregated or rejected or missing:
                 log(f"[{label or phase}] round {round_num}: {outcome_line(record, needed)}")
+            if "one_shot" in record:
+                log(f"[{label or phase}] {one_shot_line(record['one_shot'])}")
+        if federation.mode == "one_shot" and not aggregated:
+            raise AggregationError(
+                f"{phase}: the one-shot round has no aggregate (federation.mode=one_shot uploads once): "
+                f"{outcome_line(record, needed)}; the round's record is in {run.path}"
+            )
         if failed >= federation.max_failed_rounds:
             raise AggregationError(
                 f"{phase} round {round_num}: {failed} round(s) in a row without an aggregate "

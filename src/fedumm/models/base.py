@@ -145,15 +145,22 @@ class Backend(ABC):
         if not samples or not choices:
             raise ValueError("score_choices needs at least one sample and one choice")
         rows = [dict(s, multiple_choice_answer=c) for s in samples for c in choices]
-        batch = self.to_device(self.training_batch(rows))
+        return self.score_answers(model, rows).view(len(samples), len(choices))
+
+    @torch.no_grad()
+    def score_answers(self, model: torch.nn.Module, samples: Sequence[dict]) -> torch.Tensor:
+        """Log-likelihood of each row's own ``multiple_choice_answer`` (float32 CPU, one per row),
+        scored as ``score_choices`` scores a choice."""
+        if not samples:
+            raise ValueError("score_answers needs at least one sample")
+        batch = self.to_device(self.training_batch(list(samples)))
         labels = batch["labels"]
         logits = self.answer_logits(model, batch).float()
         log_probs = logits[:, :-1].log_softmax(dim=-1)
         targets = labels[:, 1:]
         supervised = targets != IGNORE_INDEX
         picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        totals = (picked * supervised).sum(dim=1)
-        return totals.view(len(samples), len(choices)).cpu()
+        return (picked * supervised).sum(dim=1).cpu()
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss

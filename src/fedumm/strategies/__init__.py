@@ -14,6 +14,7 @@ from fedumm.errors import ConfigError
 from fedumm.strategies.base import (
     ClientAlgorithm,
     ClientUpdate,
+    LocalContext,
     State,
     Strategy,
     StrategyParams,
@@ -26,9 +27,13 @@ from fedumm.strategies.fedprox import FedProx
 from fedumm.strategies.flexlora import FlexLoRA
 from fedumm.strategies.flora import FLoRA
 from fedumm.strategies.hetlora import HetLoRA
+from fedumm.strategies.mean import OneShotMean
+from fedumm.strategies.ot_align import OTAlign
 from fedumm.strategies.quality_weighted import QualityWeighted
 from fedumm.strategies.robust import Krum, Median, TrimmedMean
 from fedumm.strategies.scaffold import Scaffold
+from fedumm.strategies.sign_conflict import SignConflict
+from fedumm.strategies.yoco import YOCO
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -47,6 +52,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
         HetLoRA,
         FlexLoRA,
         FLoRA,
+        OneShotMean,
+        SignConflict,
+        OTAlign,
+        YOCO,
     )
 }
 
@@ -86,6 +95,7 @@ __all__ = [
     "STRATEGIES",
     "ClientAlgorithm",
     "ClientUpdate",
+    "LocalContext",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

@@ -77,13 +77,49 @@ def sample_weights(updates: Sequence[ClientUpdate]) -> list[float]:
     return [float(u.num_samples) for u in updates]
 
 
+#: What marks a LoRA factor in a canonical key (``...q_proj.lora_A.weight``).
+LORA_A, LORA_B = ".lora_A.", ".lora_B."
+
+
+def lora_pairs(keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{module: (A key, B key)}`` for every LoRA layer both of whose factors are in ``keys``."""
+    keys = set(keys)
+    pairs = {}
+    for key in sorted(keys):
+        if LORA_A in key:
+            b_key = key.replace(LORA_A, LORA_B)
+            if b_key in keys:
+                pairs[key.split(LORA_A)[0]] = (key, b_key)
+    return pairs
+
+
+@dataclass
+class LocalContext:
+    """What a client's local update knows besides the messages: the optimizer steps it will take
+    (``train.local_steps`` or epochs over its rows) and, for an algorithm whose
+    ``needs_base_weights`` is set, the frozen base weight of each trained LoRA layer keyed by
+    its LoRA B key (float32, CPU)."""
+
+    total_steps: int
+    base_weights: State = field(default_factory=dict)
+
+
 class ClientAlgorithm:
     """Client half of an algorithm. Stateless; per-client state lives in the ClientRuntime
     (``client_state``, tensors keyed like the global adapter) so it persists across rounds, is
     checkpointed, and is never shared between clients."""
 
+    #: ``local_hooks`` reads ``LocalContext.base_weights`` (the frozen weights under the LoRA layers).
+    needs_base_weights: ClassVar[bool] = False
+
     def hooks(self, global_state: State, server_extras: State, client_state: State) -> LocalHooks:
         return LocalHooks()
+
+    def local_hooks(
+        self, global_state: State, server_extras: State, client_state: State, context: LocalContext
+    ) -> LocalHooks:
+        """The hooks of one local update; an algorithm that needs ``context`` overrides this."""
+        return self.hooks(global_state, server_extras, client_state)
 
     def finish(
         self,
@@ -117,6 +153,8 @@ class Strategy(ABC):
     needs_individual_updates: ClassVar[str | None] = None
     #: The rule aggregates LoRA factors of different ranks (adapter.client_ranks below adapter.r).
     rank_aware: ClassVar[bool] = False
+    #: The federation.mode values it runs in (a one-shot combiner: one_shot only).
+    modes: ClassVar[tuple[str, ...]] = ("rounds",)
 
     def __init__(self, params: StrategyParams | None = None, num_clients: int = 1):
         self.params = params if params is not None else self.Params()

@@ -12,6 +12,7 @@ from fedumm.types import check_state_matches
 
 class FedAvg(Strategy):
     name = "fedavg"
+    modes = ("rounds", "one_shot")  # one round of FedAvg: the sample-weighted mean of the uploads
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
         if not updates:
