@@ -42,9 +42,10 @@ def test_odd_and_even_sizes_round_trip_within_one_step(shape):
 
 
 def test_scale_and_codes_by_hand():
-    # max |x| = 0.7 -> s = 0.1; 0.7, -0.3, 0 are whole steps and stay exact.
-    fields = Int4().encode(torch.tensor([0.7, -0.3, 0.0]), torch.float32, _gen())
-    assert float(fields["scales"][0]) == pytest.approx(0.1)
+    # max |x| = 0.875 -> s = 0.125 (exact in bfloat16, the scales' dtype on a float32 wire);
+    # 0.875, -0.375, 0 are whole steps and stay exact.
+    fields = Int4().encode(torch.tensor([0.875, -0.375, 0.0]), torch.float32, _gen())
+    assert fields["scales"].dtype == torch.bfloat16 and float(fields["scales"][0]) == 0.125
     assert unpack(fields["codes"], 3).tolist() == [7, -3, 0]
 
 

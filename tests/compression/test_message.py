@@ -15,16 +15,18 @@ from fedumm.compression import (
     layout_digest,
 )
 
-DELTA = {"z": torch.tensor([[0.7, -0.7, 0.0]]), "a": torch.tensor([1.27, 0.0])}
+# Maxima 127/256 and 127/128: scales 1/256 and 1/128, exact in bfloat16 (the scales' dtype on a float32 wire).
+DELTA = {"z": torch.tensor([[0.49609375, -0.49609375, 0.0]]), "a": torch.tensor([0.9921875, 0.0])}
 SHAPES = {"z": (1, 3), "a": (2,)}
 
 
 def test_fields_are_concatenated_in_sorted_key_order():
-    # Prepare/Execute: int8 of "a" (s = 0.01) then "z" (s = 0.7 / 127).
+    # Prepare/Execute: int8 of "a" (s = 1/128) then "z" (s = 1/256).
     fields = encode_delta(DELTA, build_codec("int8"), torch.float32, seed=0)
     # Assert: codes of a, then of z; one scale per tensor (both have one row).
     assert fields["codes"].tolist() == [127, 0, 127, -127, 0]
-    assert torch.allclose(fields["scales"], torch.tensor([0.01, 0.7 / 127]))
+    assert fields["scales"].dtype == torch.bfloat16
+    assert fields["scales"].float().tolist() == [1 / 128, 1 / 256]
     decoded = decode_delta(fields, build_codec("int8"), SHAPES)
     assert all(torch.allclose(decoded[k], DELTA[k], atol=1e-6) for k in DELTA)
 
@@ -33,7 +35,7 @@ def test_fields_are_concatenated_in_sorted_key_order():
     ("name", "wire", "layout"),
     [
         ("int8", torch.float16, {"codes": (torch.int8, 5), "scales": (torch.float16, 2)}),
-        ("int4", torch.float32, {"codes": (torch.uint8, 3), "scales": (torch.float32, 2)}),  # ceil(3/2) + 1
+        ("int4", torch.float32, {"codes": (torch.uint8, 3), "scales": (torch.bfloat16, 2)}),  # ceil(3/2) + 1
         ("topk", torch.bfloat16, {"values": (torch.bfloat16, 2), "indices": (torch.int16, 2)}),
     ],
 )

@@ -204,7 +204,9 @@ INT8_RULES = ReplyRules(
 )
 
 
-def delta_fields(name: str = "int8", value: float = 1.27, wire: torch.dtype = torch.float32, fraction: float = 0.5):
+def delta_fields(
+    name: str = "int8", value: float = 0.9921875, wire: torch.dtype = torch.float32, fraction: float = 0.5
+):
     delta = {"a": torch.full((2, 3), value), "b": torch.full((4,), value)}
     return encode_delta(delta, build_codec(name, fraction), wire, seed=0)
 
@@ -232,10 +234,13 @@ BAD_COMPRESSED = {
     ),
     "scales float16 on a float32 wire": (
         lambda: compressed(0, _with("scales", torch.ones(3, dtype=torch.float16))),
-        r"'delta/scales' has dtype F16, expected F32 \(int8 with federation.wire_dtype float32\)",
+        r"'delta/scales' has dtype F16, expected BF16 \(int8 with federation.wire_dtype float32\)",
     ),
     "scales float64": (lambda: compressed(0, _with("scales", torch.ones(3, dtype=torch.float64))), r"dtype F64"),
-    "one scale too many": (lambda: compressed(0, _with("scales", torch.ones(4))), r"shape \(4,\), expected \(3,\)"),
+    "one scale too many": (
+        lambda: compressed(0, _with("scales", torch.ones(4, dtype=torch.bfloat16))),
+        r"shape \(4,\), expected \(3,\)",
+    ),
     "codes as a matrix": (
         lambda: compressed(0, _with("codes", torch.zeros(2, 5, dtype=torch.int8))),
         r"'delta/codes' has shape \(2, 5\), expected \(10,\)",
@@ -245,11 +250,11 @@ BAD_COMPRESSED = {
         r"tensor 'a': an int8 code is outside \[-127, 127\]",
     ),
     "nan scale": (
-        lambda: compressed(0, _with("scales", torch.tensor([0.01, 0.01, float("nan")]))),
+        lambda: compressed(0, _with("scales", torch.tensor([0.01, 0.01, float("nan")], dtype=torch.bfloat16))),
         r"tensor 'b': a scale is not finite",
     ),
     "scale overflows the state": (
-        lambda: compressed(0, _with("scales", torch.full((3,), 3e38))),
+        lambda: compressed(0, _with("scales", torch.full((3,), 3e38, dtype=torch.bfloat16))),
         r"non-finite values",
     ),
     "missing scales": (
@@ -290,14 +295,14 @@ def test_each_malformed_compressed_reply_is_rejected_with_its_reason_and_the_rou
 
 
 def test_a_compressed_reply_becomes_global_plus_its_decoded_delta():
-    # Prepare: global 0.5 everywhere; deltas 1.27 (s = 0.01, code 127: exact) in every tensor.
+    # Prepare: global 0.5 everywhere; deltas 127/128 (s = 1/128, exact in bfloat16; code 127) in every tensor.
     global_state = {"a": torch.full((2, 3), 0.5), "b": torch.full((4,), 0.5)}
     # Execute
     updates, rejected = check_replies([compressed(0, delta_fields())], INT8_RULES, global_state, ValidationConfig())
-    # Assert: the strategy sees the rebuilt state 0.5 + 1.27.
+    # Assert: the strategy sees the rebuilt state 0.5 + 0.9921875, exactly.
     assert rejected == {}
-    assert torch.allclose(updates[0].state["a"], torch.full((2, 3), 1.77))
-    assert torch.allclose(updates[0].state["b"], torch.full((4,), 1.77))
+    assert updates[0].state["a"].tolist() == [[1.4921875] * 3] * 2
+    assert updates[0].state["b"].tolist() == [1.4921875] * 4
 
 
 @pytest.mark.parametrize(

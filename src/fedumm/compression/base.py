@@ -63,6 +63,14 @@ def rows(shape: tuple[int, ...]) -> int:
     return shape[0] if len(shape) >= 2 else 1
 
 
+def scale_dtype(wire: torch.dtype) -> torch.dtype:
+    """The dtype int8/int4 scales travel in: the wire dtype when it is 16-bit, else bfloat16. A
+    LoRA B row holds only r entries, so a float32 scale would cost r/4 codes' worth of bytes;
+    bfloat16 keeps float32's range (tiny updates never round to a zero scale) and, rounded up,
+    wastes at most 2^-8 of the code range, against a quantisation step of 1/127 (int8)."""
+    return wire if wire in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
 def row_scales(x: torch.Tensor, levels: int, wire: torch.dtype) -> torch.Tensor:
     """Per-row s = max|row| / levels in ``wire``, rounded up where the cast rounded down."""
     exact = x.reshape(rows(tuple(x.shape)), -1).abs().amax(dim=1) / levels

@@ -1,11 +1,12 @@
 """int4: per-row scaled 4-bit codes with stochastic rounding, two codes per byte.
 
-As ``int8`` with L = 7: s_i = max_j |X_ij| / 7 (rounded up to the wire dtype), q_ij = SR(X_ij / s_i)
+As ``int8`` with L = 7: s_i = max_j |X_ij| / 7 (rounded up to ``base.scale_dtype``),
+q_ij = SR(X_ij / s_i)
 ∈ [-7, 7], decoded as q_ij · s_i; per entry |error| < s_i and the decode is unbiased. Packing: the
 tensor's codes in row-major order, each stored as the nibble q + 8 ∈ [1, 15]; code 2m goes in the
 low nibble of byte m and code 2m + 1 in its high nibble. A tensor of odd size pads its last high
 nibble with 8 (code 0). Nibble 0 (code −8) is never produced and is refused, as is any other
-padding. Fields: ``codes`` uint8 (⌈numel / 2⌉,), ``scales`` wire dtype (rows,).
+padding. Fields: ``codes`` uint8 (⌈numel / 2⌉,), ``scales`` ``base.scale_dtype(wire)`` (rows,).
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from collections.abc import Mapping
 
 import torch
 
-from fedumm.compression.base import Codec, Fields, check_scales, dequantize, numel, quantize, row_scales, rows
+from fedumm.compression.base import (
+    Codec,
+    Fields,
+    check_scales,
+    dequantize,
+    numel,
+    quantize,
+    row_scales,
+    rows,
+    scale_dtype,
+)
 
 LEVELS = 7
 _OFFSET = 8  # nibble = code + 8
@@ -41,13 +52,13 @@ class Int4(Codec):
     fields = ("codes", "scales")
 
     def dtypes(self, wire: torch.dtype, max_numel: int) -> dict[str, torch.dtype]:
-        return {"codes": torch.uint8, "scales": wire}
+        return {"codes": torch.uint8, "scales": scale_dtype(wire)}
 
     def sizes(self, shape: tuple[int, ...]) -> dict[str, int]:
         return {"codes": (numel(shape) + 1) // 2, "scales": rows(shape)}
 
     def encode(self, x: torch.Tensor, wire: torch.dtype, generator: torch.Generator) -> Fields:
-        scales = row_scales(x, LEVELS, wire)
+        scales = row_scales(x, LEVELS, scale_dtype(wire))
         return {"codes": pack(quantize(x, scales, LEVELS, generator)), "scales": scales}
 
     def decode(self, fields: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
