@@ -20,6 +20,15 @@ from fedumm.validation import load_run_config, validate
             ["federation.strategy.name=krum", "federation.strategy.f=1", "federation.num_clients=4"],
             r"federation\.strategy\.f: ",
         ),
+        (
+            ["model.backend=blip_vqa", "finetune.strategy=custom", "finetune.groups={gen_head: share}"],
+            r"finetune\.groups\.gen_head: not a unit of backend blip_vqa; known: lora, vision, connector, language$",
+        ),
+        (
+            ["model.backend=janus", "finetune.strategy=custom", "finetune.groups={lora: share, audio: local}"],
+            r"finetune\.groups\.audio: not a unit of backend janus; known: lora, vision, connector, language, "
+            r"gen_embed, gen_aligner, gen_head, vq$",
+        ),
     ],
 )
 def test_registry_problems_are_one_line_naming_the_key(overrides, fragment):

@@ -33,13 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedumm.errors import ConfigError
-from fedumm.models.tiny import blip_vqa, idefics3, janus, llava, paligemma, qwen2_vl
+from fedumm.models.tiny import blip_vqa, emu3, idefics3, janus, llava, paligemma, qwen2_vl
 from fedumm.models.tiny.common import tiny_vocab
 
 __all__ = ["TINY_MODELS", "cache_root", "register_tiny", "resolve_model_path", "tiny_vocab"]
 
 # Bump when the architecture or vocabulary changes so stale caches are not reused.
-_TINY_VERSION = "2"  # 2: tiny-idefics3 adds BOS and its template starts with it
+_TINY_VERSION = "3"  # 3: tiny-janus has a trained VQ tokenizer on an 8x8 grid
 
 Builder = Callable[..., None]  # builder(path, image_size=32, patch_size=8, seed=0)
 
@@ -68,6 +68,7 @@ register_tiny("tiny-smolvlm", idefics3.build_tiny_smolvlm)
 register_tiny("tiny-paligemma", paligemma.build_tiny_paligemma)
 register_tiny("tiny-janus", janus.build_tiny_janus)
 register_tiny("tiny-blip-vqa", blip_vqa.build_tiny_blip_vqa)
+register_tiny("tiny-emu3", emu3.build_tiny_emu3)
 
 # "name" or "org/name", each part starting with a letter, digit or underscore.
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
