@@ -13,7 +13,7 @@ from fedumm.validation import load_run_config, validate
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["model.backend=nope"], r"model\.backend: unknown backend 'nope'; available: blip_vqa, hf_vlm, janus"),
+        (["model.backend=nope"], r"model\.backend: unknown backend 'nope'; available: blip_vqa, emu3, hf_vlm, janus"),
         (["federation.strategy.name=nope"], r"federation\.strategy\.name: unknown strategy 'nope'"),
         (["federation.strategy.mu=0.1"], r"federation\.strategy\.mu: unknown key for this strategy"),
         (

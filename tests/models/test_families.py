@@ -32,13 +32,17 @@ CASES = {
     "tiny-paligemma": ("hf_vlm", "paligemma", "PaliGemmaForConditionalGeneration", "PaliGemmaProcessor"),
     "tiny-janus": ("janus", "janus", "JanusForConditionalGeneration", "JanusProcessor"),
     "tiny-blip-vqa": ("blip_vqa", "blip", "BlipForQuestionAnswering", "BlipProcessor"),
+    "tiny-emu3": ("emu3", "emu3", "Emu3ForConditionalGeneration", "Emu3Processor"),
 }
+#: Early-fusion families: images are tokens of the decoder's vocabulary, no vision tower or connector.
+ENCODER_FREE = {"tiny-emu3"}
 NAMES = list(CASES)
 
 # Where LoRA may land (the language side) and what the default preset must never touch.
 LANGUAGE_SIDE = {
     "hf_vlm": r"(model\.)?(language_model|text_model)\..*",
     "janus": r"model\.language_model\..*",
+    "emu3": r"model\.text_model\..*",
     "blip_vqa": r"text_(encoder|decoder)\..*",
 }
 
@@ -104,9 +108,9 @@ def test_module_groups_partition_the_parameters(name, loaded):
         hits = [g for g, regex in groups.items() if regex.fullmatch(param)]
         assert len(hits) == 1, f"{param} is in groups {hits}"
     sizes = {g: sum(bool(r.fullmatch(p)) for p in item.base_parameters) for g, r in groups.items()}
-    assert sizes["vision"] > 0 and sizes["language"] > 0
+    assert (sizes["vision"] > 0) == (name not in ENCODER_FREE) and sizes["language"] > 0
     # BLIP has no projector between image and text (cross-attention inside the text encoder).
-    assert (sizes["connector"] == 0) == (name == "tiny-blip-vqa")
+    assert (sizes["connector"] == 0) == (name == "tiny-blip-vqa" or name in ENCODER_FREE)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -214,7 +218,8 @@ def test_one_federated_round(name, paths, tmp_path):
 DECODER_ONLY = [n for n in NAMES if n != "tiny-blip-vqa"]
 #: BOS ids in a training row: tiny-idefics3's template starts with BOS and its tokenizer adds
 #: one too (as Idefics3-8B-Llama3's); PaliGemma's processor writes BOS after the image tokens.
-BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1}
+#: Emu3's processor writes BOS before each prompt.
+BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "tiny-emu3": 1}
 
 
 @pytest.mark.parametrize("name", DECODER_ONLY)
@@ -241,6 +246,7 @@ END_TOKENS = {
     "tiny-smolvlm": ("<end_of_utterance>", "<end_of_utterance>"),
     "tiny-paligemma": (None, "</s>"),
     "tiny-janus": (None, "</s>"),
+    "tiny-emu3": ("</s>", "</s>"),
 }
 
 

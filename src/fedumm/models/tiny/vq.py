@@ -8,10 +8,12 @@ Model Beats Diffusion"): the encoder output z and every code e_j are unit vector
 is argmax_j <z, e_j> (= argmin ||z - e_j||^2 on unit vectors, which is what the transformers
 quantizers compute at encode time), and
 
-    loss = ||x - D(z + sg(e - z))||^2 + ||sg(z) - e||^2 + beta ||z - sg(e)||^2
+    loss = mean_px w(x) (x - D(z + sg(e - z)))^2 + ||sg(z) - e||^2 + beta ||z - sg(e)||^2
 
 (straight-through estimator for the decoder's gradient, codebook and commitment terms,
-beta = 0.25). Codes unused for ``_RESTART_EVERY`` steps restart on random encoder outputs of
+beta = 0.25). The reconstruction term weighs object pixels ``_FOREGROUND_WEIGHT`` times the
+black background (w = 1 there): the scenes are mostly background, and an unweighted loss
+leaves the objects' colours wrong. Codes unused for ``_RESTART_EVERY`` steps restart on random encoder outputs of
 the current batch (dead-code restarts keep the whole codebook in use). The family supplies
 ``encode`` (pixels -> z, (B, C, h, w)) and ``decode`` (quantised z -> pixels); the codebook
 rows are written back unit-norm, so encode-then-decode through the family's own modules is
@@ -35,6 +37,8 @@ from PIL import Image
 from fedumm.data.synthetic import COLORS, SHAPES, render_image
 
 _BETA = 0.25
+_FOREGROUND_WEIGHT = 10.0
+_BACKGROUND_LEVEL = -0.9  # pixels whose brightest channel is below this (in [-1, 1]) are background
 _RESTART_EVERY = 25
 _SHAPE_FRACTION = 4  # a shape's box is a quarter of the image side, as in the synthetic data
 
@@ -96,8 +100,10 @@ def train_vq(
         usage += torch.bincount(index, minlength=codebook.num_embeddings)
         straight = flat + (quantised - flat).detach()
         recon = decode(straight.view(b, h, w, c).permute(0, 3, 1, 2))
+        foreground = (pixels.amax(dim=1, keepdim=True) > _BACKGROUND_LEVEL).float()
+        weight = 1.0 + (_FOREGROUND_WEIGHT - 1.0) * foreground
         loss = (
-            F.mse_loss(recon, pixels)
+            (weight * (recon - pixels) ** 2).mean()
             + F.mse_loss(quantised, flat.detach())
             + _BETA * F.mse_loss(flat, quantised.detach())
         )
