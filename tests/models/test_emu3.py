@@ -16,7 +16,12 @@ from fedumm.models.tiny import resolve_model_path
 from fedumm.models.tiny.vq import reconstruction_quality
 from fedumm.types import IGNORE_INDEX
 
-SCENES = [("red", "square", 4, 6), ("blue", "circle", 14, 3), ("green", "triangle", 2, 18), ("yellow", "square", 20, 20)]
+SCENES = [
+    ("red", "square", 4, 6),
+    ("blue", "circle", 14, 3),
+    ("green", "triangle", 2, 18),
+    ("yellow", "square", 20, 20),
+]
 
 
 def t2i_rows() -> list[dict]:

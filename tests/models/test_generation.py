@@ -45,3 +45,19 @@ def test_dropout_is_seeded_and_off_outside_training():
     assert a != c
     first.stop()
     assert first.draw(50) == [False] * 50
+
+
+def test_target_image_of_a_row():
+    from PIL import Image
+
+    from fedumm.errors import DataError
+    from fedumm.models.generation import target_image
+
+    red = Image.new("RGB", (8, 8), "red")
+    assert target_image({"prompt": "a red square", "image": red}).getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(DataError, match="text-to-image row 'a cat': needs exactly one target image, has 0"):
+        target_image({"prompt": "a cat", "image": None})
+    with pytest.raises(DataError, match="has 2"):
+        target_image({"prompt": "a cat", "images": [red, red]})
+    with pytest.raises(DataError, match="no 'prompt' text"):
+        target_image({"image": red})

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from fedumm.data.images import as_pil
-from fedumm.models.generation import T2I, GenerationMixin, batch_task, unwrap
+from fedumm.models.generation import T2I, GenerationMixin, batch_task, target_image, unwrap
 from fedumm.models.hf_vlm import FAMILIES, HFVisionLanguageBackend
 from fedumm.models.registry import register_backend
 from fedumm.types import IGNORE_INDEX
@@ -94,7 +94,7 @@ class Emu3Backend(GenerationMixin, HFVisionLanguageBackend):
         end-of-line); ``labels`` -100 but on the visual tokens."""
         if batch_task(samples) != T2I:
             return super().training_batch(samples)
-        grids = self.image_codes([self.row_images(s)[0] for s in samples])
+        grids = self.image_codes([target_image(s) for s in samples])
         dropped = self.drop_prompts(len(samples))
         eol = self.mapping.eol_token_id
         rows, labels, prompt_lengths = [], [], []

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from fedumm.config import TrainConfig
+from fedumm.data.images import as_pil
+from fedumm.errors import DataError
 from fedumm.types import IGNORE_INDEX
 
 #: The ``task`` of a text-to-image row (the row contract of issue 13).
@@ -44,6 +46,18 @@ def batch_task(rows: Sequence[dict]) -> str:
             "rows have task 't2i')"
         )
     return tasks[0] if tasks else _UNDERSTANDING
+
+
+def target_image(row: dict):
+    """A text-to-image row's target image (PIL); a row without one (or without a prompt) is a
+    DataError naming the row."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str):
+        raise DataError(f"text-to-image row {row.get('metadata') or row!r:.120}: no 'prompt' text")
+    images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+    if len(images) != 1:
+        raise DataError(f"text-to-image row {prompt!r}: needs exactly one target image, has {len(images)}")
+    return as_pil(images[0])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

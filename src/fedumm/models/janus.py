@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from fedumm.data.images import as_pil
-from fedumm.models.generation import T2I, GenerationMixin, batch_task, unwrap
+from fedumm.models.generation import T2I, GenerationMixin, batch_task, target_image, unwrap
 from fedumm.models.hf_vlm import FAMILIES, HFVisionLanguageBackend
 from fedumm.models.registry import register_backend
 from fedumm.types import IGNORE_INDEX
@@ -133,7 +133,7 @@ class JanusBackend(GenerationMixin, HFVisionLanguageBackend):
         dropped = torch.tensor(self.drop_prompts(len(samples)))
         if dropped.any():
             ids = torch.where(dropped[:, None], self.unconditional(ids, mask), ids)
-        codes = self.image_tokens([self.row_images(s)[0] for s in samples])
+        codes = self.image_tokens([target_image(s) for s in samples])
         labels = torch.cat([torch.full_like(ids, IGNORE_INDEX), codes], dim=1)
         return {"input_ids": ids, "attention_mask": mask, "image_tokens": codes, "labels": labels}
 
