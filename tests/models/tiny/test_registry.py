@@ -25,6 +25,7 @@ BUILT_IN = [
     "tiny-paligemma",
     "tiny-janus",
     "tiny-blip-vqa",
+    "tiny-emu3",
 ]
 
 
