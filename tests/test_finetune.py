@@ -463,3 +463,54 @@ def test_classification_run_reports_roc_auc(tmp_path):
     final = result.federated.records[-1]["global"]
     assert final["task"] == "classification" and final["n"] == 8
     assert final["roc_auc"] is not None and 0.0 <= final["roc_auc"] <= 1.0
+
+
+def _t2i_rows(count: int) -> list[dict]:
+    from fedumm.data.synthetic import COLORS, SHAPES, render_image
+
+    colours = list(COLORS)
+    return [
+        {
+            "task": "t2i",
+            "prompt": f"a {colours[i % 6]} {SHAPES[i % 3]}",
+            "image": render_image(SHAPES[i % 3], colours[i % 6], [(2 * i, 3 * i)], 32),
+            "question": "",
+            "answers": [],
+            "multiple_choice_answer": "",
+        }
+        for i in range(count)
+    ]
+
+
+def test_janus_generation_groups_train_and_travel_as_selected(tmp_path):
+    """gen_head shared (in the reply), gen_aligner local (trained, kept on the client, never
+    sent), gen_embed frozen (unchanged), LoRA on the shared language model shared."""
+    config = load_run_config(
+        None,
+        [
+            "model.backend=janus",
+            "model.device=cpu",
+            "federation.rounds=2",
+            "train.local_steps=2",
+            "train.batch_size=4",
+            "eval.clients=false",
+            "finetune.strategy=custom",
+            "finetune.groups={lora: share, gen_head: share, gen_aligner: local, gen_embed: frozen}",
+        ],
+    )
+    host = ModelHost(config)
+    client = ClientRuntime(ClientData(0, _t2i_rows(8), []), host, config)
+    server = Server(FedAvg(), host.initial_state, config.federation, config.seed)
+    keys = {unit: set(host.parameters_of([unit])) for unit in ("lora", "gen_head", "gen_aligner", "gen_embed")}
+    assert all(keys.values())
+    before = _snapshot(host)
+
+    reply = client.fit(server.broadcast(1), 1)
+
+    sent = set(codec.decode_message(reply.payload)["state"])
+    assert sent == keys["lora"] | keys["gen_head"]
+    changed = {canonical_key(n) for n in _changed(before, host)}
+    assert keys["gen_head"] <= changed and keys["gen_aligner"] <= changed
+    assert changed.isdisjoint(keys["gen_embed"])
+    assert set(client.local_state) == keys["gen_aligner"]
+    assert all(not torch.equal(client.local_state[k], host.initial_local_state[k]) for k in keys["gen_aligner"])

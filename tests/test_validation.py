@@ -13,12 +13,21 @@ from fedumm.validation import load_run_config, validate
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["model.backend=nope"], r"model\.backend: unknown backend 'nope'; available: blip_vqa, hf_vlm, janus"),
+        (["model.backend=nope"], r"model\.backend: unknown backend 'nope'; available: blip_vqa, emu3, hf_vlm, janus"),
         (["federation.strategy.name=nope"], r"federation\.strategy\.name: unknown strategy 'nope'"),
         (["federation.strategy.mu=0.1"], r"federation\.strategy\.mu: unknown key for this strategy"),
         (
             ["federation.strategy.name=krum", "federation.strategy.f=1", "federation.num_clients=4"],
             r"federation\.strategy\.f: ",
+        ),
+        (
+            ["model.backend=blip_vqa", "finetune.strategy=custom", "finetune.groups={gen_head: share}"],
+            r"finetune\.groups\.gen_head: not a unit of backend blip_vqa; known: lora, vision, connector, language$",
+        ),
+        (
+            ["model.backend=janus", "finetune.strategy=custom", "finetune.groups={lora: share, audio: local}"],
+            r"finetune\.groups\.audio: not a unit of backend janus; known: lora, vision, connector, language, "
+            r"gen_embed, gen_aligner, gen_head, vq$",
         ),
     ],
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 import torch
@@ -27,9 +27,15 @@ def encode(
     state: Mapping[str, torch.Tensor],
     dtype: WireDtype = "float32",
     metadata: Mapping[str, str] | None = None,
+    exact: Collection[str] = (),
 ) -> bytes:
+    """Floating tensors cast to ``dtype``, except the keys in ``exact``, which travel in their own
+    dtype (a codec's fields, whose dtypes the codec fixed)."""
     wire = DTYPES[dtype]
-    tensors = {k: (v.to(wire) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
+    tensors = {
+        k: (v.to(wire) if v.is_floating_point() and k not in exact else v).detach().cpu().contiguous()
+        for k, v in state.items()
+    }
     meta = {"fedumm_wire_dtype": dtype, **(metadata or {})}
     return st_save(tensors, metadata=meta)
 
@@ -46,15 +52,17 @@ def encode_message(
     parts: Mapping[str, Mapping[str, torch.Tensor]],
     dtype: WireDtype = "float32",
     metadata: Mapping[str, str] | None = None,
+    exact_parts: Collection[str] = (),
 ) -> bytes:
     """Several named tensor dicts in one safetensors payload (keys ``part/name``), with
-    ``metadata`` in its header."""
+    ``metadata`` in its header; the tensors of ``exact_parts`` keep their dtypes."""
     flat = {}
     for part, tensors in parts.items():
         if "/" in part:
             raise ValueError(f"message part name {part!r} must not contain '/'")
         flat.update({f"{part}/{k}": v for k, v in tensors.items()})
-    return encode(flat, dtype, metadata={**(metadata or {}), "fedumm_parts": ",".join(parts)})
+    exact = {f"{part}/{k}" for part in exact_parts for k in parts.get(part, {})}
+    return encode(flat, dtype, metadata={**(metadata or {}), "fedumm_parts": ",".join(parts)}, exact=exact)
 
 
 def decode_message(payload: bytes) -> dict[str, dict[str, torch.Tensor]]:

@@ -171,10 +171,11 @@ class FinetuneConfig(Section):
         "two_stage (F-2stage: connector first, then LoRA), or custom (finetune.groups).",
     )
     two_stage_rounds: int = Field(1, ge=1, description="two_stage: rounds that train the connector.")
-    groups: dict[Literal["lora", "vision", "connector", "language"], Literal["frozen", "share", "local"]] = Field(
+    groups: dict[str, Literal["frozen", "share", "local"]] = Field(
         default_factory=dict,
         description="custom: mode per unit (frozen | share = train and send | local = train and "
-        "keep on the client); unlisted units are frozen.",
+        "keep on the client); units: lora and the backend's module groups (vision, connector, language, and "
+        "its own, e.g. janus gen_embed, gen_aligner, gen_head); unlisted units are frozen.",
     )
 
     @model_validator(mode="after")
@@ -472,6 +473,13 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision for training (bf16/fp16 only on CUDA)."
     )
+    cfg_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Text-to-image rows: probability that a row's prompt is replaced by the unconditional prompt "
+        "(classifier-free guidance training, Janus's 0.1); seeded per local run.",
+    )
 
     @model_validator(mode="after")
     def _check_optimizer(self) -> TrainConfig:
@@ -504,6 +512,15 @@ class EvalConfig(Section):
         "(normalized) or pixels of the row's image (pixel).",
     )
     positive_label: str = Field("yes", description="classification: the positive class (ROC-AUC).")
+    cfg_scale: float = Field(
+        5.0,
+        ge=1,
+        description="Text-to-image sampling: classifier-free guidance scale s, logits = uncond + s (cond - uncond) "
+        "(1 = conditional only; Janus's default 5).",
+    )
+    image_temperature: float = Field(
+        1.0, ge=0, description="Text-to-image sampling temperature over image tokens (0 = greedy)."
+    )
     batch_size: int = Field(32, ge=1, description="Rows per evaluation batch.")
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")

@@ -1,8 +1,10 @@
 """Fine-tuning strategies: which parts of the model train, and which of those travel.
 
 A model is cut into *units*: ``lora`` (the LoRA adapter tensors) and the backend's module
-groups ``vision``, ``connector`` and ``language`` (full weights of those modules). Each unit
-is, in a given round, one of:
+groups: ``vision``, ``connector`` and ``language`` (full weights of those modules), and any a
+backend adds (Janus's generation path: ``gen_embed``, ``gen_aligner``, ``gen_head``), which
+``finetune.groups`` names like the standard ones (``fedumm.validation`` checks the names
+against the backend). Each unit is, in a given round, one of:
 
 * ``frozen``: not trained;
 * ``share``: trained locally and sent to the server for aggregation;
@@ -23,7 +25,8 @@ from typing import Literal
 from fedumm.config import FinetuneConfig
 
 Mode = Literal["frozen", "share", "local"]
-UNITS: tuple[str, ...] = ("lora", "vision", "connector", "language")
+#: Units every plan lists (in this order), before the backend-defined groups a config names.
+STANDARD_UNITS: tuple[str, ...] = ("lora", "vision", "connector", "language")
 
 _PRESETS: dict[str, dict[str, Mode]] = {
     "lora": {"lora": "share"},
@@ -39,7 +42,7 @@ class RoundPlan:
     modes: dict[str, Mode]
 
     def units(self, *modes: Mode) -> list[str]:
-        return [u for u in UNITS if self.modes.get(u, "frozen") in modes]
+        return [u for u, mode in self.modes.items() if mode in modes]
 
     @property
     def trained(self) -> list[str]:
@@ -50,6 +53,11 @@ class RoundPlan:
         return self.units("share")
 
 
+def all_units(config: FinetuneConfig) -> list[str]:
+    """The standard units, then the backend-defined groups ``finetune.groups`` names."""
+    return list(STANDARD_UNITS) + [g for g in config.groups if g not in STANDARD_UNITS]
+
+
 def plan_for_round(config: FinetuneConfig, round_num: int) -> RoundPlan:
     if config.strategy == "custom":
         modes = dict(config.groups)
@@ -57,13 +65,13 @@ def plan_for_round(config: FinetuneConfig, round_num: int) -> RoundPlan:
         modes = {"connector": "share"} if round_num <= config.two_stage_rounds else {"lora": "share"}
     else:
         modes = dict(_PRESETS[config.strategy])
-    return RoundPlan({u: modes.get(u, "frozen") for u in UNITS})
+    return RoundPlan({u: modes.get(u, "frozen") for u in all_units(config)})
 
 
 def units_over_run(config: FinetuneConfig, rounds: int, *modes: Mode) -> list[str]:
     """Units that are in one of ``modes`` in at least one round (round 0 = evaluation only)."""
     seen = {u for r in range(1, rounds + 1) for u in plan_for_round(config, r).units(*modes)}
-    return [u for u in UNITS if u in seen]
+    return [u for u in all_units(config) if u in seen]
 
 
 def stages(config: FinetuneConfig, rounds: int) -> list[tuple[int, int, RoundPlan]]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from fedumm.config import RunConfig, load_config
 from fedumm.errors import ConfigError
-from fedumm.finetune import units_over_run
-from fedumm.models.registry import available_backends
+from fedumm.finetune import STANDARD_UNITS, units_over_run
+from fedumm.models.registry import available_backends, get_backend
 from fedumm.strategies import STRATEGIES, check_strategy_config, validate_params
 
 
@@ -22,6 +22,15 @@ def _check_backend(config: RunConfig) -> None:
         raise ConfigError(
             f"model.backend: unknown backend {config.model.backend!r}; available: {', '.join(available_backends())}"
         )
+
+
+def _check_finetune_groups(config: RunConfig) -> None:
+    """finetune.groups names lora or one of the backend's module groups."""
+    backend = config.model.backend
+    known = list(dict.fromkeys(("lora", *STANDARD_UNITS, *get_backend(backend).group_names())))
+    for name in config.finetune.groups:
+        if name not in known:
+            raise ConfigError(f"finetune.groups.{name}: not a unit of backend {backend}; known: {', '.join(known)}")
 
 
 def _check_strategy(config: RunConfig) -> None:
@@ -133,7 +142,7 @@ def _check_ranks(config: RunConfig) -> None:
 
 
 #: Run in order; each raises ``ConfigError`` naming its key.
-CHECKS = (_check_backend, _check_strategy, _check_mode, _check_privacy, _check_ranks)
+CHECKS = (_check_backend, _check_finetune_groups, _check_strategy, _check_mode, _check_privacy, _check_ranks)
 
 
 def validate(config: RunConfig, source: str = "<config>") -> RunConfig:

@@ -1,6 +1,7 @@
 """The model host under heterogeneous ranks: a rank-r client on the shared rank-R LoRA (masked
 components stay exactly zero, only its own factors travel), FFA-LoRA's frozen A, and FLoRA's
-frozen ΔW on the base weights, saved as a PEFT adapter plain peft loads."""
+frozen ΔW on the base weights, saved as a PEFT adapter plain peft loads; and
+ModelHost.generate_images: the eval config's guidance and temperature, generation backends only."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from fedumm import codec
 from fedumm.data.federated import ClientData
 from fedumm.data.synthetic import make_synthetic_vqa
-from fedumm.errors import AdapterStateError
+from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation import ModelHost
 from fedumm.federation.client import ClientRuntime
 from fedumm.lowrank import A_SUFFIX, B_SUFFIX, truncate
@@ -138,3 +139,24 @@ def test_saved_adapter_with_a_frozen_delta_loads_in_plain_peft_with_the_same_out
     # Assert: same outputs; the saved rank is the merged update's numerical rank (64 x 64 modules: up to 64).
     assert (got - expected).abs().max().item() < 1e-4
     assert loaded.peft_config["default"].r > 8
+
+
+def _host(*overrides: str) -> ModelHost:
+    return ModelHost(load_run_config(None, ["model.device=cpu", *overrides]))
+
+
+def test_generate_images_samples_with_the_eval_settings():
+    host = _host("model.backend=janus", "eval.cfg_scale=1", "eval.image_temperature=0")
+
+    greedy = host.generate_images(["a red square", "a blue circle"], seed=0)
+    other_seed = host.generate_images(["a red square", "a blue circle"], seed=5)
+
+    assert [i.size for i in greedy] == [(32, 32), (32, 32)]
+    # Temperature 0 is greedy: the seed cannot matter.
+    assert [i.tobytes() for i in greedy] == [i.tobytes() for i in other_seed]
+
+
+def test_an_understanding_backend_cannot_generate(tiny_llava_path):
+    host = _host(f"model.name_or_path={tiny_llava_path}")
+    with pytest.raises(ConfigError, match="model.backend: hf_vlm does not generate images"):
+        host.generate_images(["a red square"], seed=0)

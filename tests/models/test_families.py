@@ -37,7 +37,10 @@ CASES = {
     "tiny-blip-vqa": ("blip_vqa", "blip", "BlipForQuestionAnswering", "BlipProcessor"),
     # model.compose of the tiny parts: saved as, and loaded by path like, any LLaVA checkpoint.
     "compose:tiny-clip-vision+tiny-llama": ("hf_vlm", "llava", "LlavaForConditionalGeneration", "LlavaProcessor"),
+    "tiny-emu3": ("emu3", "emu3", "Emu3ForConditionalGeneration", "Emu3Processor"),
 }
+#: Early-fusion families: images are tokens of the decoder's vocabulary, no vision tower or connector.
+ENCODER_FREE = {"tiny-emu3"}
 NAMES = list(CASES)
 COMPOSED = {
     "compose:tiny-clip-vision+tiny-llama": ComposeConfig(vision="tiny-clip-vision", language="tiny-llama", seed=0)
@@ -47,6 +50,7 @@ COMPOSED = {
 LANGUAGE_SIDE = {
     "hf_vlm": r"(model\.)?(language_model|text_model)\..*",
     "janus": r"model\.language_model\..*",
+    "emu3": r"model\.text_model\..*",
     "blip_vqa": r"text_(encoder|decoder)\..*",
 }
 
@@ -117,9 +121,9 @@ def test_module_groups_partition_the_parameters(name, loaded):
         hits = [g for g, regex in groups.items() if regex.fullmatch(param)]
         assert len(hits) == 1, f"{param} is in groups {hits}"
     sizes = {g: sum(bool(r.fullmatch(p)) for p in item.base_parameters) for g, r in groups.items()}
-    assert sizes["vision"] > 0 and sizes["language"] > 0
+    assert (sizes["vision"] > 0) == (name not in ENCODER_FREE) and sizes["language"] > 0
     # BLIP has no projector between image and text (cross-attention inside the text encoder).
-    assert (sizes["connector"] == 0) == (name == "tiny-blip-vqa")
+    assert (sizes["connector"] == 0) == (name == "tiny-blip-vqa" or name in ENCODER_FREE)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -228,6 +232,8 @@ DECODER_ONLY = [n for n in NAMES if n != "tiny-blip-vqa"]
 #: BOS ids in a training row: tiny-idefics3's template starts with BOS and its tokenizer adds
 #: one too (as Idefics3-8B-Llama3's); PaliGemma's processor writes BOS after the image tokens.
 BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "compose:tiny-clip-vision+tiny-llama": 1}
+#: Emu3's processor writes BOS before each prompt.
+BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "tiny-emu3": 1}
 
 
 @pytest.mark.parametrize("name", DECODER_ONLY)
@@ -258,6 +264,7 @@ END_TOKENS = {
     "tiny-minicpm-v4.7": ("<|im_end|>", "<|im_end|>"),
     # tiny-llama's Llama-3-style template, kept by model.compose.
     "compose:tiny-clip-vision+tiny-llama": ("<|eot_id|>", "<|eot_id|>"),
+    "tiny-emu3": ("</s>", "</s>"),
 }
 
 

@@ -125,7 +125,7 @@ def test_unknown_model_type_warns_with_the_known_families():
     with pytest.warns(
         UserWarning,
         match=r"model_type 'mystery_vlm' is not in the hf_vlm family table "
-        r"\(known: idefics3, janus, llava, llava_next, minicpmv4_6, minicpmv4_7, paligemma, .*\); "
+        r"\(known: emu3, idefics3, janus, llava, llava_next, minicpmv4_6, minicpmv4_7, paligemma, .*\); "
         r"assuming the LLaVA layout",
     ):
         assert family_for("mystery_vlm") is LLAVA
@@ -153,7 +153,9 @@ def test_unknown_model_family_names_the_key_and_the_known_ones():
     from fedumm.models.hf_vlm import HFVisionLanguageBackend
 
     backend = HFVisionLanguageBackend(ModelConfig(device="cpu", family="llama9"))
-    with pytest.raises(ConfigError, match=r"^model.family: unknown family 'llama9'; known: idefics3, janus, llava"):
+    with pytest.raises(
+        ConfigError, match=r"^model.family: unknown family 'llama9'; known: emu3, idefics3, janus, llava"
+    ):
         backend._set_family("llava")
 
 

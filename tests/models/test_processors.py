@@ -93,8 +93,16 @@ def test_presets_follow_the_checkpoint_family_before_load(name, anchor):
     assert set(backend.module_groups) == {"vision", "connector", "language"}
 
 
-def test_janus_backend_rejects_other_families_and_has_a_generation_group(tiny_llava_path):
+def test_janus_backend_rejects_other_families_and_has_generation_groups(tiny_llava_path):
     backend = get_backend("janus")(ModelConfig(backend="janus", name_or_path=tiny_llava_path, device="cpu"))
     with pytest.raises(ConfigError, match="backend janus loads janus checkpoints, got model_type 'llava'"):
         backend.load()
-    assert set(FAMILIES["janus"].module_groups()) == {"vision", "connector", "language", "generation"}
+    assert set(FAMILIES["janus"].module_groups()) == {
+        "vision",
+        "connector",
+        "language",
+        "gen_embed",
+        "gen_aligner",
+        "gen_head",
+        "vq",
+    }

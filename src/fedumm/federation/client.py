@@ -163,7 +163,9 @@ class ClientRuntime:
             self.residual = residual
         shapes = {k: tuple(v.shape) for k, v in delta.items()}
         meta = compression.metadata(self.compressor, shapes)
-        return codec.encode_message({compression.PART: fields, "extras": extras}, wire, meta)
+        return codec.encode_message(
+            {compression.PART: fields, "extras": extras}, wire, meta, exact_parts=(compression.PART,)
+        )
 
     def _protect(
         self,

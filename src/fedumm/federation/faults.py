@@ -149,7 +149,7 @@ class SimulatedFaults(Transport):
         }
         delta = state_delta(poison(kind, state, global_state, self.config, seed), global_state)
         parts[compression.PART] = compression.encode_delta(delta, codec_, DTYPES[wire], seed)
-        return codec.encode_message(parts, wire, compression.metadata(codec_, shapes))
+        return codec.encode_message(parts, wire, compression.metadata(codec_, shapes), exact_parts=(compression.PART,))
 
     def round_extras(self) -> dict[str, Any]:
         return {**self.inner.round_extras(), **({"faults": self.extras} if self.extras else {})}

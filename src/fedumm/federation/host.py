@@ -201,6 +201,19 @@ class ModelHost:
             hooks = RankMask(hooks or LocalHooks(), self.rank)
         return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
 
+    def generate_images(self, prompts: Sequence[str], seed: int) -> list:
+        """One image per prompt from the current adapter, sampled with eval.cfg_scale and
+        eval.image_temperature (a generation backend only: janus, emu3)."""
+        if not self.backend.supports_generation:
+            raise ConfigError(
+                f"model.backend: {self.backend.name} does not generate images; text-to-image needs janus or emu3"
+            )
+        self.model.eval()
+        evaluation = self.config.eval
+        return self.backend.generate_images(
+            self.model, prompts, cfg_scale=evaluation.cfg_scale, seed=seed, temperature=evaluation.image_temperature
+        )
+
     def class_choices(self, samples: Sequence[dict]) -> list[str] | None:
         """Classification: the label texts to score, eval.positive_label first, the other
         labels present in ``samples`` after it; None when the positive label or any other

@@ -184,6 +184,8 @@ def train_local(
     bar = tqdm(
         range(steps), desc=description, leave=False, unit="step", disable=None if progress else True
     )  # None: bars only on a terminal
+    session = contextlib.ExitStack()  # generation backends: seeded classifier-free-guidance prompt dropout
+    session.enter_context(backend.training_session(seed, config))
     try:
         for step in bar:
             micro_batches = rule.next_step()
@@ -207,6 +209,7 @@ def train_local(
                 bar.set_postfix(loss=f"{total_loss / micro_count:.3f}")
     finally:
         rule.close()
+        session.close()
     model.eval()
     return TrainResult(
         num_samples=len(samples),

@@ -13,14 +13,15 @@ image per prompt (``images_per_prompt == 1``) rejects a row with more, naming it
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from fedumm.config import AdapterConfig, ModelConfig
+from fedumm.config import AdapterConfig, ModelConfig, TrainConfig
 from fedumm.data.images import as_pil
 from fedumm.errors import ConfigError
 from fedumm.models.loading import cast_inputs
@@ -52,9 +53,16 @@ class Backend(ABC):
     default_model: ClassVar[str]
     #: Parameter groups of the base model: name -> regex over parameter names (re.fullmatch).
     #: The standard names are "vision", "connector" and "language"; each parameter falls in
-    #: exactly one group (a family may add one, e.g. Janus's "generation"; a group may match
-    #: nothing, e.g. BLIP's "connector"). Like lora_presets, read it from the instance.
+    #: exactly one group (a family may add its own, e.g. Janus's generation-path "gen_embed",
+    #: "gen_aligner", "gen_head" and "vq"; a group may match nothing, e.g. BLIP's "connector").
+    #: Like lora_presets, read it from the instance; ``group_names`` lists the names a config may
+    #: select before any checkpoint is read.
     module_groups: dict[str, str] = {}
+
+    #: Text-to-image rows (task "t2i") train and evaluate: ``training_batch`` builds generation
+    #: batches for them, and ``generate_images``, ``image_token_metrics`` and
+    #: ``reconstruct_images`` exist (``fedumm.models.generation``).
+    supports_generation: ClassVar[bool] = False
 
     #: Images one prompt may hold: 1 (BLIP, PaliGemma) or None (any number).
     images_per_prompt: int | None = 1
@@ -65,6 +73,17 @@ class Backend(ABC):
         self.device = resolve_device(config.device)
         self.model: torch.nn.Module | None = None
         self.processor: Any = None
+
+    @classmethod
+    def group_names(cls) -> tuple[str, ...]:
+        """Module group names this backend may have (finetune.groups is checked against them)."""
+        return tuple(cls.module_groups)
+
+    @contextlib.contextmanager
+    def training_session(self, seed: int, config: TrainConfig) -> Iterator[None]:
+        """Wraps one local training run (``federation.train.train_local``); generation backends
+        seed their classifier-free-guidance prompt dropout here."""
+        yield
 
     @abstractmethod
     def load(self) -> torch.nn.Module:

@@ -137,6 +137,7 @@ class Family:
 
 
 _LLAVA_LANGUAGE = r"(.*\.)?(language_model|lm_head)\..*"
+_NOTHING = r"(?!)"  # a group the family does not have
 
 LLAVA = Family(
     language="language_model",
@@ -214,13 +215,30 @@ FAMILIES: dict[str, Family] = {
         vision=r"model\.vision_model\..*",
         connector=r"model\.aligner\..*",
         language_params=r"(model\.language_model|lm_head)\..*",
-        # The image-generation path (VQ tokenizer, generation embeddings/aligner/head): unused
-        # for VQA, kept out of the three standard groups.
-        extra_groups={"generation": r"model\.(vqmodel|generation_embeddings|generation_aligner|generation_head)\..*"},
+        # The image-generation path, unused for VQA: the image-token embeddings, the aligner
+        # from them to the decoder, the image-token head, and the VQ tokenizer (frozen: it
+        # defines the tokens).
+        extra_groups={
+            "gen_embed": r"model\.generation_embeddings\..*",
+            "gen_aligner": r"model\.generation_aligner\..*",
+            "gen_head": r"model\.generation_head\..*",
+            "vq": r"model\.vqmodel\..*",
+        },
         quant_skip=("vision_model", "aligner", "vqmodel", "generation_"),
     ),
     "minicpmv4_6": _MINICPMV,
     "minicpmv4_7": dataclasses.replace(_MINICPMV, fallback_processor=_minicpmv47_fallback),
+    # Early fusion, encoder-free: images are VQ codes in the decoder's own vocabulary, so
+    # there is no vision tower or connector; the VQ tokenizer is its own (frozen) group.
+    "emu3": Family(
+        language="text_model",
+        vision=_NOTHING,
+        connector=_NOTHING,
+        language_params=r"(model\.text_model|lm_head)\..*",
+        extra_groups={"vq": r"model\.vqmodel\..*"},
+        quant_skip=("vqmodel",),
+        multi_image=False,
+    ),
 }
 
 
@@ -253,6 +271,11 @@ class HFVisionLanguageBackend(Backend):
     @property
     def module_groups(self) -> dict[str, str]:
         return self.resolve_family().module_groups()
+
+    @classmethod
+    def group_names(cls) -> tuple[str, ...]:
+        """Every family's groups (which one applies is known once the checkpoint is read)."""
+        return tuple(dict.fromkeys(g for family in FAMILIES.values() for g in family.module_groups()))
 
     #: transformers class used to load the model (name, resolved lazily).
     model_class_name = "AutoModelForImageTextToText"

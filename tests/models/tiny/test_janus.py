@@ -12,10 +12,12 @@ def test_config_prompt_and_image_tokens(user_turn, image):
     config, processor = AutoConfig.from_pretrained(path), AutoProcessor.from_pretrained(path)
     tok = processor.tokenizer
     assert config.model_type == "janus"
-    assert (config.vision_config.num_image_tokens, config.vq_config.num_embeddings) == (16, 64)
+    # 32x32 images as an 8x8 grid of 4-pixel patches, in both towers; a 128-code VQ tokenizer.
+    assert (config.vision_config.num_image_tokens, config.vq_config.num_embeddings) == (64, 128)
+    assert config.vq_config.num_patches == 8
     assert config.image_token_id == tok.convert_tokens_to_ids("<image_placeholder>")
     assert (tok.boi_token, tok.eoi_token) == ("<begin_of_image>", "<end_of_image>")
     prompt = processor.apply_chat_template(user_turn, add_generation_prompt=True)
     assert prompt.startswith("<|User|>: <image_placeholder>\nwhat color?") and prompt.endswith("<|Assistant|>:")
     ids = processor(text=prompt, images=[image], return_tensors="pt")["input_ids"]
-    assert (ids == config.image_token_id).sum().item() == 16
+    assert (ids == config.image_token_id).sum().item() == 64

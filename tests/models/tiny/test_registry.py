@@ -27,6 +27,7 @@ BUILT_IN = [
     "tiny-minicpm-v",
     "tiny-minicpm-v4.7",
     "tiny-blip-vqa",
+    "tiny-emu3",
 ]
 
 

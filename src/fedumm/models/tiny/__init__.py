@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedumm.errors import ConfigError
-from fedumm.models.tiny import blip_vqa, idefics3, janus, llava, minicpm_v, paligemma, parts, qwen2_vl
+from fedumm.models.tiny import blip_vqa, emu3, idefics3, janus, llava, minicpm_v, paligemma, parts, qwen2_vl
 from fedumm.models.tiny.common import tiny_vocab
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Bump when the architecture or vocabulary changes so stale caches are not reused.
-_TINY_VERSION = "2"  # 2: tiny-idefics3 adds BOS and its template starts with it
+_TINY_VERSION = "3"  # 3: tiny-janus has a trained VQ tokenizer on an 8x8 grid
 
 Builder = Callable[..., None]  # builder(path, image_size=32, patch_size=8, seed=0)
 
@@ -91,6 +91,7 @@ register_tiny("tiny-janus", janus.build_tiny_janus)
 register_tiny("tiny-minicpm-v", minicpm_v.build_tiny_minicpm_v)
 register_tiny("tiny-minicpm-v4.7", minicpm_v.build_tiny_minicpm_v4_7)
 register_tiny("tiny-blip-vqa", blip_vqa.build_tiny_blip_vqa)
+register_tiny("tiny-emu3", emu3.build_tiny_emu3)
 register_tiny_part("tiny-clip-vision", parts.build_tiny_clip_vision)
 register_tiny_part("tiny-llama", parts.build_tiny_llama)
 
