@@ -513,7 +513,7 @@ def test_compressed_run_with_error_feedback_resumes_bit_for_bit(tmp_path, tiny_l
     assert rounds[1] & rounds[2]
 
 
-@pytest.mark.parametrize(("codec", "fields"), [("int8", {"codes": torch.int8, "scales": torch.float32})])
+@pytest.mark.parametrize(("codec", "fields"), [("int8", {"codes": torch.int8, "scales": torch.bfloat16})])
 def test_upload_bytes_are_the_encoded_payloads_length(tmp_path, tiny_llava_path, codec, fields):
     from fedumm import codec as wire
     from fedumm import compression
@@ -531,7 +531,7 @@ def test_upload_bytes_are_the_encoded_payloads_length(tmp_path, tiny_llava_path,
     assert {f: n for f, (_, n) in layout.items()} == {"codes": 12_288, "scales": 480}
     zeros = {f: torch.zeros(n, dtype=fields[f]) for f, (_, n) in layout.items()}
     meta = compression.metadata(compression.build_codec(codec), shapes)
-    expected = len(wire.encode_message({"delta": zeros, "extras": {}}, "float32", meta))
+    expected = len(wire.encode_message({"delta": zeros, "extras": {}}, "float32", meta, exact_parts=("delta",)))
     plain = len(wire.encode_message({"state": host.initial_state, "extras": {}}, "float32"))
     record = _metrics(result.run_dir)[-1]
     assert set(record["bytes"]["upload"].values()) == {expected}

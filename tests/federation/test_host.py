@@ -141,12 +141,12 @@ def test_saved_adapter_with_a_frozen_delta_loads_in_plain_peft_with_the_same_out
     assert loaded.peft_config["default"].r > 8
 
 
-def _host(*overrides: str) -> ModelHost:
+def _generation_host(*overrides: str) -> ModelHost:
     return ModelHost(load_run_config(None, ["model.device=cpu", *overrides]))
 
 
 def test_generate_images_samples_with_the_eval_settings():
-    host = _host("model.backend=janus", "eval.cfg_scale=1", "eval.image_temperature=0")
+    host = _generation_host("model.backend=janus", "eval.cfg_scale=1", "eval.image_temperature=0")
 
     greedy = host.generate_images(["a red square", "a blue circle"], seed=0)
     other_seed = host.generate_images(["a red square", "a blue circle"], seed=5)
@@ -157,6 +157,6 @@ def test_generate_images_samples_with_the_eval_settings():
 
 
 def test_an_understanding_backend_cannot_generate(tiny_llava_path):
-    host = _host(f"model.name_or_path={tiny_llava_path}")
+    host = _generation_host(f"model.name_or_path={tiny_llava_path}")
     with pytest.raises(ConfigError, match="model.backend: hf_vlm does not generate images"):
         host.generate_images(["a red square"], seed=0)

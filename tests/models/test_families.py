@@ -231,9 +231,8 @@ def test_one_federated_round(name, paths, tmp_path):
 DECODER_ONLY = [n for n in NAMES if n != "tiny-blip-vqa"]
 #: BOS ids in a training row: tiny-idefics3's template starts with BOS and its tokenizer adds
 #: one too (as Idefics3-8B-Llama3's); PaliGemma's processor writes BOS after the image tokens.
-BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "compose:tiny-clip-vision+tiny-llama": 1}
 #: Emu3's processor writes BOS before each prompt.
-BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "tiny-emu3": 1}
+BOS_PER_ROW = {"tiny-idefics3": 1, "tiny-paligemma": 1, "compose:tiny-clip-vision+tiny-llama": 1, "tiny-emu3": 1}
 
 
 @pytest.mark.parametrize("name", DECODER_ONLY)

@@ -5,6 +5,7 @@ the numbers checkable; the tiny LLaVA checks the real model path."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -32,6 +33,9 @@ class LinearBackend:
     """Rows {"x": [...], "y": [...]}; a row's loss is ||W x + b - y||^2."""
 
     device = torch.device("cpu")
+
+    def training_session(self, seed, config):
+        return contextlib.nullcontext()  # the Backend contract's hook around a local run
 
     def training_batch(self, samples):
         return {k: torch.tensor([s[k] for s in samples], dtype=torch.float32) for k in ("x", "y")}

@@ -4,6 +4,8 @@ every local step can be computed by hand."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -20,6 +22,9 @@ class ToyModel(torch.nn.Module):
 
 class ToyBackend:
     device = torch.device("cpu")
+
+    def training_session(self, seed, config):
+        return contextlib.nullcontext()  # the Backend contract's hook around a local run
 
     def training_batch(self, samples):
         return {"t": torch.stack([torch.tensor(s["t"], dtype=torch.float32) for s in samples])}
