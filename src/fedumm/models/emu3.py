@@ -41,10 +41,6 @@ class Emu3Backend(GenerationMixin, HFVisionLanguageBackend):
     model_class_name = "Emu3ForConditionalGeneration"
     model_types = ("emu3",)
 
-    @classmethod
-    def group_names(cls) -> tuple[str, ...]:
-        return tuple(cls.module_groups)
-
     # -- image tokens ------------------------------------------------------------------------
 
     @property

@@ -70,10 +70,6 @@ class JanusBackend(GenerationMixin, HFVisionLanguageBackend):
     model_class_name = "JanusForConditionalGeneration"
     model_types = ("janus",)
 
-    @classmethod
-    def group_names(cls) -> tuple[str, ...]:
-        return tuple(cls.module_groups)
-
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, samples: Sequence[dict]) -> list[str]:
         with _quiet_generation_logs():
