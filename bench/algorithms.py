@@ -1,19 +1,22 @@
-"""Every aggregation strategy on the default task at Dirichlet alpha 0.1 and 1.0.
+"""Every aggregation strategy on the default task at Dirichlet alpha 0.1 and 1.0, over seeds.
 
 Runs the quickstart job (configs/quickstart.yaml: synthetic VQA, 4 clients, LoRA on the tiny
-LLaVA-shaped model) federated only, once per (strategy, alpha), in-process with ``simulate``,
-each strategy with its default hyperparameters, and prints: final global VQA accuracy, best
-accuracy (and its round), and the first round whose global accuracy reaches --target.
+LLaVA-shaped model) federated only, once per (strategy, alpha, seed), through ``fedumm sweep``'s
+machinery (``fedumm.sweep``: each run is ``fedumm run`` in its own process, into one sweep
+folder; finished runs are skipped when the same command runs again with the same --out), each
+strategy with its default hyperparameters, and prints the sweep's table: final and best global
+VQA accuracy as mean ± std over the seeds, and the rounds to reach --target (mean over the runs
+that reached it, and how many did).
 
-To fit about 25 minutes on 2 CPU cores the defaults differ from the quickstart (printed at
-start): 8 rounds instead of 12, 200 global test questions instead of 400, no centralized
-baseline, and client-side evaluation (eval.clients) only for quality_weighted, which needs the
-clients' local scores (evaluation does not change training, so the other runs are unaffected).
-One base model is loaded once and shared by all runs (each run starts from the same initial
-adapter); run folders go to a temporary directory (kept with --keep).
+The defaults differ from the quickstart (printed at start) to fit 2 CPU cores: 8 rounds instead
+of 12, 200 global test questions instead of 400, no centralized baseline, and client-side
+evaluation (eval.clients) only for quality_weighted, which needs the clients' local scores
+(evaluation does not change training, so the other runs are unaffected). Seeds are the config's
+seed and the next ones (``seed``: the data partition, initial adapter, shuffling all change).
 
-    python bench/algorithms.py
-    python bench/algorithms.py --rounds 12 --strategies fedavg fedadam krum --alphas 0.5
+    python bench/algorithms.py                       # 11 strategies x 2 alphas x 3 seeds
+    python bench/algorithms.py --out bench-runs/algorithms   # resumable: run it again to finish
+    python bench/algorithms.py --seeds 1 --rounds 12 --strategies fedavg fedadam krum --alphas 0.5
     python bench/algorithms.py --strategies fedavgm fedadam --param fedavgm.momentum=0.5 --param fedadam.eta=0.05
     python bench/algorithms.py --strategies fedadam fedyogi --sweep eta=0.003,0.01,0.03,0.1 --alphas 0.1
 """
@@ -21,7 +24,6 @@ adapter); run folders go to a temporary directory (kept with --keep).
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import tempfile
@@ -33,22 +35,30 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 NEEDS_CLIENT_EVAL = {"quality_weighted"}  # aggregates with the clients' local validation scores
 
 
-def parse_args(available: list[str]) -> argparse.Namespace:
+def parse_args(available: list[str], default: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    others = sorted(set(available) - set(default))
     parser.add_argument("--rounds", type=int, default=8, help="federation.rounds (quickstart: 12)")
     parser.add_argument(
         "--strategies",
         nargs="+",
-        default=available,
+        default=default,
         metavar="NAME",
-        help=f"strategies to run (default: all registered: {' '.join(available)})",
+        help=f"strategies to run (default: {' '.join(default)}; also: {' '.join(others)})",
     )
     parser.add_argument(
         "--alphas", nargs="+", type=float, default=[0.1, 1.0], help="Dirichlet alphas (data.partition.alpha; 0 = IID)"
     )
+    parser.add_argument("--seeds", type=int, default=3, help="runs per (strategy, alpha): seed, seed+1, ...")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (they share the cores)")
     parser.add_argument("--target", type=float, default=0.45, help="global VQA accuracy to reach")
     parser.add_argument("--test-samples", type=int, default=200, help="data.synthetic.test_samples (quickstart: 400)")
     parser.add_argument("--config", default=str(QUICKSTART), help="base config (default: the quickstart)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the sweep folder (kept, and resumable); default: a temporary folder deleted at the end",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -69,7 +79,6 @@ def parse_args(available: list[str]) -> argparse.Namespace:
         metavar="KEY=V1,V2,...",
         help="run each strategy once per value of its param KEY (one table row each), e.g. eta=0.01,0.1",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the run folders")
     args = parser.parse_args()
     unknown = [s for s in args.strategies if s not in available]
     if unknown:
@@ -80,29 +89,20 @@ def parse_args(available: list[str]) -> argparse.Namespace:
         if not dot or "=" not in setting or name not in available:
             parser.error(f"--param {item!r}: expected STRATEGY.KEY=VALUE with STRATEGY one of {' '.join(available)}")
         args.strategy_params.setdefault(name, []).append(f"federation.strategy.{setting}")
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
-    # Runs: (row label, strategy, its overrides); --sweep makes one run per value.
-    args.runs = []
-    for name in args.strategies:
-        base = args.strategy_params.get(name, [])
-        if args.sweep is None:
-            args.runs.append((name, name, base))
-            continue
+    if args.rounds < 1 or args.seeds < 1:
+        parser.error("--rounds and --seeds must be >= 1")
+    # One grid per strategy: its name, the swept param's values (--sweep) and the alphas.
+    swept: list[tuple[str, list[str]]] = []
+    if args.sweep is not None:
         key, eq, values = args.sweep.partition("=")
         if not eq or not key or not values:
             parser.error(f"--sweep {args.sweep!r}: expected KEY=V1,V2,...")
-        for value in values.split(","):
-            args.runs.append((f"{name} {key}={value}", name, [*base, f"federation.strategy.{key}={value}"]))
+        swept = [(f"federation.strategy.{key}", values.split(","))]
+    args.grids = {
+        name: [("federation.strategy.name", [name]), *swept, ("data.partition.alpha", args.alphas)]
+        for name in args.strategies
+    }
     return args
-
-
-def rounds_to_target(accuracies: list[float], target: float) -> str:
-    """First round (1-based; round 0 is the untrained adapter) with accuracy >= target."""
-    for round_num, acc in enumerate(accuracies):
-        if round_num > 0 and acc >= target:
-            return str(round_num)
-    return "-"
 
 
 def main() -> None:
@@ -110,107 +110,71 @@ def main() -> None:
     from fedumm.errors import FedummError
     from fedumm.strategies import STRATEGIES
 
-    args = parse_args(list(STRATEGIES))
+    rounds_mode = [n for n, s in STRATEGIES.items() if "rounds" in s.modes and not s.rank_aware]
+    args = parse_args([n for n, s in STRATEGIES.items() if "rounds" in s.modes], rounds_mode)
     try:
         run_all(args)
-    except FedummError as exc:  # a bad --set / --param: one line, like the CLI
+    except FedummError as exc:  # a bad --set / --param / grid value: one line, like the CLI
         sys.exit(f"error: {exc}")
 
 
 def run_all(args: argparse.Namespace) -> None:
-    from fedumm.engines.simulation import simulate
-    from fedumm.federation import ModelHost
     from fedumm.strategies import validate_params
+    from fedumm.sweep import plan_sweep, run_sweep, write_sweep_tables
     from fedumm.validation import load_run_config
 
     common = [
         f"federation.rounds={args.rounds}",
         f"data.synthetic.test_samples={args.test_samples}",
         "eval.centralized_baseline=false",
-        "output.progress=false",
         *args.set,
     ]
     base = load_run_config(args.config, common)
     print(f"base config: {args.config}")
     print(
         f"changed for the bench: {', '.join(common)}; eval.clients=false except for "
-        f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha"
+        f"{', '.join(sorted(NEEDS_CLIENT_EVAL))}; per run: federation.strategy.name, data.partition.alpha, seed "
+        f"({base.seed}..{base.seed + args.seeds - 1})"
     )
     model_name = base.model.name_or_path or f"({base.model.backend} built-in tiny)"
     print(
         f"task: {base.federation.num_clients} clients, {base.data.synthetic.train_samples} train / "
         f"{base.data.synthetic.test_samples} test questions, {base.train.optimizer} lr {base.train.lr}, "
-        f"batch {base.train.batch_size}, "
-        f"{base.train.local_epochs} local epoch(s), model {model_name} "
+        f"batch {base.train.batch_size}, {base.train.local_epochs} local epoch(s), model {model_name} "
         f"on {base.model.device}"
     )
-    for label, name, extra in args.runs:  # resolved params; a bad --param fails here, before any run
+    for name in args.strategies:  # resolved params; a bad --param fails here, before any run
+        extra = args.strategy_params.get(name, [])
         strategy = load_run_config(
-            args.config, common + [f"federation.strategy.name={name}", *extra]
+            args.config, [*common, f"federation.strategy.name={name}", *extra]
         ).federation.strategy
         params = validate_params(name, strategy.params()).model_dump()
-        print(f"  {label}: {', '.join(f'{k}={v}' for k, v in params.items()) or '(no params)'}")
+        print(f"  {name}: {', '.join(f'{k}={v}' for k, v in params.items()) or '(no params)'}")
 
-    host = ModelHost(base)  # one base model for every run; each run starts from host.initial_state
-    rows = []
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fedumm-bench-algorithms-"))
+    print(f"sweep folder: {out}{'' if args.out else ' (deleted at the end; --out keeps it, resumable)'}")
     started = time.perf_counter()
-    out = tempfile.mkdtemp(prefix="fedumm-bench-algorithms-")
-    print(f"run folders: {out}{'' if args.keep else ' (deleted at the end; --keep keeps them)'}")
     try:
-        for alpha in args.alphas:
-            for run_index, (label, name, extra) in enumerate(args.runs):
-                overrides = (
-                    common
-                    + extra
-                    + [
-                        f"federation.strategy.name={name}",
-                        f"data.partition.alpha={alpha}",
-                        f"eval.clients={'true' if name in NEEDS_CLIENT_EVAL else 'false'}",
-                        f"output.dir={out}",
-                        f"output.name={name}-{run_index}-alpha{alpha}",
-                    ]
-                )
-                t0 = time.perf_counter()
-                try:
-                    result = simulate(load_run_config(args.config, overrides), host=host)
-                except Exception as exc:  # one failing strategy should not lose the others' rows
-                    rows.append((label, alpha, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
-                    print(f"  {label} alpha={alpha}: FAILED {type(exc).__name__}: {exc}", flush=True)
-                    continue
-                accs = [r["global"]["vqa_accuracy"] for r in result.federated.records]
-                seconds = time.perf_counter() - t0
-                rows.append((label, alpha, accs, None, seconds))
-                print(
-                    f"  {label} alpha={alpha}: " + " ".join(f"{a:.3f}" for a in accs) + f"  ({seconds:.0f}s)",
-                    flush=True,
-                )
+        runs = []
+        for name, grid in args.grids.items():
+            client_eval = f"eval.clients={'true' if name in NEEDS_CLIENT_EVAL else 'false'}"
+            runs += plan_sweep(
+                args.config, [*common, *args.strategy_params.get(name, []), client_eval], grid, args.seeds, out
+            )
+        result = run_sweep(args.config, runs, out, jobs=args.jobs, log=lambda line: print(line, flush=True))
+        table = write_sweep_tables(result, out, args.target)
     finally:
-        if not args.keep:
+        if not args.out:
             shutil.rmtree(out, ignore_errors=True)
-
     print()
     print(
-        f"global VQA accuracy after {args.rounds} rounds (round 0 = untrained adapter); "
-        f"target {args.target:.2f}; total {(time.perf_counter() - started) / 60:.1f} min"
+        f"global VQA accuracy after {args.rounds} rounds, mean ± std over {args.seeds} seed(s); "
+        f"target {args.target:.2f}; {len(result.rows)} runs read, {len(result.failed)} failed; "
+        f"{(time.perf_counter() - started) / 60:.1f} min"
     )
-    to_target = f"rounds to {args.target:.2f}"
-    width = max([17, *(len(label) for label, _, _ in args.runs)])
-    header = (
-        f"{'strategy':<{width}} {'alpha':>5}  {'final':>6}  {'best':>6} {'(round)':>7}  {to_target:>15}  {'seconds':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name, alpha, accs, error, seconds in rows:
-        if accs is None:
-            print(f"{name:<{width}} {alpha:>5}  failed: {error}")
-            continue
-        best_round = max(range(len(accs)), key=lambda r: (accs[r], -r))
-        final = accs[-1]
-        final_s = f"{final:.3f}" if math.isfinite(final) else "nan"
-        print(
-            f"{name:<{width}} {alpha:>5}  {final_s:>6}  {accs[best_round]:>6.3f} {f'({best_round})':>7}  "
-            f"{rounds_to_target(accs, args.target):>15}  {seconds:>7.0f}"
-        )
+    print(table)
+    for name, log in result.failed.items():
+        print(f"FAILED {name}: see {log}")
 
 
 if __name__ == "__main__":
