@@ -64,6 +64,14 @@ def weighted_average(
     return out
 
 
+def check_updates(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> list[State]:
+    """The clients' states, each checked against the global state's keys and shapes (naming the
+    client); then they hold the same keys as each other too."""
+    for update in updates:
+        check_state_matches(global_state, update.state, f"client {update.client_id} state")
+    return [update.state for update in updates]
+
+
 def deltas(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> list[State]:
     """Per-client update Δ_k = θ_k − θ_global in float32 (keys checked first)."""
     result = []

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedumm.strategies.base import ClientUpdate, State, Strategy, check_same_keys, weighted_average
-from fedumm.types import check_state_matches
+from fedumm.strategies.base import ClientUpdate, State, Strategy, check_updates, weighted_average
 
 
 class OneShotMean(Strategy):
@@ -23,7 +22,4 @@ class OneShotMean(Strategy):
     needs_individual_updates = "the one-shot mean combines the uploads the server holds"
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
-        for update in updates:
-            check_state_matches(global_state, update.state, f"client {update.client_id} state")
-        check_same_keys([u.state for u in updates])
-        return weighted_average([u.state for u in updates], [1.0] * len(updates), like=global_state)
+        return weighted_average(check_updates(global_state, updates), [1.0] * len(updates), like=global_state)

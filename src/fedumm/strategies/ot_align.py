@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fedumm.strategies.base import LORA_A, LORA_B, ClientUpdate, State, Strategy, StrategyParams, check_same_keys
-from fedumm.types import check_state_matches
+from fedumm.strategies.base import LORA_A, LORA_B, ClientUpdate, State, Strategy, StrategyParams, check_updates
 
 
 def ot_plan(reference: np.ndarray, values: np.ndarray):
@@ -69,9 +68,7 @@ class OTAlign(Strategy):
     needs_individual_updates = "optimal-transport alignment maps each client's upload onto another's"
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
-        for update in updates:
-            check_state_matches(global_state, update.state, f"client {update.client_id} state")
-        check_same_keys([u.state for u in updates])
+        check_updates(global_state, updates)
         ordered = sorted(updates, key=lambda u: u.client_id)
         reference, others = ordered[0].state, [u.state for u in ordered[1:]]
         out: State = {}

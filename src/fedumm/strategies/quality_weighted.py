@@ -26,8 +26,7 @@ from pydantic import Field
 
 from fedumm.errors import ConfigError
 from fedumm.metrics import primary_metric_of
-from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams, weighted_average
-from fedumm.types import check_state_matches
+from fedumm.strategies.base import ClientUpdate, State, Strategy, StrategyParams, check_updates, weighted_average
 
 
 def quality_weights(
@@ -111,7 +110,6 @@ class QualityWeighted(Strategy):
                 "quality_weighted: federation.strategy.metric is null and the task is unknown; "
                 "build the strategy with build_strategy(..., task=config.eval.task)"
             )
-        for update in updates:
-            check_state_matches(global_state, update.state, f"client {update.client_id} state")
+        check_updates(global_state, updates)
         weights = quality_weights(updates, self.params.metric, self.params.epsilon, self.params.missing_score)
         return weighted_average([u.state for u in updates], weights, like=global_state)

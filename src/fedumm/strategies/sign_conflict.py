@@ -29,8 +29,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from fedumm.strategies.base import LORA_A, LORA_B, ClientUpdate, State, Strategy, StrategyParams, check_same_keys
-from fedumm.types import check_state_matches
+from fedumm.strategies.base import LORA_A, LORA_B, ClientUpdate, State, Strategy, StrategyParams, check_updates
 
 
 def conflict_ratio(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -79,10 +78,7 @@ class SignConflict(Strategy):
     needs_individual_updates = "sign-conflict filtering compares the clients' uploads element by element"
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
-        for update in updates:
-            check_state_matches(global_state, update.state, f"client {update.client_id} state")
-        states = [u.state for u in updates]
-        check_same_keys(states)
+        states = check_updates(global_state, updates)
         lora = [k for k in global_state if is_lora_factor(k)]
         sums = {k: conflict_sums([s[k] for s in states]) for k in lora}
         kept = kept_clients(sums, self.params.scope)

@@ -56,12 +56,12 @@ from fedumm.strategies.base import (
     State,
     Strategy,
     StrategyParams,
-    check_same_keys,
+    check_updates,
     lora_pairs,
     sample_weights,
     weighted_average,
 )
-from fedumm.types import LocalHooks, check_state_matches
+from fedumm.types import LocalHooks
 
 #: Keeps the sign term finite for an all-zero target.
 SIGN_EPS = 1e-6
@@ -193,10 +193,7 @@ class YOCO(Strategy):
         return YOCOClient(self.params)
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_num: int) -> State:
-        for update in updates:
-            check_state_matches(global_state, update.state, f"client {update.client_id} state")
-        states = [u.state for u in updates]
-        check_same_keys(states)
+        states = check_updates(global_state, updates)
         weights = sample_weights(updates)
         out = weighted_average(states, weights, like=global_state)  # the non-LoRA tensors
         for a_key, b_key in lora_pairs(list(global_state)).values():
