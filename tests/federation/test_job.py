@@ -112,13 +112,17 @@ def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -
     final = _t2i(0.6, 0.75, image_token_accuracy=0.4, image_token_nll=2.5, vq_ceiling=0.9, vq_ceiling_colors=0.9)
     # Single task, and the same numbers as the t2i part of a multitask run.
     single = t2i_summary(initial, final)
-    multi = t2i_summary({"task": "multitask", "by_task": {"t2i": initial}}, {"task": "multitask", "by_task": {"t2i": final}})
-    assert single == multi == {
-        "geneval_overall": {"initial": 0.1, "final": 0.6},
-        "by_category": {"colors": {"initial": 0.0, "final": 0.75}},
-        "vq_ceiling": 0.9,
-        "vq_ceiling_by_category": {"colors": 0.9},
-        "image_token_accuracy": {"initial": 0.01, "final": 0.4},
-        "image_token_nll": {"initial": 6.0, "final": 2.5},
-    }
+    multi = t2i_summary(*({"task": "multitask", "by_task": {"t2i": part}} for part in (initial, final)))
+    assert (
+        single
+        == multi
+        == {
+            "geneval_overall": {"initial": 0.1, "final": 0.6},
+            "by_category": {"colors": {"initial": 0.0, "final": 0.75}},
+            "vq_ceiling": 0.9,
+            "vq_ceiling_by_category": {"colors": 0.9},
+            "image_token_accuracy": {"initial": 0.01, "final": 0.4},
+            "image_token_nll": {"initial": 6.0, "final": 2.5},
+        }
+    )
     assert t2i_summary({"task": "vqa", "vqa_accuracy": 0.1}, {"task": "vqa", "vqa_accuracy": 0.2}) == {}
