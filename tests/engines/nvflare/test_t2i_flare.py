@@ -50,7 +50,7 @@ def test_flare_runs_the_t2i_quickstart_with_the_in_process_adapter(tmp_path: Pat
     b = load_file(str(flare / "checkpoints" / "last.safetensors"))
     shared = sorted(k for k in a if k.startswith("global/"))
     assert shared == sorted(k for k in b if k.startswith("global/"))
-    assert any(".lora_" in k for k in shared) and any("gen_head" in k and ".lora_" not in k for k in shared)
+    assert any(".lora_" in k for k in shared) and any("generation_head" in k and ".lora_" not in k for k in shared)
     assert max((a[k] - b[k]).abs().max().item() for k in shared) <= 1e-5
     records = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (inproc, flare)]
     assert [r["round"] for r in records[1]] == [0, 1, 2]
