@@ -409,4 +409,5 @@ def test_t2i_quickstart_is_tiny_janus_on_synthetic_t2i_split_by_colour() -> None
     assert (config.federation.num_clients, config.federation.strategy.name) == (4, "fedavg")
     assert config.eval.centralized_baseline
     # The encoder-free variant the config's comment gives passes the same checks.
-    assert load_run_config(REPO / "configs" / "t2i_quickstart.yaml", ["model.backend=emu3"]).model.backend == "emu3"
+    emu3 = ["model.backend=emu3", "finetune.strategy=lora", "finetune.groups={}", "data.synthetic.image_size=64"]
+    assert load_run_config(REPO / "configs" / "t2i_quickstart.yaml", emu3).model.backend == "emu3"
