@@ -53,7 +53,9 @@ __all__ = [
 # Bump when the architecture or vocabulary changes so stale caches are not reused.
 _TINY_VERSION = "3"  # 3: tiny-janus has a trained VQ tokenizer on an 8x8 grid
 # A bump of one model's builder alone, so the others' caches (minutes of VQ training) stay valid.
-_MODEL_VERSIONS: dict[str, str] = {"tiny-emu3": "4"}  # 4: 64 px images, 8x8 codes, VQ trained on one thread
+# tiny-emu3 4: 64 px images, 8x8 codes. (tiny-janus keeps 3: since its VQ trains on one thread a
+# build no longer depends on the thread count; a cached v3 was one of those equally trained draws.)
+_MODEL_VERSIONS: dict[str, str] = {"tiny-emu3": "4"}
 
 Builder = Callable[..., None]  # builder(path, image_size=32, patch_size=8, seed=0)
 
