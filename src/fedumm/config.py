@@ -470,6 +470,13 @@ class TrainConfig(Section):
         None, ge=1, description="If set, optimizer steps per round instead of local_epochs."
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
+    preprocess_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="Each training row's processor output (pixels, prompt and answer tokens) is kept for the run "
+        "in a least-recently-used cache of at most this many MiB, so images and prompts are preprocessed once "
+        "rather than every epoch; 0 = off (text-to-image backends, whose batches draw prompt dropout, never cache).",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision for training (bf16/fp16 only on CUDA)."
     )
@@ -522,6 +529,12 @@ class EvalConfig(Section):
         1.0, ge=0, description="Text-to-image sampling temperature over image tokens (0 = greedy)."
     )
     batch_size: int = Field(32, ge=1, description="Rows per evaluation batch.")
+    every: int = Field(
+        1,
+        ge=1,
+        description="Evaluate the global model every N rounds and always after the last one (and round 0); "
+        'the records of the rounds in between say "evaluated": false and carry no global metrics.',
+    )
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
     centralized_baseline: bool = Field(

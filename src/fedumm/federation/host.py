@@ -28,6 +28,7 @@ from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
 from fedumm.lowrank import A_SUFFIX, B_SUFFIX, pad, state_rank
 from fedumm.metrics import Evaluation, normalize_answer
 from fedumm.models.base import Backend
+from fedumm.models.batch_cache import BatchCache
 from fedumm.models.registry import get_backend
 from fedumm.privacy.dpsgd import SampleDP
 from fedumm.types import LocalHooks, State, TrainResult
@@ -91,6 +92,15 @@ class ModelHost:
         self.shared_units = units_over_run(finetune, rounds, "share")
         self.local_units = units_over_run(finetune, rounds, "local")
         self.configure(plan_for_round(finetune, 1))
+        tokenizer = getattr(self.backend.processor, "tokenizer", self.backend.processor)
+        cache_mb = 0 if self.backend.supports_generation else config.train.preprocess_cache_mb
+        #: Training batches from each row's processor output, preprocessed once per run (train.preprocess_cache_mb).
+        self.batches = BatchCache(
+            self.backend.training_batch,
+            getattr(tokenizer, "pad_token_id", None) or 0,
+            cache_mb * 2**20,
+            self.backend.name,
+        )
         self.initial_state: State = self.get_state(self.shared_units)
         self.initial_local_state: State = self.get_state(self.local_units)
 
@@ -199,7 +209,9 @@ class ModelHost:
     ) -> TrainResult:
         if self.rank < self.lora_rank:
             hooks = RankMask(hooks or LocalHooks(), self.rank)
-        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
+        return train_local(
+            self.model, self.backend, samples, config, seed, hooks, progress, description, dp, self.batches.batch
+        )
 
     def generate_images(self, prompts: Sequence[str], seed: int) -> list:
         """One image per prompt from the current adapter, sampled with eval.cfg_scale and
