@@ -96,7 +96,7 @@ def test_the_cache_stays_under_its_byte_limit_and_evicts_the_least_recently_used
     # Prepare: each row's batch holds 8 float32 values = 32 bytes; room for two rows.
     def build(rows):
         return {
-            "pixel_values": torch.full((len(rows), 8), float(rows[0]["v"])),
+            "pixel_values": torch.tensor([[float(r["v"])] * 8 for r in rows]),
             "input_ids": torch.zeros(len(rows), 1, dtype=torch.long),
         }
 
