@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from fedumm.config_base import Section
 from fedumm.data.config import DataConfig
 from fedumm.errors import ConfigError
-from fedumm.metrics import MULTITASK, TASKS, Evaluation, MetricOptions, build_evaluation
+from fedumm.metrics import MULTITASK, TASKS, Evaluation, MetricOptions, build_evaluation, normalize_answer
 
 
 class ComposeConfig(Section):
@@ -528,6 +528,18 @@ class EvalConfig(Section):
     image_temperature: float = Field(
         1.0, ge=0, description="Text-to-image sampling temperature over image tokens (0 = greedy)."
     )
+    mode: Literal["generate", "score"] = Field(
+        "generate",
+        description="How a text task answers: generate (batched greedy decoding with the KV cache, at most "
+        "model.max_new_tokens tokens) or score (closed-vocabulary tasks: classification, yes/no: each row's answer "
+        "is the eval.choices entry of highest teacher-forced log-likelihood; one forward pass per choice, no "
+        "decoding).",
+    )
+    choices: list[str] | None = Field(
+        None,
+        description="eval.mode score: the closed vocabulary every row is scored against (at least two answers, "
+        "e.g. [yes, no]); required there.",
+    )
     batch_size: int = Field(32, ge=1, description="Rows per evaluation batch.")
     every: int = Field(
         1,
@@ -556,9 +568,20 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _check_tasks(self) -> EvalConfig:
         try:
-            self.evaluation()
+            evaluation = self.evaluation()
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        if self.mode == "score":
+            open_tasks = [name for name, task in evaluation.tasks.items() if not task.scores_choices]
+            if open_tasks:
+                raise ValueError(
+                    f"eval.mode: score needs closed-vocabulary tasks (classification), but task {open_tasks[0]!r} "
+                    "has open answers; use eval.mode=generate"
+                )
+            if not self.choices or len({normalize_answer(c) for c in self.choices}) < 2:
+                raise ValueError(
+                    f"eval.choices: eval.mode score needs at least two distinct answers to score, got {self.choices}"
+                )
         return self
 
     def evaluation(self) -> Evaluation:

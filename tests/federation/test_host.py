@@ -160,3 +160,68 @@ def test_an_understanding_backend_cannot_generate(tiny_llava_path):
     host = _generation_host(f"model.name_or_path={tiny_llava_path}")
     with pytest.raises(ConfigError, match="model.backend: hf_vlm does not generate images"):
         host.generate_images(["a red square"], seed=0)
+
+
+# ---------------------------------------------------------------------------- eval.mode: score
+
+
+def _yes_no(n, seed, answer=None):
+    rows = [r for r in make_synthetic_vqa(4 * n, seed=seed) if r["answer_type"] == "yes/no"][:n]
+    return [dict(r, multiple_choice_answer=answer, answers=[answer] * 10) if answer else r for r in rows]
+
+
+SCORE = ("eval.task=classification", "eval.mode=score", "eval.choices=['yes', 'no']")
+
+
+def test_score_mode_answers_with_the_choice_of_highest_log_likelihood_by_hand(tiny_llava_path):
+    # Prepare
+    _, host, _ = _host(tiny_llava_path, *SCORE)
+    rows = _yes_no(4, seed=11)
+    # Execute
+    answers = host.predict(rows, batch_size=3)
+    # Assert: log p(answer tokens + end | prompt) from the logits of each (row, choice) sequence alone.
+    backend = host.backend
+    for row, answer in zip(rows, answers):
+        totals = []
+        for choice in ("yes", "no"):
+            batch = backend.training_batch([dict(row, multiple_choice_answer=choice)])
+            with torch.no_grad():
+                logits = host.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0].float()
+            labels = batch["labels"][0]
+            positions = (labels != -100).nonzero().flatten().tolist()
+            totals.append(sum(float(logits[t - 1].log_softmax(-1)[labels[t]]) for t in positions))
+        assert len(positions) >= 2  # answer token(s) and the end token
+        assert answer == ("yes" if totals[0] >= totals[1] else "no")
+
+
+def test_score_and_generate_agree_once_the_model_is_trained(tiny_llava_path):
+    # Prepare: train the adapter to answer "yes".
+    config, host, _ = _host(tiny_llava_path, *SCORE, "train.local_steps=15")
+    rows = _yes_no(8, seed=12)
+    host.train(_yes_no(8, seed=13, answer="yes"), config.train, seed=0, hooks=None, progress=False, description="yes")
+    # Execute
+    scored = host.predict(rows, batch_size=8)
+    generated = host.backend.predict(host.model, rows)
+    # Assert
+    assert scored == generated == ["yes"] * 8
+    assert host.evaluate(rows, batch_size=8)["accuracy"] == pytest.approx(
+        sum(r["multiple_choice_answer"] == "yes" for r in rows) / 8
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            ["eval.mode=score", "eval.choices=['yes', 'no']"],
+            "eval.mode: score needs closed-vocabulary tasks (classification), but task 'vqa'",
+        ),
+        (["eval.task=classification", "eval.mode=score"], "eval.choices:"),
+        (["eval.task=classification", "eval.mode=score", "eval.choices=['Yes', 'yes']"], "eval.choices:"),
+        (["eval.mode=sample"], "eval.mode"),
+    ],
+)
+def test_score_mode_is_refused_in_one_line_without_a_closed_vocabulary(overrides, named):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, overrides)
+    assert named in str(info.value) and "\n" not in str(info.value).strip()

@@ -252,12 +252,29 @@ class ModelHost:
         return self.evaluation.evaluate(self, samples, batch_size)
 
     def predict(self, samples: Sequence[dict], batch_size: int) -> list[str]:
-        """The generated answer of each row with the current adapter, ``batch_size`` rows at a time."""
+        """The answer of each row with the current adapter, ``batch_size`` rows at a time: generated
+        (batched greedy decoding with the KV cache up to model.max_new_tokens), or under
+        ``eval.mode: score`` the most likely of eval.choices (``choose``)."""
+        if self.config.eval.mode == "score":
+            return self.choose(samples, batch_size)
         self.model.eval()
         predictions: list[str] = []
         for start in range(0, len(samples), batch_size):
             predictions += self.backend.predict(self.model, samples[start : start + batch_size])
         return predictions
+
+    def choose(self, samples: Sequence[dict], batch_size: int) -> list[str]:
+        """``eval.mode: score``: each row's answer is argmax_j log p(choice_j | image, question), the
+        teacher-forced log-likelihood of eval.choices entry j (``Backend.score_choices``: summed over
+        its answer tokens and end token), as EleutherAI's lm-evaluation-harness scores multiple-choice
+        tasks (Gao et al., 2021: the log-likelihood of each continuation); ties go to the earlier choice."""
+        choices = list(self.config.eval.choices or ())
+        self.model.eval()
+        answers: list[str] = []
+        for start in range(0, len(samples), batch_size):
+            log_likelihood = self.backend.score_choices(self.model, samples[start : start + batch_size], choices)
+            answers += [choices[j] for j in log_likelihood.argmax(dim=-1).tolist()]
+        return answers
 
     def summarize(
         self,
