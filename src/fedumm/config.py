@@ -66,7 +66,21 @@ class ModelConfig(Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_new_tokens: int = Field(8, ge=1, le=512, description="Answer length limit at evaluation.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Trade compute for activation memory: non-reentrant activation checkpointing on every layer "
+        "that supports it (LoRA layers inside still get gradients: the embedding output requires grad).",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto",
+        description="Attention kernel: sdpa (torch's scaled_dot_product_attention: flash / memory-efficient kernels "
+        "on CUDA), eager, or auto (transformers' choice: sdpa where the family supports it, else eager).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model's forward (training and scoring; generation stays eager); the first "
+        "steps pay the compilation.",
+    )
     quantization: Literal["none", "4bit", "8bit"] = Field(
         "none", description="Load the frozen base in 4-/8-bit (QLoRA, bitsandbytes; CUDA only)."
     )

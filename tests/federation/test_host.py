@@ -225,3 +225,20 @@ def test_score_mode_is_refused_in_one_line_without_a_closed_vocabulary(overrides
     with pytest.raises(ConfigError) as info:
         load_run_config(None, overrides)
     assert named in str(info.value) and "\n" not in str(info.value).strip()
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_as_the_eager_one(tiny_llava_path):
+    # Prepare: the same seeded host, compiled and not.
+    config, compiled, _ = _host(tiny_llava_path, "model.compile=true", "train.local_steps=2")
+    _, eager, _ = _host(tiny_llava_path, "train.local_steps=2")
+    rows = make_synthetic_vqa(8, seed=21)
+    # Execute
+    results = [
+        h.train(rows, config.train, seed=0, hooks=None, progress=False, description="c") for h in (compiled, eager)
+    ]
+    # Assert: the wrapper's forward is compiled; the losses and trained factors agree to float32 noise.
+    assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
+    assert results[0].mean_loss == pytest.approx(results[1].mean_loss, abs=1e-4)
+    for key, value in compiled.get_state().items():
+        assert torch.allclose(value, eager.get_state()[key], atol=1e-4), key

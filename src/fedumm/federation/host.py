@@ -76,6 +76,9 @@ class ModelHost:
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
         self.model = apply_lora(base, config.adapter, targets, list(modules_to_save))
         self.model.eval()
+        if config.model.compile:
+            # The wrapper's forward: training and scoring run compiled; generate calls the inner model, eagerly.
+            self.model.compile()
         self.units = unit_parameters(self.model, self.backend.module_groups)
         if config.adapter.freeze_a:
             # FFA-LoRA: A keeps its seeded initialisation on every client; it neither trains nor travels.
