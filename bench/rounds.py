@@ -115,7 +115,8 @@ def main() -> None:
         )
         score, generate = measure_score(tmp, yes_no, args.batch_size, args.repeats)
         print(
-            f"yes/no rows ({len(yes_no)}): eval.mode score {score:.2f}s, generate {generate:.2f}s -> {generate / score:.2f}x"
+            f"yes/no rows ({len(yes_no)}): eval.mode score {score:.2f}s, generate {generate:.2f}s "
+            f"-> {generate / score:.2f}x"
         )
 
 
