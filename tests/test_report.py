@@ -141,3 +141,25 @@ def test_multitask_summary_lines_per_task():
     assert "federated global multitask_score:        0.900  (untrained 0.100)" in text
     assert "  vqa (4 rows) vqa_accuracy: 50.0% (untrained 0.0%; majority 'yes' 25.0%)" in text
     assert "  caption (2 rows) cider_d: 1.300 (untrained -)" in text
+
+
+def test_a_round_without_evaluation_prints_a_dash_and_the_time_split_line(tmp_path):
+    from fedumm.report import save_accuracy_plot
+
+    skipped = {"phase": "federated", "round": 1, "evaluated": False, "clients": [0], "seconds": {"round": 2.0}}
+    evaluated = dict(_record("vqa_accuracy", 0.5), round=2)
+    summary = {
+        **BASE,
+        "metric": "vqa_accuracy",
+        "majority_answer": "yes",
+        "majority_baseline_accuracy": 0.2,
+        "federated_final_accuracy": 0.5,
+        "federated_initial_accuracy": 0.0,
+        "federated_by_answer_type": {},
+        "federated_time_split": {"train": 3.0, "client_eval": 0.5, "global_eval": 0.25, "other": 0.25, "round": 4.0},
+    }
+    text = format_summary(summary, [skipped, evaluated])
+    assert "    1           -" in text and "    2       50.0%" in text
+    assert "federated round time: 4.0 s (train 3.0, client_eval 0.5, global_eval 0.2, other 0.2 s)" in text
+    save_accuracy_plot([skipped, evaluated], tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
