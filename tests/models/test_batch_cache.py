@@ -126,3 +126,25 @@ def test_a_backend_whose_batches_depend_on_the_batch_is_not_cached():
     assert first["size"].tolist() == [[2], [2]]
     assert not cache.enabled and not cache.entries
     assert cache.batch([{}, {}, {}])["size"].tolist() == [[3]] * 3
+
+
+def test_rows_whose_tensors_do_not_stack_are_built_directly():
+    # Prepare: per-row pixel tensors of 2 and 3 patches (LLaVA-NeXT pads them per batch).
+    calls = []
+
+    def build(rows):
+        calls.append(len(rows))
+        patches = max(r["patches"] for r in rows)
+        return {
+            "input_ids": torch.ones(len(rows), 2, dtype=torch.long),
+            "pixel_values": torch.zeros(len(rows), patches, 4),
+        }
+
+    cache = BatchCache(build, pad_id=0, limit_bytes=1 << 20)
+    rows = [{"patches": 2}, {"patches": 3}]
+    # Execute
+    batch = cache.batch(rows)
+    # Assert: the direct batch (2 rows padded to 3 patches), after the two single-row builds.
+    assert tuple(batch["pixel_values"].shape) == (2, 3, 4)
+    assert calls == [1, 1, 2]
+    assert collate([build([r]) for r in rows], pad_id=0) is None

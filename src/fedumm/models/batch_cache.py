@@ -42,11 +42,16 @@ def _token_keys(batch: Batch) -> list[str]:
     ]
 
 
-def collate(rows: Sequence[Batch], pad_id: int) -> Batch:
+def collate(rows: Sequence[Batch], pad_id: int) -> Batch | None:
     """One batch from one-row batches: per-token tensors right-padded to the longest row (input
     ids with ``pad_id``, labels with -100, masks and the rest with 0); every other tensor
-    concatenated along its first dimension."""
+    concatenated along its first dimension. None where rows disagree on such a tensor's other
+    dimensions (LLaVA-NeXT's image patch counts, which its processor pads per batch)."""
     first = rows[0]
+    for key, value in first.items():
+        if torch.is_tensor(value) and any(row[key].shape[1:] != value.shape[1:] for row in rows):
+            if key not in _token_keys(first):
+                return None
     token_keys = set(_token_keys(first))
     out: Batch = {}
     for key, value in first.items():
@@ -121,6 +126,8 @@ class BatchCache:
         if not self.enabled:
             return self.build(rows)
         assembled = collate([self._row(r) for r in rows], self.pad_id)
+        if assembled is None:  # rows whose tensors cannot be stacked: this batch as the backend builds it
+            return self.build(rows)
         if not self.checked:
             self.checked = True
             direct = self.build(rows)
