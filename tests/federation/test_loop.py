@@ -11,7 +11,7 @@ import torch
 from fedumm import codec
 from fedumm.errors import AggregationError, ConfigError
 from fedumm.federation import FitReply, ModelHost, Server, Transport, run_rounds
-from fedumm.federation.loop import client_seconds, evaluates, round_line
+from fedumm.federation.loop import TIME_PARTS, client_seconds, evaluates, round_line
 from fedumm.federation.transport import ClientStates, SetupInfo
 from fedumm.runlog import RunFolder, read_checkpoint
 from fedumm.validation import load_run_config
@@ -204,6 +204,10 @@ def test_eval_every_scores_every_nth_round_and_the_last(setup, tmp_path):
     assert result.final_record["round"] == 5
     assert "round 1/5: global vqa_accuracy not evaluated" in lines[0]
     assert records[1]["seconds"]["global_eval"] < records[2]["seconds"]["global_eval"]
+    for record in records:  # every record splits its time; the parts never exceed the wall time
+        seconds = record["seconds"]
+        assert set(TIME_PARTS) | {"other", "round"} == set(seconds)
+        assert sum(seconds[p] for p in TIME_PARTS) <= seconds["round"]
 
 
 def test_eval_every_larger_than_the_rounds_still_scores_the_last(setup):
