@@ -27,8 +27,9 @@ the weight's gradient where the weight trains (LoRA A and B only). So a frozen l
 gradient passes through costs 4·N per token, a LoRA factor 6·N, and a frozen tower the gradient
 never reaches (BLIP's and LLaVA's vision towers under language-side LoRA) 2·N: the 6·N·tokens
 rule of full fine-tuning overcounts LoRA. Attention's score and value products (QKᵀ, AV),
-norms and activations are left out; recomputation under gradient checkpointing is not counted
-(model FLOPs, not hardware FLOPs). MFU = FLOPs per step / seconds per step / the GPU's dense
+norms and activations are left out; the count is taken once per model without gradient
+checkpointing (``model_flops``), so recomputation is not counted (model FLOPs, not hardware
+FLOPs) and every row of a model shares it. MFU = FLOPs per step / seconds per step / the GPU's dense
 bf16 peak (``PEAK_TFLOPS`` by device name, or ``--peak-tflops``).
 
     python bench/gpu_train.py                               # CUDA, bf16, both models
@@ -172,32 +173,59 @@ def save_checkpoint(name: str, out: Path, smoke: bool, device: str) -> int:
     return count
 
 
-def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool, quantization: str = "none") -> dict:
+def host_config(name: str, path: Path, args: argparse.Namespace, checkpointing: bool, quantization: str = "none"):
+    from fedumm.validation import load_run_config
+
+    spec = SPECS[name]
+    cuda = args.device.startswith("cuda")
+    return load_run_config(
+        None,
+        [
+            f"model.backend={spec.backend}",
+            f"model.name_or_path={path}",
+            f"model.device={args.device}",
+            f"model.dtype={'bfloat16' if cuda else 'float32'}",
+            f"model.gradient_checkpointing={'true' if checkpointing else 'false'}",
+            f"adapter.preset={spec.preset}",
+            f"adapter.r={args.rank}",
+            f"train.precision={'bf16' if cuda else 'fp32'}",
+            f"train.batch_size={args.batch_size}",
+            "train.lr=1e-4",
+            f"model.quantization={quantization}",
+            f"model.compile={'true' if args.compile else 'false'}",
+        ],
+    )
+
+
+def model_flops(name: str, path: Path, args: argparse.Namespace) -> float:
+    """Model FLOPs of one training step (``count_step_flops``) on a host without gradient
+    checkpointing: recomputation and the checkpointed model's input-gradient hook add hardware
+    work, not model FLOPs, so every row of a model shares this count."""
+    from fedumm.data.synthetic import make_synthetic_vqa
+    from fedumm.federation import ModelHost
+
+    host = ModelHost(host_config(name, path, args, checkpointing=False))
+    rows = make_synthetic_vqa(args.batch_size, seed=0, image_size=args.image_size)
+    return count_step_flops(host, rows)
+
+
+def measure(
+    name: str,
+    path: Path,
+    args: argparse.Namespace,
+    checkpointing: bool,
+    step_flops: float,
+    quantization: str = "none",
+) -> dict:
     """One training measurement: samples/s, MFU and peak memory of LoRA (``quantization`` 4bit: QLoRA)."""
     import torch
 
     from fedumm.adapters import count_parameters
     from fedumm.data.synthetic import make_synthetic_vqa
     from fedumm.federation import ModelHost
-    from fedumm.validation import load_run_config
 
-    spec = SPECS[name]
     cuda = args.device.startswith("cuda")
-    overrides = [
-        f"model.backend={spec.backend}",
-        f"model.name_or_path={path}",
-        f"model.device={args.device}",
-        f"model.dtype={'bfloat16' if cuda else 'float32'}",
-        f"model.gradient_checkpointing={'true' if checkpointing else 'false'}",
-        f"adapter.preset={spec.preset}",
-        f"adapter.r={args.rank}",
-        f"train.precision={'bf16' if cuda else 'fp32'}",
-        f"train.batch_size={args.batch_size}",
-        "train.lr=1e-4",
-        f"model.quantization={quantization}",
-        f"model.compile={'true' if args.compile else 'false'}",
-    ]
-    config = load_run_config(None, overrides)
+    config = host_config(name, path, args, checkpointing, quantization)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -218,7 +246,6 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
 
     run(args.warmup)  # kernels, allocator and autotuning settle
     seconds = run(args.steps)
-    step_flops = count_step_flops(host, samples[: args.batch_size])
     peak = peak_tflops(args.gpu, args.peak_tflops) if cuda else None
     achieved = step_flops * args.steps / seconds
     result = {
@@ -282,12 +309,13 @@ def main() -> None:
             print(
                 f"{name}: {count / 1e6:.0f}M parameters, built and saved in {time.perf_counter() - t0:.0f}s", flush=True
             )
+            flops = model_flops(name, path, args)
             for checkpointing in settings:
-                row = measure(name, path, args, checkpointing)
+                row = measure(name, path, args, checkpointing, flops)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             if args.qlora == "on" and args.device.startswith("cuda"):
-                row = measure(name, path, args, settings[-1], quantization="4bit")
+                row = measure(name, path, args, settings[-1], flops, quantization="4bit")
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             elif args.qlora == "on":
