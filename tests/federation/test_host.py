@@ -228,17 +228,14 @@ def test_score_mode_is_refused_in_one_line_without_a_closed_vocabulary(overrides
 
 
 @pytest.mark.slow
-def test_a_compiled_model_trains_as_the_eager_one(tiny_llava_path):
-    # Prepare: the same seeded host, compiled and not.
-    config, compiled, _ = _host(tiny_llava_path, "model.compile=true", "train.local_steps=2")
-    _, eager, _ = _host(tiny_llava_path, "train.local_steps=2")
-    rows = make_synthetic_vqa(8, seed=21)
+def test_a_compiled_model_computes_the_eager_loss(tiny_llava_path):
+    # Prepare: the same seeded host, compiled and not, and one batch.
+    _, compiled, _ = _host(tiny_llava_path, "model.compile=true")
+    _, eager, _ = _host(tiny_llava_path)
+    batch = eager.backend.training_batch(make_synthetic_vqa(4, seed=21))
     # Execute
-    results = [
-        h.train(rows, config.train, seed=0, hooks=None, progress=False, description="c") for h in (compiled, eager)
-    ]
-    # Assert: the wrapper's forward is compiled; the losses and trained factors agree to float32 noise.
+    with torch.no_grad():
+        losses = [float(h.backend.loss(h.model, batch)) for h in (compiled, eager)]
+    # Assert: the wrapper's forward is compiled and computes the same loss (float32 noise).
     assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
-    assert results[0].mean_loss == pytest.approx(results[1].mean_loss, abs=1e-4)
-    for key, value in compiled.get_state().items():
-        assert torch.allclose(value, eager.get_state()[key], atol=1e-4), key
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
