@@ -12,10 +12,25 @@ steps with fedumm's trainer:
   LoRA on the language-side q/k/v.
 
 For each model and each gradient-checkpointing setting it prints samples/s (after warm-up
-steps), seconds per step, peak GPU memory (``torch.cuda.max_memory_allocated``) and the
-trainable parameter count. Weights are random, so the figures are about speed and memory,
-not accuracy. The tokenizers are fedumm's tiny word-level ones (the configs keep the real
-vocabulary sizes, so embedding and LM-head sizes are real).
+steps), seconds per step, model FLOPs utilisation, peak GPU memory
+(``torch.cuda.max_memory_allocated``) and the trainable parameter count; then the same for the
+base loaded in 4-bit NF4 (QLoRA, ``model.quantization=4bit``; needs the qlora extra). bf16
+autocast, attention through SDPA where the family has it (``model.attn_implementation=auto``),
+``--compile`` for ``model.compile``. Weights are random, so the figures are about speed and
+memory, not accuracy. The tokenizers are fedumm's tiny word-level ones (the configs keep the
+real vocabulary sizes, so embedding and LM-head sizes are real).
+
+FLOPs (``count_step_flops``): the matrix multiplications of one training step, counted by hooks
+on every ``nn.Linear`` and ``nn.Conv2d`` as they run: forward 2·in·out per row; backward
+2·in·out per row for the input's gradient where the input needs one, plus 2·in·out per row for
+the weight's gradient where the weight trains (LoRA A and B only). So a frozen layer the
+gradient passes through costs 4·N per token, a LoRA factor 6·N, and a frozen tower the gradient
+never reaches (BLIP's and LLaVA's vision towers under language-side LoRA) 2·N: the 6·N·tokens
+rule of full fine-tuning overcounts LoRA. Attention's score and value products (QKᵀ, AV),
+norms and activations are left out; the count is taken once per model without gradient
+checkpointing (``model_flops``), so recomputation is not counted (model FLOPs, not hardware
+FLOPs) and every row of a model shares it. MFU = FLOPs per step / seconds per step / the GPU's dense
+bf16 peak (``PEAK_TFLOPS`` by device name, or ``--peak-tflops``).
 
     python bench/gpu_train.py                               # CUDA, bf16, both models
     python bench/gpu_train.py --models llava-1.4b --batch-size 8 --steps 20
@@ -93,6 +108,51 @@ def build_llava(tiny_path: str, out: Path, smoke: bool, spec: ModelSpec):
 
 BUILDERS = {"blip-vqa-base": build_blip_vqa_base, "llava-1.4b": build_llava}
 
+#: Dense bf16 tensor-core peak (TFLOP/s) by a substring of torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+
+def peak_tflops(device_name: str, override: float | None) -> float | None:
+    if override:
+        return override
+    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def count_step_flops(host, rows: list[dict]) -> float:
+    """Matrix-multiply FLOPs of one training step on ``rows`` (see the module docstring), counted
+    by hooks during a real forward and backward (gradients are cleared afterwards)."""
+    import torch
+
+    flops = [0.0]
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        if isinstance(module, torch.nn.Linear):
+            per_row = module.in_features * module.out_features
+            rows_ = x.numel() // module.in_features
+        else:  # Conv2d: one output position is a dot product over in_channels * kernel
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            per_row, rows_ = kernel * module.out_channels, output.numel() // module.out_channels
+        passes = 1 + x.requires_grad + module.weight.requires_grad  # forward, input grad, weight grad
+        flops[0] += 2.0 * per_row * rows_ * passes
+
+    handles = [
+        m.register_forward_hook(hook) for m in host.model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+    ]
+    try:
+        backend = host.backend
+        host.model.train()
+        batch = backend.to_device(backend.training_batch(rows))
+        with torch.autocast(backend.device.type, dtype=torch.bfloat16, enabled=backend.device.type == "cuda"):
+            loss = backend.loss(host.model, batch)
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        host.model.zero_grad(set_to_none=True)
+        host.model.eval()
+    return flops[0]
+
 
 def save_checkpoint(name: str, out: Path, smoke: bool, device: str) -> int:
     """Random-init the model on ``device`` in bf16 (fp32 for --smoke), save it; return #params."""
@@ -113,29 +173,59 @@ def save_checkpoint(name: str, out: Path, smoke: bool, device: str) -> int:
     return count
 
 
-def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool) -> dict:
+def host_config(name: str, path: Path, args: argparse.Namespace, checkpointing: bool, quantization: str = "none"):
+    from fedumm.validation import load_run_config
+
+    spec = SPECS[name]
+    cuda = args.device.startswith("cuda")
+    return load_run_config(
+        None,
+        [
+            f"model.backend={spec.backend}",
+            f"model.name_or_path={path}",
+            f"model.device={args.device}",
+            f"model.dtype={'bfloat16' if cuda else 'float32'}",
+            f"model.gradient_checkpointing={'true' if checkpointing else 'false'}",
+            f"adapter.preset={spec.preset}",
+            f"adapter.r={args.rank}",
+            f"train.precision={'bf16' if cuda else 'fp32'}",
+            f"train.batch_size={args.batch_size}",
+            "train.lr=1e-4",
+            f"model.quantization={quantization}",
+            f"model.compile={'true' if args.compile else 'false'}",
+        ],
+    )
+
+
+def model_flops(name: str, path: Path, args: argparse.Namespace) -> float:
+    """Model FLOPs of one training step (``count_step_flops``) on a host without gradient
+    checkpointing: recomputation and the checkpointed model's input-gradient hook add hardware
+    work, not model FLOPs, so every row of a model shares this count."""
+    from fedumm.data.synthetic import make_synthetic_vqa
+    from fedumm.federation import ModelHost
+
+    host = ModelHost(host_config(name, path, args, checkpointing=False))
+    rows = make_synthetic_vqa(args.batch_size, seed=0, image_size=args.image_size)
+    return count_step_flops(host, rows)
+
+
+def measure(
+    name: str,
+    path: Path,
+    args: argparse.Namespace,
+    checkpointing: bool,
+    step_flops: float,
+    quantization: str = "none",
+) -> dict:
+    """One training measurement: samples/s, MFU and peak memory of LoRA (``quantization`` 4bit: QLoRA)."""
     import torch
 
     from fedumm.adapters import count_parameters
     from fedumm.data.synthetic import make_synthetic_vqa
     from fedumm.federation import ModelHost
-    from fedumm.validation import load_run_config
 
-    spec = SPECS[name]
     cuda = args.device.startswith("cuda")
-    overrides = [
-        f"model.backend={spec.backend}",
-        f"model.name_or_path={path}",
-        f"model.device={args.device}",
-        f"model.dtype={'bfloat16' if cuda else 'float32'}",
-        f"model.gradient_checkpointing={'true' if checkpointing else 'false'}",
-        f"adapter.preset={spec.preset}",
-        f"adapter.r={args.rank}",
-        f"train.precision={'bf16' if cuda else 'fp32'}",
-        f"train.batch_size={args.batch_size}",
-        "train.lr=1e-4",
-    ]
-    config = load_run_config(None, overrides)
+    config = host_config(name, path, args, checkpointing, quantization)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -156,8 +246,11 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
 
     run(args.warmup)  # kernels, allocator and autotuning settle
     seconds = run(args.steps)
+    peak = peak_tflops(args.gpu, args.peak_tflops) if cuda else None
+    achieved = step_flops * args.steps / seconds
     result = {
         "model": name,
+        "quantization": quantization,
         "gradient_checkpointing": checkpointing,
         "parameters": total,
         "trainable": trainable,
@@ -165,6 +258,9 @@ def measure(name: str, path: Path, args: argparse.Namespace, checkpointing: bool
         "steps": args.steps,
         "seconds_per_step": seconds / args.steps,
         "samples_per_s": args.steps * args.batch_size / seconds,
+        "tflops_per_step": step_flops / 1e12,
+        "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / (peak * 1e12) if peak else None,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "weights_gpu_mib": loaded_bytes / 2**20 if cuda else None,
     }
@@ -185,6 +281,9 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="2-layer towers in fp32 on the CPU: checks the script, not a measurement"
     )
+    parser.add_argument("--qlora", choices=["off", "on"], default="on", help="also measure the 4-bit base (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="model.compile: torch.compile the forward")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak for MFU (default: by name)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
@@ -196,7 +295,7 @@ def main() -> None:
     if args.smoke:
         args.batch_size, args.steps, args.warmup = min(args.batch_size, 2), min(args.steps, 2), 1
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
-    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    gpu = args.gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         f"device {gpu}; torch {torch.__version__}; batch {args.batch_size}, {args.warmup} warm-up + "
         f"{args.steps} timed steps, LoRA r={args.rank}{'; SMOKE (2-layer, fp32)' if args.smoke else ', bf16'}"
@@ -210,23 +309,33 @@ def main() -> None:
             print(
                 f"{name}: {count / 1e6:.0f}M parameters, built and saved in {time.perf_counter() - t0:.0f}s", flush=True
             )
+            flops = model_flops(name, path, args)
             for checkpointing in settings:
-                row = measure(name, path, args, checkpointing)
+                row = measure(name, path, args, checkpointing, flops)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if args.qlora == "on" and args.device.startswith("cuda"):
+                row = measure(name, path, args, settings[-1], flops, quantization="4bit")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            elif args.qlora == "on":
+                print(f"{name}: QLoRA (4-bit) skipped: bitsandbytes runs on CUDA only", flush=True)
     print()
     header = (
-        f"{'model':<14} {'params':>7} {'trainable':>10} {'grad ckpt':>9} {'batch':>5} "
-        f"{'s/step':>7} {'samples/s':>9} {'peak GPU MiB':>12}"
+        f"{'model':<14} {'base':>5} {'params':>7} {'trainable':>10} {'grad ckpt':>9} {'batch':>5} "
+        f"{'s/step':>7} {'samples/s':>9} {'TFLOP/step':>10} {'MFU':>6} {'peak GPU MiB':>12}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         peak = f"{r['peak_gpu_mib']:.0f}" if r["peak_gpu_mib"] is not None else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        base = "nf4" if r["quantization"] == "4bit" else ("bf16" if args.device.startswith("cuda") else "fp32")
         print(
-            f"{r['model']:<14} {r['parameters'] / 1e6:>6.0f}M {r['trainable']:>10,} "
+            f"{r['model']:<14} {base:>5} {r['parameters'] / 1e6:>6.0f}M {r['trainable']:>10,} "
             f"{'on' if r['gradient_checkpointing'] else 'off':>9} {r['batch_size']:>5} "
-            f"{r['seconds_per_step']:>7.3f} {r['samples_per_s']:>9.1f} {peak:>12}"
+            f"{r['seconds_per_step']:>7.3f} {r['samples_per_s']:>9.1f} {r['tflops_per_step']:>10.3f} "
+            f"{mfu:>6} {peak:>12}"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

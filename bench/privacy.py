@@ -110,7 +110,7 @@ def secagg_table(args, host, out: Path, load_run_config, simulate) -> None:
             )
             records = _records(simulate(config, host=host).run_dir)[1:]
             rows[mode] = (
-                statistics.mean(r["seconds"]["fit"] for r in records),
+                statistics.mean(r["seconds"]["round"] - r["seconds"]["global_eval"] for r in records),
                 statistics.mean(r["bytes"]["total"] for r in records) / 1024,
                 statistics.mean(r.get("secure_aggregation", {}).get("seconds", 0.0) for r in records),
             )

@@ -117,3 +117,18 @@ def test_the_comparison_files_are_written(tmp_path):
     assert csv_lines[0].split(",")[:3] == ["run", "metric", "final"] and csv_lines[0].endswith(",path,seed")
     assert csv_lines[1].startswith("a,vqa_accuracy,1.0,1.0,1,")
     assert written[2].stat().st_size > 1000  # a PNG with content
+
+
+def test_rounds_without_evaluation_leave_the_curve_but_count_their_time(tmp_path):
+    # Prepare: eval.every=2 over 3 rounds: round 1 has no global metrics.
+    folder = _run_folder(tmp_path, "every", [0.0, 0.5, 0.25, 0.5], seconds=3.0)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    del records[1]["global"]
+    records[1]["evaluated"] = False
+    records[0]["seconds"] = {"round": 7.0}  # round 0's evaluation is not a round's time
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # Execute
+    row = read_run(folder)
+    # Assert
+    assert row.curve == ((0, 0.0), (2, 0.25), (3, 0.5))
+    assert row.seconds == 9.0 and row.best_round == 3

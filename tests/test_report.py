@@ -176,3 +176,25 @@ def test_t2i_summary_prints_categories_ceiling_tokens_and_centralized():
         "centralized, same budget:                55.0%  (federated -5.0 pts)",
         "  GenEval by category (untrained -> final): colors 0.0% -> 62.5%",
     ]
+
+
+def test_a_round_without_evaluation_prints_a_dash_and_the_time_split_line(tmp_path):
+    from fedumm.report import save_accuracy_plot
+
+    skipped = {"phase": "federated", "round": 1, "evaluated": False, "clients": [0], "seconds": {"round": 2.0}}
+    evaluated = dict(_record("vqa_accuracy", 0.5), round=2)
+    summary = {
+        **BASE,
+        "metric": "vqa_accuracy",
+        "majority_answer": "yes",
+        "majority_baseline_accuracy": 0.2,
+        "federated_final_accuracy": 0.5,
+        "federated_initial_accuracy": 0.0,
+        "federated_by_answer_type": {},
+        "federated_time_split": {"train": 3.0, "client_eval": 0.5, "global_eval": 0.25, "other": 0.25, "round": 4.0},
+    }
+    text = format_summary(summary, [skipped, evaluated])
+    assert "    1           -" in text and "    2       50.0%" in text
+    assert "federated round time: 4.0 s (train 3.0, client_eval 0.5, global_eval 0.2, other 0.2 s)" in text
+    save_accuracy_plot([skipped, evaluated], tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0

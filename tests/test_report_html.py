@@ -181,3 +181,18 @@ def test_the_task_breakdown_shows_each_tasks_own_primary_metric(run_folder):
     # Assert
     assert "<td class=k>caption</td><td>3</td><td>cider_d</td><td>1.250</td>" in page
     assert "<td class=k>vqa</td><td>5</td><td>vqa_accuracy</td><td>0.600</td>" in page
+
+
+def test_rounds_without_evaluation_and_the_time_split_are_shown(run_folder):
+    # Prepare: round 1 was not evaluated (eval.every) and records the time split.
+    records = _records()
+    del records[1]["global"]
+    records[1]["evaluated"] = False
+    split = {"train": 0.75, "client_eval": 0.125, "global_eval": 0.0, "serialise": 0.0625, "aggregate": 0.03125}
+    records[1]["seconds"] = {**split, "other": 0.03125, "round": 1.0}
+    (run_folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # Execute
+    page = render_report(run_folder)
+    # Assert: the timing table has the split's columns and round 1's values.
+    assert "train s" in page and "global_eval s" in page and "serialise s" in page
+    assert "<td>0.750</td><td>0.125</td><td>0.000</td><td>0.062</td><td>0.031</td><td>0.031</td><td>1.000</td>" in page

@@ -151,3 +151,21 @@ def test_mlflow_follows_the_tracking_uri_of_the_environment(tmp_path, monkeypatc
     client = MlflowClient(tracking_uri=store.as_uri())
     run_id = (run / MLFLOW_RUN_ID_FILE).read_text().strip()
     assert len(client.get_metric_history(run_id, "federated/global/vqa_accuracy")) == 3
+
+
+def test_a_round_without_evaluation_logs_its_time_split_and_no_global_metric():
+    record = {
+        "phase": "federated",
+        "round": 3,
+        "evaluated": False,
+        "clients": [0],
+        "seconds": {"train": 1.0, "client_eval": 0.25, "global_eval": 0.0, "round": 1.5},
+    }
+    assert round_scalars(record) == {
+        "federated/seconds/train": 1.0,
+        "federated/seconds/client_eval": 0.25,
+        "federated/seconds/global_eval": 0.0,
+        "federated/seconds/round": 1.5,
+        "federated/rejected": 0.0,
+        "federated/missing": 0.0,
+    }

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from fedumm.config_base import Section
 from fedumm.data.config import DataConfig
 from fedumm.errors import ConfigError
-from fedumm.metrics import MULTITASK, TASKS, Evaluation, MetricOptions, build_evaluation
+from fedumm.metrics import MULTITASK, TASKS, Evaluation, MetricOptions, build_evaluation, normalize_answer
 
 
 class ComposeConfig(Section):
@@ -66,7 +66,21 @@ class ModelConfig(Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_new_tokens: int = Field(8, ge=1, le=512, description="Answer length limit at evaluation.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Trade compute for activation memory: non-reentrant activation checkpointing on every layer "
+        "that supports it (LoRA layers inside still get gradients: the embedding output requires grad).",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto",
+        description="Attention kernel: sdpa (torch's scaled_dot_product_attention: flash / memory-efficient kernels "
+        "on CUDA), eager, or auto (transformers' choice: sdpa where the family supports it, else eager).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model's forward (training and scoring; generation stays eager); the first "
+        "steps pay the compilation.",
+    )
     quantization: Literal["none", "4bit", "8bit"] = Field(
         "none", description="Load the frozen base in 4-/8-bit (QLoRA, bitsandbytes; CUDA only)."
     )
@@ -470,6 +484,13 @@ class TrainConfig(Section):
         None, ge=1, description="If set, optimizer steps per round instead of local_epochs."
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null = off.")
+    preprocess_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="Each training row's processor output (pixels, prompt and answer tokens) is kept for the run "
+        "in a least-recently-used cache of at most this many MiB, so images and prompts are preprocessed once "
+        "rather than every epoch; 0 = off (text-to-image backends, whose batches draw prompt dropout, never cache).",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision for training (bf16/fp16 only on CUDA)."
     )
@@ -521,7 +542,25 @@ class EvalConfig(Section):
     image_temperature: float = Field(
         1.0, ge=0, description="Text-to-image sampling temperature over image tokens (0 = greedy)."
     )
+    mode: Literal["generate", "score"] = Field(
+        "generate",
+        description="How a text task answers: generate (batched greedy decoding with the KV cache, at most "
+        "model.max_new_tokens tokens) or score (closed-vocabulary tasks: classification, yes/no: each row's answer "
+        "is the eval.choices entry of highest teacher-forced log-likelihood; one forward pass per choice, no "
+        "decoding).",
+    )
+    choices: list[str] | None = Field(
+        None,
+        description="eval.mode score: the closed vocabulary every row is scored against (at least two answers, "
+        "e.g. [yes, no]); required there.",
+    )
     batch_size: int = Field(32, ge=1, description="Rows per evaluation batch.")
+    every: int = Field(
+        1,
+        ge=1,
+        description="Evaluate the global model every N rounds and always after the last one (and round 0); "
+        'the records of the rounds in between say "evaluated": false and carry no global metrics.',
+    )
     max_samples: int | None = Field(None, ge=1, description="Cap on global test samples.")
     clients: bool = Field(True, description="Evaluate each client's local model on its test split.")
     centralized_baseline: bool = Field(
@@ -543,9 +582,20 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _check_tasks(self) -> EvalConfig:
         try:
-            self.evaluation()
+            evaluation = self.evaluation()
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        if self.mode == "score":
+            open_tasks = [name for name, task in evaluation.tasks.items() if not task.scores_choices]
+            if open_tasks:
+                raise ValueError(
+                    f"eval.mode: score needs closed-vocabulary tasks (classification), but task {open_tasks[0]!r} "
+                    "has open answers; use eval.mode=generate"
+                )
+            if not self.choices or len({normalize_answer(c) for c in self.choices}) < 2:
+                raise ValueError(
+                    f"eval.choices: eval.mode score needs at least two distinct answers to score, got {self.choices}"
+                )
         return self
 
     def evaluation(self) -> Evaluation:

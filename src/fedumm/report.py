@@ -73,9 +73,9 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
             local = [m[f"local_{metric}"] for m in r.get("client_metrics", {}).values() if f"local_{metric}" in m]
             local_s = show(sum(local) / len(local)) if local else "-"
             secs = f"{r['seconds']['round']:.1f}" if "seconds" in r else "-"
+            score = show(r["global"][metric]) if "global" in r else "-"  # eval.every: not evaluated
             lines.append(
-                f"{r['round']:>5}  {show(r['global'][metric]):>10}  "
-                f"{len(r.get('clients', [])) or '-':>7}  {local_s:>14}  {secs:>7}"
+                f"{r['round']:>5}  {score:>10}  {len(r.get('clients', [])) or '-':>7}  {local_s:>14}  {secs:>7}"
             )
         lines.append("")
     baseline = summary["majority_baseline_accuracy"]
@@ -127,6 +127,10 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
             f"{_kib(summary['bytes_per_round'])} per round; reduction "
             f"{summary['communication_reduction_pct']:.2f}%"
         )
+    split = summary.get("federated_time_split")
+    if split and split.get("round"):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in split.items() if k != "round")
+        lines.append(f"federated round time: {split['round']:.1f} s ({parts} s)")
     skipped = summary.get("skipped_rows")
     if skipped:  # None (not known) and 0 print nothing
         by_file = ", ".join(f"{name}: {n}" for name, n in (summary.get("skipped_rows_by_file") or {}).items())
@@ -150,7 +154,7 @@ def save_accuracy_plot(records: list[dict[str, Any]], path, metric: str = "vqa_a
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for phase in ("federated", "centralized"):
-        points = [(r["round"], r["global"][metric]) for r in records if r["phase"] == phase]
+        points = [(r["round"], r["global"][metric]) for r in records if r["phase"] == phase and "global" in r]
         if points:
             xs, ys = zip(*points)
             scale = 100 if bounded else 1

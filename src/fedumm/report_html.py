@@ -216,7 +216,7 @@ def _breakdowns(records: Sequence[Mapping[str, Any]], metric: str) -> str:
     fed = _phase(records, "federated")
     if not fed:
         return ""
-    last = fed[-1]["global"]
+    last = next((r["global"] for r in reversed(fed) if "global" in r), {})  # eval.every: the last evaluated
     out = []
     tasks = last.get("by_task") or {}
     if tasks:  # each task by its own primary metric
@@ -303,16 +303,21 @@ def _privacy(records: Sequence[Mapping[str, Any]]) -> str:
     return "<h2>Privacy budget</h2>" + _png(fig)
 
 
+#: The time split of a round (``federation.loop.TIME_PARTS``), its remainder and its wall time;
+#: records written before the split have none of them but ``round``.
+TIMING_COLUMNS = ("train", "client_eval", "global_eval", "serialise", "aggregate", "other", "round")
+
+
 def _timings(records: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for phase in ("federated", "centralized"):
         for r in _phase(records, phase):
             seconds = r.get("seconds")
             if seconds:
-                rows.append([phase, r["round"], *(seconds.get(k) for k in ("fit", "eval", "round"))])
+                rows.append([phase, r["round"], *(seconds.get(k) for k in TIMING_COLUMNS)])
     if not rows:
         return '<p class="note">No timed rounds.</p>'
-    return _table(["phase", "round", "fit s", "eval s", "round s"], rows, left=1)
+    return _table(["phase", "round", *(f"{k} s" for k in TIMING_COLUMNS)], rows, left=1)
 
 
 # ---------------------------------------------------------------------------- the page

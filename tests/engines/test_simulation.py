@@ -567,3 +567,27 @@ def test_local_dp_composes_with_topk_and_error_feedback(tmp_path, tiny_llava_pat
     assert all(120 * 6 < size < 120 * 6 + 512 for size in uploads)
     residuals = {k: v for k, v in _compressed_checkpoint(result.run_dir).items() if k.startswith("residual/")}
     assert residuals and all(bool(torch.isfinite(v).all()) for v in residuals.values())
+
+
+def test_every_record_splits_its_round_time(run):
+    # Prepare
+    _, result = run
+    records = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    parts = ("train", "client_eval", "global_eval", "serialise", "aggregate")
+    # Assert: every record of both phases has the split; the parts never add up past the wall time.
+    for record in records:
+        seconds = record["seconds"]
+        assert set(parts) <= set(seconds) and all(seconds[p] >= 0 for p in parts)
+        assert sum(seconds[p] for p in parts) + seconds["other"] == pytest.approx(seconds["round"], rel=1e-6)
+        assert sum(seconds[p] for p in parts) <= seconds["round"]
+    trained = [r for r in records if r["round"] > 0]
+    assert all(r["seconds"]["train"] > 0 and r["seconds"]["global_eval"] > 0 for r in trained)
+    # The clients' own seconds travel in their replies: the record's train time is their sum.
+    for record in trained:
+        reported = sum(m["train_seconds"] for m in record["client_metrics"].values())
+        assert record["seconds"]["train"] == pytest.approx(reported)
+    split = result.summary["federated_time_split"]
+    fed = [r for r in records if r["phase"] == "federated" and r["round"] > 0]
+    assert split["train"] == pytest.approx(sum(r["seconds"]["train"] for r in fed))
+    assert split["round"] == pytest.approx(result.summary["federated_seconds"])
+    assert "federated round time:" in (Path(result.run_dir) / "summary.txt").read_text()

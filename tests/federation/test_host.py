@@ -190,3 +190,82 @@ def test_t2i_evaluation_writes_geneval_folders_and_reconstructs_each_target_once
     assert saved["image_token_accuracy"] == pytest.approx(expected["image_token_accuracy"], abs=1e-6)
     assert saved["image_token_nll"] == pytest.approx(expected["image_token_nll"], rel=1e-5)
     assert 0 <= saved["vq_ceiling"] <= 1 and "clip_score" not in saved
+
+
+# ---------------------------------------------------------------------------- eval.mode: score
+
+
+def _yes_no(n, seed, answer=None):
+    rows = [r for r in make_synthetic_vqa(4 * n, seed=seed) if r["answer_type"] == "yes/no"][:n]
+    return [dict(r, multiple_choice_answer=answer, answers=[answer] * 10) if answer else r for r in rows]
+
+
+SCORE = ("eval.task=classification", "eval.mode=score", "eval.choices=['yes', 'no']")
+
+
+def test_score_mode_answers_with_the_choice_of_highest_log_likelihood_by_hand(tiny_llava_path):
+    # Prepare
+    _, host, _ = _host(tiny_llava_path, *SCORE)
+    rows = _yes_no(4, seed=11)
+    # Execute
+    answers = host.predict(rows, batch_size=3)
+    # Assert: log p(answer tokens + end | prompt) from the logits of each (row, choice) sequence alone.
+    backend = host.backend
+    for row, answer in zip(rows, answers):
+        totals = []
+        for choice in ("yes", "no"):
+            batch = backend.training_batch([dict(row, multiple_choice_answer=choice)])
+            with torch.no_grad():
+                logits = host.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0].float()
+            labels = batch["labels"][0]
+            positions = (labels != -100).nonzero().flatten().tolist()
+            totals.append(sum(float(logits[t - 1].log_softmax(-1)[labels[t]]) for t in positions))
+        assert len(positions) >= 2  # answer token(s) and the end token
+        assert answer == ("yes" if totals[0] >= totals[1] else "no")
+
+
+def test_score_and_generate_agree_once_the_model_is_trained(tiny_llava_path):
+    # Prepare: train the adapter to answer "yes".
+    config, host, _ = _host(tiny_llava_path, *SCORE, "train.local_steps=15")
+    rows = _yes_no(8, seed=12)
+    host.train(_yes_no(8, seed=13, answer="yes"), config.train, seed=0, hooks=None, progress=False, description="yes")
+    # Execute
+    scored = host.predict(rows, batch_size=8)
+    generated = host.backend.predict(host.model, rows)
+    # Assert
+    assert scored == generated == ["yes"] * 8
+    assert host.evaluate(rows, batch_size=8)["accuracy"] == pytest.approx(
+        sum(r["multiple_choice_answer"] == "yes" for r in rows) / 8
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            ["eval.mode=score", "eval.choices=['yes', 'no']"],
+            "eval.mode: score needs closed-vocabulary tasks (classification), but task 'vqa'",
+        ),
+        (["eval.task=classification", "eval.mode=score"], "eval.choices:"),
+        (["eval.task=classification", "eval.mode=score", "eval.choices=['Yes', 'yes']"], "eval.choices:"),
+        (["eval.mode=sample"], "eval.mode"),
+    ],
+)
+def test_score_mode_is_refused_in_one_line_without_a_closed_vocabulary(overrides, named):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, overrides)
+    assert named in str(info.value) and "\n" not in str(info.value).strip()
+
+
+@pytest.mark.slow
+def test_a_compiled_model_computes_the_eager_loss(tiny_llava_path):
+    # Prepare: the same seeded host, compiled and not, and one batch.
+    _, compiled, _ = _host(tiny_llava_path, "model.compile=true")
+    _, eager, _ = _host(tiny_llava_path)
+    batch = eager.backend.training_batch(make_synthetic_vqa(4, seed=21))
+    # Execute
+    with torch.no_grad():
+        losses = [float(h.backend.loss(h.model, batch)) for h in (compiled, eager)]
+    # Assert: the wrapper's forward is compiled and computes the same loss (float32 noise).
+    assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fedumm import codec
-from fedumm.errors import AggregationError
+from fedumm.errors import AggregationError, ConfigError
 from fedumm.federation import FitReply, ModelHost, Server, Transport, run_rounds
-from fedumm.federation.loop import round_line
+from fedumm.federation.loop import TIME_PARTS, client_seconds, evaluates, round_line
 from fedumm.federation.transport import ClientStates, SetupInfo
 from fedumm.runlog import RunFolder, read_checkpoint
 from fedumm.validation import load_run_config
@@ -177,3 +177,78 @@ def test_image_folders_are_round_0_the_final_round_and_the_centralized_final(tmp
     assert image_folder(run, "federated", 5, 5) == tmp_path / "geneval" / "final"
     assert image_folder(run, "centralized", 5, 5) == tmp_path / "geneval" / "centralized"
     assert image_folder(run, "federated", 3, 5) is None and image_folder(run, "centralized", 0, 5) is None
+
+
+# ---------------------------------------------------------------------------- eval.every and the time split
+
+
+class CountingHost:
+    """Counts the host's evaluations while the real host scores them."""
+
+    def __init__(self, host):
+        self.calls = 0
+        self.original = host.evaluate
+
+    def __call__(self, samples, batch_size):
+        self.calls += 1
+        return self.original(samples, batch_size)
+
+
+def test_eval_every_scores_every_nth_round_and_the_last(setup, tmp_path):
+    config, host, server, test, _ = setup
+    config = config.model_copy(deep=True)
+    config.federation.rounds, config.eval.every = 5, 2
+    config.output.name = "every"
+    run = RunFolder.create(config)
+    counter = CountingHost(host)
+    host.evaluate = counter
+    lines = []
+    # Execute
+    result = run_rounds(config, host, server, ShiftTransport(), test, run, "federated", log=lines.append)
+    # Assert: rounds 0, 2, 4 and the last (5) are scored; 1 and 3 say they were not.
+    records = run.read_metrics()
+    assert counter.calls == 4
+    assert [r["round"] for r in records if r["evaluated"]] == [0, 2, 4, 5]
+    assert [r["round"] for r in records if "global" in r] == [0, 2, 4, 5]
+    assert not any("global" in r for r in records if not r["evaluated"])
+    assert result.final_record["round"] == 5
+    assert "round 1/5: global vqa_accuracy not evaluated" in lines[0]
+    assert records[1]["seconds"]["global_eval"] < records[2]["seconds"]["global_eval"]
+    for record in records:  # every record splits its time; the parts never exceed the wall time
+        seconds = record["seconds"]
+        assert set(TIME_PARTS) | {"other", "round"} == set(seconds)
+        assert sum(seconds[p] for p in TIME_PARTS) <= seconds["round"]
+
+
+def test_eval_every_larger_than_the_rounds_still_scores_the_last(setup):
+    config, host, server, test, run = setup
+    config = config.model_copy(deep=True)
+    config.eval.every = 7
+    result = run_rounds(config, host, server, ShiftTransport(), test, run, "federated")
+    assert [r["evaluated"] for r in result.records] == [True, False, True]
+    assert result.final_accuracy == result.records[2]["global"]["vqa_accuracy"]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_a_bad_eval_every_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, [f"eval.every={value}"])
+    message = str(info.value)
+    assert "eval.every" in message and "\n" not in message.strip()
+
+
+def test_the_client_seconds_are_summed_in_turn_and_the_slowest_client_is_taken_at_once():
+    # Prepare: client 0 trains 0.5 s, evaluates 0.25 s, serialises 0.125 s; client 1: 2, 0.5, 0.25.
+    replies = [
+        FitReply(0, b"", 1, {"train_seconds": 0.5, "eval_seconds": 0.25, "serialise_seconds": 0.125}),
+        FitReply(1, b"", 1, {"train_seconds": 2.0, "eval_seconds": 0.5, "serialise_seconds": 0.25}),
+    ]
+    # Execute / Assert
+    assert client_seconds(replies, concurrent=False) == {"train": 2.5, "client_eval": 0.75, "serialise": 0.375}
+    assert client_seconds(replies, concurrent=True) == {"train": 2.0, "client_eval": 0.5, "serialise": 0.25}
+    assert client_seconds([], concurrent=False) == {"train": 0.0, "client_eval": 0.0, "serialise": 0.0}
+
+
+def test_evaluates_every_nth_round_and_the_last():
+    assert [r for r in range(1, 8) if evaluates(r, 3, 7)] == [3, 6, 7]
+    assert [r for r in range(1, 4) if evaluates(r, 1, 3)] == [1, 2, 3]

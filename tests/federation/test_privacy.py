@@ -224,7 +224,10 @@ def test_secure_fedavg_equals_plain_fedavg_within_the_fixed_point_step(tmp_path,
     record = _records(b.run_dir)[1]
     assert record["secure_aggregation"]["survivors"] == 4
     assert set(record["secure_aggregation"]["bytes_up"]) == {"advertise_keys", "share_keys", "masked_input", "unmask"}
-    assert all(set(m) <= {"num_samples", "steps", "train_seconds"} for m in record["client_metrics"].values())
+    assert all(
+        set(m) <= {"num_samples", "steps", "train_seconds", "eval_seconds", "serialise_seconds"}
+        for m in record["client_metrics"].values()
+    )
     assert b.summary["secure_aggregation"] is True
 
 

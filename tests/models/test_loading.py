@@ -106,3 +106,28 @@ def test_model_without_checkpointing_support_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model.gradient_checkpointing: Plain does not support"):
         loading.enable_gradient_checkpointing(Plain())
+
+
+def test_sdpa_and_eager_attention_give_the_same_loss_and_gradients():
+    # Prepare / Execute: the tiny LLaVA loaded with each attention kernel.
+    sdpa, loss, grads = _loss_and_grads("tiny-llava", "hf_vlm", attn_implementation="sdpa")
+    eager, eager_loss, eager_grads = _loss_and_grads("tiny-llava", "hf_vlm", attn_implementation="eager")
+    # Assert
+    assert sdpa.get_base_model().config.text_config._attn_implementation == "sdpa"
+    assert eager.get_base_model().config.text_config._attn_implementation == "eager"
+    assert torch.allclose(loss, eager_loss, atol=1e-5)
+    for key, grad in grads.items():
+        assert torch.allclose(grad, eager_grads[key], atol=1e-5), key
+
+
+def test_sdpa_on_a_family_without_it_is_a_config_error():
+    # BLIP's attention has no SDPA path in transformers; auto (the default) loads it eagerly.
+    with pytest.raises(ConfigError, match=r"model.attn_implementation: .* does not support 'sdpa' attention"):
+        _loss_and_grads("tiny-blip-vqa", "blip_vqa", attn_implementation="sdpa")
+
+
+def test_quantization_without_bitsandbytes_names_the_qlora_extra(monkeypatch):
+    monkeypatch.setattr(loading, "bitsandbytes_available", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        loading.quantization_config(ModelConfig(quantization="4bit", device="cpu"), torch.device("cuda"))
+    assert "pip install 'fedumm[qlora]'" in str(info.value) and "\n" not in str(info.value)

@@ -3,6 +3,7 @@ this round's units, evaluate locally, reply with the trained tensors as safetens
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,7 +34,15 @@ class ProtocolClient(Protocol):
 COMPRESSION_STREAM = 0x636F6D70
 
 #: The reply metrics that say nothing about a client's rows (kept when the server is not trusted).
-PUBLIC_METRICS = ("steps", "train_seconds", "dp_epsilon", "dp_noise_multiplier", "dp_sample_rate")
+PUBLIC_METRICS = (
+    "steps",
+    "train_seconds",
+    "eval_seconds",
+    "serialise_seconds",
+    "dp_epsilon",
+    "dp_noise_multiplier",
+    "dp_sample_rate",
+)
 
 
 def public_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -87,7 +96,9 @@ class ClientRuntime:
     def fit(self, message: bytes, round_num: int, progress: bool = False) -> FitReply:
         """Load the global state (and this client's kept-local units), train the units this
         round's plan trains, evaluate on the local test split, reply with the shared ones."""
+        decode_start = time.perf_counter()
         parts = codec.decode_message(message)
+        decode_seconds = time.perf_counter() - decode_start
         global_state, server_extras = parts["state"], parts.get("extras", {})
         prefix = FROZEN_DELTA_PREFIX  # a dense ΔW the strategy adds to the base (FLoRA), not the algorithm's
         frozen = {k.removeprefix(prefix): v for k, v in server_extras.items() if k.startswith(prefix)}
@@ -138,13 +149,17 @@ class ClientRuntime:
             "train_seconds": result.seconds,
             **(result.privacy or {}),
         }
+        eval_start = time.perf_counter()
         if self.config.eval.clients and self.data.test:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)
             primary = host.evaluation.primary_metric
             metrics[f"local_{primary}"] = local[primary]
             metrics["local_test_samples"] = local["n"]
+        metrics["eval_seconds"] = time.perf_counter() - eval_start
         trained, metrics = self._protect(round_global, trained, server_extras, metrics, result.num_samples, round_num)
+        encode_start = time.perf_counter()
         payload = self._payload(round_global, trained, extras, round_num)
+        metrics["serialise_seconds"] = decode_seconds + time.perf_counter() - encode_start
         return FitReply(self.client_id, payload, result.num_samples, metrics)
 
     def _payload(self, round_global: State, trained: State, extras: State, round_num: int) -> bytes:

@@ -35,6 +35,7 @@ from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
 from fedumm.lowrank import A_SUFFIX, B_SUFFIX, pad, state_rank
 from fedumm.metrics import Evaluation, normalize_answer
 from fedumm.models.base import Backend
+from fedumm.models.batch_cache import BatchCache
 from fedumm.models.clip_score import ClipScorer
 from fedumm.models.generation import target_image
 from fedumm.models.registry import get_backend
@@ -87,6 +88,9 @@ class ModelHost:
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
         self.model = apply_lora(base, config.adapter, targets, list(modules_to_save))
         self.model.eval()
+        if config.model.compile:
+            # The wrapper's forward: training and scoring run compiled; generate calls the inner model, eagerly.
+            self.model.compile()
         self.units = unit_parameters(self.model, self.backend.module_groups)
         if config.adapter.freeze_a:
             # FFA-LoRA: A keeps its seeded initialisation on every client; it neither trains nor travels.
@@ -103,6 +107,15 @@ class ModelHost:
         self.shared_units = units_over_run(finetune, rounds, "share")
         self.local_units = units_over_run(finetune, rounds, "local")
         self.configure(plan_for_round(finetune, 1))
+        tokenizer = getattr(self.backend.processor, "tokenizer", self.backend.processor)
+        cache_mb = 0 if self.backend.supports_generation else config.train.preprocess_cache_mb
+        #: Training batches from each row's processor output, preprocessed once per run (train.preprocess_cache_mb).
+        self.batches = BatchCache(
+            self.backend.training_batch,
+            getattr(tokenizer, "pad_token_id", None) or 0,
+            cache_mb * 2**20,
+            self.backend.name,
+        )
         self.initial_state: State = self.get_state(self.shared_units)
         self.initial_local_state: State = self.get_state(self.local_units)
         #: The text-to-image checker's palette (the synthetic scenes' colours).
@@ -216,7 +229,9 @@ class ModelHost:
     ) -> TrainResult:
         if self.rank < self.lora_rank:
             hooks = RankMask(hooks or LocalHooks(), self.rank)
-        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
+        return train_local(
+            self.model, self.backend, samples, config, seed, hooks, progress, description, dp, self.batches.batch
+        )
 
     @contextlib.contextmanager
     def saving_images(self, directory: Path | None) -> Iterator[None]:
@@ -305,12 +320,29 @@ class ModelHost:
         return self.evaluation.evaluate(self, samples, batch_size)
 
     def predict(self, samples: Sequence[dict], batch_size: int) -> list[str]:
-        """The generated answer of each row with the current adapter, ``batch_size`` rows at a time."""
+        """The answer of each row with the current adapter, ``batch_size`` rows at a time: generated
+        (batched greedy decoding with the KV cache up to model.max_new_tokens), or under
+        ``eval.mode: score`` the most likely of eval.choices (``choose``)."""
+        if self.config.eval.mode == "score":
+            return self.choose(samples, batch_size)
         self.model.eval()
         predictions: list[str] = []
         for start in range(0, len(samples), batch_size):
             predictions += self.backend.predict(self.model, samples[start : start + batch_size])
         return predictions
+
+    def choose(self, samples: Sequence[dict], batch_size: int) -> list[str]:
+        """``eval.mode: score``: each row's answer is argmax_j log p(choice_j | image, question), the
+        teacher-forced log-likelihood of eval.choices entry j (``Backend.score_choices``: summed over
+        its answer tokens and end token), as EleutherAI's lm-evaluation-harness scores multiple-choice
+        tasks (Gao et al., 2021: the log-likelihood of each continuation); ties go to the earlier choice."""
+        choices = list(self.config.eval.choices or ())
+        self.model.eval()
+        answers: list[str] = []
+        for start in range(0, len(samples), batch_size):
+            log_likelihood = self.backend.score_choices(self.model, samples[start : start + batch_size], choices)
+            answers += [choices[j] for j in log_likelihood.argmax(dim=-1).tolist()]
+        return answers
 
     def summarize(
         self,

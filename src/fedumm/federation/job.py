@@ -22,7 +22,7 @@ from fedumm.data.federated import ClientData
 from fedumm.data.partition import save_partition_heatmap
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.host import ModelHost
-from fedumm.federation.loop import Log, PhaseResult, run_rounds
+from fedumm.federation.loop import TIME_PARTS, Log, PhaseResult, run_rounds
 from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 from fedumm.metrics import Evaluation
@@ -183,14 +183,22 @@ def t2i_summary(initial: dict[str, Any], final: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def time_split(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """A phase's seconds by part of the round (``loop.TIME_PARTS``, then ``other`` and ``round``),
+    summed over its rounds."""
+    parts = (*TIME_PARTS, "other", "round")
+    return {part: sum(r.get("seconds", {}).get(part, 0.0) for r in records) for part in parts}
+
+
 def phase_summary(result: PhaseResult, evaluation: Evaluation) -> dict[str, Any]:
     """A phase's summary keys; a multitask run adds ``<phase>_by_task``: each task's final metrics."""
-    final = result.records[-1]["global"]
+    final = result.final_record["global"]
     out = {
         f"{result.phase}_initial_accuracy": result.initial_accuracy,
         f"{result.phase}_final_accuracy": result.final_accuracy,
         f"{result.phase}_by_answer_type": {k: v[result.metric] for k, v in final.get("by_answer_type", {}).items()},
         f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
+        f"{result.phase}_time_split": time_split(result.records[1:]),
     }
     t2i = t2i_summary(result.records[0]["global"], final)
     if t2i:

@@ -47,8 +47,13 @@ class PhaseResult:
     stopped: str | None = None  # why the rounds ended early (privacy.max_epsilon)
 
     @property
+    def final_record(self) -> dict[str, Any]:
+        """The last record that evaluated the global model (eval.every: always the phase's last round)."""
+        return next(r for r in reversed(self.records) if "global" in r)
+
+    @property
     def final_accuracy(self) -> float:
-        return self.records[-1]["global"][self.metric]
+        return self.final_record["global"][self.metric]
 
     @property
     def initial_accuracy(self) -> float:
@@ -58,8 +63,9 @@ class PhaseResult:
 def round_line(record: dict[str, Any], rounds: int, metric: str, label: str) -> str:
     """The one-line summary of a round's record, as every engine prints it."""
     upload = next(iter(record["bytes"]["upload"].values()), 0)
+    score = f"{record['global'][metric]:.3f}" if "global" in record else "not evaluated"
     return (
-        f"[{label}] round {record['round']}/{rounds}: global {metric} {record['global'][metric]:.3f} | "
+        f"[{label}] round {record['round']}/{rounds}: global {metric} {score} | "
         f"clients {len(record['clients'])} | upload {upload / 1024:.1f} KiB/client | "
         f"{record['seconds']['round']:.1f}s"
     )
@@ -69,7 +75,7 @@ def round_record(
     phase: str,
     round_num: int,
     selected: Sequence[int],
-    global_metrics: dict,
+    global_metrics: dict | None,
     replies: Sequence[FitReply],
     updates: Sequence[ClientUpdate],
     download: Message,
@@ -77,7 +83,9 @@ def round_record(
 ) -> dict[str, Any]:
     """A round's metrics.jsonl record (without its seconds): the accepted clients' metrics and
     the payload bytes each way per client (every reply received counts; under
-    adapter.client_ranks each client's own-rank message)."""
+    adapter.client_ranks each client's own-rank message). ``global_metrics`` None: a round that
+    did not evaluate the global model (eval.every); its record says ``"evaluated": false`` and
+    has no ``global`` key."""
     upload = {str(r.client_id): len(r.payload) for r in replies}
     sent = {str(cid): len(message_for(download, cid)) for cid in selected}
     largest = max(sent.values(), default=len(download) if isinstance(download, bytes) else 0)
@@ -85,7 +93,8 @@ def round_record(
         "phase": phase,
         "round": round_num,
         "clients": list(selected),
-        "global": global_metrics,
+        **({"global": global_metrics} if global_metrics is not None else {}),
+        "evaluated": global_metrics is not None,
         "client_metrics": {str(u.client_id): {"num_samples": u.num_samples, **u.metrics} for u in updates},
         "bytes": {
             "upload": upload,
@@ -154,6 +163,7 @@ class RoundStep:
     aggregated: bool
     unstable: str | None = None  # why a step did not apply (non-finite result, a failed protocol)
     extras: dict[str, Any] = field(default_factory=dict)  # record keys of the step (secure aggregation)
+    check_seconds: float = 0.0  # decoding and checking the replies (part of the round's serialisation time)
 
 
 def _aggregate_round(
@@ -161,26 +171,58 @@ def _aggregate_round(
 ) -> RoundStep:
     """Check the replies and aggregate: the plain updates, or (``server.secure``) the secure sum of
     the updates the clients still hold."""
+    start = time.perf_counter()
     if server.secure is None:
         updates, rejected = server.check(replies, rules)
+        checked = time.perf_counter() - start
         if len(updates) < needed:
-            return RoundStep(updates, rejected, False)
+            return RoundStep(updates, rejected, False, check_seconds=checked)
         if server.aggregate_updates(updates, round_num):
-            return RoundStep(updates, rejected, True)
-        return RoundStep(updates, rejected, False, f"the {server.strategy.name} aggregate is not finite")
+            return RoundStep(updates, rejected, True, check_seconds=checked)
+        unstable = f"the {server.strategy.name} aggregate is not finite"
+        return RoundStep(updates, rejected, False, unstable, check_seconds=checked)
     # The replies carry no tensors: check their counts, then run the protocol with those clients.
     updates, rejected = server.check(replies, replace(rules, shapes={}))
+    checked = time.perf_counter() - start
     if len(updates) < max(needed, server.secure.config.threshold):
-        return RoundStep(updates, rejected, False)
+        return RoundStep(updates, rejected, False, check_seconds=checked)
     trained = {k: server.global_state[k] for k in rules.shapes}
     exchange = functools.partial(transport.exchange, round_num=round_num)
     secure = server.secure.run(exchange, [u.client_id for u in updates], rules.shapes, round_num)
     extras = {"secure_aggregation": secure.record} if secure.record else {}
     if secure.mean is None:
-        return RoundStep(updates, rejected, False, secure.error, extras)
+        return RoundStep(updates, rejected, False, secure.error, extras, checked)
     if server.apply_mean(trained, secure.mean, round_num, secure.unclipped, len(secure.survivors)):
-        return RoundStep(updates, rejected, True, extras=extras)
-    return RoundStep(updates, rejected, False, f"the {server.strategy.name} aggregate is not finite", extras)
+        return RoundStep(updates, rejected, True, extras=extras, check_seconds=checked)
+    return RoundStep(updates, rejected, False, f"the {server.strategy.name} aggregate is not finite", extras, checked)
+
+
+#: The parts of a round's wall time in its record's ``seconds`` (docs/evaluation.md): the clients'
+#: local training, their local evaluation, the global evaluation, serialisation (the server's
+#: broadcast encoding and reply decoding and checks, the clients' message decoding and reply
+#: encoding) and aggregation. ``round`` is the wall time; what the parts leave is transport and
+#: bookkeeping (``other``).
+TIME_PARTS = ("train", "client_eval", "global_eval", "serialise", "aggregate")
+
+#: The reply metrics that carry a client's own seconds, by the part of the round they belong to.
+CLIENT_TIME_METRICS = {"train": "train_seconds", "client_eval": "eval_seconds", "serialise": "serialise_seconds"}
+
+
+def client_seconds(replies: Sequence[FitReply], concurrent: bool) -> dict[str, float]:
+    """The clients' share of a round's time split from their replies' seconds: summed over the
+    clients when they ran one after another; when they ran at the same time (``Transport.concurrent``:
+    FLARE sites) the split of the client with the longest total, the round's critical path."""
+    per_client = [{part: float(r.metrics.get(key, 0.0)) for part, key in CLIENT_TIME_METRICS.items()} for r in replies]
+    if not per_client:
+        return dict.fromkeys(CLIENT_TIME_METRICS, 0.0)
+    if concurrent:
+        return max(per_client, key=lambda split: sum(split.values()))
+    return {part: sum(split[part] for split in per_client) for part in CLIENT_TIME_METRICS}
+
+
+def evaluates(round_num: int, every: int, rounds: int) -> bool:
+    """Whether round ``round_num`` evaluates the global model: every ``eval.every``-th round and the last."""
+    return round_num % every == 0 or round_num >= rounds
 
 
 def _checkpoint(run: RunFolder, server: Server, transport: Transport, round_num: int, phase: str) -> None:
@@ -240,9 +282,16 @@ def run_rounds(
     host.reset_local()
     if not result.records or result.records[-1]["round"] != server.start_round:
         # Round 0, or a resumed checkpoint without the record of its round: evaluate it here.
+        eval_start = time.perf_counter()
         with host.saving_images(image_folder(run, phase, server.start_round, config.federation.rounds)):
-            initial = host.evaluate(test, config.eval.batch_size)
-        record = {"phase": phase, "round": server.start_round, "global": initial}
+            record = {
+                "phase": phase,
+                "round": server.start_round,
+                "global": host.evaluate(test, config.eval.batch_size),
+            }
+        seconds = time.perf_counter() - eval_start
+        record["evaluated"] = True
+        record["seconds"] = {**dict.fromkeys(TIME_PARTS, 0.0), "global_eval": seconds, "other": 0.0, "round": seconds}
         run.append_metrics(record)
         trackers.log_round(record)
         result.records.append(record)
@@ -266,19 +315,31 @@ def run_rounds(
         if server.privacy is not None:
             server.privacy.spend()  # the round is charged once its clients are drawn
         download = server.broadcast(round_num, caps, selected)
+        broadcast_seconds = time.perf_counter() - start
         replies = transport.fit(selected, download, round_num)
         trained = list(host.parameters_of(plan_for_round(config.finetune, round_num).shared))
+        aggregate_start = time.perf_counter()
         step = _aggregate_round(server, transport, replies, server.rules(trained, caps, task), needed, round_num)
+        aggregate_seconds = time.perf_counter() - aggregate_start - step.check_seconds
         updates, rejected, aggregated, unstable = step.updates, step.rejected, step.aggregated, step.unstable
         failed = 0 if aggregated else failed + 1
-        fit_seconds = time.perf_counter() - start
 
         host.set_state(server.global_state)
         host.set_frozen_delta(strategy.frozen_delta())
         host.reset_local()  # the global model has no personalised units
+        # eval.every: the global model is scored every N-th round and always in the last one (also
+        # the last a privacy budget lets run).
+        last = round_num >= config.federation.rounds or (
+            server.privacy is not None and server.privacy.over_budget(round_num + 1) is not None
+        )
         eval_start = time.perf_counter()
         with host.saving_images(image_folder(run, phase, round_num, config.federation.rounds)):
-            global_metrics = host.evaluate(test, config.eval.batch_size)
+            global_metrics = (
+                host.evaluate(test, config.eval.batch_size)
+                if last or evaluates(round_num, config.eval.every, config.federation.rounds)
+                else None
+            )
+        eval_seconds = time.perf_counter() - eval_start
         record = round_record(phase, round_num, selected, global_metrics, replies, updates, download, full_bytes)
         answered = {r.client_id for r in replies}
         missing = [cid for cid in selected if cid not in answered]
@@ -290,16 +351,25 @@ def run_rounds(
         if server.privacy is not None:
             record["privacy"] = server.privacy.record()
         record.update(transport.round_extras())
-        eval_seconds = time.perf_counter() - eval_start
         references_start = time.perf_counter()
         if federation.mode == "one_shot" and aggregated and server.secure is None:
             # The server holds every upload once: score their prediction ensemble and each one alone.
             record["one_shot"] = one_shot_references(host, server.global_state, updates, test, config)
+        references_seconds = time.perf_counter() - references_start
+        clients = client_seconds(replies, transport.concurrent)
+        split = {
+            "train": clients["train"],
+            "client_eval": clients["client_eval"],
+            "global_eval": eval_seconds,
+            "serialise": broadcast_seconds + step.check_seconds + clients["serialise"],
+            "aggregate": aggregate_seconds,
+        }
+        wall = time.perf_counter() - start
         record["seconds"] = {
-            "fit": fit_seconds,
-            "eval": eval_seconds,
-            **({"one_shot": time.perf_counter() - references_start} if "one_shot" in record else {}),
-            "round": time.perf_counter() - start,
+            **split,
+            **({"one_shot": references_seconds} if "one_shot" in record else {}),
+            "other": max(0.0, wall - sum(split.values()) - ("one_shot" in record) * references_seconds),
+            "round": wall,
         }
         run.append_metrics(record)
         trackers.log_round(record)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -158,8 +158,11 @@ def train_local(
     progress: bool = False,
     description: str = "local",
     dp: SampleDP | None = None,
+    batches: Callable[[Sequence[dict]], dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
-    """Train the model's trainable tensors in place on ``samples``.
+    """Train the model's trainable tensors in place on ``samples``; ``batches`` builds a
+    micro-batch's inputs from its rows (default ``backend.training_batch``; the host passes its
+    preprocessing cache, ``fedumm.models.batch_cache``).
 
     With ``dp`` (``privacy.level: sample``) each step is DP-SGD (``fedumm.privacy.dpsgd``):
     Poisson batches of expected size ``batch_size x grad_accum``, per-row clipping to
@@ -168,6 +171,7 @@ def train_local(
     if not samples:
         raise ValueError("train_local needs at least one sample")
     hooks = hooks or LocalHooks()
+    batches = batches or backend.training_batch
     params = trainable_parameters(model)
     optimizer = make_optimizer(list(params.values()), config)
     torch.manual_seed(seed)  # dropout masks
@@ -191,7 +195,7 @@ def train_local(
             micro_batches = rule.next_step()
             for i, rows in enumerate(micro_batches):
                 if rows:  # a Poisson batch may draw no row
-                    batch = backend.to_device(backend.training_batch([samples[j] for j in rows]))
+                    batch = backend.to_device(batches([samples[j] for j in rows]))
                     with _autocast(backend, config.precision):
                         loss = rule.backward(rule.loss(model, batch), hooks.extra_loss(params), len(micro_batches))
                     if not torch.isfinite(loss):

@@ -69,6 +69,10 @@ class ClientStates:
 class Transport(ABC):
     """The round loop's view of its clients (see the module docstring)."""
 
+    #: Whether the clients of a round run at the same time (FLARE sites) rather than one after
+    #: another (in process); the round's time split takes the slowest client's seconds then.
+    concurrent: bool = False
+
     @property
     @abstractmethod
     def client_ids(self) -> list[int]:

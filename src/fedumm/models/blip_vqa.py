@@ -145,5 +145,5 @@ class BlipVQABackend(Backend):
         encoded = self.to_device(self._encode_questions(samples))
         # BLIP's generate starts the decoder from text_config.bos_token_id ([DEC]) and stops at
         # [SEP]; the output holds [DEC] + answer tokens.
-        output = model.generate(**encoded, max_new_tokens=self.config.max_new_tokens, do_sample=False)
+        output = model.generate(**encoded, max_new_tokens=self.config.max_new_tokens, do_sample=False, use_cache=True)
         return [t.strip() for t in self.tokenizer.batch_decode(output, skip_special_tokens=True)]

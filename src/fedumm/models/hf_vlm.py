@@ -549,6 +549,7 @@ class HFVisionLanguageBackend(Backend):
             **encoded,
             max_new_tokens=self.config.max_new_tokens,
             do_sample=False,
+            use_cache=True,  # batched greedy decoding over the KV cache: one new token's forward per step
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.stop_token_ids(),
         )

@@ -53,7 +53,7 @@ def quantization_config(config: ModelConfig, device: torch.device, skip_modules:
     if not bitsandbytes_available():
         raise ConfigError(
             f"model.quantization: {mode!r} needs the bitsandbytes package, which is not installed "
-            "(pip install bitsandbytes), or use model.quantization=none"
+            "(install the qlora extra: pip install 'fedumm[qlora]'), or use model.quantization=none"
         )
     from transformers import BitsAndBytesConfig
 
@@ -136,12 +136,19 @@ def load_frozen_model(
     parameter frozen, the model on ``device`` and in eval mode."""
     quant = quantization_config(config, device, skip_modules)  # fails before any weight loads
     kwargs["dtype"] = DTYPES[config.dtype]
+    if config.attn_implementation != "auto":
+        kwargs["attn_implementation"] = config.attn_implementation
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
     try:
         model = model_class.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
+        if config.attn_implementation != "auto" and "attn" in str(exc).lower():
+            raise ConfigError(
+                f"model.attn_implementation: {path} does not support {config.attn_implementation!r} attention "
+                f"({str(exc).splitlines()[0]}); use model.attn_implementation=auto"
+            ) from exc
         raise load_error(path, exc) from exc
     model.requires_grad_(False)
     if quant is None:

@@ -297,6 +297,8 @@ class FlareTransport(Transport):
     add the whole FLARE message bytes to each round's record (the exchange stages' under
     ``exchange``) and the site names to the summary."""
 
+    concurrent = True  # sites train at the same time
+
     def __init__(self, controller: FedummController, config: RunConfig):
         self.controller = controller
         self.min_label_count = config.engine.min_label_count  # the k the setup replies must apply
