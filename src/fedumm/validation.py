@@ -141,8 +141,54 @@ def _check_ranks(config: RunConfig) -> None:
         )
 
 
+def _generation_rows(config: RunConfig) -> str | None:
+    """The key that gives the run text-to-image rows (None: it has none)."""
+    data = config.data
+    if any("t2i" in held for held in data.tasks or []):
+        return "data.tasks"
+    if data.source == "synthetic" and data.synthetic.task_mix:
+        return "data.synthetic.task_mix"
+    if getattr(getattr(data, data.source), "task", None) == "t2i":
+        return f"data.{data.source}.task"
+    return None
+
+
+def _check_tasks(config: RunConfig) -> None:
+    """Mixed federations and per-task adapters against the backend and the strategy."""
+    backend = get_backend(config.model.backend)
+    key = _generation_rows(config)
+    if key is not None and not backend.supports_generation:
+        able = ", ".join(n for n in available_backends() if get_backend(n).supports_generation)
+        raise ConfigError(
+            f"{key}: gives text-to-image (t2i) rows, which backend {config.model.backend} cannot train "
+            f"(model.backend: one of {able})"
+        )
+    if not config.adapter.per_task:
+        return
+    if not backend.supports_generation:
+        raise ConfigError(
+            f"adapter.per_task: backend {config.model.backend} trains no generation task, so its generation "
+            "adapter would never train; set adapter.per_task=false"
+        )
+    name = config.federation.strategy.name
+    if not STRATEGIES[name].per_key_weights:
+        able = ", ".join(n for n, cls in sorted(STRATEGIES.items()) if cls.per_key_weights)
+        raise ConfigError(
+            f"adapter.per_task: federation.strategy.name={name} does not weigh each adapter by the clients that "
+            f"trained it; use {able}"
+        )
+
+
 #: Run in order; each raises ``ConfigError`` naming its key.
-CHECKS = (_check_backend, _check_finetune_groups, _check_strategy, _check_mode, _check_privacy, _check_ranks)
+CHECKS = (
+    _check_backend,
+    _check_finetune_groups,
+    _check_strategy,
+    _check_mode,
+    _check_privacy,
+    _check_ranks,
+    _check_tasks,
+)
 
 
 def validate(config: RunConfig, source: str = "<config>") -> RunConfig:

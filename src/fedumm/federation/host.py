@@ -4,11 +4,17 @@ memory does not grow with the number of clients."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from fedumm.adapters import (
+    DEFAULT_ADAPTER,
+    TASK_ADAPTERS,
+    UNDERSTANDING_ADAPTER,
+    activate_adapter,
+    adapter_of_task,
     apply_lora,
     canonical_key,
     copy_state,
@@ -73,7 +79,15 @@ class ModelHost:
                 "module of its own (only parameters trained in place); train lora with it"
             )
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
-        self.model = apply_lora(base, config.adapter, targets, list(modules_to_save))
+        #: adapter.per_task: an understanding and a generation adapter, each batch through its task's.
+        self.per_task: bool = config.adapter.per_task
+        names = TASK_ADAPTERS if self.per_task else (DEFAULT_ADAPTER,)
+        self.model = apply_lora(base, config.adapter, targets, list(modules_to_save), adapter_names=names)
+        evaluation = config.eval
+        #: The task of a training row without a task column (loss weights, per-task adapters).
+        self.default_task: str = evaluation.default_task or (
+            evaluation.task if evaluation.task != "multitask" else "vqa"
+        )
         self.model.eval()
         self.units = unit_parameters(self.model, self.backend.module_groups)
         if config.adapter.freeze_a:
@@ -141,6 +155,26 @@ class ModelHost:
                 weight.copy_(original)
         self.frozen_delta = {k: v.detach().to("cpu", torch.float32).clone() for k, v in delta.items()}
 
+    @contextlib.contextmanager
+    def task_scope(self, task: str) -> Iterator[None]:
+        """Run the model with ``task``'s adapter (adapter.per_task), the understanding one again
+        afterwards; without per-task adapters, nothing changes."""
+        if not self.per_task:
+            yield
+            return
+        activate_adapter(self.model, adapter_of_task(task))
+        try:
+            yield
+        finally:
+            activate_adapter(self.model, UNDERSTANDING_ADAPTER)
+
+    def task_rows(self, samples: Sequence[dict]) -> dict[str, int]:
+        """adapter.per_task: how many of ``samples`` train each adapter (by its name)."""
+        counts = dict.fromkeys(TASK_ADAPTERS, 0)
+        for row in samples:
+            counts[adapter_of_task(str(row.get("task") or self.default_task))] += 1
+        return counts
+
     def reset_local(self) -> None:
         """Local (never shared) units back to their initial values, as the global model has them."""
         if self.local_units:
@@ -199,7 +233,26 @@ class ModelHost:
     ) -> TrainResult:
         if self.rank < self.lora_rank:
             hooks = RankMask(hooks or LocalHooks(), self.rank)
-        return train_local(self.model, self.backend, samples, config, seed, hooks, progress, description, dp)
+        activate = None
+        if self.per_task:  # each batch through its task's adapter; understanding active again afterwards
+            activate = lambda task: activate_adapter(self.model, adapter_of_task(task))  # noqa: E731
+        try:
+            return train_local(
+                self.model,
+                self.backend,
+                samples,
+                config,
+                seed,
+                hooks,
+                progress,
+                description,
+                dp,
+                default_task=self.default_task,
+                activate=activate,
+            )
+        finally:
+            if self.per_task:
+                activate_adapter(self.model, UNDERSTANDING_ADAPTER)
 
     def generate_images(self, prompts: Sequence[str], seed: int) -> list:
         """One image per prompt from the current adapter, sampled with eval.cfg_scale and
@@ -210,9 +263,10 @@ class ModelHost:
             )
         self.model.eval()
         evaluation = self.config.eval
-        return self.backend.generate_images(
-            self.model, prompts, cfg_scale=evaluation.cfg_scale, seed=seed, temperature=evaluation.image_temperature
-        )
+        with self.task_scope("t2i"):
+            return self.backend.generate_images(
+                self.model, prompts, cfg_scale=evaluation.cfg_scale, seed=seed, temperature=evaluation.image_temperature
+            )
 
     def class_choices(self, samples: Sequence[dict]) -> list[str] | None:
         """Classification: the label texts to score, eval.positive_label first, the other
@@ -237,7 +291,7 @@ class ModelHost:
         Raises:
             DataError: naming the row, for a row whose task the run does not score.
         """
-        return self.evaluation.evaluate(self, samples, batch_size)
+        return self.evaluation.evaluate(self, samples, batch_size, scope=self.task_scope)
 
     def predict(self, samples: Sequence[dict], batch_size: int) -> list[str]:
         """The generated answer of each row with the current adapter, ``batch_size`` rows at a time."""
