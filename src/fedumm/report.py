@@ -17,6 +17,34 @@ def _pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
 
+def t2i_lines(t2i: dict[str, Any] | None, ceiling: bool = True) -> list[str]:
+    """A phase's text-to-image summary (``federation.job.t2i_summary``): the GenEval score per
+    category (untrained -> final), the VQ-reconstruction ceiling (``ceiling``), the
+    teacher-forced image-token accuracy and NLL and CLIPScore."""
+    if not t2i:
+        return []
+
+    def change(pair: dict[str, float | None], fmt) -> str:
+        return fmt(pair["final"]) if pair["initial"] is None else f"{fmt(pair['initial'])} -> {fmt(pair['final'])}"
+
+    percent = lambda x: _pct(x).strip()  # noqa: E731
+    lines = [
+        "  GenEval by category (untrained -> final): "
+        + ", ".join(f"{tag} {change(pair, percent)}" for tag, pair in t2i["by_category"].items())
+    ]
+    if ceiling and "vq_ceiling" in t2i:
+        parts = ", ".join(f"{tag} {percent(v)}" for tag, v in t2i["vq_ceiling_by_category"].items())
+        overall = percent(t2i["vq_ceiling"])
+        lines.append(f"  VQ-reconstruction ceiling: {overall}" + (f" ({parts})" if parts else ""))
+    if "image_token_accuracy" in t2i:
+        nll = f", NLL {change(t2i['image_token_nll'], lambda x: f'{x:.3f}')}" if "image_token_nll" in t2i else ""
+        accuracy = change(t2i["image_token_accuracy"], percent)
+        lines.append(f"  teacher-forced image tokens: top-1 accuracy {accuracy}{nll}")
+    if "clip_score" in t2i:
+        lines.append(f"  CLIPScore: {change(t2i['clip_score'], lambda x: f'{x:.2f}')}")
+    return lines
+
+
 def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     task = summary.get("task", "vqa")
     metric = summary.get("metric") or primary_metric_of(task)
@@ -77,12 +105,14 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
                 f"  {name} ({part['n']} rows) {part['metric']}: {show(part['final'], fraction).strip()} "
                 f"(untrained {initial}{versus})"
             )
+        lines += t2i_lines(summary.get("federated_t2i"))
     if "centralized_final_accuracy" in summary:
         cen_acc = summary["centralized_final_accuracy"]
         gap = ""
         if "federated_final_accuracy" in summary:
             gap = f"  (federated {difference(summary['federated_final_accuracy'] - cen_acc)})"
         lines.append(f"{'centralized, same budget:':<{width}}{show(cen_acc)}{gap}")
+        lines += t2i_lines(summary.get("centralized_t2i"), ceiling=False)
     if "one_shot" in summary:
         floor = summary["one_shot"]["local_floor"]
         lines.append(f"{'one-shot ensemble of the clients:':<{width}}{show(summary['one_shot']['ensemble'])}")

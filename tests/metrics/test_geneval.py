@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fedumm.data.rows import GENEVAL_RELATIONS
 from fedumm.data.synthetic import COLORS, T2I_TAGS, make_synthetic_t2i
-from fedumm.metrics import get_task, summarize_task
+from fedumm.metrics import MetricOptions, get_task, summarize_task
 from fedumm.metrics.geneval import (
     GENEVAL_TAGS,
     RELATIONS,
@@ -388,3 +388,61 @@ def test_colour_reason_lists_objects_without_a_palette_colour() -> None:
     ImageDraw.Draw(image).rectangle((40, 40, 55, 55), fill=(128, 128, 128))
     result = check_image(image, {"include": [_one("square", 2, color="blue")]}, COLORS)
     assert result.reason == "expected blue square>=2, found 0 blue; and 1 None, 1 red"
+
+
+class ScriptedImageHost:
+    """An ``ImageEvalHost`` with given images per prompt, reconstructions and token metrics."""
+
+    palette = COLORS
+
+    def __init__(self, drawn: dict, reconstructed: list, tokens: list, clips: list | None = None) -> None:
+        self.drawn, self.reconstructed, self.tokens, self.clips = drawn, reconstructed, tokens, clips
+        self.batches: list[int] = []
+
+    def t2i_images(self, rows, batch_size):
+        self.batches.append(batch_size)
+        return [self.drawn[row["prompt"]] for row in rows]
+
+    def reconstructions(self, rows):
+        return self.reconstructed
+
+    def row_image_token_metrics(self, rows):
+        return self.tokens
+
+    def clip_scores(self, images, prompts):
+        return self.clips
+
+
+def test_t2i_task_records_add_the_vq_ceiling_and_token_weighted_image_token_metrics() -> None:
+    # Prepare: 4 rows, one per tag single_object, two_object, counting, colors (seed 5). The model
+    # draws rows 0 and 3 right and 1, 2 black; the VQ round trip keeps rows 0, 1 and 3 (row 2 black);
+    # row 3 has no target image (no reconstruction, no token metrics).
+    rows = make_synthetic_t2i(4, seed=5)
+    assert [r["geneval"]["tag"] for r in rows] == ["single_object", "two_object", "counting", "colors"]
+    black = Image.new("RGB", (32, 32))
+    drawn = {r["prompt"]: (r["image"] if i in (0, 3) else black) for i, r in enumerate(rows)}
+    reconstructed = [rows[0]["image"], rows[1]["image"], black, None]
+    tokens = [
+        {"image_token_nll": 2.0, "image_token_accuracy": 0.5, "tokens": 10},
+        {"image_token_nll": 4.0, "image_token_accuracy": 0.25, "tokens": 30},
+        {"image_token_nll": 1.0, "image_token_accuracy": 1.0, "tokens": 0},
+        None,
+    ]
+    host = ScriptedImageHost(drawn, reconstructed, tokens, clips=[10.0, 20.0, 30.0, 40.0])
+    # Execute
+    summary = get_task("t2i").evaluate(host, rows, 7, MetricOptions())
+    # Assert: GenEval 1, 0, 0, 1 -> overall 0.5; the ceiling over rows 0..2: 1, 1, 0 -> (1 + 1 + 0) / 3;
+    # tokens weighted by count: nll (2*10 + 4*30) / 40 = 3.5, accuracy (0.5*10 + 0.25*30) / 40 = 0.3125.
+    assert host.batches == [7]
+    assert (summary["n"], summary["geneval_overall"], summary["geneval_colors"]) == (4, 0.5, 1.0)
+    assert summary["vq_ceiling"] == pytest.approx(2 / 3)
+    assert (summary["vq_ceiling_single_object"], summary["vq_ceiling_counting"]) == (1.0, 0.0)
+    assert "vq_ceiling_colors" not in summary and "vq_ceiling_images" not in summary
+    assert summary["image_token_nll"] == pytest.approx(3.5)
+    assert summary["image_token_accuracy"] == pytest.approx(0.3125)
+    assert summary["clip_score"] == pytest.approx(25.0)
+
+
+def test_t2i_metrics_without_references_have_no_ceiling_or_token_keys() -> None:
+    summary = metrics([{"tag": "colors", "correct": True, "image_tokens": 0}])
+    assert summary == {"geneval_overall": 1.0, "geneval_colors": 1.0, "geneval_images": 1.0}

@@ -5,9 +5,13 @@ memory does not grow with the number of clients."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
+from PIL import Image
 
 from fedumm.adapters import (
     DEFAULT_ADAPTER,
@@ -28,15 +32,22 @@ from fedumm.adapters import (
     unit_parameters,
 )
 from fedumm.config import RunConfig, TrainConfig
+from fedumm.data.geneval import write_geneval_layout
+from fedumm.data.synthetic import COLORS
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.train import train_local
 from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
 from fedumm.lowrank import A_SUFFIX, B_SUFFIX, pad, state_rank
 from fedumm.metrics import Evaluation, normalize_answer
 from fedumm.models.base import Backend
+from fedumm.models.clip_score import ClipScorer
+from fedumm.models.generation import target_image
 from fedumm.models.registry import get_backend
 from fedumm.privacy.dpsgd import SampleDP
-from fedumm.types import LocalHooks, State, TrainResult
+from fedumm.types import LocalHooks, State, TrainResult, derive_seed
+
+_IMAGE_STREAM = 7  # derive_seed stream of evaluation image sampling
+_RECONSTRUCT_BATCH = 32
 
 
 class ModelHost:
@@ -107,6 +118,11 @@ class ModelHost:
         self.configure(plan_for_round(finetune, 1))
         self.initial_state: State = self.get_state(self.shared_units)
         self.initial_local_state: State = self.get_state(self.local_units)
+        #: The text-to-image checker's palette (the synthetic scenes' colours).
+        self.palette: dict[str, tuple[int, int, int]] = dict(COLORS)
+        self._image_dir: Path | None = None
+        self._reconstructed: dict[str, Image.Image] = {}
+        self._clip: ClipScorer | None = None
 
     def configure(self, plan: RoundPlan) -> None:
         """Make exactly the units this round trains require gradients."""
@@ -157,16 +173,17 @@ class ModelHost:
 
     @contextlib.contextmanager
     def task_scope(self, task: str) -> Iterator[None]:
-        """Run the model with ``task``'s adapter (adapter.per_task), the understanding one again
+        """Run the model with ``task``'s adapter (adapter.per_task), the adapter active before
         afterwards; without per-task adapters, nothing changes."""
         if not self.per_task:
             yield
             return
+        previous = self.model.active_adapter
         activate_adapter(self.model, adapter_of_task(task))
         try:
             yield
         finally:
-            activate_adapter(self.model, UNDERSTANDING_ADAPTER)
+            activate_adapter(self.model, previous)
 
     def task_rows(self, samples: Sequence[dict]) -> dict[str, int]:
         """adapter.per_task: how many of ``samples`` train each adapter (by its name)."""
@@ -253,6 +270,57 @@ class ModelHost:
         finally:
             if self.per_task:
                 activate_adapter(self.model, UNDERSTANDING_ADAPTER)
+
+    @contextlib.contextmanager
+    def saving_images(self, directory: Path | None) -> Iterator[None]:
+        """While inside, ``t2i_images`` also writes what it generates to ``directory`` in
+        GenEval's layout (``data.geneval.write_geneval_layout``); None: nowhere."""
+        previous, self._image_dir = self._image_dir, directory
+        try:
+            yield
+        finally:
+            self._image_dir = previous
+
+    def t2i_images(self, rows: Sequence[dict], batch_size: int) -> list:
+        """One image per row's prompt (``generate_images``), ``batch_size`` prompts at a time,
+        each batch seeded by (run seed, its first row), so a round's images depend on the adapter
+        only; written in GenEval's layout under ``saving_images``."""
+        images: list = []
+        for start in range(0, len(rows), batch_size):
+            prompts = [str(row["prompt"]) for row in rows[start : start + batch_size]]
+            images += self.generate_images(prompts, derive_seed(self.config.seed, start, _IMAGE_STREAM))
+        if self._image_dir is not None:
+            write_geneval_layout(self._image_dir, rows, [[image] for image in images])
+        return images
+
+    def reconstructions(self, rows: Sequence[dict]) -> list:
+        """The VQ encode-decode of each row's target image (None for a row without one): the
+        checker's ceiling. Cached by row content: the tokenizer is frozen unless finetune trains
+        its ``vq`` group, and then the ceiling stays that of the first evaluation."""
+        keys = [_row_key(row) for row in rows]
+        missing = {key: row for key, row in zip(keys, rows) if key is not None and key not in self._reconstructed}
+        todo = list(missing.items())
+        for start in range(0, len(todo), _RECONSTRUCT_BATCH):
+            chunk = todo[start : start + _RECONSTRUCT_BATCH]
+            images = self.backend.reconstruct_images([target_image(row) for _, row in chunk])
+            self._reconstructed.update({key: image for (key, _), image in zip(chunk, images, strict=True)})
+        return [None if key is None else self._reconstructed[key] for key in keys]
+
+    def row_image_token_metrics(self, rows: Sequence[dict]) -> list[dict | None]:
+        """Each row's teacher-forced image-token NLL and top-1 accuracy with the current adapter
+        (``Backend.image_token_metrics`` of that row alone); None for a row without a target image."""
+        with self.task_scope("t2i"):
+            return [
+                None if _row_key(row) is None else self.backend.image_token_metrics(self.model, [row]) for row in rows
+            ]
+
+    def clip_scores(self, images: Sequence, prompts: Sequence[str]) -> list[float] | None:
+        """CLIPScore of each image against its prompt with eval.clip_model (loaded once); None when unset."""
+        if self.config.eval.clip_model is None:
+            return None
+        if self._clip is None:
+            self._clip = ClipScorer(self.config.eval.clip_model, self.config.model.device)
+        return self._clip.scores(images, prompts)
 
     def generate_images(self, prompts: Sequence[str], seed: int) -> list:
         """One image per prompt from the current adapter, sampled with eval.cfg_scale and
@@ -376,3 +444,14 @@ def _check_lora_outside(base: torch.nn.Module, targets: str, modules_to_save: di
                     f"adapter.target_modules: LoRA target {name!r} lies in the {unit!r} group, which "
                     f"finetune trains fully; anchor the LoRA regex ({targets!r}) outside it or freeze that group"
                 )
+
+
+def _row_key(row: dict) -> str | None:
+    """A text-to-image row's identity for the reconstruction cache: its prompt and the bytes of
+    its target image (None: the row has no target image)."""
+    if row.get("image") is None and not row.get("images"):
+        return None
+    image = target_image(row).convert("RGB")
+    digest = hashlib.sha256(json.dumps([row.get("prompt"), image.size]).encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()

@@ -26,6 +26,7 @@ from fedumm.federation.loop import Log, PhaseResult, run_rounds
 from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 from fedumm.metrics import Evaluation
+from fedumm.models.generation import T2I
 from fedumm.report import format_summary, save_accuracy_plot
 from fedumm.report_html import write_report
 from fedumm.runlog import Checkpoint, RunFolder, atomic_write_bytes, read_checkpoint
@@ -147,6 +148,40 @@ def run_centralized(
 
 # ---------------------------------------------------------------------------- summary
 
+# geneval_* keys of a t2i evaluation that are not a category's score.
+_GENEVAL_TOTALS = ("geneval_overall", "geneval_images")
+
+
+def _t2i_part(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The text-to-image metrics of a global evaluation (single task or one task of a multitask run)."""
+    return metrics if metrics.get("task") == T2I else metrics.get("by_task", {}).get(T2I, {})
+
+
+def t2i_summary(initial: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """A phase's text-to-image summary from its first and last global evaluations (empty when
+    they score no text-to-image rows): the GenEval score and each category's, untrained
+    (``initial``) and final; the VQ-reconstruction ceiling overall and per category; the
+    teacher-forced image-token accuracy and NLL and CLIPScore, initial and final, where measured."""
+    first, last = _t2i_part(initial), _t2i_part(final)
+    if "geneval_overall" not in last:
+        return {}
+
+    def pair(key: str) -> dict[str, float | None]:
+        return {"initial": first.get(key), "final": last[key]}
+
+    tags = [k.removeprefix("geneval_") for k in last if k.startswith("geneval_") and k not in _GENEVAL_TOTALS]
+    out: dict[str, Any] = {
+        "geneval_overall": pair("geneval_overall"),
+        "by_category": {tag: pair(f"geneval_{tag}") for tag in tags},
+    }
+    if "vq_ceiling" in last:
+        out["vq_ceiling"] = last["vq_ceiling"]
+        out["vq_ceiling_by_category"] = {tag: last[f"vq_ceiling_{tag}"] for tag in tags if f"vq_ceiling_{tag}" in last}
+    for key in ("image_token_accuracy", "image_token_nll", "clip_score"):
+        if key in last:
+            out[key] = pair(key)
+    return out
+
 
 def phase_summary(result: PhaseResult, evaluation: Evaluation) -> dict[str, Any]:
     """A phase's summary keys; a multitask run adds ``<phase>_by_task``: each task's final metrics."""
@@ -157,6 +192,9 @@ def phase_summary(result: PhaseResult, evaluation: Evaluation) -> dict[str, Any]
         f"{result.phase}_by_answer_type": {k: v[result.metric] for k, v in final.get("by_answer_type", {}).items()},
         f"{result.phase}_seconds": sum(r["seconds"]["round"] for r in result.records[1:]),
     }
+    t2i = t2i_summary(result.records[0]["global"], final)
+    if t2i:
+        out[f"{result.phase}_t2i"] = t2i
     if evaluation.multitask:
         initial = result.records[0]["global"].get("by_task", {})
         by_task = out[f"{result.phase}_by_task"] = {}

@@ -11,6 +11,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -33,6 +34,8 @@ from fedumm.types import State
 #: Where progress lines go: ``print``-like (the in-process engine writes above the bars, the
 #: FLARE controller into FLARE's log).
 Log = Callable[[str], None]
+#: The run folder's subfolder of generated images (text-to-image tasks).
+GENEVAL_FOLDER = "geneval"
 
 
 @dataclass
@@ -130,6 +133,18 @@ def one_shot_line(references: dict[str, Any]) -> str:
     )
 
 
+def image_folder(run: RunFolder, phase: str, round_num: int, rounds: int) -> Path | None:
+    """Where the global evaluation of a round writes the images it generates for text-to-image
+    rows, in GenEval's layout (``data.geneval``): ``<run>/geneval/round_000`` (the untrained
+    model) and ``<run>/geneval/final`` (the last round); the centralized baseline's last round in
+    ``<run>/geneval/centralized``. Other rounds: None (not written)."""
+    if round_num == rounds:
+        return run.path / GENEVAL_FOLDER / ("final" if phase == "federated" else phase)
+    if round_num == 0 and phase == "federated":
+        return run.path / GENEVAL_FOLDER / "round_000"
+    return None
+
+
 @dataclass
 class RoundStep:
     """The aggregation step of one round."""
@@ -225,7 +240,9 @@ def run_rounds(
     host.reset_local()
     if not result.records or result.records[-1]["round"] != server.start_round:
         # Round 0, or a resumed checkpoint without the record of its round: evaluate it here.
-        record = {"phase": phase, "round": server.start_round, "global": host.evaluate(test, config.eval.batch_size)}
+        with host.saving_images(image_folder(run, phase, server.start_round, config.federation.rounds)):
+            initial = host.evaluate(test, config.eval.batch_size)
+        record = {"phase": phase, "round": server.start_round, "global": initial}
         run.append_metrics(record)
         trackers.log_round(record)
         result.records.append(record)
@@ -260,7 +277,8 @@ def run_rounds(
         host.set_frozen_delta(strategy.frozen_delta())
         host.reset_local()  # the global model has no personalised units
         eval_start = time.perf_counter()
-        global_metrics = host.evaluate(test, config.eval.batch_size)
+        with host.saving_images(image_folder(run, phase, round_num, config.federation.rounds)):
+            global_metrics = host.evaluate(test, config.eval.batch_size)
         record = round_record(phase, round_num, selected, global_metrics, replies, updates, download, full_bytes)
         answered = {r.client_id for r in replies}
         missing = [cid for cid in selected if cid not in answered]

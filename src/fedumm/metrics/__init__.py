@@ -63,8 +63,9 @@ def register_task(task: Task) -> Task:
 register_task(Task("vqa", "vqa_accuracy", vqa.metrics, vqa.baseline))
 register_task(Task("classification", "accuracy", classification.metrics, classification.baseline, scores_choices=True))
 register_task(Task("caption", "cider_d", caption.metrics, bounded=False))
-# Text-to-image: records are per-image checker verdicts (geneval.geneval_records); no majority baseline.
-register_task(Task("t2i", "geneval_overall", geneval.metrics))
+# Text-to-image: the host generates an image per prompt and the checker scores it (geneval.t2i_records);
+# no majority baseline.
+register_task(Task("t2i", "geneval_overall", geneval.metrics, make_records=geneval.t2i_records))
 register_task(Task("grounding", "grounding_accuracy", grounding.metrics))
 
 

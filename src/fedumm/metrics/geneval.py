@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -59,6 +59,7 @@ __all__ = [
     "RELATIONS",
     "CheckResult",
     "DetectedObject",
+    "ImageEvalHost",
     "check_image",
     "detect_objects",
     "evaluate_t2i",
@@ -68,6 +69,7 @@ __all__ = [
     "score_objects",
     "shape_of",
     "summarize",
+    "t2i_records",
 ]
 
 #: GenEval's six task tags, in its order.
@@ -375,13 +377,76 @@ def summarize(records: Sequence[Mapping]) -> dict[str, Any]:
 
 
 def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any]:
-    """The t2i task's metrics of one group (``options`` unused): ``summarize``, plus the
-    mean CLIPScore when records carry "clip_score"."""
+    """The t2i task's metrics of one group (``options`` unused): ``summarize``, plus what the
+    records carry (``t2i_records``):
+
+    - ``clip_score``: the mean CLIPScore of records with "clip_score";
+    - ``vq_ceiling`` and ``vq_ceiling_<tag>``: ``summarize`` of the verdicts on the VQ
+      reconstructions of the targets (records with "vq_correct"), named like the score;
+    - ``image_token_nll`` / ``image_token_accuracy``: the teacher-forced metrics over every image
+      token of the records' rows (each row's value weighted by its "image_tokens"; a row with
+      several samples counts once).
+    """
     out = summarize(records)
     scored = [float(r["clip_score"]) for r in records if r.get("clip_score") is not None]
     if scored:
         out["clip_score"] = float(np.mean(scored))
+    ceiling = [{"tag": r["tag"], "correct": r["vq_correct"]} for r in records if r.get("vq_correct") is not None]
+    if ceiling:
+        out.update({k.replace("geneval_", "vq_ceiling_"): v for k, v in summarize(ceiling).items()})
+        out["vq_ceiling"] = out.pop("vq_ceiling_overall")
+        out.pop("vq_ceiling_images")
+    tokens = [r for r in records if r.get("image_tokens") and r.get("sample", 0) == 0]
+    if tokens:
+        total = sum(int(r["image_tokens"]) for r in tokens)
+        for key in ("image_token_nll", "image_token_accuracy"):
+            out[key] = sum(float(r[key]) * int(r["image_tokens"]) for r in tokens) / total
     return out
+
+
+class ImageEvalHost(Protocol):
+    """What the t2i task asks of the model host (``federation.host.ModelHost``)."""
+
+    #: Colour name -> (r, g, b) of the checker (the synthetic scenes' palette).
+    palette: Mapping[str, Sequence[int]]
+
+    def t2i_images(self, rows: Sequence[Mapping], batch_size: int) -> list[Image.Image]:
+        """One generated image per row's prompt (seeded; saved where the run asks)."""
+        ...
+
+    def reconstructions(self, rows: Sequence[Mapping]) -> list[Image.Image | None]:
+        """The VQ encode-decode of each row's target image (None: the row has none)."""
+        ...
+
+    def row_image_token_metrics(self, rows: Sequence[Mapping]) -> list[dict | None]:
+        """Each row's teacher-forced ``image_token_nll``, ``image_token_accuracy`` and ``tokens``
+        (None: the row has no target image)."""
+        ...
+
+    def clip_scores(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float] | None:
+        """The CLIPScore of each image against its prompt (None: eval.clip_model is off)."""
+        ...
+
+
+def t2i_records(task: object, host: ImageEvalHost, rows: Sequence[Mapping], batch_size: int) -> list[dict[str, Any]]:
+    """The t2i task's records (``Task.make_records``): one image generated per row and checked
+    against its metadata (``geneval_records``), plus, where the row has a target image, the
+    checker's verdict on the target's VQ reconstruction (``vq_correct``: the ceiling no model
+    on this tokenizer can beat) and the row's teacher-forced image-token metrics
+    (``image_token_nll``, ``image_token_accuracy``, ``image_tokens``)."""
+    images = host.t2i_images(rows, batch_size)
+    clips = host.clip_scores(images, [str(row["prompt"]) for row in rows])
+    records = geneval_records(rows, images, host.palette, clips)
+    reconstructed = host.reconstructions(rows)
+    tokens = host.row_image_token_metrics(rows)
+    for record, row, recon, token in zip(records, rows, reconstructed, tokens, strict=True):
+        if recon is not None:
+            record["vq_correct"] = check_image(recon, row["geneval"], host.palette).correct
+        if token is not None:
+            record["image_token_nll"] = float(token["image_token_nll"])
+            record["image_token_accuracy"] = float(token["image_token_accuracy"])
+            record["image_tokens"] = int(token["tokens"])
+    return records
 
 
 def geneval_records(
