@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedumm import codec
-from fedumm.adapters import TASK_ADAPTERS, adapter_of_key
+from fedumm.adapters import TASK_ADAPTERS, adapter_of_key, load_adapter
 from fedumm.data.federated import ClientData
 from fedumm.data.synthetic import make_synthetic_t2i, make_synthetic_vqa
 from fedumm.errors import AdapterStateError, ConfigError
@@ -261,3 +261,9 @@ def test_per_task_adapters_save_as_two_peft_adapters_plain_peft_loads(per_task_h
             loaded.set_adapter(name)
             assert host.backend.loss(loaded, batch).item() == pytest.approx(expected[name], rel=1e-5)
     assert expected["understanding"] != pytest.approx(expected["generation"])
+    # fedumm's own loader takes the folder as a whole: both adapters, understanding active.
+    ours = load_adapter(host.backend.load(), str(tmp_path / "adapter"))
+    ours.eval()
+    assert set(ours.peft_config) == {"understanding", "generation"} and ours.active_adapter == "understanding"
+    with torch.no_grad():
+        assert host.backend.loss(ours, batches["understanding"]).item() == pytest.approx(expected["understanding"])

@@ -133,8 +133,8 @@ def _key_samples(
         rows[name] = int(value)
     if sum(rows.values()) != samples:
         raise Rejected(f"trained rows per adapter {rows} do not add up to the sample count {samples}")
+    wire = DTYPES[rules.wire_dtype]  # a client sends an untrained adapter as received, at the wire dtype
     for name, keys in rules.adapters.items():
-        wire = DTYPES[rules.wire_dtype]  # the client sent the global tensors at the wire dtype
         if rows[name] == 0 and any(not torch.equal(state[k].float(), global_state[k].to(wire).float()) for k in keys):
             raise Rejected(f"adapter {name!r} changed, but {TRAINED_ROWS_PREFIX}{name} is 0")
     return {key: rows[name] for name, keys in rules.adapters.items() for key in keys}
