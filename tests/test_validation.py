@@ -180,9 +180,6 @@ _MIXED = ["model.backend=janus", "eval.task=multitask", "data.synthetic.task_mix
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["data.synthetic.task_mix=0.5"], "data.synthetic.task_mix: gives text-to-image (t2i) rows, which backend "),
-        (["data.synthetic.task=t2i"], "data.synthetic.task: gives text-to-image (t2i) rows, which backend hf_vlm"),
-        (["data.tasks=[[vqa],[vqa],[t2i],[vqa]]"], "data.tasks: gives text-to-image (t2i) rows"),
         (["adapter.per_task=true", "eval.task=multitask"], "adapter.per_task: backend hf_vlm trains no generation"),
         ([*_MIXED, "adapter.per_task=true", "federation.strategy.name=fedadam"], "use fedavg, fedprox"),
         ([*_MIXED, "adapter.per_task=true", "finetune.strategy=connector"], "adapter.per_task: not with finetune."),

@@ -141,28 +141,11 @@ def _check_ranks(config: RunConfig) -> None:
         )
 
 
-def _generation_rows(config: RunConfig) -> str | None:
-    """The key that gives the run text-to-image rows (None: it has none)."""
-    data = config.data
-    if any("t2i" in held for held in data.tasks or []):
-        return "data.tasks"
-    if data.source == "synthetic" and data.synthetic.task_mix:
-        return "data.synthetic.task_mix"
-    if getattr(getattr(data, data.source), "task", None) == "t2i":
-        return f"data.{data.source}.task"
-    return None
-
-
 def _check_tasks(config: RunConfig) -> None:
-    """Mixed federations and per-task adapters against the backend and the strategy."""
+    """Per-task adapters against the backend and the strategy. (Text-to-image rows for a backend
+    that cannot train them are refused where rows meet the model, ``ModelHost.train``: the data
+    commands, e.g. ``fedumm partition``, take any backend.)"""
     backend = get_backend(config.model.backend)
-    key = _generation_rows(config)
-    if key is not None and not backend.supports_generation:
-        able = ", ".join(n for n in available_backends() if get_backend(n).supports_generation)
-        raise ConfigError(
-            f"{key}: gives text-to-image (t2i) rows, which backend {config.model.backend} cannot train "
-            f"(model.backend: one of {able})"
-        )
     if not config.adapter.per_task:
         return
     if not backend.supports_generation:

@@ -267,3 +267,10 @@ def test_per_task_adapters_save_as_two_peft_adapters_plain_peft_loads(per_task_h
     assert set(ours.peft_config) == {"understanding", "generation"} and ours.active_adapter == "understanding"
     with torch.no_grad():
         assert host.backend.loss(ours, batches["understanding"]).item() == pytest.approx(expected["understanding"])
+
+
+def test_a_backend_that_cannot_generate_refuses_t2i_rows_naming_the_key(tiny_llava_path):
+    _, host, _ = _host(tiny_llava_path)
+    rows = _vqa_rows(2) + _t2i_rows(3)
+    with pytest.raises(ConfigError, match=r"model.backend: hf_vlm cannot train text-to-image rows \(c7 holds 3\)"):
+        host.train(rows, host.config.train, 0, None, False, "c7")

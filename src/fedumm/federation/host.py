@@ -15,6 +15,7 @@ from PIL import Image
 
 from fedumm.adapters import (
     DEFAULT_ADAPTER,
+    GENERATION_TASKS,
     TASK_ADAPTERS,
     UNDERSTANDING_ADAPTER,
     activate_adapter,
@@ -248,6 +249,14 @@ class ModelHost:
         description: str,
         dp: SampleDP | None = None,
     ) -> TrainResult:
+        if not self.backend.supports_generation:
+            t2i = sum(str(row.get("task")) in GENERATION_TASKS for row in samples)
+            if t2i:
+                raise ConfigError(
+                    f"model.backend: {self.backend.name} cannot train text-to-image rows ({description} holds {t2i}); "
+                    "use a generation backend (janus, emu3) or leave t2i rows out (data.tasks, "
+                    "data.synthetic.task_mix, data.<source>.task)"
+                )
         if self.rank < self.lora_rank:
             hooks = RankMask(hooks or LocalHooks(), self.rank)
         activate = None
