@@ -494,8 +494,8 @@ class TrainConfig(Section):
         None,
         description="Per-task loss weights, e.g. {vqa: 1.0, t2i: 0.5}: a batch's loss (every batch holds one "
         "task) is multiplied by its task's weight (> 0); tasks left out weigh 1; keys are tasks of "
-        "fedumm.metrics.TASKS (a row's task: its task column, else eval.default_task, else eval.task; vqa under multitask). "
-        "null = 1 for every task.",
+        "fedumm.metrics.TASKS (a row's task: its task column, else eval.default_task, else eval.task; vqa "
+        "under multitask). null = 1 for every task.",
     )
 
     @field_validator("task_loss_weights")
