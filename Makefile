@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint docs install bench-memory bench-algorithms bench-gpu clean
+.PHONY: demo demo-t2i test test-fast lint docs install bench-memory bench-algorithms bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fedumm run configs/quickstart.yaml --set output.overwrite=true
+
+# Federated text-to-image on a tiny Janus (GenEval-style checker, VQ ceiling, images in GenEval's layout).
+demo-t2i: $(STAMP)
+	$(BIN)/fedumm run configs/t2i_quickstart.yaml --set output.overwrite=true
 
 # The whole suite (CI runs this): lint, format check, import layering, the docs build, every test.
 test: lint docs

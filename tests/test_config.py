@@ -399,3 +399,15 @@ def test_compression_composes_with_wire_dtype_and_dp():
 def test_compression_with_client_ranks_is_refused():
     with pytest.raises(ConfigError, match=r"federation.compression.codec=int8: not with adapter.client_ranks"):
         load_run_config(None, ["federation.compression.codec=int8", "adapter.client_ranks=[4, 8, 16, 16]"])
+
+
+def test_t2i_quickstart_is_tiny_janus_on_synthetic_t2i_split_by_colour() -> None:
+    config = load_run_config(REPO / "configs" / "t2i_quickstart.yaml")
+    assert (config.model.backend, config.model.name_or_path, config.eval.task) == ("janus", None, "t2i")
+    assert (config.data.source, config.data.synthetic.task) == ("synthetic", "t2i")
+    assert (config.data.partition.method, config.data.partition.label_column) == ("dirichlet", "color")
+    assert (config.federation.num_clients, config.federation.strategy.name) == (4, "fedavg")
+    assert config.eval.centralized_baseline
+    # The encoder-free variant the config's comment gives passes the same checks.
+    emu3 = ["model.backend=emu3", "finetune.strategy=lora", "finetune.groups={}", "data.synthetic.image_size=64"]
+    assert load_run_config(REPO / "configs" / "t2i_quickstart.yaml", emu3).model.backend == "emu3"

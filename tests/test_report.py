@@ -141,3 +141,38 @@ def test_multitask_summary_lines_per_task():
     assert "federated global multitask_score:        0.900  (untrained 0.100)" in text
     assert "  vqa (4 rows) vqa_accuracy: 50.0% (untrained 0.0%; majority 'yes' 25.0%)" in text
     assert "  caption (2 rows) cider_d: 1.300 (untrained -)" in text
+
+
+def test_t2i_summary_prints_categories_ceiling_tokens_and_centralized():
+    t2i = {
+        "geneval_overall": {"initial": 0.1, "final": 0.5},
+        "by_category": {"single_object": {"initial": 0.25, "final": 1.0}, "colors": {"initial": 0.0, "final": 0.5}},
+        "vq_ceiling": 0.875,
+        "vq_ceiling_by_category": {"single_object": 1.0, "colors": 0.75},
+        "image_token_accuracy": {"initial": 0.01, "final": 0.42},
+        "image_token_nll": {"initial": 6.0, "final": 2.25},
+    }
+    summary = {
+        **BASE,
+        "task": "t2i",
+        "metric": "geneval_overall",
+        "metric_bounded": True,
+        "majority_answer": "",
+        "majority_baseline_accuracy": None,
+        "federated_final_accuracy": 0.5,
+        "federated_initial_accuracy": 0.1,
+        "federated_by_answer_type": {},
+        "federated_t2i": t2i,
+        "centralized_final_accuracy": 0.55,
+        "centralized_t2i": {**t2i, "by_category": {"colors": {"initial": 0.0, "final": 0.625}}},
+    }
+    lines = format_summary(summary, [_record("geneval_overall", 0.5)]).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("federated global geneval_overall"))
+    assert lines[start] == "federated global geneval_overall:        50.0%  (untrained 10.0%)"
+    assert lines[start + 1 : start + 6] == [
+        "  GenEval by category (untrained -> final): single_object 25.0% -> 100.0%, colors 0.0% -> 50.0%",
+        "  VQ-reconstruction ceiling: 87.5% (single_object 100.0%, colors 75.0%)",
+        "  teacher-forced image tokens: top-1 accuracy 1.0% -> 42.0%, NLL 6.000 -> 2.250",
+        "centralized, same budget:                55.0%  (federated -5.0 pts)",
+        "  GenEval by category (untrained -> final): colors 0.0% -> 62.5%",
+    ]

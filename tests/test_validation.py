@@ -29,6 +29,15 @@ from fedumm.validation import load_run_config, validate
             r"finetune\.groups\.audio: not a unit of backend janus; known: lora, vision, connector, language, "
             r"gen_embed, gen_aligner, gen_head, vq$",
         ),
+        (
+            ["eval.task=t2i"],
+            r"eval\.task: scoring text-to-image rows \(t2i\) needs a backend that generates images \(emu3, janus\); "
+            r"model\.backend is 'hf_vlm'$",
+        ),
+        (
+            ["model.backend=blip_vqa", "eval.task=multitask", "eval.task_weights={vqa: 1, t2i: 1}"],
+            r"eval\.task: scoring text-to-image rows \(t2i\) needs .*; model\.backend is 'blip_vqa'$",
+        ),
     ],
 )
 def test_registry_problems_are_one_line_naming_the_key(overrides, fragment):
@@ -139,7 +148,7 @@ def test_bad_client_rank_configs_are_one_line_naming_the_key(overrides, fragment
             r"federation\.mode=one_shot: not with eval\.task=multitask: ",
         ),
         (
-            ["federation.mode=one_shot", "eval.task=t2i"],
+            ["federation.mode=one_shot", "eval.task=t2i", "model.backend=janus"],
             r"federation\.mode=one_shot: not with eval\.task=t2i: ",
         ),
         (

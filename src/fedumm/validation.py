@@ -13,14 +13,24 @@ from pathlib import Path
 from fedumm.config import RunConfig, load_config
 from fedumm.errors import ConfigError
 from fedumm.finetune import STANDARD_UNITS, units_over_run
+from fedumm.models.generation import T2I
 from fedumm.models.registry import available_backends, get_backend
 from fedumm.strategies import STRATEGIES, check_strategy_config, validate_params
 
 
 def _check_backend(config: RunConfig) -> None:
+    """model.backend is registered, and generates images where the run scores text-to-image rows."""
     if config.model.backend not in available_backends():
         raise ConfigError(
             f"model.backend: unknown backend {config.model.backend!r}; available: {', '.join(available_backends())}"
+        )
+    # A multitask run without eval.task_weights names every task, t2i among them, without asking for it.
+    named = [config.eval.task, *(config.eval.task_weights or {})]
+    if T2I in named and not get_backend(config.model.backend).supports_generation:
+        generating = [name for name in available_backends() if get_backend(name).supports_generation]
+        raise ConfigError(
+            f"eval.task: scoring text-to-image rows (t2i) needs a backend that generates images "
+            f"({', '.join(generating)}); model.backend is {config.model.backend!r}"
         )
 
 

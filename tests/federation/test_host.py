@@ -1,16 +1,19 @@
 """The model host under heterogeneous ranks: a rank-r client on the shared rank-R LoRA (masked
 components stay exactly zero, only its own factors travel), FFA-LoRA's frozen A, and FLoRA's
 frozen ΔW on the base weights, saved as a PEFT adapter plain peft loads; and
-ModelHost.generate_images: the eval config's guidance and temperature, generation backends only."""
+ModelHost.generate_images: the eval config's guidance and temperature, generation backends only;
+the t2i evaluation's images in GenEval's layout and its once-per-target VQ ceiling."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from fedumm import codec
 from fedumm.adapters import TASK_ADAPTERS, adapter_of_key, load_adapter
 from fedumm.data.federated import ClientData
+from fedumm.data.geneval import read_geneval_layout
 from fedumm.data.synthetic import make_synthetic_t2i, make_synthetic_vqa
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation import ModelHost
@@ -274,3 +277,30 @@ def test_a_backend_that_cannot_generate_refuses_t2i_rows_naming_the_key(tiny_lla
     rows = _vqa_rows(2) + _t2i_rows(3)
     with pytest.raises(ConfigError, match=r"model.backend: hf_vlm cannot train text-to-image rows \(c7 holds 3\)"):
         host.train(rows, host.config.train, 0, None, False, "c7")
+
+
+def test_t2i_evaluation_writes_geneval_folders_and_reconstructs_each_target_once(tmp_path):
+    # Prepare: greedy sampling; three t2i rows, the last a prompt without a target image.
+    host = _generation_host("model.backend=janus", "eval.task=t2i", "eval.cfg_scale=1", "eval.image_temperature=0")
+    rows = make_synthetic_t2i(3, seed=4)
+    rows[2] = {**rows[2], "image": None}
+    calls: list[int] = []
+    reconstruct = host.backend.reconstruct_images
+    host.backend.reconstruct_images = lambda images: calls.append(len(images)) or reconstruct(images)
+    # Execute: an evaluation that saves its images, then one that does not.
+    with host.saving_images(tmp_path / "final"):
+        saved = host.evaluate(rows, batch_size=2)
+    again = host.evaluate(rows, batch_size=2)
+    # Assert: GenEval's layout, one sample per prompt, each the image the host draws for it.
+    folders = read_geneval_layout(tmp_path / "final")
+    assert [f.index for f in folders] == [0, 1, 2] and [f.metadata for f in folders] == [r["geneval"] for r in rows]
+    drawn = host.t2i_images(rows, batch_size=2)
+    assert [Image.open(f.samples[0]).convert("RGB").tobytes() for f in folders] == [i.tobytes() for i in drawn]
+    assert not (tmp_path / "final" / "00003").exists() and len(list(tmp_path.iterdir())) == 1
+    # The two targets are reconstructed once for both evaluations; greedy rounds agree.
+    assert calls == [2] and saved == again and saved["n"] == 3
+    # Token metrics of the two rows with a target: the backend's over both (token-weighted).
+    expected = host.backend.image_token_metrics(host.model, rows[:2])
+    assert saved["image_token_accuracy"] == pytest.approx(expected["image_token_accuracy"], abs=1e-6)
+    assert saved["image_token_nll"] == pytest.approx(expected["image_token_nll"], rel=1e-5)
+    assert 0 <= saved["vq_ceiling"] <= 1 and "clip_score" not in saved

@@ -118,3 +118,30 @@ def test_the_centralized_baseline_of_a_mixed_federation_pools_every_task():
     assert central.data.tasks is None and central.federation.num_clients == 1
     assert central.train.local_steps == 12  # 3 steps x 4 clients a round
     assert config.data.tasks == [["vqa"], ["vqa"], ["t2i"], ["vqa", "t2i"]]  # the run's own config is untouched
+
+
+def _t2i(overall: float, colors: float, **extra: float) -> dict:
+    return {"task": "t2i", "n": 8, "geneval_overall": overall, "geneval_colors": colors, "geneval_images": 0.5, **extra}
+
+
+def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -> None:
+    from fedumm.federation.job import t2i_summary
+
+    initial = _t2i(0.1, 0.0, image_token_accuracy=0.01, image_token_nll=6.0, vq_ceiling=0.9, vq_ceiling_colors=0.9)
+    final = _t2i(0.6, 0.75, image_token_accuracy=0.4, image_token_nll=2.5, vq_ceiling=0.9, vq_ceiling_colors=0.9)
+    # Single task, and the same numbers as the t2i part of a multitask run.
+    single = t2i_summary(initial, final)
+    multi = t2i_summary(*({"task": "multitask", "by_task": {"t2i": part}} for part in (initial, final)))
+    assert (
+        single
+        == multi
+        == {
+            "geneval_overall": {"initial": 0.1, "final": 0.6},
+            "by_category": {"colors": {"initial": 0.0, "final": 0.75}},
+            "vq_ceiling": 0.9,
+            "vq_ceiling_by_category": {"colors": 0.9},
+            "image_token_accuracy": {"initial": 0.01, "final": 0.4},
+            "image_token_nll": {"initial": 6.0, "final": 2.5},
+        }
+    )
+    assert t2i_summary({"task": "vqa", "vqa_accuracy": 0.1}, {"task": "vqa", "vqa_accuracy": 0.2}) == {}

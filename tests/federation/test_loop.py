@@ -167,3 +167,13 @@ def test_a_non_finite_aggregate_is_undone(setup):
     assert result.records[1]["aggregate_error"] == "the fedavg aggregate is not finite"
     assert result.records[1]["aggregated"] is False
     assert all(torch.equal(server.global_state[k], v) for k, v in initial.items())
+
+
+def test_image_folders_are_round_0_the_final_round_and_the_centralized_final(tmp_path) -> None:
+    from fedumm.federation.loop import image_folder
+
+    run = RunFolder(tmp_path)
+    assert image_folder(run, "federated", 0, 5) == tmp_path / "geneval" / "round_000"
+    assert image_folder(run, "federated", 5, 5) == tmp_path / "geneval" / "final"
+    assert image_folder(run, "centralized", 5, 5) == tmp_path / "geneval" / "centralized"
+    assert image_folder(run, "federated", 3, 5) is None and image_folder(run, "centralized", 0, 5) is None

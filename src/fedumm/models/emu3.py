@@ -33,6 +33,19 @@ from fedumm.models.registry import register_backend
 from fedumm.types import IGNORE_INDEX
 
 
+class _FrozenStatsBatchNorm3d(torch.nn.BatchNorm3d):
+    """A BatchNorm3d that always normalises with its running statistics, as in eval mode.
+
+    Emu3's VQ tokenizer has BatchNorm layers (``time_res_stack``). Fine-tuning puts the whole
+    model in training mode, where they would normalise each batch by its own statistics (a
+    row's image codes would depend on the other rows of its batch, and differ from the codes
+    at evaluation) and move their running statistics (the frozen tokenizer would drift, in
+    buffers that no adapter carries). Its parameters still train where a group selects them."""
+
+    def train(self, mode: bool = True) -> _FrozenStatsBatchNorm3d:
+        return super().train(False)
+
+
 @register_backend("emu3")
 class Emu3Backend(GenerationMixin, HFVisionLanguageBackend):
     default_model = "tiny-emu3"
@@ -40,6 +53,14 @@ class Emu3Backend(GenerationMixin, HFVisionLanguageBackend):
     module_groups = FAMILIES["emu3"].module_groups()
     model_class_name = "Emu3ForConditionalGeneration"
     model_types = ("emu3",)
+
+    def load(self) -> torch.nn.Module:
+        model = super().load()
+        for module in model.model.vqmodel.modules():
+            if type(module) is torch.nn.BatchNorm3d:
+                module.__class__ = _FrozenStatsBatchNorm3d
+                module.eval()
+        return model
 
     # -- image tokens ------------------------------------------------------------------------
 

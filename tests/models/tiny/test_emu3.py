@@ -19,7 +19,8 @@ def test_config_vocabulary_and_image_tokens(user_turn, image):
     prompt = processor.apply_chat_template(user_turn, add_generation_prompt=True)
     ids = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]
     tokens = tok.convert_ids_to_tokens(ids)
-    # A 32x32 image downsampled by 8: "4*4", then 4 rows of 4 codes + end-of-line = 20 placeholders.
+    # The 32x32 image resized to tiny-emu3's 64x64 and downsampled by 8: "8*8", then 8 rows of
+    # 8 codes + end-of-line = 72 placeholders.
     start = tokens.index("<|image start|>")
-    assert tokens[start : start + 5] == ["<|image start|>", "4", "*", "4", "<|image token|>"]
-    assert tokens.count("<image>") == 20 and tokens[0] == "<s>"
+    assert tokens[start : start + 5] == ["<|image start|>", "8", "*", "8", "<|image token|>"]
+    assert tokens.count("<image>") == 72 and tokens[0] == "<s>"

@@ -126,3 +126,9 @@ def test_importing_the_registry_is_cheap():
     assert [m for m in modules if m.split(".")[0] in heavy] == []
     layers = ("fedumm.strategies", "fedumm.federation", "fedumm.engines", "fedumm.validation")
     assert [m for m in modules if m.startswith(layers)] == []
+
+
+def test_a_model_version_entry_moves_that_model_alone(cache, toy, monkeypatch):
+    monkeypatch.setitem(tiny._MODEL_VERSIONS, "tiny-toy", "99")
+    assert Path(resolve_model_path("tiny-toy")) == cache / "models" / "tiny-toy-v99"
+    assert tiny._MODEL_VERSIONS["tiny-emu3"] != tiny._TINY_VERSION  # tiny-emu3 moved to 64 px images alone

@@ -2,8 +2,10 @@
 (``<|visual token NNNNNN|>``), made by a VQ tokenizer trained on synthetic scenes at build time
 (``fedumm.models.tiny.vq``); no vision encoder. "USER: ... ASSISTANT:" chat template.
 
-Emu3's processor downsamples by 8, so a 32x32 image is a 4x4 grid of codes, each row closed by
-the end-of-line token (20 image tokens)."""
+Emu3's processor downsamples by 8, so its images are 64x64 (the synthetic scenes need
+``data.synthetic.image_size: 64``): an 8x8 grid of codes, each row closed by the end-of-line
+token (72 image tokens). At 32 px, a 4x4 grid of 8-pixel codes could not hold a shape's outline
+and colour reliably."""
 
 from __future__ import annotations
 
@@ -16,16 +18,19 @@ from fedumm.models.tiny.vq import train_vq
 #: Emu3's special tokens (the names its processor and vocabulary mapping read).
 EMU3_TOKENS = ["<|image start|>", "<|image end|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>", "*"]
 CODEBOOK_SIZE = 128
-#: VQ training steps at build time (batches of 32 fresh scenes).
+#: VQ training at build time: steps of batches of fresh 64 px scenes (16 keeps the build near a minute).
 VQ_STEPS = 200
+VQ_BATCH = 16
 _DOWNSAMPLE = 8  # fixed in Emu3Processor
+#: Side of tiny-emu3's images: 8x8 codes.
+IMAGE_SIZE = 64
 
 
 def visual_token(code: int) -> str:
     return f"<|visual token {code:06d}|>"
 
 
-def build_tiny_emu3(path: Path, image_size: int = 32, patch_size: int = _DOWNSAMPLE, seed: int = 0) -> None:
+def build_tiny_emu3(path: Path, image_size: int = IMAGE_SIZE, patch_size: int = _DOWNSAMPLE, seed: int = 0) -> None:
     """Emu3 shape: a Llama-like decoder over text and visual tokens, a VQ tokenizer (Emu3VQVAE,
     no temporal downsampling) trained on synthetic scenes."""
     import torch
@@ -84,7 +89,14 @@ def build_tiny_emu3(path: Path, image_size: int = 32, patch_size: int = _DOWNSAM
         return vq.decoder(post.permute(0, 2, 1, 3, 4), quant.permute(0, 2, 1, 3, 4))
 
     train_vq(
-        encode, decode, vq.quantize.embedding, list(vq.parameters()), steps=VQ_STEPS, image_size=image_size, seed=seed
+        encode,
+        decode,
+        vq.quantize.embedding,
+        list(vq.parameters()),
+        steps=VQ_STEPS,
+        batch_size=VQ_BATCH,
+        image_size=image_size,
+        seed=seed,
     )
     vq.eval()
     generation = model.generation_config

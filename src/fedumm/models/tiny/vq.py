@@ -83,7 +83,30 @@ def train_vq(
     seed: int = 0,
 ) -> VQTraining:
     """Train ``parameters`` (encoder, decoder, codebook) on fresh synthetic scenes each step
-    (Adam), then write the codebook back with unit rows."""
+    (Adam), then write the codebook back with unit rows.
+
+    Runs on one intra-op thread: a reduction split over another number of threads rounds
+    differently, and a few hundred steps of training amplify that into a different tokenizer,
+    so a build is the same on every machine (and under pytest, which runs on one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_vq(encode, decode, codebook, parameters, steps, batch_size, lr, image_size, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_vq(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    codebook: torch.nn.Embedding,
+    parameters: Sequence[torch.nn.Parameter],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    image_size: int,
+    seed: int,
+) -> VQTraining:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(parameters, lr=lr)
