@@ -181,3 +181,53 @@ def test_equal_ranks_at_adapter_r_run_with_any_strategy_and_tiers_resolve():
 def test_one_shot_mode_takes_its_combiners(name):
     config = load_run_config(None, ["federation.mode=one_shot", f"federation.strategy.name={name}"])
     assert config.federation.rounds == 1 and config.federation.mode == "one_shot"
+
+
+_MIXED = ["model.backend=janus", "eval.task=multitask", "data.synthetic.task_mix=0.5"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["adapter.per_task=true", "eval.task=multitask"], "adapter.per_task: backend hf_vlm trains no generation"),
+        ([*_MIXED, "adapter.per_task=true", "federation.strategy.name=fedadam"], "use fedavg, fedprox"),
+        ([*_MIXED, "adapter.per_task=true", "finetune.strategy=connector"], "adapter.per_task: not with finetune."),
+        ([*_MIXED, "adapter.per_task=true", "adapter.freeze_a=true"], "adapter.per_task: not with adapter.freeze_a"),
+        (
+            [*_MIXED, "adapter.per_task=true", "privacy.level=client", "privacy.noise_multiplier=1"],
+            "adapter.per_task: not with privacy.level",
+        ),
+        (
+            [*_MIXED, "adapter.per_task=true", "federation.compression.codec=int8"],
+            "adapter.per_task: not with federation.compression.codec",
+        ),
+        (["model.backend=janus", "adapter.per_task=true"], "adapter.per_task: set eval.task=multitask (got vqa)"),
+        (["data.tasks=[[vqa],[t2x],[vqa],[vqa]]"], "data.tasks[1]: unknown task(s) ['t2x']"),
+        (["data.tasks=[[vqa],[vqa]]"], "data.tasks: 2 lists for federation.num_clients=4"),
+        (["data.tasks=[[vqa],[],[vqa],[vqa]]"], "data.tasks[1]: client 1 holds no task"),
+        (["train.task_loss_weights={vqa: 0}"], "train.task_loss_weights.vqa: must be a finite number > 0"),
+        (["train.task_loss_weights={vqa: -1}"], "train.task_loss_weights.vqa: must be a finite number > 0"),
+        (["train.task_loss_weights={t3i: 1}"], "train.task_loss_weights: unknown task 't3i'"),
+        (["data.synthetic.task=t2i", "data.synthetic.task_mix=0.5"], "data.synthetic.task_mix: mixes vqa and t2i"),
+        (["data.synthetic.task_mix=1.5"], "data.synthetic.task_mix"),
+    ],
+)
+def test_mixed_federation_problems_are_one_line_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, overrides)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_mixed_per_task_config_loads():
+    config = load_run_config(
+        None,
+        [
+            *_MIXED,
+            "adapter.per_task=true",
+            "data.tasks=[[vqa],[vqa],[t2i],[vqa,t2i]]",
+            "train.task_loss_weights={t2i: 0.5}",
+        ],
+    )
+    assert config.adapter.per_task and config.data.tasks[3] == ["vqa", "t2i"]
+    assert config.train.loss_weight("t2i") == 0.5 and config.train.loss_weight("vqa") == 1.0

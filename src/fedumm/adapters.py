@@ -3,6 +3,9 @@
 * ``get_adapter_state`` returns detached CPU copies of the trainable tensors under canonical
   keys: no ``base_model.model.`` wrapper prefix and no adapter name, e.g.
   ``model.language_model.layers.0.self_attn.q_proj.lora_A.weight``.
+* With per-task adapters (``adapter.per_task``) the model holds two peft adapters,
+  ``understanding`` and ``generation``; their keys keep the adapter name
+  (``...q_proj.lora_A.generation.weight``), so each adapter's tensors are told apart on the wire.
 * ``set_adapter_state`` is strict: missing keys, unexpected keys and shape mismatches raise
   ``AdapterStateError`` naming them, and nothing is written unless every key matches.
 """
@@ -24,6 +27,28 @@ from fedumm.types import State, check_state_matches, describe_keys
 
 _WRAPPER_PREFIX = "base_model.model."
 
+#: The peft adapter of a single-adapter run (its name never appears in canonical keys).
+DEFAULT_ADAPTER = "default"
+#: Per-task adapters (adapter.per_task, FedUMM's per-modality adapters): one for understanding
+#: tasks, one for generation tasks, on the same frozen base.
+UNDERSTANDING_ADAPTER, GENERATION_ADAPTER = "understanding", "generation"
+TASK_ADAPTERS = (UNDERSTANDING_ADAPTER, GENERATION_ADAPTER)
+#: The tasks whose rows train (and are evaluated with) the generation adapter.
+GENERATION_TASKS = frozenset({"t2i"})
+
+
+def adapter_of_task(task: str) -> str:
+    """The per-task adapter a row of ``task`` trains: generation for text-to-image, else understanding."""
+    return GENERATION_ADAPTER if task in GENERATION_TASKS else UNDERSTANDING_ADAPTER
+
+
+def adapter_of_key(key: str) -> str | None:
+    """The per-task adapter a canonical LoRA key belongs to (None: not a per-task adapter's key)."""
+    for name in TASK_ADAPTERS:
+        if f".lora_A.{name}." in key or f".lora_B.{name}." in key:
+            return name
+    return None
+
 
 def matching_module_names(model: torch.nn.Module, targets: str) -> list[str]:
     """Module names ``targets`` matches the way peft matches a string ``target_modules``
@@ -33,9 +58,17 @@ def matching_module_names(model: torch.nn.Module, targets: str) -> list[str]:
 
 
 def apply_lora(
-    model: torch.nn.Module, config: AdapterConfig, targets: str | None, modules_to_save: list[str] | None = None
+    model: torch.nn.Module,
+    config: AdapterConfig,
+    targets: str | None,
+    modules_to_save: list[str] | None = None,
+    adapter_names: Sequence[str] = (DEFAULT_ADAPTER,),
 ):
     """Wrap a frozen model with LoRA adapters on the modules ``targets`` (a regex) matches.
+
+    ``adapter_names``: one peft adapter per name, the same LoRA layout each (per-task adapters:
+    ``TASK_ADAPTERS``); the first is active. Their A factors are drawn one after the other from
+    torch's generator, so a seeded run gives every party the same initial adapters.
 
     ``modules_to_save`` (full module names) get a trainable copy that peft saves with the
     adapter, so fully trained groups such as the connector travel in the PEFT format too.
@@ -55,7 +88,12 @@ def apply_lora(
         modules_to_save=modules_to_save or None,
     )
     try:
-        return get_peft_model(model, lora)
+        wrapped = get_peft_model(model, lora, adapter_name=adapter_names[0])
+        if len(adapter_names) > 1:
+            for name in adapter_names[1:]:
+                wrapped.add_adapter(name, copy.deepcopy(lora))
+            wrapped.set_adapter(adapter_names[0])
+        return wrapped
     except ValueError as exc:
         if targets is not None and not matching_module_names(model, targets):
             raise ConfigError(
@@ -65,7 +103,17 @@ def apply_lora(
         raise ConfigError(f"adapter.target_modules: peft cannot add LoRA on {targets!r}: {exc}") from exc
 
 
-def canonical_key(name: str, adapter_name: str = "default") -> str:
+def activate_adapter(model: torch.nn.Module, name: str) -> None:
+    """Route the forward pass through peft adapter ``name``, leaving every parameter's
+    ``requires_grad`` as it was (peft's ``set_adapter`` would freeze the other adapters, and
+    what trains is the round plan's business, ``ModelHost.configure``)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.set_adapter(name)
+    for param in trainable:
+        param.requires_grad_(True)
+
+
+def canonical_key(name: str, adapter_name: str = DEFAULT_ADAPTER) -> str:
     """Parameter name inside a PeftModel -> the key used on the wire and in checkpoints:
     no wrapper prefix, no adapter name, and a modules_to_save copy named like its module."""
     name = name.removeprefix(_WRAPPER_PREFIX)
@@ -264,9 +312,20 @@ def _replace_lora(model: torch.nn.Module, path: str, factors: Mapping[str, torch
 
 def load_adapter(base: torch.nn.Module, path: str):
     """``PeftModel.from_pretrained(base, path)`` plus the in-place parameters of ``IN_PLACE_FILE``
-    (strict: a key the model lacks, or a shape mismatch, is an error and nothing is written)."""
+    (strict: a key the model lacks, or a shape mismatch, is an error and nothing is written).
+    A per-task folder (peft saves each named adapter in its own subfolder, ``<path>/understanding``
+    and ``<path>/generation``) loads both adapters, understanding active."""
     from peft import PeftModel  # noqa: PLC0415 (heavy: loads transformers)
 
+    folder = Path(path)
+    if not (folder / "adapter_config.json").is_file() and all(
+        (folder / name / "adapter_config.json").is_file() for name in TASK_ADAPTERS
+    ):
+        model = PeftModel.from_pretrained(base, str(folder / TASK_ADAPTERS[0]), adapter_name=TASK_ADAPTERS[0])
+        for name in TASK_ADAPTERS[1:]:
+            model.load_adapter(str(folder / name), adapter_name=name)
+        model.set_adapter(TASK_ADAPTERS[0])
+        return model
     model = PeftModel.from_pretrained(base, path)
     extra = Path(path) / IN_PLACE_FILE
     if extra.is_file():

@@ -137,6 +137,15 @@ class AdapterConfig(Section):
         description="FFA-LoRA (Sun et al. 2024): LoRA A stays at its seeded initialisation, only B trains and "
         "travels, so FedAvg of B is the exact average of the products B_k A.",
     )
+    per_task: bool = Field(
+        False,
+        description="Per-task adapters (FedUMM's per-modality adapters): two LoRA adapters of the same layout on the "
+        "one frozen base, 'understanding' (every task but t2i) and 'generation' (t2i); each batch holds one task "
+        "and runs through its task's adapter. Both travel (keys ...lora_A.<adapter>.weight) with the rows each "
+        "trained this round; the server averages each adapter over the clients that trained it, weighted by "
+        "those rows only, and an adapter nobody trained keeps its value. Needs finetune.strategy=lora and a "
+        "strategy with per-key weights (fedavg, fedprox).",
+    )
 
     @model_validator(mode="after")
     def _check_client_ranks(self) -> AdapterConfig:
@@ -502,6 +511,28 @@ class TrainConfig(Section):
         "(classifier-free guidance training, Janus's 0.1); seeded per local run.",
     )
 
+    task_loss_weights: dict[str, float] | None = Field(
+        None,
+        description="Per-task loss weights, e.g. {vqa: 1.0, t2i: 0.5}: a batch's loss (every batch holds one "
+        "task) is multiplied by its task's weight (> 0); tasks left out weigh 1; keys are tasks of "
+        "fedumm.metrics.TASKS (a row's task: its task column, else eval.default_task, else eval.task; vqa "
+        "under multitask). null = 1 for every task.",
+    )
+
+    @field_validator("task_loss_weights")
+    @classmethod
+    def _check_task_loss_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for task, weight in (value or {}).items():
+            if task not in TASKS:
+                raise ValueError(f"train.task_loss_weights: unknown task {task!r}; expected some of {', '.join(TASKS)}")
+            if not weight > 0 or not math.isfinite(weight):
+                raise ValueError(f"train.task_loss_weights.{task}: must be a finite number > 0, got {weight}")
+        return value
+
+    def loss_weight(self, task: str) -> float:
+        """The loss weight of a batch of ``task`` (``task_loss_weights``; 1 when unlisted)."""
+        return float((self.task_loss_weights or {}).get(task, 1.0))
+
     @model_validator(mode="after")
     def _check_optimizer(self) -> TrainConfig:
         if self.optimizer != "sgd" and self.momentum:
@@ -829,6 +860,8 @@ class RunConfig(Section):
                 f"federation.compression.codec={federation.compression.codec}: not with adapter.client_ranks yet "
                 "(a rank-r_k reply's delta has its own shapes; the codecs encode the global adapter's)"
             )
+        self._check_per_task()
+        self._check_data_tasks()
         if self.federation.resume_from and self.engine.name == "nvflare":
             # The FLARE controller builds its server through Server.from_config, but its round
             # loop and run-folder copy do not continue a run yet.
@@ -837,6 +870,46 @@ class RunConfig(Section):
                 "engine.name=simulation (it reads checkpoints of FLARE runs too)"
             )
         return self
+
+    def _check_per_task(self) -> None:
+        """adapter.per_task: the combinations it cannot serve, one line naming the keys."""
+        if not self.adapter.per_task:
+            return
+        refused = {
+            "finetune.strategy": self.finetune.strategy != "lora",
+            "adapter.client_ranks": self.adapter.client_ranks is not None,
+            "adapter.freeze_a": self.adapter.freeze_a,
+            "privacy.level": self.privacy.level != "none",
+            "privacy.secure_aggregation": self.privacy.secure_aggregation is not None,
+            "federation.mode=one_shot": self.federation.mode == "one_shot",
+            "federation.compression.codec": self.federation.compression.codec != "none",
+        }
+        clashing = [key for key, clash in refused.items() if clash]
+        if clashing:
+            raise ValueError(
+                f"adapter.per_task: not with {', '.join(clashing)} (the per-task adapters train LoRA only and are "
+                "averaged per adapter over plain, one-by-one client updates)"
+            )
+        if self.eval.task != MULTITASK:
+            raise ValueError(
+                f"adapter.per_task: set eval.task={MULTITASK} (got {self.eval.task}): each task is then scored "
+                "with its own adapter and metrics"
+            )
+
+    def _check_data_tasks(self) -> None:
+        """data.tasks: one list per client, of tasks the run knows."""
+        tasks = self.data.tasks
+        if tasks is None:
+            return
+        if len(tasks) != self.federation.num_clients:
+            raise ValueError(
+                f"data.tasks: {len(tasks)} lists for federation.num_clients={self.federation.num_clients} "
+                "(one list of tasks per client)"
+            )
+        for cid, held in enumerate(tasks):
+            unknown = [t for t in held if t not in TASKS]
+            if unknown:
+                raise ValueError(f"data.tasks[{cid}]: unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -151,8 +151,37 @@ def _check_ranks(config: RunConfig) -> None:
         )
 
 
+def _check_tasks(config: RunConfig) -> None:
+    """Per-task adapters against the backend and the strategy. (Text-to-image rows for a backend
+    that cannot train them are refused where rows meet the model, ``ModelHost.train``: the data
+    commands, e.g. ``fedumm partition``, take any backend.)"""
+    backend = get_backend(config.model.backend)
+    if not config.adapter.per_task:
+        return
+    if not backend.supports_generation:
+        raise ConfigError(
+            f"adapter.per_task: backend {config.model.backend} trains no generation task, so its generation "
+            "adapter would never train; set adapter.per_task=false"
+        )
+    name = config.federation.strategy.name
+    if not STRATEGIES[name].per_key_weights:
+        able = ", ".join(n for n, cls in sorted(STRATEGIES.items()) if cls.per_key_weights)
+        raise ConfigError(
+            f"adapter.per_task: federation.strategy.name={name} does not weigh each adapter by the clients that "
+            f"trained it; use {able}"
+        )
+
+
 #: Run in order; each raises ``ConfigError`` naming its key.
-CHECKS = (_check_backend, _check_finetune_groups, _check_strategy, _check_mode, _check_privacy, _check_ranks)
+CHECKS = (
+    _check_backend,
+    _check_finetune_groups,
+    _check_strategy,
+    _check_mode,
+    _check_privacy,
+    _check_ranks,
+    _check_tasks,
+)
 
 
 def validate(config: RunConfig, source: str = "<config>") -> RunConfig:

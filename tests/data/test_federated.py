@@ -171,3 +171,48 @@ def test_partition_json_has_per_client_modality_counts_under_a_scenario() -> Non
     for counts in saved:
         assert set(counts) == {BOTH, IMAGE_ONLY, TEXT_ONLY, NEITHER}
         assert all(10 <= n <= 40 for n in counts.values())  # 25 expected, sd 4.3
+
+
+def _mixed_config(tasks, train=100, mix=0.4, **partition):
+    return DataConfig.model_validate(
+        {
+            "synthetic": {"train_samples": train, "test_samples": 10, "task_mix": mix},
+            "partition": {"method": "iid", "min_samples": 4, **partition},
+            "local_test_fraction": 0.0,
+            "tasks": tasks,
+        }
+    )
+
+
+def test_data_tasks_give_each_task_rows_to_its_holders_only():
+    # Prepare: 60 vqa and 40 t2i rows; clients 0, 1 hold vqa, client 2 t2i, client 3 both.
+    config = _mixed_config([["vqa"], ["vqa"], ["t2i"], ["vqa", "t2i"]])
+    # Execute
+    data = build_federated_data(config, num_clients=4, seed=0)
+    # Assert: each client holds only its tasks; every row is placed once; an IID split of
+    # 60 vqa rows over 3 holders gives 20 each, of 40 t2i rows over 2 holders 20 each.
+    tasks = [sorted({r["task"] for r in c.train}) for c in data.clients]
+    assert tasks == [["vqa"], ["vqa"], ["t2i"], ["t2i", "vqa"]]
+    counts = [sum(r["task"] == "t2i" for r in c.train) for c in data.clients]
+    assert counts == [0, 0, 20, 20]
+    assert [len(c.train) for c in data.clients] == [20, 20, 20, 40]
+    assert sum(data.partition.sizes) == 100
+
+
+@pytest.mark.parametrize(
+    ("tasks", "mix", "fragment"),
+    [
+        ([["vqa"], ["vqa"]], 0.4, "data.tasks: the training data has 40 t2i rows but no client holds t2i"),
+        ([["vqa"], ["t2i"]], 0.0, "data.tasks: clients [1] hold 't2i', but the training data has no t2i rows"),
+        ([["vqa"], ["vqa"], ["t2i"]], 0.4, "data.tasks: 3 lists for federation.num_clients=2"),
+    ],
+)
+def test_data_tasks_problems_name_the_key(tasks, mix, fragment):
+    with pytest.raises((DataError, ConfigError)) as info:
+        build_federated_data(_mixed_config(tasks, mix=mix), num_clients=2, seed=0)
+    assert fragment in str(info.value)
+
+
+def test_data_tasks_too_few_rows_for_a_task_names_it():
+    with pytest.raises(DataError, match=r"data.tasks: the 8 t2i rows among clients \[1, 2\]"):
+        build_federated_data(_mixed_config([["vqa"], ["t2i"], ["t2i"]], train=20, mix=0.4, min_samples=5), 3, 0)

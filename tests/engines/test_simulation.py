@@ -591,3 +591,56 @@ def test_every_record_splits_its_round_time(run):
     assert split["train"] == pytest.approx(sum(r["seconds"]["train"] for r in fed))
     assert split["round"] == pytest.approx(result.summary["federated_seconds"])
     assert "federated round time:" in (Path(result.run_dir) / "summary.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """configs/unified_mixed.yaml on a reduced budget: 3 clients (vqa, t2i, both), 2 rounds."""
+    out = tmp_path_factory.mktemp("runs")
+    config = load_run_config(
+        Path(__file__).parents[2] / "configs" / "unified_mixed.yaml",
+        [
+            "model.device=cpu",
+            "federation.num_clients=3",
+            "federation.rounds=2",
+            "data.tasks=[[vqa],[t2i],[vqa,t2i]]",
+            "data.synthetic.train_samples=64",
+            "data.synthetic.test_samples=10",
+            "train.batch_size=8",
+            "train.local_steps=4",
+            "train.lr=0.02",
+            "eval.batch_size=10",
+            "output.progress=false",
+            f"output.dir={out}",
+            "output.name=mixed",
+        ],
+    )
+    return config, simulate(config)
+
+
+def test_a_mixed_federation_scores_both_tasks_and_trains_each_adapter_where_its_rows_are(mixed_run):
+    _, result = mixed_run
+    folder = Path(result.run_dir)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    fed = [r for r in records if r["phase"] == "federated"]
+    # Every round scores both tasks, each with its own metrics: 6 vqa and 4 t2i test rows (task_mix 0.4).
+    for record in fed:
+        by_task = record["global"]["by_task"]
+        assert (by_task["vqa"]["n"], by_task["t2i"]["n"]) == (6, 4)
+        assert "vqa_accuracy" in by_task["vqa"] and "image_token_accuracy" in by_task["t2i"]
+    # The replies say which adapter each client trained: client 0 understanding, client 1 generation.
+    for record in fed[1:]:
+        rows = {
+            c: (m["trained_rows.understanding"], m["trained_rows.generation"])
+            for c, m in record["client_metrics"].items()
+        }
+        assert rows["0"][1] == 0 and rows["0"][0] > 0
+        assert rows["1"][0] == 0 and rows["1"][1] > 0
+        assert rows["2"][0] > 0 and rows["2"][1] > 0
+    # The generation adapter learns: teacher-forced image-token NLL falls from the untrained model's.
+    first, last = fed[0]["global"]["by_task"]["t2i"], fed[-1]["global"]["by_task"]["t2i"]
+    assert last["image_token_nll"] < first["image_token_nll"] - 0.3
+    assert last["image_token_accuracy"] > first["image_token_accuracy"]
+    # Both adapters are saved in peft's layout for named adapters.
+    for name in ("understanding", "generation"):
+        assert (folder / "adapter" / name / "adapter_config.json").is_file(), name

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from fedumm import codec
+from fedumm.adapters import TASK_ADAPTERS, adapter_of_key, load_adapter
 from fedumm.data.federated import ClientData
 from fedumm.data.geneval import read_geneval_layout
 from fedumm.data.synthetic import make_synthetic_t2i, make_synthetic_vqa
@@ -163,6 +164,119 @@ def test_an_understanding_backend_cannot_generate(tiny_llava_path):
     host = _generation_host(f"model.name_or_path={tiny_llava_path}")
     with pytest.raises(ConfigError, match="model.backend: hf_vlm does not generate images"):
         host.generate_images(["a red square"], seed=0)
+
+
+# ---------------------------------------------------------------- adapter.per_task
+
+
+def _per_task_host() -> tuple:
+    config = load_run_config(
+        None,
+        [
+            "model.backend=janus",
+            "model.device=cpu",
+            "adapter.per_task=true",
+            "adapter.r=4",
+            "adapter.dropout=0.0",
+            "eval.task=multitask",
+            "eval.clients=false",
+            "data.synthetic.task_mix=0.5",
+            "train.local_steps=2",
+            "train.batch_size=2",
+            "train.lr=0.05",
+            "train.weight_decay=0",
+        ],
+    )
+    return config, ModelHost(config)
+
+
+def _vqa_rows(n: int) -> list[dict]:
+    return [dict(row, task="vqa") for row in make_synthetic_vqa(n, seed=3)]
+
+
+def _t2i_rows(n: int) -> list[dict]:
+    return make_synthetic_t2i(n, seed=3, tags={"single_object": 1})
+
+
+def _by_adapter(state: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {name: {} for name in TASK_ADAPTERS}
+    for key, tensor in state.items():
+        out[adapter_of_key(key)][key] = tensor
+    return out
+
+
+def _changed(before: dict, after: dict) -> int:
+    return sum(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture(scope="module")
+def per_task_host():
+    return _per_task_host()
+
+
+@pytest.mark.parametrize(
+    ("rows", "trained", "untouched"),
+    [(_vqa_rows, "understanding", "generation"), (_t2i_rows, "generation", "understanding")],
+)
+def test_a_one_task_client_trains_only_its_tasks_adapter_and_says_so(per_task_host, rows, trained, untouched):
+    # Prepare: the two adapters' keys are told apart by name; the client holds 4 rows of one task.
+    config, host = per_task_host
+    initial = _by_adapter(host.initial_state)
+    assert len(initial["understanding"]) == len(initial["generation"]) > 0
+    client = ClientRuntime(ClientData(0, rows(4), []), host, config)
+    # Execute
+    reply = client.fit(codec.encode_message({"state": host.initial_state}), round_num=1)
+    # Assert: its task's adapter moved, the other is sent exactly as received; the reply counts the rows.
+    sent = _by_adapter(codec.decode_message(reply.payload)["state"])
+    assert _changed(initial[trained], sent[trained]) == len(initial[trained])
+    assert _changed(initial[untouched], sent[untouched]) == 0
+    assert reply.metrics[f"trained_rows.{trained}"] == 4 and reply.metrics[f"trained_rows.{untouched}"] == 0
+    assert host.model.active_adapter == "understanding"
+
+
+def test_per_task_adapters_save_as_two_peft_adapters_plain_peft_loads(per_task_host, tmp_path):
+    from peft import PeftModel
+
+    # Prepare: a client with both tasks trains both adapters.
+    config, host = per_task_host
+    client = ClientRuntime(ClientData(0, _vqa_rows(4) + _t2i_rows(4), []), host, config)
+    reply = client.fit(codec.encode_message({"state": host.initial_state}), round_num=1)
+    assert reply.metrics["trained_rows.understanding"] == 4 and reply.metrics["trained_rows.generation"] == 4
+    batches = {
+        "understanding": host.backend.training_batch(_vqa_rows(2)),
+        "generation": host.backend.training_batch(_t2i_rows(2)),
+    }
+    expected = {}
+    with torch.no_grad():
+        for task, name in (("vqa", "understanding"), ("t2i", "generation")):
+            with host.task_scope(task):
+                expected[name] = host.backend.loss(host.model, batches[name]).item()
+    # Execute: save, then load with plain peft on a fresh base.
+    host.save_pretrained(str(tmp_path / "adapter"))
+    loaded = PeftModel.from_pretrained(
+        host.backend.load(), str(tmp_path / "adapter" / "understanding"), adapter_name="understanding"
+    )
+    loaded.load_adapter(str(tmp_path / "adapter" / "generation"), adapter_name="generation")
+    loaded.eval()
+    # Assert: each adapter gives the host's loss on its task; the two differ (they trained apart).
+    with torch.no_grad():
+        for name, batch in batches.items():
+            loaded.set_adapter(name)
+            assert host.backend.loss(loaded, batch).item() == pytest.approx(expected[name], rel=1e-5)
+    assert expected["understanding"] != pytest.approx(expected["generation"])
+    # fedumm's own loader takes the folder as a whole: both adapters, understanding active.
+    ours = load_adapter(host.backend.load(), str(tmp_path / "adapter"))
+    ours.eval()
+    assert set(ours.peft_config) == {"understanding", "generation"} and ours.active_adapter == "understanding"
+    with torch.no_grad():
+        assert host.backend.loss(ours, batches["understanding"]).item() == pytest.approx(expected["understanding"])
+
+
+def test_a_backend_that_cannot_generate_refuses_t2i_rows_naming_the_key(tiny_llava_path):
+    _, host, _ = _host(tiny_llava_path)
+    rows = _vqa_rows(2) + _t2i_rows(3)
+    with pytest.raises(ConfigError, match=r"model.backend: hf_vlm cannot train text-to-image rows \(c7 holds 3\)"):
+        host.train(rows, host.config.train, 0, None, False, "c7")
 
 
 def test_t2i_evaluation_writes_geneval_folders_and_reconstructs_each_target_once(tmp_path):

@@ -101,6 +101,25 @@ def test_resume_finishes_a_run_killed_before_its_adapter(tmp_path, tiny_llava_pa
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_the_centralized_baseline_of_a_mixed_federation_pools_every_task():
+    from fedumm.federation.job import centralized_config
+
+    config = load_run_config(
+        None,
+        [
+            "model.backend=janus",
+            "eval.task=multitask",
+            "data.synthetic.task_mix=0.5",
+            "data.tasks=[[vqa],[vqa],[t2i],[vqa,t2i]]",
+            "train.local_steps=3",
+        ],
+    )
+    central = centralized_config(config)
+    assert central.data.tasks is None and central.federation.num_clients == 1
+    assert central.train.local_steps == 12  # 3 steps x 4 clients a round
+    assert config.data.tasks == [["vqa"], ["vqa"], ["t2i"], ["vqa", "t2i"]]  # the run's own config is untouched
+
+
 def _t2i(overall: float, colors: float, **extra: float) -> dict:
     return {"task": "t2i", "n": 8, "geneval_overall": overall, "geneval_colors": colors, "geneval_images": 0.5, **extra}
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from fedumm import codec
-from fedumm.config import FederationConfig
+from fedumm.config import FederationConfig, ValidationConfig
 from fedumm.federation import FitReply, Server
+from fedumm.federation.replies import ReplyRules, adapter_keys, check_replies
 from fedumm.strategies import FedAvg
 
 
@@ -272,3 +273,80 @@ def test_restore_keeps_a_fitting_residual(tmp_path):
     fresh, _ = _fedadam_server()
     fresh.restore(read_checkpoint(tmp_path), config, 2)
     assert torch.equal(fresh.resumed.residual_states[1]["w"], torch.tensor([0.5, -0.25]))
+
+
+# ---------------------------------------------------------------- adapter.per_task: each adapter over its contributors
+
+_TASK_A = "m.q_proj.lora_A.understanding.weight"  # task A (understanding)
+_TASK_B = "m.q_proj.lora_A.generation.weight"  # task B (generation)
+
+
+def _per_task_reply(client_id, a, b, understanding_rows, generation_rows):
+    state = {_TASK_A: torch.tensor(a), _TASK_B: torch.tensor(b)}
+    metrics = {"trained_rows.understanding": understanding_rows, "trained_rows.generation": generation_rows}
+    return FitReply(
+        client_id,
+        codec.encode_message({"state": state, "extras": {}}),
+        understanding_rows + generation_rows,
+        metrics,
+    )
+
+
+def _per_task_server():
+    initial = {_TASK_A: torch.zeros(2), _TASK_B: torch.ones(2)}
+    server = Server(FedAvg(), initial, FederationConfig(num_clients=3), seed=0)
+    server.per_task = True
+    return server
+
+
+def test_per_task_adapters_are_averaged_over_their_contributors_only():
+    # Prepare: clients 0 and 1 train task A only (2 and 6 rows); client 2 trains task B only (5 rows)
+    # and sends A unchanged, clients 0 and 1 send B unchanged (the global [1, 1]).
+    server = _per_task_server()
+    replies = [
+        _per_task_reply(0, [4.0, 0.0], [1.0, 1.0], 2, 0),
+        _per_task_reply(1, [0.0, 8.0], [1.0, 1.0], 6, 0),
+        _per_task_reply(2, [0.0, 0.0], [3.0, -5.0], 0, 5),
+    ]
+    # Execute
+    new = server.aggregate(replies, round_num=1)
+    # Assert: A = (2*[4,0] + 6*[0,8]) / 8 = [1, 6], client 2's 5 rows do not dilute it;
+    # B = client 2's own [3, -5] (plain FedAvg over all three would give A = [8/13, 48/13]).
+    assert torch.allclose(new[_TASK_A], torch.tensor([1.0, 6.0]))
+    assert torch.allclose(new[_TASK_B], torch.tensor([3.0, -5.0]))
+
+
+def test_an_adapter_nobody_trained_keeps_its_global_value():
+    server = _per_task_server()
+    replies = [_per_task_reply(0, [2.0, 2.0], [1.0, 1.0], 3, 0), _per_task_reply(1, [4.0, 0.0], [1.0, 1.0], 1, 0)]
+    new = server.aggregate(replies, round_num=1)
+    assert torch.allclose(new[_TASK_A], torch.tensor([2.5, 1.5]))  # (3*[2,2] + 1*[4,0]) / 4
+    assert torch.equal(new[_TASK_B], torch.ones(2))
+
+
+def test_a_client_training_both_adapters_weighs_each_by_its_own_rows():
+    server = _per_task_server()
+    replies = [_per_task_reply(0, [3.0, 3.0], [0.0, 0.0], 1, 3), _per_task_reply(1, [0.0, 0.0], [4.0, 4.0], 2, 1)]
+    new = server.aggregate(replies, round_num=1)
+    assert torch.allclose(new[_TASK_A], torch.tensor([1.0, 1.0]))  # (1*3 + 2*0) / 3
+    assert torch.allclose(new[_TASK_B], torch.tensor([1.0, 1.0]))  # (3*0 + 1*4) / 4
+
+
+@pytest.mark.parametrize(
+    ("metrics", "fragment"),
+    [
+        ({"trained_rows.understanding": 2}, "trained_rows.generation is None"),
+        ({"trained_rows.understanding": 2, "trained_rows.generation": 1.5}, "trained_rows.generation is 1.5"),
+        ({"trained_rows.understanding": 2, "trained_rows.generation": 2}, "do not add up to the sample count 2"),
+        ({"trained_rows.understanding": 0, "trained_rows.generation": 2}, "adapter 'understanding' changed"),
+    ],
+)
+def test_a_per_task_reply_with_wrong_trained_rows_is_rejected(metrics, fragment):
+    server = _per_task_server()
+    state = {_TASK_A: torch.tensor([5.0, 5.0]), _TASK_B: torch.ones(2)}
+    reply = FitReply(0, codec.encode_message({"state": state, "extras": {}}), 2, metrics)
+    shapes = {k: (2,) for k in state}
+    rules = ReplyRules(shapes, {}, "", True, adapters=adapter_keys(list(shapes)))
+    updates, rejected = check_replies([reply], rules, server.global_state, ValidationConfig())
+    assert updates == []
+    assert fragment in rejected[0]

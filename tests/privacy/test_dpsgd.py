@@ -131,6 +131,7 @@ class LinearHost:
     """The slice of ModelHost that ClientRuntime.fit uses, over one nn.Linear."""
 
     local_units: list[str] = []
+    per_task = False
 
     def __init__(self):
         self.model, self.backend = linear_model(), LinearBackend()

@@ -40,6 +40,7 @@ class ToyHost:
     """The slice of ModelHost that ClientRuntime.fit uses, over ToyModel's one tensor 'w'."""
 
     local_units: list[str] = []
+    per_task = False
 
     def __init__(self, size: int):
         self.model, self.backend = ToyModel(size), ToyBackend()

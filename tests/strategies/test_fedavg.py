@@ -49,3 +49,25 @@ def test_mismatched_client_states_fail_before_arithmetic(second, fragment):
 def test_bad_weights_rejected():
     with pytest.raises(ValueError, match="positive sum"):
         weighted_average([{"w": torch.zeros(1)}], [0])
+
+
+def test_per_key_weights_average_each_key_over_the_updates_that_trained_it():
+    # Prepare: key "a" trained by clients 0 (1 row) and 1 (3 rows); key "b" by client 2 only.
+    global_state = {"a": torch.tensor([0.0]), "b": torch.tensor([10.0])}
+    updates = [
+        ClientUpdate(0, 1, {"a": torch.tensor([4.0]), "b": torch.tensor([10.0])}, key_samples={"a": 1, "b": 0}),
+        ClientUpdate(1, 3, {"a": torch.tensor([8.0]), "b": torch.tensor([10.0])}, key_samples={"a": 3, "b": 0}),
+        ClientUpdate(2, 2, {"a": torch.tensor([0.0]), "b": torch.tensor([-2.0])}, key_samples={"a": 0, "b": 2}),
+    ]
+    # Execute
+    new = FedAvg().aggregate(global_state, updates, round_num=1)
+    # Assert: a = (1*4 + 3*8) / 4 = 7; b = client 2's -2 (not (10 + 30 - 4) / 6 = 6).
+    assert new["a"].item() == pytest.approx(7.0)
+    assert new["b"].item() == pytest.approx(-2.0)
+
+
+def test_a_key_no_update_trained_keeps_the_global_value():
+    global_state = {"a": torch.tensor([1.5], dtype=torch.float64)}
+    updates = [ClientUpdate(0, 4, {"a": torch.tensor([9.0], dtype=torch.float64)}, key_samples={"a": 0})]
+    new = FedAvg().aggregate(global_state, updates, round_num=1)
+    assert new["a"].item() == 1.5 and new["a"].dtype == torch.float64

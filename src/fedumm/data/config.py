@@ -94,6 +94,16 @@ class _DataConfigChecks(Section):
             raise ValueError(f"{unknown_source_message(names)} (got {name!r})")
         return name
 
+    @field_validator("tasks", check_fields=False)
+    @classmethod
+    def _tasks_not_empty(cls, tasks: list[list[str]] | None) -> list[list[str]] | None:
+        for cid, held in enumerate(tasks or []):
+            if not held:
+                raise ValueError(f"data.tasks[{cid}]: client {cid} holds no task; list at least one")
+            if len(set(held)) != len(held):
+                raise ValueError(f"data.tasks[{cid}]: lists a task twice: {held}")
+        return tasks
+
     @model_validator(mode="after")
     def _source_is_located(self) -> _DataConfigChecks:
         # Checked here so a missing path fails with the config, before any loading starts.
@@ -119,6 +129,16 @@ _SHARED_FIELDS: dict[str, Any] = {
             lt=1,
             description="Share of the loaded training rows held out as the global test set when the source has "
             "no test data (hf.test_split, llava_json.test_path or table.test_path null).",
+        ),
+    ),
+    "tasks": (
+        list[list[str]] | None,
+        Field(
+            None,
+            description="Mixed federations: the tasks each client holds, one list per client (e.g. [[vqa], [vqa], "
+            "[t2i], [vqa, t2i]]); each task's rows (a row's task column, vqa when absent) are partitioned "
+            "(data.partition) among the clients that hold it only. Per source, data.<source>.task (and "
+            "data.synthetic.task_mix) sets which rows there are. null = every client draws from all rows.",
         ),
     ),
     "max_image_pixels": (

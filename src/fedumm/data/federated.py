@@ -165,6 +165,48 @@ def _partition(config: DataConfig, train: list[dict], num_clients: int, seed: in
         ) from exc
 
 
+#: The task of a row without a ``task`` column in data.tasks (the understanding rows of the built-in sources).
+UNTAGGED_TASK = "vqa"
+
+
+def row_task(row: dict) -> str:
+    """A row's task for data.tasks: its ``task`` column, ``UNTAGGED_TASK`` when absent."""
+    return str(row.get("task") or UNTAGGED_TASK)
+
+
+def _partition_by_task(config: DataConfig, train: list[dict], tasks: list[list[str]], seed: int) -> list[list[int]]:
+    """data.tasks: each task's rows partitioned (``_partition``) among the clients holding it only;
+    a client's indices are its tasks' parts together, in row order.
+
+    Raises:
+        DataError: naming data.tasks, for a held task without rows or rows of a task nobody holds.
+    """
+    by_task: dict[str, list[int]] = {}
+    for i, row in enumerate(train):
+        by_task.setdefault(row_task(row), []).append(i)
+    held = {task for client in tasks for task in client}
+    orphaned = sorted(set(by_task) - held)
+    if orphaned:
+        counts = ", ".join(f"{len(by_task[t])} {t}" for t in orphaned)
+        raise DataError(f"data.tasks: the training data has {counts} rows but no client holds {', '.join(orphaned)}")
+    parts: list[list[int]] = [[] for _ in tasks]
+    for number, task in enumerate(sorted(held)):
+        holders = [cid for cid, client in enumerate(tasks) if task in client]
+        if task not in by_task:
+            raise DataError(
+                f"data.tasks: clients {holders} hold {task!r}, but the training data has no {task} rows "
+                f"(tasks there: {', '.join(sorted(by_task))})"
+            )
+        rows = [train[i] for i in by_task[task]]
+        try:
+            task_parts = _partition(config, rows, len(holders), seed + 7919 * (number + 1))
+        except DataError as exc:
+            raise DataError(f"data.tasks: the {len(rows)} {task} rows among clients {holders}: {exc}") from exc
+        for cid, part in zip(holders, task_parts):
+            parts[cid] += [by_task[task][j] for j in part]
+    return [sorted(part) for part in parts]
+
+
 def build_federated_data(
     config: DataConfig,
     num_clients: int,
@@ -179,7 +221,8 @@ def build_federated_data(
     The modality scenario (``config.modality``) is applied to the clients' rows before the
     local test split, so a client's local test set lacks what its data lacks; the global
     test set keeps every modality. ``task`` (the run's eval.task) picks the prompts that
-    replace a missing question when a row has no ``task`` column. Client files with
+    replace a missing question when a row has no ``task`` column. With ``data.tasks`` each
+    task's rows are partitioned among the clients that hold it (``_partition_by_task``). Client files with
     per-client test files keep them as the local test splits. Every client keeps at least
     ``data.partition.min_samples`` training rows.
 
@@ -193,7 +236,13 @@ def build_federated_data(
     own_tests = loaded.natural_tests
     if loaded.natural_clients is not None:
         fraction = 0.0 if own_tests is not None else config.local_test_fraction
+        if config.tasks is not None:
+            raise ConfigError(f"data.tasks: not with data.source {config.source} (its files are the clients)")
         parts = _natural_parts(loaded, num_clients, config.partition.min_samples, fraction)
+    elif config.tasks is not None:
+        if len(config.tasks) != num_clients:
+            raise ConfigError(f"data.tasks: {len(config.tasks)} lists for federation.num_clients={num_clients}")
+        parts = _partition_by_task(config, train, config.tasks, seed)
     else:
         parts = _partition(config, train, num_clients, seed)
     labels = column_values(train, config.partition.label_column, "data.partition.label_column")

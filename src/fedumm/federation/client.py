@@ -33,6 +33,10 @@ class ProtocolClient(Protocol):
 #: The random stream of stochastic rounding (federation.compression), apart from training's draws.
 COMPRESSION_STREAM = 0x636F6D70
 
+#: adapter.per_task: the reply metric ``trained_rows.<adapter>`` = the rows that trained that adapter
+#: this round (0: it did not train it, and its tensors are the global ones).
+TRAINED_ROWS_PREFIX = "trained_rows."
+
 #: The reply metrics that say nothing about a client's rows (kept when the server is not trusted).
 PUBLIC_METRICS = (
     "steps",
@@ -149,6 +153,8 @@ class ClientRuntime:
             "train_seconds": result.seconds,
             **(result.privacy or {}),
         }
+        if host.per_task:
+            metrics.update({TRAINED_ROWS_PREFIX + name: n for name, n in host.task_rows(self.data.train).items()})
         eval_start = time.perf_counter()
         if self.config.eval.clients and self.data.test:
             local = host.evaluate(self.data.test, self.config.eval.batch_size)

@@ -14,6 +14,12 @@ import torch
 from PIL import Image
 
 from fedumm.adapters import (
+    DEFAULT_ADAPTER,
+    GENERATION_TASKS,
+    TASK_ADAPTERS,
+    UNDERSTANDING_ADAPTER,
+    activate_adapter,
+    adapter_of_task,
     apply_lora,
     canonical_key,
     copy_state,
@@ -86,7 +92,15 @@ class ModelHost:
                 "module of its own (only parameters trained in place); train lora with it"
             )
         torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
-        self.model = apply_lora(base, config.adapter, targets, list(modules_to_save))
+        #: adapter.per_task: an understanding and a generation adapter, each batch through its task's.
+        self.per_task: bool = config.adapter.per_task
+        names = TASK_ADAPTERS if self.per_task else (DEFAULT_ADAPTER,)
+        self.model = apply_lora(base, config.adapter, targets, list(modules_to_save), adapter_names=names)
+        evaluation = config.eval
+        #: The task of a training row without a task column (loss weights, per-task adapters).
+        self.default_task: str = evaluation.default_task or (
+            evaluation.task if evaluation.task != "multitask" else "vqa"
+        )
         self.model.eval()
         if config.model.compile:
             # The wrapper's forward: training and scoring run compiled; generate calls the inner model, eagerly.
@@ -171,6 +185,27 @@ class ModelHost:
                 weight.copy_(original)
         self.frozen_delta = {k: v.detach().to("cpu", torch.float32).clone() for k, v in delta.items()}
 
+    @contextlib.contextmanager
+    def task_scope(self, task: str) -> Iterator[None]:
+        """Run the model with ``task``'s adapter (adapter.per_task), the adapter active before
+        afterwards; without per-task adapters, nothing changes."""
+        if not self.per_task:
+            yield
+            return
+        previous = self.model.active_adapter
+        activate_adapter(self.model, adapter_of_task(task))
+        try:
+            yield
+        finally:
+            activate_adapter(self.model, previous)
+
+    def task_rows(self, samples: Sequence[dict]) -> dict[str, int]:
+        """adapter.per_task: how many of ``samples`` train each adapter (by its name)."""
+        counts = dict.fromkeys(TASK_ADAPTERS, 0)
+        for row in samples:
+            counts[adapter_of_task(str(row.get("task") or self.default_task))] += 1
+        return counts
+
     def reset_local(self) -> None:
         """Local (never shared) units back to their initial values, as the global model has them."""
         if self.local_units:
@@ -227,11 +262,37 @@ class ModelHost:
         description: str,
         dp: SampleDP | None = None,
     ) -> TrainResult:
+        if not self.backend.supports_generation:
+            t2i = sum(str(row.get("task")) in GENERATION_TASKS for row in samples)
+            if t2i:
+                raise ConfigError(
+                    f"model.backend: {self.backend.name} cannot train text-to-image rows ({description} holds {t2i}); "
+                    "use a generation backend (janus, emu3) or leave t2i rows out (data.tasks, "
+                    "data.synthetic.task_mix, data.<source>.task)"
+                )
         if self.rank < self.lora_rank:
             hooks = RankMask(hooks or LocalHooks(), self.rank)
-        return train_local(
-            self.model, self.backend, samples, config, seed, hooks, progress, description, dp, self.batches.batch
-        )
+        activate = None
+        if self.per_task:  # each batch through its task's adapter; understanding active again afterwards
+            activate = lambda task: activate_adapter(self.model, adapter_of_task(task))  # noqa: E731
+        try:
+            return train_local(
+                self.model,
+                self.backend,
+                samples,
+                config,
+                seed,
+                hooks,
+                progress,
+                description,
+                dp,
+                self.batches.batch,
+                default_task=self.default_task,
+                activate=activate,
+            )
+        finally:
+            if self.per_task:
+                activate_adapter(self.model, UNDERSTANDING_ADAPTER)
 
     @contextlib.contextmanager
     def saving_images(self, directory: Path | None) -> Iterator[None]:
@@ -271,7 +332,10 @@ class ModelHost:
     def row_image_token_metrics(self, rows: Sequence[dict]) -> list[dict | None]:
         """Each row's teacher-forced image-token NLL and top-1 accuracy with the current adapter
         (``Backend.image_token_metrics`` of that row alone); None for a row without a target image."""
-        return [None if _row_key(row) is None else self.backend.image_token_metrics(self.model, [row]) for row in rows]
+        with self.task_scope("t2i"):
+            return [
+                None if _row_key(row) is None else self.backend.image_token_metrics(self.model, [row]) for row in rows
+            ]
 
     def clip_scores(self, images: Sequence, prompts: Sequence[str]) -> list[float] | None:
         """CLIPScore of each image against its prompt with eval.clip_model (loaded once); None when unset."""
@@ -290,9 +354,10 @@ class ModelHost:
             )
         self.model.eval()
         evaluation = self.config.eval
-        return self.backend.generate_images(
-            self.model, prompts, cfg_scale=evaluation.cfg_scale, seed=seed, temperature=evaluation.image_temperature
-        )
+        with self.task_scope("t2i"):
+            return self.backend.generate_images(
+                self.model, prompts, cfg_scale=evaluation.cfg_scale, seed=seed, temperature=evaluation.image_temperature
+            )
 
     def class_choices(self, samples: Sequence[dict]) -> list[str] | None:
         """Classification: the label texts to score, eval.positive_label first, the other
@@ -317,7 +382,7 @@ class ModelHost:
         Raises:
             DataError: naming the row, for a row whose task the run does not score.
         """
-        return self.evaluation.evaluate(self, samples, batch_size)
+        return self.evaluation.evaluate(self, samples, batch_size, scope=self.task_scope)
 
     def predict(self, samples: Sequence[dict], batch_size: int) -> list[str]:
         """The answer of each row with the current adapter, ``batch_size`` rows at a time: generated

@@ -101,6 +101,7 @@ def centralized_config(config: RunConfig) -> RunConfig:
     central.federation.strategy = StrategyConfig()  # plain local training: FedAvg of one client
     central.federation.resume_from = None  # the baseline always trains from the initial adapter
     central.adapter.client_ranks = None  # one client, at the host's rank
+    central.data.tasks = None  # one pooled client holds every task (data.tasks leaves no row unheld)
     central.privacy = PrivacyConfig()  # the pooled baseline is the non-private reference
     central.federation.mode = "rounds"  # one pooled client: its one_shot round would have no ensemble to score
     if central.train.local_steps is not None:

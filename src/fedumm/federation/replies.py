@@ -11,6 +11,10 @@ A reply passes when:
   else the row count the client reported at setup);
 - every metric is a finite number, and the task's local score lies in its range ([0, 1] for a
   bounded metric, >= 0 otherwise);
+- under adapter.per_task, its metrics ``trained_rows.<adapter>`` give, for every per-task adapter,
+  an integer in [0, sample count], together the sample count; each key is then weighed by its
+  adapter's rows (``ClientUpdate.key_samples``), and a reply that trained no rows of an adapter
+  must send that adapter's tensors unchanged;
 - its update norm ``||state - global||_2`` is at most ``federation.validation.max_update_norm``
   (a number, or ``auto`` = ``auto_norm_factor`` x the median norm of the round's otherwise valid
   replies).
@@ -38,10 +42,11 @@ from dataclasses import dataclass, field
 import torch
 
 from fedumm import codec, compression
+from fedumm.adapters import TASK_ADAPTERS, adapter_of_key
 from fedumm.compression import Codec, CompressionError
 from fedumm.config import ValidationConfig
 from fedumm.errors import AdapterStateError
-from fedumm.federation.client import FitReply
+from fedumm.federation.client import TRAINED_ROWS_PREFIX, FitReply
 from fedumm.lowrank import rank_shapes, state_rank, truncate
 from fedumm.strategies import ClientUpdate
 from fedumm.types import DTYPES, State
@@ -102,6 +107,37 @@ class ReplyRules:
 
     compression: Codec | None = None  # federation.compression's codec: replies carry a delta part
     wire_dtype: str = "float32"  # federation.wire_dtype: the dtype of a delta's scales and values
+    #: adapter.per_task: adapter name -> its keys among ``shapes`` (empty: one adapter).
+    adapters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def adapter_keys(keys: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Per-task adapter name -> its keys among ``keys`` (``fedumm.adapters.adapter_of_key``)."""
+    groups: dict[str, list[str]] = {name: [] for name in TASK_ADAPTERS}
+    for key in keys:
+        name = adapter_of_key(key)
+        if name is not None:
+            groups[name].append(key)
+    return {name: tuple(group) for name, group in groups.items()}
+
+
+def _key_samples(
+    metrics: Mapping[str, float], samples: int, rules: ReplyRules, state: State, global_state: State
+) -> dict[str, int]:
+    """adapter.per_task: each key's rows from the reply's ``trained_rows.<adapter>`` metrics."""
+    rows: dict[str, int] = {}
+    for name in rules.adapters:
+        value = metrics.get(TRAINED_ROWS_PREFIX + name)
+        if value is None or value != int(value) or not 0 <= value <= samples:
+            raise Rejected(f"{TRAINED_ROWS_PREFIX}{name} is {value!r}, expected an integer in [0, {samples}]")
+        rows[name] = int(value)
+    if sum(rows.values()) != samples:
+        raise Rejected(f"trained rows per adapter {rows} do not add up to the sample count {samples}")
+    wire = DTYPES[rules.wire_dtype]  # a client sends an untrained adapter as received, at the wire dtype
+    for name, keys in rules.adapters.items():
+        if rows[name] == 0 and any(not torch.equal(state[k].float(), global_state[k].to(wire).float()) for k in keys):
+            raise Rejected(f"adapter {name!r} changed, but {TRAINED_ROWS_PREFIX}{name} is 0")
+    return {key: rows[name] for name, keys in rules.adapters.items() for key in keys}
 
 
 def _header(payload: object) -> tuple[dict, int]:
@@ -219,7 +255,8 @@ def check_reply(reply: FitReply, rules: ReplyRules, global_state: State) -> Clie
     score = metrics.get(rules.score_metric)
     if score is not None and (score < 0 or (rules.score_bounded and score > 1)):
         raise Rejected(f"{rules.score_metric} {score} is outside [0, {1 if rules.score_bounded else 'inf'})")
-    return ClientUpdate(reply.client_id, samples, state, dict(metrics), extras)
+    key_samples = _key_samples(metrics, samples, rules, state, global_state) if rules.adapters else None
+    return ClientUpdate(reply.client_id, samples, state, dict(metrics), extras, key_samples)
 
 
 def update_norm(update: ClientUpdate, global_state: State) -> float:

@@ -13,7 +13,7 @@ from fedumm.config import FederationConfig, RunConfig
 from fedumm.errors import AdapterStateError, ConfigError
 from fedumm.federation.client import FitReply, derive_seed
 from fedumm.federation.privacy import PRIVACY_PREFIX, UNCLIPPED_METRIC, ServerPrivacy, apply_mean_update, plan_privacy
-from fedumm.federation.replies import ReplyRules, check_replies
+from fedumm.federation.replies import ReplyRules, adapter_keys, check_replies
 from fedumm.federation.secure import SecureAggregator
 from fedumm.lowrank import FROZEN_DELTA_PREFIX, state_rank, truncate
 from fedumm.metrics import Evaluation
@@ -46,6 +46,8 @@ class Server:
         self.seed = seed
         self.start_round = 0  # rounds already done: a resumed run continues at start_round + 1
         self.resumed: Checkpoint | None = None  # the checkpoint restored from, if any
+        #: adapter.per_task: replies say which adapters they trained; each is averaged over those clients.
+        self.per_task = False
 
     @classmethod
     def from_config(
@@ -65,6 +67,7 @@ class Server:
         if ranks is not None:
             strategy.set_client_ranks(ranks)
         server = cls(strategy, initial_state, config.federation, config.seed, privacy, secure)
+        server.per_task = config.adapter.per_task
         if config.federation.resume_from:
             server.restore(checkpoint or read_checkpoint(config.federation.resume_from), config, num_clients)
         return server
@@ -200,7 +203,14 @@ class Server:
         shapes = {k: tuple(self.global_state[k].shape) for k in trained_keys}
         ranks = {cid: r for cid in self.strategy.ranks if (r := self.strategy.reply_ranks(cid)) is not None}
         return ReplyRules(
-            shapes, caps, f"local_{task.primary_metric}", task.bounded, ranks, self.codec, self.config.wire_dtype
+            shapes,
+            caps,
+            f"local_{task.primary_metric}",
+            task.bounded,
+            ranks,
+            self.codec,
+            self.config.wire_dtype,
+            adapter_keys(list(shapes)) if self.per_task else {},
         )
 
     def aggregate(
@@ -211,7 +221,15 @@ class Server:
         ``check`` and ``aggregate_updates``, which the round loop uses with the round's own rules)."""
         keys = list(self.global_state) if trained_keys is None else list(trained_keys)
         shapes = {k: tuple(self.global_state[k].shape) for k in keys}
-        rules = ReplyRules(shapes, {}, "", True, compression=self.codec, wire_dtype=self.config.wire_dtype)
+        rules = ReplyRules(
+            shapes,
+            {},
+            "",
+            True,
+            compression=self.codec,
+            wire_dtype=self.config.wire_dtype,
+            adapters=adapter_keys(keys) if self.per_task else {},
+        )
         updates, _ = self.check(replies, rules)
         if updates:
             self.aggregate_updates(updates, round_num)

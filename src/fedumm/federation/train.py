@@ -2,6 +2,11 @@
 accumulation, clipping, autocast on CUDA, deterministic shuffling; under
 ``privacy.level: sample``, DP-SGD (``fedumm.privacy.dpsgd``) instead of the plain step.
 
+Every micro-batch holds rows of one task (the backends refuse mixed batches): a client with
+rows of several tasks (a mixed federation) draws one-task batches in a seeded random order, and
+each batch's loss is multiplied by its task's ``train.task_loss_weights`` entry; with per-task
+adapters the batch first activates its task's adapter (``activate``).
+
 Algorithms that change the local update (FedProx's proximal term, SCAFFOLD's drift
 correction) plug in through ``LocalHooks`` rather than forks of this loop.
 """
@@ -40,6 +45,21 @@ def _micro_batches(num_samples: int, batch_size: int, generator: torch.Generator
             yield order[start : start + batch_size]
 
 
+def _task_micro_batches(tasks: Sequence[str], batch_size: int, generator: torch.Generator):
+    """Endless stream of one-task index batches: per epoch a seeded permutation of the rows, each
+    task's rows in that order cut into batches of ``batch_size``, all tasks' batches in a seeded
+    random order."""
+    names = sorted(set(tasks))
+    while True:
+        order = torch.randperm(len(tasks), generator=generator).tolist()
+        batches = []
+        for name in names:
+            rows = [i for i in order if tasks[i] == name]
+            batches += [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[b]
+
+
 def make_optimizer(params: Sequence[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -67,11 +87,15 @@ class _PlainStep:
     (fp16), the hooks' correction, then global-norm clipping (``train.max_grad_norm``)."""
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, backend: Backend, config: TrainConfig, num_rows: int, seed: int
+        self, optimizer: torch.optim.Optimizer, backend: Backend, config: TrainConfig, tasks: Sequence[str], seed: int
     ):
         self.optimizer, self.backend, self.config = optimizer, backend, config
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16" and backend.device.type == "cuda")
-        self.batches = _micro_batches(num_rows, config.batch_size, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if len(set(tasks)) > 1:
+            self.batches = _task_micro_batches(tasks, config.batch_size, generator)
+        else:  # one task: the plain stream (its draws are those of every single-task run)
+            self.batches = _micro_batches(len(tasks), config.batch_size, generator)
 
     def next_step(self) -> list[list[int]]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -159,10 +183,17 @@ def train_local(
     description: str = "local",
     dp: SampleDP | None = None,
     batches: Callable[[Sequence[dict]], dict[str, torch.Tensor]] | None = None,
+    *,
+    default_task: str = "vqa",
+    activate: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train the model's trainable tensors in place on ``samples``; ``batches`` builds a
     micro-batch's inputs from its rows (default ``backend.training_batch``; the host passes its
     preprocessing cache, ``fedumm.models.batch_cache``).
+
+    Each micro-batch holds one task (a row's ``task`` column, else ``default_task``); its loss is
+    scaled by ``config.loss_weight(task)`` and, given ``activate``, ``activate(task)`` runs first
+    (per-task adapters: route the batch through its task's adapter).
 
     With ``dp`` (``privacy.level: sample``) each step is DP-SGD (``fedumm.privacy.dpsgd``):
     Poisson batches of expected size ``batch_size x grad_accum``, per-row clipping to
@@ -170,6 +201,12 @@ def train_local(
     accountant counts the steps and the result carries ``dp_epsilon`` and ``dp_noise_multiplier``."""
     if not samples:
         raise ValueError("train_local needs at least one sample")
+    tasks = [str(row.get("task") or default_task) for row in samples]
+    if dp is not None and len(set(tasks)) > 1:
+        raise TrainingError(
+            f"{description}: privacy.level=sample draws Poisson batches, which would mix this client's tasks "
+            f"({', '.join(sorted(set(tasks)))}); give each client one task (data.tasks)"
+        )
     hooks = hooks or LocalHooks()
     batches = batches or backend.training_batch
     params = trainable_parameters(model)
@@ -179,7 +216,7 @@ def train_local(
 
     model.train()
     rule = (
-        _PlainStep(optimizer, backend, config, len(samples), seed)
+        _PlainStep(optimizer, backend, config, tasks, seed)
         if dp is None
         else _PrivateStep(model, optimizer, backend, config, dp, len(samples), seed)
     )
@@ -195,9 +232,15 @@ def train_local(
             micro_batches = rule.next_step()
             for i, rows in enumerate(micro_batches):
                 if rows:  # a Poisson batch may draw no row
+                    task = tasks[rows[0]]
+                    if activate is not None:
+                        activate(task)
                     batch = backend.to_device(batches([samples[j] for j in rows]))
+                    weight = config.loss_weight(task)
                     with _autocast(backend, config.precision):
-                        loss = rule.backward(rule.loss(model, batch), hooks.extra_loss(params), len(micro_batches))
+                        task_loss = rule.loss(model, batch)
+                        task_loss = task_loss if weight == 1.0 else task_loss * weight
+                        loss = rule.backward(task_loss, hooks.extra_loss(params), len(micro_batches))
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"{description}: the training loss became {loss.item()} at step {step + 1} of {steps}; "

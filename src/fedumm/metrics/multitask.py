@@ -23,7 +23,8 @@ metrics (CIDEr-D, about 0..10) enter as they are: the score is then not a fracti
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,12 +99,20 @@ class Evaluation:
             groups[self.task_of(row, i)].append(row)
         return {name: group for name, group in groups.items() if group}
 
-    def evaluate(self, host: EvalHost, rows: Sequence[dict], batch_size: int) -> dict[str, Any]:
-        """Each task's rows evaluated by their task, combined (module docstring); no rows: n 0, score 0."""
-        parts = {
-            name: self.tasks[name].evaluate(host, group, batch_size, self.options)
-            for name, group in self.split(rows).items()
-        }
+    def evaluate(
+        self,
+        host: EvalHost,
+        rows: Sequence[dict],
+        batch_size: int,
+        scope: Callable[[str], AbstractContextManager] | None = None,
+    ) -> dict[str, Any]:
+        """Each task's rows evaluated by their task, combined (module docstring); no rows: n 0, score 0.
+        ``scope(task)``, when given, is entered around each task's evaluation (per-task adapters:
+        the host runs the task's own adapter)."""
+        parts = {}
+        for name, group in self.split(rows).items():
+            with scope(name) if scope is not None else nullcontext():
+                parts[name] = self.tasks[name].evaluate(host, group, batch_size, self.options)
         return self.combine(parts)
 
     def combine(self, parts: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

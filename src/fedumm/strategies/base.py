@@ -31,6 +31,13 @@ class ClientUpdate:
     state: State  # the client's trained tensors (weights, not deltas), canonical keys
     metrics: dict[str, float] = field(default_factory=dict)
     extras: State = field(default_factory=dict)  # algorithm-specific tensors (e.g. SCAFFOLD's delta c)
+    #: Per-task adapters (adapter.per_task): the rows behind each key this round, 0 for a key of an
+    #: adapter the client did not train (its tensor is the global one); a key it lacks, or None: num_samples.
+    key_samples: dict[str, int] | None = None
+
+    def weight_of(self, key: str) -> float:
+        """The sample weight of this update's ``key`` (``key_samples``, else ``num_samples``)."""
+        return float((self.key_samples or {}).get(key, self.num_samples))
 
 
 def check_same_keys(states: Sequence[Mapping[str, torch.Tensor]], what: str = "client state") -> None:
@@ -70,6 +77,35 @@ def check_updates(global_state: Mapping[str, torch.Tensor], updates: Sequence[Cl
     for update in updates:
         check_state_matches(global_state, update.state, f"client {update.client_id} state")
     return [update.state for update in updates]
+
+
+def contributor_average(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> State:
+    """Per key, the sample-weighted mean over the updates that trained it (FedUMM's per-modality
+    adapters aggregated over their contributors):
+
+        theta[key] = sum_{k in C(key)} n_k(key) theta_k[key] / sum_{k in C(key)} n_k(key),
+
+    with n_k(key) = ``ClientUpdate.weight_of(key)`` and C(key) the updates whose weight is > 0; a
+    key nobody trained this round keeps its ``global_state`` value. With no ``key_samples`` this
+    is ``weighted_average`` by num_samples. Float32 accumulation, cast to the global dtype."""
+    if not updates:
+        raise ValueError("contributor_average needs at least one update")
+    check_same_keys([u.state for u in updates])
+    out: State = {}
+    for key, ref in updates[0].state.items():
+        weights = [u.weight_of(key) for u in updates]
+        if any(w < 0 for w in weights):
+            raise ValueError(f"negative sample weight for {key!r}: {weights}")
+        total = sum(weights)
+        if total == 0:
+            out[key] = global_state[key].clone()
+            continue
+        acc = torch.zeros(ref.shape, dtype=torch.float32)
+        for update, weight in zip(updates, weights):
+            if weight:
+                acc.add_(update.state[key].to(torch.float32), alpha=weight / total)
+        out[key] = acc.to((global_state[key] if key in global_state else ref).dtype)
+    return out
 
 
 def deltas(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> list[State]:
@@ -161,6 +197,9 @@ class Strategy(ABC):
     needs_individual_updates: ClassVar[str | None] = None
     #: The rule aggregates LoRA factors of different ranks (adapter.client_ranks below adapter.r).
     rank_aware: ClassVar[bool] = False
+    #: The rule weighs each key by the updates that trained it (``ClientUpdate.key_samples``), as
+    #: adapter.per_task needs; a rule without it would average untrained adapters in.
+    per_key_weights: ClassVar[bool] = False
     #: The federation.mode values it runs in (a one-shot combiner: one_shot only).
     modes: ClassVar[tuple[str, ...]] = ("rounds",)
 

@@ -75,3 +75,14 @@ def test_t2i_rows_split_by_colour_with_dirichlet() -> None:
     assert all(r["task"] == "t2i" for r in skewed.pooled_train) and len(skewed.global_test) == 12
     assert sum(skewed.partition.sizes) == 240
     assert top_share(skewed) > 0.5 > 0.3 > top_share(even)
+
+
+def test_task_mix_gives_that_share_of_t2i_rows_each_tagged() -> None:
+    config = DataConfig.model_validate({"synthetic": {"train_samples": 50, "test_samples": 11, "task_mix": 0.3}})
+    data = build_federated_data(config.model_copy(update={"local_test_fraction": 0.0}), num_clients=1, seed=1)
+    train = data.clients[0].train
+    # round(0.3 * 50) = 15 t2i rows, the other 35 vqa rows; the test split: round(0.3 * 11) = 3.
+    assert Counter(r["task"] for r in train) == {"vqa": 35, "t2i": 15}
+    assert Counter(r["task"] for r in data.global_test) == {"vqa": 8, "t2i": 3}
+    assert all(r["prompt"] and r["geneval"]["tag"] for r in train if r["task"] == "t2i")
+    assert all(r["question"] and r["multiple_choice_answer"] for r in train if r["task"] == "vqa")

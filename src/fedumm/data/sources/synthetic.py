@@ -34,6 +34,15 @@ class SyntheticDataConfig(Section):
         "out gets no rows.",
     )
 
+    task_mix: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Mixed understanding/generation data: the share of text-to-image rows (round(task_mix x n) of "
+        "train_samples and of test_samples), the others VQA rows, each tagged with its task (vqa, t2i); "
+        "data.tasks says which clients hold which. null = data.synthetic.task alone.",
+    )
+
     @model_validator(mode="after")
     def _check_tags(self) -> SyntheticDataConfig:
         unknown = [t for t in self.t2i_tags if t not in T2I_TAGS]
@@ -44,12 +53,18 @@ class SyntheticDataConfig(Section):
         negative = {t: w for t, w in self.t2i_tags.items() if w < 0}
         if negative or not any(self.t2i_tags.values()):
             raise ValueError(f"data.synthetic.t2i_tags: weights must be >= 0 with one >= 1, got {self.t2i_tags}")
-        if self.task == "t2i" and self.t2i_tags.get("counting", 0) and self.max_count < 2:
+        if self.task_mix is not None and self.task != "vqa":
+            raise ValueError(
+                "data.synthetic.task_mix: mixes vqa and t2i rows itself; leave data.synthetic.task at vqa "
+                f"(got {self.task})"
+            )
+        t2i = self.task == "t2i" or bool(self.task_mix)
+        if t2i and self.t2i_tags.get("counting", 0) and self.max_count < 2:
             raise ValueError(
                 f"data.synthetic.max_count: must be >= 2 for t2i counting prompts (got {self.max_count}); "
                 "raise it or give counting weight 0 in data.synthetic.t2i_tags"
             )
-        if self.task == "t2i" and self.t2i_tags.get("counting", 0) and self.max_count > t2i_capacity(self.image_size):
+        if t2i and self.t2i_tags.get("counting", 0) and self.max_count > t2i_capacity(self.image_size):
             raise ValueError(
                 f"data.synthetic.max_count: {self.max_count} shapes do not fit a {self.image_size} px t2i scene "
                 f"(at most {t2i_capacity(self.image_size)}); lower it or raise data.synthetic.image_size"
@@ -58,7 +73,10 @@ class SyntheticDataConfig(Section):
 
 
 def load(config: SyntheticDataConfig, seed: int) -> LoadedSamples:
-    """The train and test rows of the synthetic task; both splits are drawn from ``seed``."""
+    """The train and test rows of the synthetic task; both splits are drawn from ``seed``. With
+    ``task_mix`` each split is its VQA rows (task "vqa") followed by its t2i rows."""
+    if config.task_mix is not None:
+        return LoadedSamples(*(_mixed(config, n, seed, split) for n, split in _splits(config)))
     if config.task == "t2i":
         kwargs = dict(image_size=config.image_size, max_count=config.max_count, tags=config.t2i_tags)
         train = make_synthetic_t2i(config.train_samples, seed, split="train", **kwargs)
@@ -68,6 +86,30 @@ def load(config: SyntheticDataConfig, seed: int) -> LoadedSamples:
     train = make_synthetic_vqa(config.train_samples, seed, split="train", **kwargs)
     test = make_synthetic_vqa(config.test_samples, seed, split="test", **kwargs)
     return LoadedSamples(train, test)
+
+
+def _splits(config: SyntheticDataConfig) -> list[tuple[int, str]]:
+    return [(config.train_samples, "train"), (config.test_samples, "test")]
+
+
+def _mixed(config: SyntheticDataConfig, num_rows: int, seed: int, split: str) -> list[dict]:
+    """``num_rows`` rows of one split: round(task_mix x num_rows) t2i rows after the VQA rows."""
+    num_t2i = round(float(config.task_mix or 0.0) * num_rows)
+    rows: list[dict] = []
+    if num_rows - num_t2i:
+        vqa = make_synthetic_vqa(
+            num_rows - num_t2i,
+            seed,
+            split=split,
+            image_size=config.image_size,
+            max_count=config.max_count,
+            answer_noise=config.answer_noise,
+        )
+        rows += [dict(row, task="vqa") for row in vqa]
+    if num_t2i:
+        kwargs = dict(image_size=config.image_size, max_count=config.max_count, tags=config.t2i_tags)
+        rows += make_synthetic_t2i(num_t2i, seed, split=split, **kwargs)
+    return rows
 
 
 SPEC = SourceSpec("synthetic", SyntheticDataConfig, load)
