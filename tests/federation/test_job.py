@@ -102,7 +102,15 @@ def test_resume_finishes_a_run_killed_before_its_adapter(tmp_path, tiny_llava_pa
 
 
 def _t2i(overall: float, colors: float, **extra: float) -> dict:
-    return {"task": "t2i", "n": 8, "geneval_overall": overall, "geneval_colors": colors, "geneval_images": 0.5, **extra}
+    return {
+        "task": "t2i",
+        "n": 8,
+        "geneval_overall": overall,
+        "geneval_colors": colors,
+        "geneval_images": 0.5,
+        "geneval_checked": 8,
+        **extra,
+    }
 
 
 def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -> None:
@@ -117,6 +125,8 @@ def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -
         single
         == multi
         == {
+            "images": 8,
+            "geneval_checked": 8,
             "geneval_overall": {"initial": 0.1, "final": 0.6},
             "by_category": {"colors": {"initial": 0.0, "final": 0.75}},
             "vq_ceiling": 0.9,
@@ -126,3 +136,27 @@ def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -
         }
     )
     assert t2i_summary({"task": "vqa", "vqa_accuracy": 0.1}, {"task": "vqa", "vqa_accuracy": 0.2}) == {}
+
+
+def test_t2i_summary_of_rows_the_checker_cannot_score_keeps_the_other_metrics() -> None:
+    from fedumm.federation.job import t2i_summary
+    from fedumm.report import t2i_lines
+
+    # Prepare: 6 images, 2 of them checked (geneval 0.5), image-token accuracy 0.1 -> 0.3; then none checked.
+    initial = {"task": "t2i", "n": 6, "geneval_checked": 2, "geneval_overall": 0.0, "image_token_accuracy": 0.1}
+    final = {"task": "t2i", "n": 6, "geneval_checked": 2, "geneval_overall": 0.5, "image_token_accuracy": 0.3}
+    unchecked = {"task": "t2i", "n": 6, "geneval_checked": 0, "image_token_accuracy": 0.3, "clip_score": 21.5}
+    # Execute
+    some, none = t2i_summary(initial, final), t2i_summary(initial, unchecked)
+    # Assert: the score pairs exist only where rows were checked; the report says how many were.
+    assert some["geneval_overall"] == {"initial": 0.0, "final": 0.5} and some["by_category"] == {}
+    assert (some["images"], some["geneval_checked"]) == (6, 2)
+    assert none == {
+        "images": 6,
+        "geneval_checked": 0,
+        "image_token_accuracy": {"initial": 0.1, "final": 0.3},
+        "clip_score": {"initial": None, "final": 21.5},
+    }
+    lines = t2i_lines(none)
+    assert lines[0].startswith("  GenEval checker: 0 of 6 images checked")
+    assert lines[1:] == ["  teacher-forced image tokens: top-1 accuracy 10.0% -> 30.0%", "  CLIPScore: 21.50"]

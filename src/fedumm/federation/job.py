@@ -227,15 +227,17 @@ def t2i_summary(initial: dict[str, Any], final: dict[str, Any]) -> dict[str, Any
     (``initial``) and final; the VQ-reconstruction ceiling overall and per category; the
     teacher-forced image-token accuracy and NLL and CLIPScore, initial and final, where measured."""
     first, last = _t2i_part(initial), _t2i_part(final)
-    if "geneval_checked" not in last:
+    if not last:
         return {}
 
     def pair(key: str) -> dict[str, float | None]:
         return {"initial": first.get(key), "final": last[key]}
 
     tags = [k.removeprefix("geneval_") for k in last if k.startswith("geneval_") and k not in _GENEVAL_TOTALS]
-    # geneval_checked of n images: the checker scores only rows of its shapes and palette.
-    out: dict[str, Any] = {"images": last["n"], "geneval_checked": last["geneval_checked"]}
+    out: dict[str, Any] = {}
+    if "geneval_checked" in last:
+        # geneval_checked of n images: the checker scores only rows of its shapes and palette.
+        out.update(images=last["n"], geneval_checked=last["geneval_checked"])
     if "geneval_overall" in last:
         out["geneval_overall"] = pair("geneval_overall")
         out["by_category"] = {tag: pair(f"geneval_{tag}") for tag in tags}
