@@ -525,5 +525,8 @@ def test_a_primary_metric_the_rows_cannot_give_is_refused_before_drawing() -> No
     assert host.batches == []
     with pytest.raises(DataError, match=r"^eval.t2i_metric: clip_score needs eval.clip_model"):
         build_evaluation("t2i", t2i_metric="clip_score").evaluate(host, rows[:2], 4)
+    client = [dict(row, client_id=3) for row in rows[2:]]
+    with pytest.raises(DataError, match=r"none of the 2 text-to-image test rows of client 3 can be checked"):
+        build_evaluation("t2i").evaluate(host, client, 4)
     assert t2i_metric_problem("geneval_overall", rows[1:], list(COLORS), clip=False) is None
     assert t2i_metric_problem("geneval_overall", [], list(COLORS), clip=False) is None

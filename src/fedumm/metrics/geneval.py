@@ -502,7 +502,9 @@ def t2i_records(task: Any, host: ImageEvalHost, rows: Sequence[Mapping], batch_s
             primary metric (``t2i_metric_problem``), before anything is generated.
     """
     # clip_score without eval.clip_model is refused by the config; the host's None below says it too.
-    problem = t2i_metric_problem(task.primary_metric, rows, list(host.palette), clip=True)
+    clients = {row.get("client_id") for row in rows}
+    where = f"test rows of client {clients.pop()}" if len(clients) == 1 and None not in clients else "test rows"
+    problem = t2i_metric_problem(task.primary_metric, rows, list(host.palette), clip=True, where=where)
     if problem:
         raise DataError(problem)
     images = host.t2i_images(rows, batch_size)
