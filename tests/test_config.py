@@ -411,3 +411,38 @@ def test_t2i_quickstart_is_tiny_janus_on_synthetic_t2i_split_by_colour() -> None
     # The encoder-free variant the config's comment gives passes the same checks.
     emu3 = ["model.backend=emu3", "finetune.strategy=lora", "finetune.groups={}", "data.synthetic.image_size=64"]
     assert load_run_config(REPO / "configs" / "t2i_quickstart.yaml", emu3).model.backend == "emu3"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["eval.t2i_metric=clip_score"], r"eval\.t2i_metric: clip_score is for text-to-image runs; eval\.task "),
+        (
+            ["model.backend=janus", "eval.task=t2i", "eval.t2i_metric=clip_score"],
+            r"eval\.t2i_metric: clip_score needs eval\.clip_model",
+        ),
+        (["eval.task=t2i", "model.backend=janus", "eval.t2i_metric=fid"], r"eval\.t2i_metric: "),
+        (["eval.geneval_samples=2"], r"eval\.geneval_samples: only with eval\.geneval_prompts"),
+        (["model.backend=janus", "eval.geneval_prompts=p.jsonl", "eval.geneval_samples=0"], r"eval\.geneval_samples"),
+        (["eval.geneval_prompts=p.jsonl"], r"eval\.geneval_prompts: drawing images for GenEval needs a backend that "),
+    ],
+)
+def test_t2i_eval_keys_refused(overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_run_config(None, overrides)
+
+
+def test_t2i_eval_keys_accepted() -> None:
+    config = load_run_config(
+        None,
+        [
+            "model.backend=janus",
+            "eval.task=t2i",
+            "eval.t2i_metric=image_token_accuracy",
+            "eval.geneval_prompts=p.jsonl",
+            "eval.geneval_samples=2",
+        ],
+    )
+    assert config.eval.evaluation().primary_metric == "image_token_accuracy"
+    assert (config.eval.geneval_prompts, config.eval.geneval_samples) == ("p.jsonl", 2)
+    assert load_run_config(None, []).eval.geneval_samples == 4

@@ -602,6 +602,23 @@ class EvalConfig(Section):
         description="t2i: a CLIP checkpoint (a folder saved with save_pretrained, or a hub name) for CLIPScore of "
         "generated images against their prompts (torchmetrics; needs the generation extra); null = off.",
     )
+    t2i_metric: Literal["geneval_overall", "image_token_accuracy", "clip_score"] = Field(
+        "geneval_overall",
+        description="t2i: the primary metric (reported, plotted, compared). geneval_overall: the checker's GenEval "
+        "score over the test rows it can check (synthetic shapes and palette; the run is refused when none can "
+        "be); image_token_accuracy: teacher-forced top-1 accuracy on the rows' target image tokens (rows with a "
+        "target image); clip_score: CLIPScore against the prompt (needs eval.clip_model). Rows the checker cannot "
+        "check are still generated, saved and scored by the other metrics.",
+    )
+    geneval_prompts: str | None = Field(
+        None,
+        description="GenEval's prompt file (evaluation_metadata.jsonl): after the last round the global model draws "
+        "eval.geneval_samples images per prompt into <run>/geneval/official in GenEval's layout, for GenEval's own "
+        "evaluator (the summary prints the command); null = off. Needs a generating backend (janus, emu3).",
+    )
+    geneval_samples: int = Field(
+        4, ge=1, description="Images drawn per prompt of eval.geneval_prompts (GenEval draws 4)."
+    )
 
     @field_validator("task")
     @classmethod
@@ -627,12 +644,18 @@ class EvalConfig(Section):
                 raise ValueError(
                     f"eval.choices: eval.mode score needs at least two distinct answers to score, got {self.choices}"
                 )
+        if self.t2i_metric != "geneval_overall" and "t2i" not in self.evaluation().tasks:
+            raise ValueError(f"eval.t2i_metric: {self.t2i_metric} is for text-to-image runs; eval.task scores no t2i")
+        if self.t2i_metric == "clip_score" and self.clip_model is None:
+            raise ValueError("eval.t2i_metric: clip_score needs eval.clip_model (a CLIP checkpoint)")
+        if self.geneval_samples != 4 and self.geneval_prompts is None:
+            raise ValueError("eval.geneval_samples: only with eval.geneval_prompts (the prompts to draw)")
         return self
 
     def evaluation(self) -> Evaluation:
         """The run's ``fedumm.metrics.Evaluation`` (its tasks, weights, default task, metric options)."""
         options = MetricOptions(positive_label=self.positive_label, box_format=self.box_format)
-        return build_evaluation(self.task, self.task_weights, self.default_task, options)
+        return build_evaluation(self.task, self.task_weights, self.default_task, options, self.t2i_metric)
 
 
 class OutputConfig(Section):

@@ -28,10 +28,17 @@ def t2i_lines(t2i: dict[str, Any] | None, ceiling: bool = True) -> list[str]:
         return fmt(pair["final"]) if pair["initial"] is None else f"{fmt(pair['initial'])} -> {fmt(pair['final'])}"
 
     percent = lambda x: _pct(x).strip()  # noqa: E731
-    lines = [
-        "  GenEval by category (untrained -> final): "
-        + ", ".join(f"{tag} {change(pair, percent)}" for tag, pair in t2i["by_category"].items())
-    ]
+    lines = []
+    if "by_category" in t2i:
+        lines.append(
+            "  GenEval by category (untrained -> final): "
+            + ", ".join(f"{tag} {change(pair, percent)}" for tag, pair in t2i["by_category"].items())
+        )
+    if "images" in t2i and t2i["geneval_checked"] < t2i["images"]:
+        lines.append(
+            f"  GenEval checker: {t2i['geneval_checked']} of {t2i['images']} images checked (the others' classes "
+            "or colours are outside the synthetic shapes; score them with GenEval's evaluator)"
+        )
     if ceiling and "vq_ceiling" in t2i:
         parts = ", ".join(f"{tag} {percent(v)}" for tag, v in t2i["vq_ceiling_by_category"].items())
         overall = percent(t2i["vq_ceiling"])
@@ -131,6 +138,12 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
     if split and split.get("round"):
         parts = ", ".join(f"{k} {v:.1f}" for k, v in split.items() if k != "round")
         lines.append(f"federated round time: {split['round']:.1f} s ({parts} s)")
+    official = summary.get("geneval_official")
+    if official:
+        lines.append(
+            f"GenEval prompts: {official['samples']} images for each of {official['prompts']} prompts in "
+            f"{official['folder']}; score them in a GenEval checkout: {official['command']}"
+        )
     skipped = summary.get("skipped_rows")
     if skipped:  # None (not known) and 0 print nothing
         by_file = ", ".join(f"{name}: {n}" for name, n in (summary.get("skipped_rows_by_file") or {}).items())

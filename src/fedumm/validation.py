@@ -32,6 +32,11 @@ def _check_backend(config: RunConfig) -> None:
             f"eval.task: scoring text-to-image rows (t2i) needs a backend that generates images "
             f"({', '.join(generating)}); model.backend is {config.model.backend!r}"
         )
+    if config.eval.geneval_prompts is not None and not get_backend(config.model.backend).supports_generation:
+        raise ConfigError(
+            f"eval.geneval_prompts: drawing images for GenEval needs a backend that generates images; "
+            f"model.backend is {config.model.backend!r}"
+        )
 
 
 def _check_finetune_groups(config: RunConfig) -> None:

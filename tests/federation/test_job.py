@@ -7,10 +7,12 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from fedumm.errors import ConfigError
 from fedumm.federation.job import open_run, read_resume
 from fedumm.runlog import RunFolder
+from fedumm.types import derive_seed
 from fedumm.validation import load_run_config
 
 
@@ -121,7 +123,15 @@ def test_the_centralized_baseline_of_a_mixed_federation_pools_every_task():
 
 
 def _t2i(overall: float, colors: float, **extra: float) -> dict:
-    return {"task": "t2i", "n": 8, "geneval_overall": overall, "geneval_colors": colors, "geneval_images": 0.5, **extra}
+    return {
+        "task": "t2i",
+        "n": 8,
+        "geneval_overall": overall,
+        "geneval_colors": colors,
+        "geneval_images": 0.5,
+        "geneval_checked": 8,
+        **extra,
+    }
 
 
 def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -> None:
@@ -136,6 +146,8 @@ def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -
         single
         == multi
         == {
+            "images": 8,
+            "geneval_checked": 8,
             "geneval_overall": {"initial": 0.1, "final": 0.6},
             "by_category": {"colors": {"initial": 0.0, "final": 0.75}},
             "vq_ceiling": 0.9,
@@ -145,3 +157,120 @@ def test_t2i_summary_pairs_untrained_and_final_per_category_with_the_ceiling() -
         }
     )
     assert t2i_summary({"task": "vqa", "vqa_accuracy": 0.1}, {"task": "vqa", "vqa_accuracy": 0.2}) == {}
+
+
+def test_t2i_summary_of_rows_the_checker_cannot_score_keeps_the_other_metrics() -> None:
+    from fedumm.federation.job import t2i_summary
+    from fedumm.report import t2i_lines
+
+    # Prepare: 6 images, 2 of them checked (geneval 0.5), image-token accuracy 0.1 -> 0.3; then none checked.
+    initial = {"task": "t2i", "n": 6, "geneval_checked": 2, "geneval_overall": 0.0, "image_token_accuracy": 0.1}
+    final = {"task": "t2i", "n": 6, "geneval_checked": 2, "geneval_overall": 0.5, "image_token_accuracy": 0.3}
+    unchecked = {"task": "t2i", "n": 6, "geneval_checked": 0, "image_token_accuracy": 0.3, "clip_score": 21.5}
+    # Execute
+    some, none = t2i_summary(initial, final), t2i_summary(initial, unchecked)
+    # Assert: the score pairs exist only where rows were checked; the report says how many were.
+    assert some["geneval_overall"] == {"initial": 0.0, "final": 0.5} and some["by_category"] == {}
+    assert (some["images"], some["geneval_checked"]) == (6, 2)
+    assert none == {
+        "images": 6,
+        "geneval_checked": 0,
+        "image_token_accuracy": {"initial": 0.1, "final": 0.3},
+        "clip_score": {"initial": None, "final": 21.5},
+    }
+    lines = t2i_lines(none)
+    assert lines[0].startswith("  GenEval checker: 0 of 6 images checked")
+    assert lines[1:] == ["  teacher-forced image tokens: top-1 accuracy 10.0% -> 30.0%", "  CLIPScore: 21.50"]
+
+
+def _prompt_file(tmp_path):
+    """GenEval's prompt file with three prompts (one naming a COCO class) and a blank line."""
+    lines = [
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
+        {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}], "prompt": "a photo of a red dog"},
+        {
+            "tag": "counting",
+            "include": [{"class": "square", "count": 2}],
+            "exclude": [{"class": "square", "count": 3}],
+            "prompt": "a photo of two squares",
+        },
+    ]
+    path = tmp_path / "evaluation_metadata.jsonl"
+    path.write_text(json.dumps(lines[0]) + "\n\n" + "\n".join(json.dumps(x) for x in lines[1:]) + "\n")
+    return path, lines
+
+
+def test_official_prompts_are_read_before_the_rounds_and_a_bad_file_names_the_key(tmp_path):
+    from fedumm.errors import DataError
+    from fedumm.federation.job import official_prompts
+
+    path, lines = _prompt_file(tmp_path)
+    config = load_run_config(None, ["model.backend=janus", f"eval.geneval_prompts={path}"])
+    # Execute
+    rows = official_prompts(config)
+    # Assert: one row per prompt, numbered as GenEval numbers its folders; no file, no rows.
+    assert [r["prompt"] for r in rows] == [x["prompt"] for x in lines]
+    assert [r["metadata"]["prompt_index"] for r in rows] == [0, 1, 2]
+    assert official_prompts(load_run_config(None, [])) == []
+    missing = config.model_copy(update={"eval": config.eval.model_copy(update={"geneval_prompts": "nope.jsonl"})})
+    with pytest.raises(DataError, match=r"^eval.geneval_prompts: nope.jsonl: file not found"):
+        official_prompts(missing)
+    path.write_text('{"prompt": "x", "tag": "colors", "include": [{"class": "dog"}]}\n')
+    with pytest.raises(DataError, match=r"^eval.geneval_prompts: .*line 1"):
+        official_prompts(config)
+
+
+def test_the_global_test_rows_must_give_the_t2i_metric(tmp_path):
+    from types import SimpleNamespace
+
+    from fedumm.data.synthetic import COLORS, make_synthetic_t2i
+    from fedumm.errors import DataError
+    from fedumm.federation.job import check_t2i_rows
+
+    config = load_run_config(None, ["model.backend=janus", "eval.task=t2i"])
+    host = SimpleNamespace(evaluation=config.eval.evaluation(), palette=COLORS)
+    synthetic = make_synthetic_t2i(2, seed=0)
+    user = [{"prompt": "a lighthouse", "image": synthetic[0]["image"]}, {"prompt": "a boat", "image": None}]
+    # Execute / Assert: one checkable row is enough; user rows only are refused in one line.
+    check_t2i_rows(config, host, [*user, synthetic[0]])
+    with pytest.raises(DataError, match=r"^eval.t2i_metric: geneval_overall, but none of the 2 text-to-image global "):
+        check_t2i_rows(config, host, user)
+    tokens = load_run_config(None, ["model.backend=janus", "eval.task=t2i", "eval.t2i_metric=image_token_accuracy"])
+    check_t2i_rows(tokens, SimpleNamespace(evaluation=tokens.eval.evaluation(), palette=COLORS), user)
+
+
+def test_draw_official_writes_geneval_samples_per_prompt_in_its_layout(tmp_path):
+    from types import SimpleNamespace
+
+    from fedumm.data.geneval import read_geneval_layout
+    from fedumm.federation import ModelHost
+    from fedumm.federation.job import draw_official, official_prompts
+
+    path, lines = _prompt_file(tmp_path)
+    config = load_run_config(
+        None,
+        [
+            "model.backend=janus",
+            "model.device=cpu",
+            "eval.task=t2i",
+            f"eval.geneval_prompts={path}",
+            "eval.geneval_samples=2",
+            "eval.batch_size=2",
+            "eval.image_temperature=1",
+        ],
+    )
+    host = ModelHost(config)
+    prompts = official_prompts(config)
+    # Execute
+    out = draw_official(config, host, SimpleNamespace(path=tmp_path / "run"), prompts)
+    # Assert: GenEval's layout, 2 samples for each of the 3 prompts, each prompt's own metadata line;
+    # sample k of the batch at 0 is the host's image for seed (run seed, 0, stream 8, k).
+    folder = tmp_path / "run" / "geneval" / "official"
+    found = read_geneval_layout(folder)
+    assert [f.index for f in found] == [0, 1, 2] and [f.metadata for f in found] == lines
+    assert [[p.name for p in f.samples] for f in found] == [["0000.png", "0001.png"]] * 3
+    expected = host.generate_images([x["prompt"] for x in lines[:2]], derive_seed(config.seed, 0, 8, 1))
+    assert Image.open(found[1].samples[1]).convert("RGB").tobytes() == expected[1].tobytes()
+    assert Image.open(found[0].samples[0]).tobytes() != Image.open(found[0].samples[1]).tobytes()
+    assert (out["folder"], out["prompts"], out["samples"]) == (str(folder), 3, 2)
+    assert out["command"].startswith(f"python evaluation/evaluate_images.py {folder} --outfile ")

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fedumm.data.rows import GENEVAL_RELATIONS
 from fedumm.data.synthetic import COLORS, T2I_TAGS, make_synthetic_t2i
+from fedumm.errors import ConfigError, DataError
 from fedumm.metrics import MetricOptions, get_task, summarize_task
 from fedumm.metrics.geneval import (
     GENEVAL_TAGS,
@@ -23,6 +24,7 @@ from fedumm.metrics.geneval import (
     relations,
     shape_of,
     summarize,
+    t2i_metric_problem,
 )
 
 SIZE = 64
@@ -308,7 +310,7 @@ def test_metrics_add_the_mean_clip_score_when_present() -> None:
         {"tag": "colors", "correct": False, "clip_score": 20.0},
     ]
     assert metrics(records) == pytest.approx(
-        {"geneval_overall": 0.5, "geneval_colors": 0.5, "geneval_images": 0.5, "clip_score": 25.0}
+        {"geneval_overall": 0.5, "geneval_colors": 0.5, "geneval_images": 0.5, "geneval_checked": 2, "clip_score": 25.0}
     )
 
 
@@ -363,8 +365,6 @@ def test_geneval_records_errors() -> None:
     rows = make_synthetic_t2i(1, seed=0)
     with pytest.raises(ValueError, match="1 rows, 2 image lists"):
         geneval_records(rows, [rows[0]["image"]] * 2, COLORS)
-    with pytest.raises(ValueError, match=r"row 0 \(0-based\) has no 'geneval' metadata \(prompt 'a cat'\)"):
-        geneval_records([{"prompt": "a cat"}], [rows[0]["image"]], COLORS)
     with pytest.raises(ValueError, match=r"row 0 \(0-based\) has 1 images but 2 clip scores"):
         geneval_records(rows, [rows[0]["image"]], COLORS, clip_scores=[[1.0, 2.0]])
 
@@ -445,4 +445,88 @@ def test_t2i_task_records_add_the_vq_ceiling_and_token_weighted_image_token_metr
 
 def test_t2i_metrics_without_references_have_no_ceiling_or_token_keys() -> None:
     summary = metrics([{"tag": "colors", "correct": True, "image_tokens": 0}])
-    assert summary == {"geneval_overall": 1.0, "geneval_colors": 1.0, "geneval_images": 1.0}
+    assert summary == {"geneval_overall": 1.0, "geneval_colors": 1.0, "geneval_images": 1.0, "geneval_checked": 1}
+
+
+def _user_rows() -> list[dict]:
+    """Two synthetic rows (single_object, two_object), a user's prompt/image pair without metadata
+    and a GenEval prompt naming a COCO class (no target image)."""
+    rows = make_synthetic_t2i(2, seed=5)
+    user = {"prompt": "a lighthouse at dusk", "image": rows[0]["image"]}
+    metadata = {"tag": "single_object", "include": [_one("dog", 1)]}
+    dog = {"prompt": "a photo of a dog", "image": None, "geneval": metadata}
+    return [*rows, user, dog]
+
+
+def test_rows_the_checker_cannot_score_keep_token_metrics_and_clip_but_no_verdict() -> None:
+    # Prepare: the model draws row 0 right and the rest black; rows 0..2 have a target (reconstruction
+    # kept as it is); token metrics for rows 0..2; one CLIPScore per row.
+    rows = _user_rows()
+    black = Image.new("RGB", (32, 32))
+    drawn = {r["prompt"]: (r["image"] if i == 0 else black) for i, r in enumerate(rows)}
+    reconstructed = [rows[0]["image"], rows[1]["image"], rows[0]["image"], None]
+    tokens = [
+        {"image_token_nll": 2.0, "image_token_accuracy": 0.5, "tokens": 10},
+        {"image_token_nll": 4.0, "image_token_accuracy": 0.25, "tokens": 10},
+        {"image_token_nll": 6.0, "image_token_accuracy": 0.0, "tokens": 20},
+        None,
+    ]
+    host = ScriptedImageHost(drawn, reconstructed, tokens, clips=[10.0, 20.0, 30.0, 40.0])
+    # Execute
+    records = get_task("t2i").make_records(get_task("t2i"), host, rows, 4)
+    summary = get_task("t2i").summarize(records)
+    # Assert: verdicts only on the two synthetic rows (1 right of 2 -> overall (1 + 0) / 2 = 0.5);
+    # the ceiling over them only (both reconstructions right); tokens over all three targets:
+    # accuracy (0.5*10 + 0.25*10 + 0*20) / 40 = 0.1875, nll (20 + 40 + 120) / 40 = 4.5; CLIPScore over all 4.
+    assert [r["correct"] for r in records] == [True, False, None, None]
+    assert records[2]["reason"] == "not checked: no 'geneval' metadata"
+    assert records[3]["reason"].startswith("not checked: geneval metadata include[0]: class 'dog' cannot be checked")
+    assert [("vq_correct" in r) for r in records] == [True, True, False, False]
+    assert (summary["n"], summary["geneval_checked"], summary["geneval_overall"]) == (4, 2, 0.5)
+    assert summary["vq_ceiling"] == 1.0
+    assert summary["image_token_accuracy"] == pytest.approx(0.1875)
+    assert summary["image_token_nll"] == pytest.approx(4.5)
+    assert summary["clip_score"] == pytest.approx(25.0)
+
+
+def test_t2i_metric_sets_the_primary_metric_of_the_run_only() -> None:
+    from fedumm.metrics import build_evaluation
+
+    rows = _user_rows()[2:3]  # the user's pair: nothing to check, a target image
+    host = ScriptedImageHost({rows[0]["prompt"]: rows[0]["image"]}, [None], [_token(0.75)], clips=[33.0])
+    # Execute
+    single = build_evaluation("t2i", t2i_metric="image_token_accuracy")
+    mixed = build_evaluation("multitask", {"vqa": 1.0, "t2i": 1.0}, t2i_metric="clip_score")
+    summary = single.evaluate(host, rows, 4)
+    # Assert: the run's primary metric; the registered task and the other tasks keep theirs.
+    assert single.primary_metric == "image_token_accuracy" and summary["image_token_accuracy"] == 0.75
+    assert summary["geneval_checked"] == 0 and "geneval_overall" not in summary
+    assert mixed.tasks["t2i"].primary_metric == "clip_score" and mixed.tasks["vqa"].primary_metric == "vqa_accuracy"
+    assert get_task("t2i").primary_metric == "geneval_overall"
+    with pytest.raises(ConfigError, match=r"^eval.t2i_metric: 'fid'; expected one of geneval_overall, "):
+        build_evaluation("t2i", t2i_metric="fid")
+
+
+def _token(accuracy: float) -> dict:
+    return {"image_token_nll": 1.0, "image_token_accuracy": accuracy, "tokens": 4}
+
+
+def test_a_primary_metric_the_rows_cannot_give_is_refused_before_drawing() -> None:
+    from fedumm.metrics import build_evaluation
+
+    rows = _user_rows()
+    host = ScriptedImageHost({r["prompt"]: r["image"] for r in rows[:3]}, [None] * 2, [_token(0.5)] * 2)
+    # Execute / Assert: nothing checkable for geneval_overall; no target image for image_token_accuracy;
+    # no CLIP model for clip_score. Nothing is drawn before the first two refusals.
+    with pytest.raises(DataError, match=r"^eval.t2i_metric: geneval_overall, but none of the 2 text-to-image test "):
+        build_evaluation("t2i").evaluate(host, rows[2:], 4)
+    with pytest.raises(DataError, match=r"none of the 1 text-to-image test rows has a target image"):
+        build_evaluation("t2i", t2i_metric="image_token_accuracy").evaluate(host, rows[3:], 4)
+    assert host.batches == []
+    with pytest.raises(DataError, match=r"^eval.t2i_metric: clip_score needs eval.clip_model"):
+        build_evaluation("t2i", t2i_metric="clip_score").evaluate(host, rows[:2], 4)
+    client = [dict(row, client_id=3) for row in rows[2:]]
+    with pytest.raises(DataError, match=r"none of the 2 text-to-image test rows of client 3 can be checked"):
+        build_evaluation("t2i").evaluate(host, client, 4)
+    assert t2i_metric_problem("geneval_overall", rows[1:], list(COLORS), clip=False) is None
+    assert t2i_metric_problem("geneval_overall", [], list(COLORS), clip=False) is None

@@ -49,6 +49,7 @@ from fedumm.privacy.dpsgd import SampleDP
 from fedumm.types import LocalHooks, State, TrainResult, derive_seed
 
 _IMAGE_STREAM = 7  # derive_seed stream of evaluation image sampling
+_OFFICIAL_STREAM = 8  # derive_seed stream of the images drawn for GenEval's evaluator (eval.geneval_prompts)
 _RECONSTRUCT_BATCH = 32
 
 
@@ -315,6 +316,19 @@ class ModelHost:
         if self._image_dir is not None:
             write_geneval_layout(self._image_dir, rows, [[image] for image in images])
         return images
+
+    def draw_samples(self, rows: Sequence[dict], samples: int, batch_size: int) -> list[list]:
+        """``samples`` images per row's prompt (GenEval draws 4), ``batch_size`` prompts at a
+        time; sample k of the batch at ``start`` is seeded by (run seed, start, k), so the images
+        depend on the adapter only."""
+        drawn: list[list] = [[] for _ in rows]
+        for start in range(0, len(rows), batch_size):
+            prompts = [str(row["prompt"]) for row in rows[start : start + batch_size]]
+            for k in range(samples):
+                seed = derive_seed(self.config.seed, start, _OFFICIAL_STREAM, k)
+                for offset, image in enumerate(self.generate_images(prompts, seed)):
+                    drawn[start + offset].append(image)
+        return drawn
 
     def reconstructions(self, rows: Sequence[dict]) -> list:
         """The VQ encode-decode of each row's target image (None for a row without one): the

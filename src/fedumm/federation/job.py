@@ -19,13 +19,15 @@ from typing import Any
 
 from fedumm.config import PrivacyConfig, RunConfig, StrategyConfig
 from fedumm.data.federated import ClientData
+from fedumm.data.geneval import load_geneval_prompts, write_geneval_layout
 from fedumm.data.partition import save_partition_heatmap
-from fedumm.errors import AdapterStateError, ConfigError
+from fedumm.errors import AdapterStateError, ConfigError, DataError
 from fedumm.federation.host import ModelHost
-from fedumm.federation.loop import TIME_PARTS, Log, PhaseResult, run_rounds
+from fedumm.federation.loop import GENEVAL_FOLDER, TIME_PARTS, Log, PhaseResult, run_rounds
 from fedumm.federation.server import Server
 from fedumm.federation.transport import LocalTransport, SetupInfo, Transport
 from fedumm.metrics import Evaluation
+from fedumm.metrics.geneval import t2i_metric_problem
 from fedumm.models.generation import T2I
 from fedumm.report import format_summary, save_accuracy_plot
 from fedumm.report_html import write_report
@@ -150,7 +152,69 @@ def run_centralized(
 # ---------------------------------------------------------------------------- summary
 
 # geneval_* keys of a t2i evaluation that are not a category's score.
-_GENEVAL_TOTALS = ("geneval_overall", "geneval_images")
+_GENEVAL_TOTALS = ("geneval_overall", "geneval_images", "geneval_checked")
+#: The folder under <run>/geneval where the images for GenEval's own evaluator go (eval.geneval_prompts).
+OFFICIAL_FOLDER = "official"
+
+
+def check_t2i_rows(config: RunConfig, host: ModelHost, test: Sequence[dict]) -> None:
+    """Before any round: the global test rows can produce the text-to-image primary metric
+    (``eval.t2i_metric``; ``metrics.geneval.t2i_metric_problem``).
+
+    Raises:
+        DataError: in one line naming eval.t2i_metric.
+    """
+    evaluation = host.evaluation
+    if T2I not in evaluation.tasks or not test:
+        return
+    rows = evaluation.split(list(test)).get(T2I, [])
+    problem = t2i_metric_problem(
+        evaluation.tasks[T2I].primary_metric,
+        rows,
+        list(host.palette),
+        config.eval.clip_model is not None,
+        "global test rows",
+    )
+    if problem:
+        raise DataError(problem)
+
+
+def official_prompts(config: RunConfig) -> list[dict]:
+    """The rows of eval.geneval_prompts (GenEval's evaluation_metadata.jsonl), read before any
+    round so a bad file fails first; none when unset.
+
+    Raises:
+        DataError: naming eval.geneval_prompts and what is wrong with the file.
+    """
+    if config.eval.geneval_prompts is None:
+        return []
+    try:
+        rows = load_geneval_prompts(config.eval.geneval_prompts).rows
+    except DataError as exc:
+        raise DataError(f"eval.geneval_prompts: {exc}") from None
+    if not rows:
+        raise DataError(f"eval.geneval_prompts: {config.eval.geneval_prompts} holds no prompt")
+    return rows
+
+
+def draw_official(config: RunConfig, host: ModelHost, run: RunFolder, prompts: Sequence[dict]) -> dict[str, Any]:
+    """The host's model draws eval.geneval_samples images per prompt into
+    ``<run>/geneval/official`` in GenEval's layout; returns ``summary.json["geneval_official"]``:
+    the folder, the counts and the commands of GenEval's evaluator (run in a GenEval checkout,
+    with its object detector downloaded by its ``evaluation/download_models.sh``)."""
+    folder = Path(run.path) / GENEVAL_FOLDER / OFFICIAL_FOLDER
+    samples = config.eval.geneval_samples
+    write_geneval_layout(folder, prompts, host.draw_samples(prompts, samples, config.eval.batch_size))
+    results = folder.parent / "official_results.jsonl"
+    return {
+        "folder": str(folder),
+        "prompts": len(prompts),
+        "samples": samples,
+        "command": (
+            f"python evaluation/evaluate_images.py {folder} --outfile {results} --model-path <OBJECT_DETECTOR_FOLDER>"
+            f" && python evaluation/summary_scores.py {results}"
+        ),
+    }
 
 
 def _t2i_part(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -164,17 +228,20 @@ def t2i_summary(initial: dict[str, Any], final: dict[str, Any]) -> dict[str, Any
     (``initial``) and final; the VQ-reconstruction ceiling overall and per category; the
     teacher-forced image-token accuracy and NLL and CLIPScore, initial and final, where measured."""
     first, last = _t2i_part(initial), _t2i_part(final)
-    if "geneval_overall" not in last:
+    if not last:
         return {}
 
     def pair(key: str) -> dict[str, float | None]:
         return {"initial": first.get(key), "final": last[key]}
 
     tags = [k.removeprefix("geneval_") for k in last if k.startswith("geneval_") and k not in _GENEVAL_TOTALS]
-    out: dict[str, Any] = {
-        "geneval_overall": pair("geneval_overall"),
-        "by_category": {tag: pair(f"geneval_{tag}") for tag in tags},
-    }
+    out: dict[str, Any] = {}
+    if "geneval_checked" in last:
+        # geneval_checked of n images: the checker scores only rows of its shapes and palette.
+        out.update(images=last["n"], geneval_checked=last["geneval_checked"])
+    if "geneval_overall" in last:
+        out["geneval_overall"] = pair("geneval_overall")
+        out["by_category"] = {tag: pair(f"geneval_{tag}") for tag in tags}
     if "vq_ceiling" in last:
         out["vq_ceiling"] = last["vq_ceiling"]
         out["vq_ceiling_by_category"] = {tag: last[f"vq_ceiling_{tag}"] for tag in tags if f"vq_ceiling_{tag}" in last}
@@ -341,6 +408,9 @@ def run_job(
     the adapter(s) and the summary. ``server`` may be resumed (``Server.from_config``); one resumed
     after its last round (``fedumm run --resume`` of a finished run, or of one killed before its
     adapter was written) trains nothing and writes the adapter from its checkpoint's global state."""
+    # Fail before any round: a primary metric the test rows cannot give, a bad GenEval prompt file.
+    check_t2i_rows(config, host, eval_rows(config, global_test))
+    prompts = official_prompts(config)
     setup = transport.setup()
     run.write_json("partition.json", setup.partition.to_dict())
     save_partition_heatmap(setup.partition, run.path / "partition.png")
@@ -354,6 +424,7 @@ def run_job(
             f"{host.backend.name_or_path}: {trainable:,} trainable of {total:,} parameters"
         )
     phases: list[PhaseResult] = []
+    official: dict[str, Any] | None = None
     if federated and log is not None and server.start_round >= config.federation.rounds:
         log(f"all {config.federation.rounds} rounds are done: finishing the run (adapter, summary) without training")
     trackers = Trackers.open(config, run.path)
@@ -378,10 +449,13 @@ def run_job(
             host.set_state(phases[-1].final_state)
             host.reset_local()
             run.save_adapter(host)
+            official = draw_official(config, host, run, prompts) if prompts else None
         if pooled_train is not None:
             adapter_name = "centralized_adapter" if federated else "adapter"
             phases.append(run_centralized(config, host, pooled_train, global_test, run, adapter_name, log, trackers))
         summary = job_summary(config, run, host, setup, baseline, phases, global_test)
+        if official is not None:
+            summary["geneval_official"] = official
         summary.update(transport.summary_extras(phases[0].records if federated else []))
         if federated:
             summary.update(privacy_summary(config, server, phases[0]))

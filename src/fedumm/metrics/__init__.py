@@ -15,6 +15,7 @@ functions that use them, so importing this package is cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -65,7 +66,9 @@ register_task(Task("classification", "accuracy", classification.metrics, classif
 register_task(Task("caption", "cider_d", caption.metrics, bounded=False))
 # Text-to-image: the host generates an image per prompt and the checker scores it (geneval.t2i_records);
 # no majority baseline.
-register_task(Task("t2i", "geneval_overall", geneval.metrics, make_records=geneval.t2i_records))
+#: The text-to-image task's name.
+T2I_TASK = "t2i"
+register_task(Task(T2I_TASK, geneval.T2I_METRICS[0], geneval.metrics, make_records=geneval.t2i_records))
 register_task(Task("grounding", "grounding_accuracy", grounding.metrics))
 
 
@@ -98,8 +101,11 @@ def build_evaluation(
     task_weights: Mapping[str, float] | None = None,
     default_task: str | None = None,
     options: MetricOptions | None = None,
+    t2i_metric: str = geneval.T2I_METRICS[0],
 ) -> Evaluation:
-    """The run's ``Evaluation`` from ``eval.task``, ``eval.task_weights`` and ``eval.default_task``.
+    """The run's ``Evaluation`` from ``eval.task``, ``eval.task_weights``, ``eval.default_task``
+    and ``eval.t2i_metric`` (the t2i task's primary metric in this run, one of
+    ``geneval.T2I_METRICS``; the registered task's otherwise).
 
     One task: rows are scored by it (``default_task`` may only name it; no weights).
     ``multitask``: the tasks of ``task_weights`` (default: every registered task, weight 1);
@@ -107,8 +113,15 @@ def build_evaluation(
 
     Raises:
         ConfigError: naming the key, for an unknown task, a weight that is not a positive
-            finite number, or a setting that only a multitask run takes.
+            finite number, a setting that only a multitask run takes, or an unknown t2i metric.
     """
+    if t2i_metric not in geneval.T2I_METRICS:
+        raise ConfigError(f"eval.t2i_metric: {t2i_metric!r}; expected one of {', '.join(geneval.T2I_METRICS)}")
+
+    def chosen(name: str) -> Task:
+        found = get_task(name)
+        return dataclasses.replace(found, primary_metric=t2i_metric) if name == T2I_TASK else found
+
     if task != MULTITASK:
         get_task(task)
         if task_weights is not None:
@@ -118,7 +131,7 @@ def build_evaluation(
                 f"eval.default_task: {default_task!r} differs from eval.task {task!r}; a single-task run scores "
                 f"every row by eval.task (use eval.task: {MULTITASK} to mix tasks)"
             )
-        return Evaluation(task, {task: get_task(task)}, {task: 1.0}, task, options or MetricOptions())
+        return Evaluation(task, {task: chosen(task)}, {task: 1.0}, task, options or MetricOptions())
     weights = dict(task_weights) if task_weights is not None else dict.fromkeys(TASKS, 1.0)
     if not weights:
         raise ConfigError("eval.task_weights: empty; name at least one task with its weight")
@@ -129,7 +142,7 @@ def build_evaluation(
             raise ConfigError(f"eval.task_weights.{name}: {weight!r}; expected a positive finite number")
     if default_task is not None and default_task not in weights:
         raise ConfigError(f"eval.default_task: {default_task!r} is not one of the run's tasks ({', '.join(weights)})")
-    tasks = {name: TASKS[name] for name in weights}
+    tasks = {name: chosen(name) for name in weights}
     return Evaluation(
         MULTITASK, tasks, {k: float(v) for k, v in weights.items()}, default_task, options or MetricOptions()
     )

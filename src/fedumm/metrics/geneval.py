@@ -41,7 +41,12 @@ tag weighs the same, whatever its number of prompts).
 The palette is an argument (the synthetic task's is ``fedumm.data.synthetic.COLORS``), and
 only the three synthetic shapes are classes; metadata naming another class or colour cannot
 be checked here (score real images with GenEval's own evaluator, see
-``fedumm.data.geneval.write_geneval_layout``).
+``fedumm.data.geneval.write_geneval_layout``). In a run, such rows (and rows without
+metadata: a user's prompt/image pairs) are still evaluated: their images are drawn and saved,
+their teacher-forced image-token metrics and CLIPScore computed, but their record's
+``correct`` is None and the GenEval scores cover the checkable rows only (``geneval_checked``:
+how many images were checked). ``eval.t2i_metric`` picks the run's primary metric among
+``T2I_METRICS``; ``t2i_metric_problem`` says when the rows cannot produce it.
 """
 
 from __future__ import annotations
@@ -53,10 +58,13 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from fedumm.errors import DataError
+
 __all__ = [
     "CHECKABLE_SHAPES",
     "GENEVAL_TAGS",
     "RELATIONS",
+    "T2I_METRICS",
     "CheckResult",
     "DetectedObject",
     "ImageEvalHost",
@@ -69,7 +77,9 @@ __all__ = [
     "score_objects",
     "shape_of",
     "summarize",
+    "t2i_metric_problem",
     "t2i_records",
+    "unchecked_reason",
 ]
 
 #: GenEval's six task tags, in its order.
@@ -78,6 +88,8 @@ GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "col
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 #: The classes the geometry can name.
 CHECKABLE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+#: The primary metrics a text-to-image run may take (``eval.t2i_metric``), the default first.
+T2I_METRICS: tuple[str, ...] = ("geneval_overall", "image_token_accuracy", "clip_score")
 
 # GenEval's evaluator: offsets shrink by this share of the two objects' sizes before the direction test.
 POSITION_THRESHOLD = 0.1
@@ -377,8 +389,9 @@ def summarize(records: Sequence[Mapping]) -> dict[str, Any]:
 
 
 def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any]:
-    """The t2i task's metrics of one group (``options`` unused): ``summarize``, plus what the
-    records carry (``t2i_records``):
+    """The t2i task's metrics of one group (``options`` unused): ``summarize`` of the checked
+    records (``correct`` not None) with ``geneval_checked``, their number (no checked record: no
+    ``geneval_*`` score), plus what the records carry (``t2i_records``):
 
     - ``clip_score``: the mean CLIPScore of records with "clip_score";
     - ``vq_ceiling`` and ``vq_ceiling_<tag>``: ``summarize`` of the verdicts on the VQ
@@ -387,7 +400,9 @@ def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any
       token of the records' rows (each row's value weighted by its "image_tokens"; a row with
       several samples counts once).
     """
-    out = summarize(records)
+    checked = [r for r in records if r.get("correct") is not None]
+    out: dict[str, Any] = summarize(checked) if checked else {}
+    out["geneval_checked"] = len(checked)
     scored = [float(r["clip_score"]) for r in records if r.get("clip_score") is not None]
     if scored:
         out["clip_score"] = float(np.mean(scored))
@@ -402,6 +417,53 @@ def metrics(records: Sequence[Mapping], options: object = None) -> dict[str, Any
         for key in ("image_token_nll", "image_token_accuracy"):
             out[key] = sum(float(r[key]) * int(r["image_tokens"]) for r in tokens) / total
     return out
+
+
+def unchecked_reason(row: Mapping, palette_names: Sequence[str]) -> str | None:
+    """Why the checker cannot score ``row`` (None: it can): no ``geneval`` metadata, or metadata
+    naming a class or colour the geometry does not know (GenEval's own prompts: COCO classes)."""
+    if "geneval" not in row:
+        return "no 'geneval' metadata"
+    try:
+        _clauses(row["geneval"], "include", palette_names)
+        _clauses(row["geneval"], "exclude", palette_names)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _has_target(row: Mapping) -> bool:
+    return row.get("image") is not None or bool(row.get("images"))
+
+
+def t2i_metric_problem(
+    metric: str, rows: Sequence[Mapping], palette_names: Sequence[str], clip: bool, where: str = "test rows"
+) -> str | None:
+    """Why a run whose primary metric is ``metric`` (``eval.t2i_metric``) cannot score the
+    text-to-image ``rows`` (``where`` names them), in one line; None when it can. ``clip``:
+    eval.clip_model is set. No rows: None (nothing to score)."""
+    if not rows:
+        return None
+    others = "set eval.t2i_metric to image_token_accuracy (rows with a target image) or clip_score (eval.clip_model)"
+    if metric == "geneval_overall":
+        reasons = [unchecked_reason(row, palette_names) for row in rows]
+        if all(reasons):
+            return (
+                f"eval.t2i_metric: geneval_overall, but none of the {len(rows)} text-to-image {where} can be "
+                f"checked (row 0: {reasons[0]}); {others}"
+            )
+    elif metric == "image_token_accuracy":
+        if not any(_has_target(row) for row in rows):
+            return (
+                f"eval.t2i_metric: image_token_accuracy, but none of the {len(rows)} text-to-image {where} has a "
+                "target image (GenEval's prompts have none); set eval.t2i_metric to geneval_overall or clip_score"
+            )
+    elif metric == "clip_score":
+        if not clip:
+            return "eval.t2i_metric: clip_score needs eval.clip_model (a CLIP checkpoint)"
+    else:
+        return f"eval.t2i_metric: {metric!r}; expected one of {', '.join(T2I_METRICS)}"
+    return None
 
 
 class ImageEvalHost(Protocol):
@@ -428,19 +490,32 @@ class ImageEvalHost(Protocol):
         ...
 
 
-def t2i_records(task: object, host: ImageEvalHost, rows: Sequence[Mapping], batch_size: int) -> list[dict[str, Any]]:
+def t2i_records(task: Any, host: ImageEvalHost, rows: Sequence[Mapping], batch_size: int) -> list[dict[str, Any]]:
     """The t2i task's records (``Task.make_records``): one image generated per row and checked
-    against its metadata (``geneval_records``), plus, where the row has a target image, the
-    checker's verdict on the target's VQ reconstruction (``vq_correct``: the ceiling no model
-    on this tokenizer can beat) and the row's teacher-forced image-token metrics
-    (``image_token_nll``, ``image_token_accuracy``, ``image_tokens``)."""
+    against its metadata where the checker can (``geneval_records``), plus, where the row has a
+    target image, the checker's verdict on the target's VQ reconstruction (``vq_correct``, for
+    checkable rows: the ceiling no model on this tokenizer can beat) and the row's teacher-forced
+    image-token metrics (``image_token_nll``, ``image_token_accuracy``, ``image_tokens``).
+
+    Raises:
+        DataError: in one line naming eval.t2i_metric, when the rows cannot produce the task's
+            primary metric (``t2i_metric_problem``), before anything is generated.
+    """
+    # clip_score without eval.clip_model is refused by the config; the host's None below says it too.
+    clients = {row.get("client_id") for row in rows}
+    where = f"test rows of client {clients.pop()}" if len(clients) == 1 and None not in clients else "test rows"
+    problem = t2i_metric_problem(task.primary_metric, rows, list(host.palette), clip=True, where=where)
+    if problem:
+        raise DataError(problem)
     images = host.t2i_images(rows, batch_size)
     clips = host.clip_scores(images, [str(row["prompt"]) for row in rows])
+    if clips is None and task.primary_metric == "clip_score":
+        raise DataError("eval.t2i_metric: clip_score needs eval.clip_model (a CLIP checkpoint)")
     records = geneval_records(rows, images, host.palette, clips)
     reconstructed = host.reconstructions(rows)
     tokens = host.row_image_token_metrics(rows)
     for record, row, recon, token in zip(records, rows, reconstructed, tokens, strict=True):
-        if recon is not None:
+        if recon is not None and record["correct"] is not None:
             record["vq_correct"] = check_image(recon, row["geneval"], host.palette).correct
         if token is not None:
             record["image_token_nll"] = float(token["image_token_nll"])
@@ -456,25 +531,22 @@ def geneval_records(
     clip_scores: Sequence[float | Sequence[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One verdict record per generated image: ``images[i]`` (an image, or a list of samples)
-    belongs to ``rows[i]`` (a t2i row with ``geneval`` metadata).
+    belongs to ``rows[i]`` (a t2i row).
 
-    Each record: ``tag``, ``correct``, ``reason``, ``prompt``, ``row`` (0-based), ``sample``
+    Each record: ``tag`` (the metadata's, None without), ``correct`` (None: the row cannot be
+    checked, ``unchecked_reason``), ``reason``, ``prompt``, ``row`` (0-based), ``sample``
     (0-based), ``client_id`` when the row has one, ``clip_score`` when ``clip_scores`` (shaped
     like ``images``) is given.
 
     Raises:
-        ValueError: if the lengths differ, a row has no ``geneval`` metadata, or its metadata
-            cannot be checked (see ``score_objects``).
+        ValueError: if the lengths differ.
     """
     if len(rows) != len(images) or (clip_scores is not None and len(clip_scores) != len(rows)):
         clip = "" if clip_scores is None else f", {len(clip_scores)} clip score lists"
         raise ValueError(f"geneval records: {len(rows)} rows, {len(images)} image lists{clip}")
+    names = list(palette)
     records = []
     for i, (row, samples) in enumerate(zip(rows, images)):
-        if "geneval" not in row:
-            raise ValueError(
-                f"geneval records: row {i} (0-based) has no 'geneval' metadata (prompt {row.get('prompt')!r})"
-            )
         samples = [samples] if isinstance(samples, Image.Image) else list(samples)
         clips = None if clip_scores is None else clip_scores[i]
         clips = [clips] if isinstance(clips, (int, float)) else clips
@@ -482,13 +554,15 @@ def geneval_records(
             raise ValueError(
                 f"geneval records: row {i} (0-based) has {len(samples)} images but {len(clips)} clip scores"
             )
+        unchecked = unchecked_reason(row, names)
+        metadata = row.get("geneval") or {}
         for k, image in enumerate(samples):
-            result = check_image(image, row["geneval"], palette)
+            result = None if unchecked else check_image(image, metadata, palette)
             record = {
-                "tag": row["geneval"]["tag"],
-                "correct": result.correct,
-                "reason": result.reason,
-                "prompt": row.get("prompt", row["geneval"].get("prompt")),
+                "tag": metadata.get("tag"),
+                "correct": None if result is None else result.correct,
+                "reason": f"not checked: {unchecked}" if result is None else result.reason,
+                "prompt": row.get("prompt", metadata.get("prompt")),
                 "row": i,
                 "sample": k,
             }

@@ -542,3 +542,67 @@ def test_t2i_table_through_the_config(tmp_path: Path, write_image) -> None:
 def test_t2i_table_refuses_the_hateful_memes_format() -> None:
     with pytest.raises(ValueError, match="data.table.task: t2i reads the fedumm format only"):
         DataConfig.model_validate({"table": {"path": "x.jsonl", "task": "t2i", "format": "hateful_memes"}})
+
+
+# ---------------------------------------------------------------- configs/fedumm_geneval.yaml
+
+
+def test_fedumm_geneval_config_follows_fedumm_and_fails_only_on_the_downloads(configs_dir: Path, tmp_path) -> None:
+    from fedumm.federation.job import official_prompts
+    from fedumm.validation import load_run_config
+
+    # Execute: the shipped config validates without any of its files present.
+    config = load_run_config(configs_dir / "fedumm_geneval.yaml", [f"output.dir={tmp_path}"])
+    text = (configs_dir / "fedumm_geneval.yaml").read_text()
+    # Assert: FedUMM's LoRA, rounds and local epochs; Janus-Pro; a user's t2i table; GenEval's prompts.
+    assert (config.adapter.r, config.adapter.alpha, config.federation.rounds) == (16, 32, 100)
+    assert (config.train.local_epochs, config.train.weight_decay) == (5, 0.05)
+    assert config.federation.strategy.name == "fedavg"
+    assert (config.model.backend, config.model.name_or_path) == ("janus", "models/Janus-Pro-1B")
+    assert (config.data.source, config.data.table.task, config.eval.task) == ("table", "t2i", "t2i")
+    assert config.eval.evaluation().primary_metric == "image_token_accuracy" and config.eval.geneval_samples == 4
+    for download in ("NOT RUNNABLE OFFLINE", "deepseek-community/Janus-Pro-1B", "evaluation_metadata.jsonl"):
+        assert download in text
+    # The missing downloads fail where they are read, each in one line naming its file or key.
+    with pytest.raises(DataError, match=r"data/t2i/train.jsonl"):
+        build_federated_data(config.data, config.federation.num_clients, config.seed, task=config.eval.task)
+    with pytest.raises(DataError, match=r"^eval.geneval_prompts: data/geneval/evaluation_metadata.jsonl: file not"):
+        official_prompts(config)
+
+
+@pytest.mark.slow
+def test_fedumm_geneval_config_runs_on_a_standin(tmp_path: Path, run_seed_config) -> None:
+    from fedumm.data.geneval import read_geneval_layout
+    from fedumm.data.synthetic import make_synthetic_t2i
+
+    # Prepare: a user's prompt/image tables (no GenEval metadata) and a 2-prompt GenEval file.
+    folder = tmp_path / "t2i"
+    (folder / "images").mkdir(parents=True)
+    rows = make_synthetic_t2i(28, seed=3)
+    for i, row in enumerate(rows):
+        row["image"].save(folder / "images" / f"{i}.png")
+    lines = [json.dumps({"prompt": r["prompt"], "image": f"images/{i}.png"}) for i, r in enumerate(rows)]
+    (folder / "train.jsonl").write_text("\n".join(lines[:24]) + "\n")
+    (folder / "test.jsonl").write_text("\n".join(lines[24:]) + "\n")
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("\n".join(json.dumps(r["geneval"]) for r in rows[:2]) + "\n")
+    # Execute: the shipped config, only paths and sizes redirected.
+    _, result = run_seed_config(
+        "fedumm_geneval.yaml",
+        tmp_path,
+        "tiny-janus",
+        f"data.table.path={folder / 'train.jsonl'}",
+        f"data.table.test_path={folder / 'test.jsonl'}",
+        f"eval.geneval_prompts={prompts}",
+        "eval.geneval_samples=2",
+        "eval.batch_size=4",
+        "federation.num_clients=2",
+        "data.partition.min_samples=4",
+    )
+    # Assert: scored by image-token accuracy over the 4 test rows, none checkable; 2 x 2 official images.
+    summary, final = result.summary, result.federated.records[-1]["global"]
+    assert summary["metric"] == "image_token_accuracy" and 0 <= summary["federated_final_accuracy"] <= 1
+    assert (final["n"], final["geneval_checked"]) == (4, 0) and "geneval_overall" not in final
+    official = read_geneval_layout(summary["geneval_official"]["folder"])
+    assert [len(f.samples) for f in official] == [2, 2] and official[1].metadata["prompt"] == rows[1]["prompt"]
+    assert "GenEval prompts: 2 images for each of 2 prompts" in (Path(summary["run_dir"]) / "summary.txt").read_text()

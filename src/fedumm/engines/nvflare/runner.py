@@ -33,7 +33,6 @@ from fedumm.errors import ConfigError, FedummError
 from fedumm.federation import ModelHost, PhaseResult, RunResult
 from fedumm.federation.job import phase_summary, run_centralized, write_summary
 from fedumm.federation.loop import round_line
-from fedumm.metrics import primary_metric_of
 from fedumm.models import tiny
 from fedumm.models.compose import composed_checkpoint
 from fedumm.processes import popen, sigterm_as_interrupt, stop_process_tree
@@ -235,7 +234,7 @@ class _RoundPrinter:
 
     def __init__(self, metrics: Path, config: RunConfig):
         self.metrics, self.config, self.seen = metrics, config, 0
-        self.metric = primary_metric_of(config.eval.task)
+        self.metric = config.eval.evaluation().primary_metric
 
     def poll(self) -> None:
         if not self.metrics.is_file():
