@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 import os
 import signal
@@ -8,8 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from fedumm.compare import RunRow
 from fedumm.errors import ConfigError
-from fedumm.sweep import SweepRun, check_plan, command, parse_grid, plan_sweep, run_name, run_state
+from fedumm.sweep import (
+    SweepResult,
+    SweepRun,
+    check_plan,
+    command,
+    parse_grid,
+    plan_sweep,
+    run_name,
+    run_state,
+    write_sweep_tables,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The tiny default, small enough for a few seconds a run.
@@ -147,3 +160,30 @@ def test_an_interrupted_sweep_finishes_only_the_missing_runs(tmp_path):
     table = (out / "sweep.md").read_text()
     assert "| fedavg | 2 | vqa_accuracy |" in table and "| fedprox | 2 | vqa_accuracy |" in table
     assert len((out / "compare.csv").read_text().splitlines()) == 5
+
+
+def test_the_sweep_table_counts_rounds_to_the_target_over_seeds(tmp_path):
+    # Prepare: two seeds of one grid point, read without a target (as run_sweep reads them).
+    def row(seed, curve):
+        return RunRow(
+            run=f"lr=0.1-seed{seed}",
+            path=tmp_path,
+            metric="vqa_accuracy",
+            final=curve[-1][1],
+            best=max(v for _, v in curve[1:]),
+            best_round=0,
+            rounds_to_target=None,
+            bytes=100,
+            seconds=1.0,
+            epsilon=None,
+            curve=tuple(curve),
+            params={"train.lr": 0.1, "seed": seed},
+        )
+
+    rows = [row(1, [(0, 0.6), (1, 0.2), (2, 0.5)]), row(2, [(0, 0.0), (1, 0.55), (2, 0.4)])]
+    # Execute
+    table = write_sweep_tables(SweepResult(rows, {}, []), tmp_path, target=0.5)
+    # Assert: seed 1 reaches 0.5 at round 2 (round 0 never counts), seed 2 at round 1: mean 1.5.
+    groups = list(csv.DictReader(io.StringIO((tmp_path / "sweep.csv").read_text())))
+    assert groups[0]["reached"] == "2" and float(groups[0]["rounds_to_target_mean"]) == 1.5
+    assert "1.5 ± 0.7 (2/2)" in table

@@ -57,6 +57,14 @@ def _phase_records(records: Sequence[Mapping[str, Any]], summary: Mapping[str, A
     return []
 
 
+def rounds_to_target(curve: Sequence[tuple[int, float]], target: float | None) -> int | None:
+    """The first trained round (round 0 is the untrained adapter) whose metric reaches
+    ``target``; None when none does or no target is given."""
+    if target is None:
+        return None
+    return next((rnd for rnd, value in curve if rnd > 0 and value >= target), None)
+
+
 def read_run(path: str | Path, target: float | None = None, params: Mapping[str, Any] | None = None) -> RunRow:
     """The row of the finished run folder ``path``.
 
@@ -82,7 +90,7 @@ def read_run(path: str | Path, target: float | None = None, params: Mapping[str,
         raise ConfigError(f"compare: {folder / 'metrics.jsonl'} has no round with global {metric!r}")
     trained = [point for point in curve if point[0] > 0] or list(curve)
     best_round, best = max(trained, key=lambda point: (point[1], -point[0]))
-    reached = None if target is None else next((rnd for rnd, value in trained if value >= target), None)
+    reached = rounds_to_target(curve, target)
     privacy = summary.get("privacy") or {}
     return RunRow(
         run=folder.name,

@@ -21,13 +21,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedumm.compare import RunRow, group_rows, groups_csv, groups_markdown, read_run, write_comparison
+from fedumm.compare import (
+    RunRow,
+    group_rows,
+    groups_csv,
+    groups_markdown,
+    read_run,
+    rounds_to_target,
+    write_comparison,
+)
 from fedumm.config import apply_overrides
 from fedumm.errors import ConfigError
 from fedumm.validation import load_run_config
@@ -212,8 +220,10 @@ def write_sweep_tables(result: SweepResult, out: Path, target: float | None = No
     """compare.md/.csv/.png (per run) and sweep.md/.csv (mean ± std over seeds); returns sweep.md."""
     if not result.rows:
         return ""
-    write_comparison(result.rows, out, target)
-    groups = group_rows(result.rows, key=lambda row: {k: v for k, v in row.params.items() if k != "seed"})
+    # The runs were read without a target: count the rounds to this one now.
+    rows = [replace(row, rounds_to_target=rounds_to_target(row.curve, target)) for row in result.rows]
+    write_comparison(rows, out, target)
+    groups = group_rows(rows, key=lambda row: {k: v for k, v in row.params.items() if k != "seed"})
     table = groups_markdown(groups, target)
     (out / "sweep.md").write_text(table)
     (out / "sweep.csv").write_text(groups_csv(groups))
