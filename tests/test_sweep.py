@@ -136,6 +136,8 @@ def test_an_interrupted_sweep_finishes_only_the_missing_runs(tmp_path):
         cwd=root,
         env=env,
         start_new_session=True,
+        # A shell's background job (nohup ... &) starts with SIGINT ignored, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
