@@ -29,7 +29,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,15 +94,16 @@ def build_llava(tiny_path: str, out: Path, smoke: bool, spec: ModelSpec):
 BUILDERS = {"blip-vqa-base": build_blip_vqa_base, "llava-1.4b": build_llava}
 
 
-def save_checkpoint(name: str, out: Path, smoke: bool, device: str) -> int:
-    """Random-init the model on ``device`` in bf16 (fp32 for --smoke), save it; return #params."""
+def save_checkpoint(name: str, out: Path, smoke: bool, device: str, image_size: int | None = None) -> int:
+    """Random-init the model on ``device`` in bf16 on CUDA (fp32 on the CPU), save it; return
+    #params. ``image_size`` replaces the real input resolution (bench/throughput.py's CPU runs)."""
     import torch
 
     from fedumm.models.tiny import resolve_model_path
 
-    spec = SPECS[name]
+    spec = SPECS[name] if image_size is None else replace(SPECS[name], image_size=image_size)
     torch.manual_seed(0)
-    dtype = torch.float32 if smoke else torch.bfloat16
+    dtype = torch.bfloat16 if device.startswith("cuda") and not smoke else torch.float32
     with torch.device(device):
         model, processor = BUILDERS[name](resolve_model_path(spec.tiny), out, smoke, spec)
     model = model.to(dtype)
