@@ -120,38 +120,69 @@ def test_parallel_round_gives_every_client_the_sequential_state(tiny_llava_path,
             assert _max_delta(sequential.runtimes[cid].client_state, parallel.runtimes[cid].client_state) <= 1e-4
 
 
-def test_train_clients_matches_train_local_and_leaves_the_model_alone(lora_model):
-    # Prepare: two clients of 6 and 3 rows (2 and 1 steps), hooks that add a known penalty.
-    model, backend = lora_model
+class _Penalty(LocalHooks):
+    """A known extra loss, and a count of the steps taken."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def extra_loss(self, params):
+        return 0.1 * sum((p**2).sum() for p in params.values())
+
+    def after_step(self, params, lr):
+        self.steps += 1
+
+
+def _matches_train_local(model, backend, config, question: str | None = None) -> None:
+    """Two clients of 6 and 3 rows (2 and 1 steps at batch 4) trained together end where
+    train_local takes each from the same start; the model keeps its own tensors."""
     from fedumm.adapters import get_adapter_state, lora_layers, set_adapter_state
-    from fedumm.config import TrainConfig
 
-    class Penalty(LocalHooks):
-        def __init__(self):
-            self.steps = 0
-
-        def extra_loss(self, params):
-            return 0.1 * sum((p**2).sum() for p in params.values())
-
-        def after_step(self, params, lr):
-            self.steps += 1
-
-    config = TrainConfig(batch_size=4, lr=0.02, max_grad_norm=1.0)
     start = get_adapter_state(model)
     data = [make_synthetic_vqa(6, seed=1), make_synthetic_vqa(3, seed=2)]
-    hooks = [Penalty(), Penalty()]
+    if question is not None:
+        data = [[dict(row, question=question) for row in rows] for rows in data]
+    hooks = [_Penalty(), _Penalty()]
     jobs = [ClientJob(rows, 7 + i, h, start, f"client {i}") for i, (rows, h) in enumerate(zip(data, hooks))]
     # Execute
     outcomes = train_clients(model, backend, lora_layers(model), jobs, config)
-    # Assert: the model kept its own state; each outcome is train_local's from the same start.
+    # Assert
     assert _max_delta(get_adapter_state(model), start) == 0.0
     assert [h.steps for h in hooks] == [2, 1]  # the 3-row client left the batch after its one step
     for i, outcome in enumerate(outcomes):
         set_adapter_state(model, start)
-        reference = train_local(model, backend, data[i], config, 7 + i, Penalty())
+        reference = train_local(model, backend, data[i], config, 7 + i, _Penalty())
         assert outcome.result.steps == reference.steps == [2, 1][i]
         assert outcome.result.mean_loss == pytest.approx(reference.mean_loss, abs=1e-5)
         assert _max_delta(outcome.state, get_adapter_state(model)) <= TOLERANCE
+        assert _max_delta(outcome.state, start) > 1e-3
+
+
+def test_train_clients_matches_train_local_and_leaves_the_model_alone(lora_model):
+    from fedumm.config import TrainConfig
+
+    model, backend = lora_model
+    _matches_train_local(model, backend, TrainConfig(batch_size=4, optimizer="sgd", lr=0.5, max_grad_norm=1.0))
+
+
+def test_train_clients_on_blip_routes_the_encoder_and_decoder_lora(tiny_llava_path):
+    # BLIP: LoRA on the text encoder's and decoder's query/key/value, self- and cross-attention.
+    # transformers' BLIP decoder attends to the question's padding (its cross-attention drops
+    # the mask), so a BLIP loss depends on how wide its batch is padded: one question for all
+    # rows keeps the joint batch exactly as wide as each client's own.
+    from fedumm.adapters import apply_lora
+    from fedumm.config import AdapterConfig, ModelConfig, TrainConfig
+    from fedumm.models.registry import get_backend
+    from fedumm.models.tiny import resolve_model_path
+
+    backend = get_backend("blip_vqa")(
+        ModelConfig(backend="blip_vqa", name_or_path=resolve_model_path("tiny-blip-vqa"), device="cpu")
+    )
+    torch.manual_seed(0)
+    adapter = AdapterConfig(dropout=0.0, preset="qkv")  # self- and cross-attention
+    model = apply_lora(backend.load(), adapter, backend.lora_target_regex(adapter))
+    config = TrainConfig(batch_size=4, optimizer="sgd", lr=0.5, max_grad_norm=1.0)
+    _matches_train_local(model, backend, config, question="how many shapes are there ?")
 
 
 def test_a_client_whose_loss_diverges_leaves_the_batch_alone(lora_model):
