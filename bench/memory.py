@@ -86,7 +86,7 @@ def build_base(path: Path) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def child(num_clients: int, model_path: str, out_dir: str, parallel: int, backend: str) -> None:
+def child(num_clients: int, model_path: str, out_dir: str, mode: str, backend: str) -> None:
     from fedumm.engines.simulation import simulate
     from fedumm.validation import load_run_config
 
@@ -95,7 +95,7 @@ def child(num_clients: int, model_path: str, out_dir: str, parallel: int, backen
         [
             f"model.backend={backend}",
             f"model.name_or_path={model_path}",
-            f"engine.parallel_clients={parallel}",
+            f"engine.parallel_clients={num_clients if mode == 'vectorised' else 1}",
             "model.device=cpu",
             "model.max_new_tokens=2",
             f"federation.num_clients={num_clients}",
@@ -111,12 +111,11 @@ def child(num_clients: int, model_path: str, out_dir: str, parallel: int, backen
             "eval.centralized_baseline=false",
             "output.progress=false",
             f"output.dir={out_dir}",
-            f"output.name=clients{num_clients}-{parallel}",
+            f"output.name=clients{num_clients}-{mode}",
         ],
     )
     simulate(config)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    mode = "vectorised" if parallel > 1 else "sequential"
     print(json.dumps({"clients": num_clients, "mode": mode, "peak_rss_mb": peak_kib / 1024}))
 
 
@@ -222,13 +221,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="--images: print the results as one JSON list")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-images", help=argparse.SUPPRESS)
-    parser.add_argument("--parallel", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="sequential", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="hf_vlm", help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.model_path, args.out, args.parallel, args.backend)
+        child(args.child, args.model_path, args.out, args.mode, args.backend)
         return
     if args.child_images is not None:
         child_images(args.child_images)
@@ -251,9 +250,8 @@ def main() -> None:
         results = []
         for mode in args.modes:
             for n in args.clients:
-                parallel = n if mode == "vectorised" else 1
                 command = [sys.executable, __file__, "--child", str(n), "--model-path", str(model_path)]
-                command += ["--out", tmp, "--parallel", str(parallel), "--backend", backend]
+                command += ["--out", tmp, "--mode", mode, "--backend", backend]
                 proc = subprocess.run(command, capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.exit(f"child with {n} clients ({mode}) failed:\n{proc.stderr[-2000:]}")
