@@ -35,6 +35,11 @@ bf16 peak (``PEAK_TFLOPS`` by device name, or ``--peak-tflops``).
     python bench/gpu_train.py                               # CUDA, bf16, both models
     python bench/gpu_train.py --models llava-1.4b --batch-size 8 --steps 20
     python bench/gpu_train.py --smoke                      # CPU check of the script: 2-layer models, fp32
+
+Then, for K = 1, 4, 16 clients (``--clients``) of ``--client-batch`` rows each, the clients' local
+steps one after another and together on the one base (``engine.parallel_clients``, vectorised
+LoRA): samples/s, model FLOP/s, MFU (FLOPs counted by torch's FlopCounterMode over a real step;
+see ``measure_clients``) and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,15 +159,16 @@ def count_step_flops(host, rows: list[dict]) -> float:
     return flops[0]
 
 
-def save_checkpoint(name: str, out: Path, smoke: bool, device: str) -> int:
-    """Random-init the model on ``device`` in bf16 (fp32 for --smoke), save it; return #params."""
+def save_checkpoint(name: str, out: Path, smoke: bool, device: str, image_size: int | None = None) -> int:
+    """Random-init the model on ``device`` in bf16 on CUDA (fp32 on the CPU), save it; return
+    #params. ``image_size`` replaces the real input resolution (bench/throughput.py's CPU runs)."""
     import torch
 
     from fedumm.models.tiny import resolve_model_path
 
-    spec = SPECS[name]
+    spec = SPECS[name] if image_size is None else replace(SPECS[name], image_size=image_size)
     torch.manual_seed(0)
-    dtype = torch.float32 if smoke else torch.bfloat16
+    dtype = torch.bfloat16 if device.startswith("cuda") and not smoke else torch.float32
     with torch.device(device):
         model, processor = BUILDERS[name](resolve_model_path(spec.tiny), out, smoke, spec)
     model = model.to(dtype)
@@ -268,6 +274,109 @@ def measure(
     return result
 
 
+def measure_clients(name: str, path: Path, args: argparse.Namespace) -> list[dict]:
+    """K clients' local steps, one after another (``host.train``) and together (``host.train_clients``,
+    engine.parallel_clients): samples/s, MFU and peak GPU memory per (K, mode).
+
+    FLOPs: counted by ``torch.utils.flop_counter.FlopCounterMode`` over one real training step of
+    one client (every matmul, convolution and attention the step runs, forward and backward: with
+    a frozen base that is about 2·P·T for the towers without LoRA, forward only, plus 4·P·T where
+    gradients flow back, P the weights on the path and T the tokens), per row; a (K, mode) run does
+    K x steps x client_batch rows. MFU = those FLOPs / seconds / the GPU's dense bf16 peak."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedumm.data.synthetic import make_synthetic_vqa
+    from fedumm.federation import ModelHost
+    from fedumm.federation.parallel import ClientJob
+    from fedumm.types import LocalHooks
+    from fedumm.validation import load_run_config
+
+    spec = SPECS[name]
+    cuda = args.device.startswith("cuda")
+    batch = args.client_batch
+    config = load_run_config(
+        None,
+        [
+            f"model.backend={spec.backend}",
+            f"model.name_or_path={path}",
+            f"model.device={args.device}",
+            f"model.dtype={'bfloat16' if cuda else 'float32'}",
+            f"adapter.preset={spec.preset}",
+            f"adapter.r={args.rank}",
+            "adapter.dropout=0",
+            f"train.precision={'bf16' if cuda else 'fp32'}",
+            f"train.batch_size={batch}",
+            "train.lr=1e-4",
+        ],
+    )
+    host = ModelHost(config)
+    peak_t = peak_tflops(args.gpu, args.peak_tflops) if cuda else None
+    peak = peak_t * 1e12 if peak_t else None
+    one = make_synthetic_vqa(batch, seed=0, image_size=args.image_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        host.train(one, config.train.model_copy(update={"local_steps": 1}), 0, None, False, name)
+    flops_per_row = counter.get_total_flops() / batch
+
+    def run(k: int, mode: str, steps: int) -> float:
+        train = config.train.model_copy(update={"local_steps": steps})
+        data = [make_synthetic_vqa(batch * steps, seed=c, image_size=args.image_size) for c in range(k)]
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        if mode == "sequential":
+            for c in range(k):
+                host.train(data[c], train, seed=c, hooks=None, progress=False, description=name)
+        else:
+            state = host.trainable_state()
+            jobs = [ClientJob(data[c], c, LocalHooks(), state, f"client {c}") for c in range(k)]
+            host.train_clients(jobs, train, progress=False)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    rows = []
+    for k in args.clients:
+        for mode in ("sequential", "vectorised"):
+            row = {"model": name, "clients": k, "mode": mode, "client_batch": batch, "steps": args.steps}
+            try:
+                run(k, mode, args.warmup)
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                seconds = run(k, mode, args.steps)
+            except torch.cuda.OutOfMemoryError:
+                row["error"] = "out of GPU memory"
+                torch.cuda.empty_cache()
+            else:
+                rows_done = k * args.steps * batch
+                row["samples_per_s"] = rows_done / seconds
+                row["tflops_per_s"] = flops_per_row * rows_done / seconds / 1e12
+                row["mfu"] = flops_per_row * rows_done / seconds / peak if peak else None
+                row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    host = None  # frees the model before the next one loads
+    return rows
+
+
+def print_clients_table(rows: list[dict]) -> None:
+    header = f"{'model':<14} {'K':>3} {'mode':<10} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GPU MiB':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<14} {r['clients']:>3} {r['mode']:<10} {r['error']}")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        peak = f"{r['peak_gpu_mib']:.0f}" if r["peak_gpu_mib"] is not None else "-"
+        print(
+            f"{r['model']:<14} {r['clients']:>3} {r['mode']:<10} {r['samples_per_s']:>9.1f} "
+            f"{r['tflops_per_s']:>8.2f} {mfu:>6} {peak:>12}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(SPECS), default=list(SPECS))
@@ -284,6 +393,14 @@ def main() -> None:
     parser.add_argument("--qlora", choices=["off", "on"], default="on", help="also measure the 4-bit base (CUDA)")
     parser.add_argument("--compile", action="store_true", help="model.compile: torch.compile the forward")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak for MFU (default: by name)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="*",
+        default=[1, 4, 16],
+        help="client counts K for the sequential vs vectorised (engine.parallel_clients) table; none: skip it",
+    )
+    parser.add_argument("--client-batch", type=int, default=2, help="the K-client table's batch size per client")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
@@ -294,13 +411,15 @@ def main() -> None:
         sys.exit("error: --device cuda but torch sees no CUDA GPU (use --smoke for a CPU check)")
     if args.smoke:
         args.batch_size, args.steps, args.warmup = min(args.batch_size, 2), min(args.steps, 2), 1
+        args.clients, args.client_batch = sorted({min(k, 2) for k in args.clients}), 1
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     gpu = args.gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         f"device {gpu}; torch {torch.__version__}; batch {args.batch_size}, {args.warmup} warm-up + "
         f"{args.steps} timed steps, LoRA r={args.rank}{'; SMOKE (2-layer, fp32)' if args.smoke else ', bf16'}"
     )
-    rows = []
+    rows: list[dict] = []
+    client_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fedumm-gpu-bench-") as tmp:
         for name in args.models:
             path = Path(tmp) / name
@@ -320,6 +439,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             elif args.qlora == "on":
                 print(f"{name}: QLoRA (4-bit) skipped: bitsandbytes runs on CUDA only", flush=True)
+            if args.clients:
+                client_rows += measure_clients(name, path, args)
     print()
     header = (
         f"{'model':<14} {'base':>5} {'params':>7} {'trainable':>10} {'grad ckpt':>9} {'batch':>5} "
@@ -337,8 +458,11 @@ def main() -> None:
             f"{r['seconds_per_step']:>7.3f} {r['samples_per_s']:>9.1f} {r['tflops_per_step']:>10.3f} "
             f"{mfu:>6} {peak:>12}"
         )
+    if client_rows:
+        print()
+        print_clients_table(client_rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rows + client_rows, indent=1))
 
 
 if __name__ == "__main__":

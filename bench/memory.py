@@ -1,13 +1,19 @@
-"""Peak memory: of the simulation engine with 1 and with 16 clients on one base model; and (--images)
-of loading and training over N image files.
+"""Peak memory: of the simulation engine with 1, 4 and 16 clients on one base model, the clients
+trained one after another and together (``engine.parallel_clients``); and (--images) of loading
+and training over N image files.
 
 The engine keeps ONE frozen base model per process and swaps each client's adapter in and
 out, so peak RSS should barely move with the number of clients (a model copy per client, as
-in FedUMM's reference simulation, would grow about 16x).
+in FedUMM's reference simulation, would grow about 16x). Trained together, K clients add K
+adapters with their optimizer states and one joint batch of K x train.batch_size rows, whose
+activations grow with K.
 
-The base is a random-init LLaVA-shaped model (CLIP-base-sized vision tower, a 12-layer
-768-wide Llama decoder: ~170M parameters, ~690 MB in float32), saved once and loaded through
-``from_pretrained`` like any checkpoint. Each measurement runs in a fresh process.
+The base is, with ``--model llava`` (default), a random-init LLaVA-shaped model (CLIP-base-sized
+vision tower at 32 px, a 12-layer 768-wide Llama decoder: ~170M parameters, ~690 MB in float32);
+with ``--model blip-vqa-base`` the real-size random blip-vqa-base (385M parameters, ~1.5 GB in
+float32, built by bench/gpu_train.py) at ``--image-size`` px (384 is its real size). Each is saved
+once and loaded through ``from_pretrained`` like any checkpoint; each measurement runs one round
+(one local step of batch 2 per client) in a fresh process.
 
 With ``--images N ...`` it instead writes N 640x480 JPEGs and a table naming them, loads the
 table through the ``table`` source and trains the built-in tiny LLaVA (LoRA) for one epoch over
@@ -15,8 +21,8 @@ every image, in a fresh process per N. Rows keep image references and batches de
 through a 64-image cache, so peak RSS should not grow with N (decoded, 2,000 such images
 would hold 2.4 GB).
 
-    python bench/memory.py                 # 1 vs 16 clients
-    python bench/memory.py --clients 1 4 16
+    python bench/memory.py                 # 1, 4, 16 clients, sequential and vectorised
+    python bench/memory.py --model blip-vqa-base --image-size 384 --modes vectorised
     python bench/memory.py --images 200 2000
 """
 
@@ -80,18 +86,20 @@ def build_base(path: Path) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def child(num_clients: int, model_path: str, out_dir: str) -> None:
+def child(num_clients: int, model_path: str, out_dir: str, mode: str, backend: str) -> None:
     from fedumm.engines.simulation import simulate
     from fedumm.validation import load_run_config
 
     config = load_run_config(
         None,
         [
+            f"model.backend={backend}",
             f"model.name_or_path={model_path}",
+            f"engine.parallel_clients={num_clients if mode == 'vectorised' else 1}",
             "model.device=cpu",
             "model.max_new_tokens=2",
             f"federation.num_clients={num_clients}",
-            "federation.rounds=2",
+            "federation.rounds=1",
             "data.synthetic.train_samples=320",
             "data.synthetic.test_samples=8",
             "data.partition.alpha=0",
@@ -103,12 +111,12 @@ def child(num_clients: int, model_path: str, out_dir: str) -> None:
             "eval.centralized_baseline=false",
             "output.progress=false",
             f"output.dir={out_dir}",
-            f"output.name=clients{num_clients}",
+            f"output.name=clients{num_clients}-{mode}",
         ],
     )
     simulate(config)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"clients": num_clients, "peak_rss_mb": peak_kib / 1024}))
+    print(json.dumps({"clients": num_clients, "mode": mode, "peak_rss_mb": peak_kib / 1024}))
 
 
 IMAGE_SIZE = (640, 480)
@@ -204,16 +212,22 @@ def run_images(counts: list[int], as_json: bool) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    modes = ["sequential", "vectorised"]
+    parser.add_argument("--modes", nargs="+", choices=modes, default=modes, help="clients one by one or together")
+    parser.add_argument("--model", choices=["llava", "blip-vqa-base"], default="llava", help="the base model")
+    parser.add_argument("--image-size", type=int, default=384, help="blip-vqa-base: image side in px")
     parser.add_argument("--images", type=int, nargs="+", help="image counts to compare instead of client counts")
     parser.add_argument("--json", action="store_true", help="--images: print the results as one JSON list")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-images", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="sequential", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="hf_vlm", help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.model, args.out)
+        child(args.child, args.model_path, args.out, args.mode, args.backend)
         return
     if args.child_images is not None:
         child_images(args.child_images)
@@ -223,24 +237,30 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="fedumm-bench-memory-") as tmp:
-        model_path = Path(tmp) / "llava-170m-random"
-        weight_bytes = build_base(model_path)
+        if args.model == "llava":
+            model_path, backend = Path(tmp) / "llava-170m-random", "hf_vlm"
+            weight_bytes = build_base(model_path)
+        else:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from gpu_train import save_checkpoint
+
+            model_path, backend = Path(tmp) / "blip-vqa-base-random", "blip_vqa"
+            weight_bytes = 4 * save_checkpoint("blip-vqa-base", model_path, False, "cpu", args.image_size)
         print(f"base model: {weight_bytes / 1e6:.0f} MB of float32 weights at {model_path}")
         results = []
-        for n in args.clients:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(n), "--model", str(model_path), "--out", tmp],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                sys.exit(f"child with {n} clients failed:\n{proc.stderr[-2000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{'clients':>8}  {'peak RSS (MB)':>14}  {'vs 1 client':>11}")
+        for mode in args.modes:
+            for n in args.clients:
+                command = [sys.executable, __file__, "--child", str(n), "--model-path", str(model_path)]
+                command += ["--out", tmp, "--mode", mode, "--backend", backend]
+                proc = subprocess.run(command, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.exit(f"child with {n} clients ({mode}) failed:\n{proc.stderr[-2000:]}")
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(json.dumps(results[-1]), flush=True)
+        print(f"{'mode':>10}  {'clients':>8}  {'peak RSS (MB)':>14}  {'vs 1 client':>11}")
         for r in results:
-            print(
-                f"{r['clients']:>8}  {r['peak_rss_mb']:>14.0f}  {r['peak_rss_mb'] / results[0]['peak_rss_mb']:>10.2f}x"
-            )
+            first = next(x for x in results if x["mode"] == r["mode"])["peak_rss_mb"]
+            print(f"{r['mode']:>10}  {r['clients']:>8}  {r['peak_rss_mb']:>14.0f}  {r['peak_rss_mb'] / first:>10.2f}x")
         naive = weight_bytes / 1e6 * max(args.clients)
         print(f"a model copy per client would need at least {naive:.0f} MB of weights for {max(args.clients)} clients")
 

@@ -717,6 +717,15 @@ class EngineConfig(Section):
     for ``fedumm export``); keys below the name apply to nvflare only."""
 
     name: Literal["simulation", "nvflare"] = Field("simulation", description="Execution engine.")
+    parallel_clients: int = Field(
+        1,
+        ge=1,
+        description="simulation: train up to this many of a round's sampled clients at once on the one frozen "
+        "base (vectorised LoRA: the base runs once over their concatenated batches, each client's LoRA on its own "
+        "rows; fedumm.federation.parallel); 1 = one after another. Rounds that cannot vectorise (a fully trained "
+        "group, DP-SGD, adapter.client_ranks, fp16, a generation backend) warn once and train one after another; "
+        "nvflare trains each site on its own.",
+    )
     workspace: str | None = Field(
         None,
         description="nvflare: FLARE simulator workspace folder (kept); null = a temporary one, removed "

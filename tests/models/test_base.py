@@ -34,3 +34,21 @@ def test_row_images_decodes_references_and_keeps_pil_images(tmp_path: Path) -> N
     assert one[0] is many[0]  # decoded once, then from the cache
     assert kept[0] is in_memory
     assert blank[0].size == (32, 32) and blank[0].getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_segment_losses_match_each_segments_own_loss(lora_model) -> None:
+    # Prepare: segments of 1, 4 and 2 rows; the loss averages over answer tokens, not rows.
+    import torch
+
+    from fedumm.data.synthetic import make_synthetic_vqa
+
+    model, backend = lora_model
+    parts = [make_synthetic_vqa(n, seed=n) for n in (1, 4, 2)]
+    # Execute
+    with torch.no_grad():
+        joint = backend.segment_losses(model, backend.training_batch([r for p in parts for r in p]), [1, 4, 2])
+        alone = torch.stack([backend.loss(model, backend.training_batch(p)) for p in parts])
+        rows = backend.sample_losses(model, backend.training_batch(parts[1]))
+    # Assert
+    assert torch.allclose(joint, alone, atol=1e-5)
+    assert torch.allclose(joint[1], rows.mean(), atol=1e-2)  # close to, but not, the mean of row means

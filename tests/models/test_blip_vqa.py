@@ -128,3 +128,26 @@ def test_checkpoint_of_another_family_is_rejected(tiny_llava_path):
     backend = get_backend("blip_vqa")(ModelConfig(backend="blip_vqa", name_or_path=tiny_llava_path, device="cpu"))
     with pytest.raises(ConfigError, match="backend blip_vqa loads BLIP checkpoints, got model_type 'llava'"):
         backend.load()
+
+
+def test_segment_losses_are_each_segments_own_smoothed_loss(blip_backend):
+    # Prepare: two segments of 2 and 3 rows whose answers differ in length (different token counts).
+    backend, model = blip_backend, blip_backend.model
+    first, second = make_synthetic_vqa(2, seed=1), make_synthetic_vqa(3, seed=2)
+    text = model.config.text_config
+    saved = text.label_smoothing
+    text.label_smoothing = model.text_decoder.label_smoothing = 0.1  # blip-vqa-base's value (tiny: 0)
+    # Execute
+    try:
+        assert backend.label_smoothing() == 0.1
+        with torch.no_grad():
+            joint = backend.segment_losses(model, backend.training_batch(first + second), [2, 3])
+            alone = [backend.loss(model, backend.training_batch(rows)) for rows in (first, second)]
+    finally:
+        text.label_smoothing = model.text_decoder.label_smoothing = saved
+    with torch.no_grad():
+        unsmoothed = backend.segment_losses(model, backend.training_batch(first + second), [2, 3])
+    # Assert: BLIP's own (label-smoothed, token-mean) loss of each segment on its own.
+    assert joint.shape == (2,)
+    assert torch.allclose(joint, torch.stack(alone), atol=1e-5)
+    assert (joint - unsmoothed).abs().min() > 1e-3  # the smoothing is in: without it the losses differ

@@ -21,7 +21,7 @@ from fedumm.finetune import plan_for_round
 from fedumm.lowrank import FROZEN_DELTA_PREFIX, state_rank, truncate
 from fedumm.privacy.secagg import SecAggClient
 from fedumm.strategies import ClientAlgorithm, LocalContext
-from fedumm.types import DTYPES, State, derive_seed, state_delta
+from fedumm.types import DTYPES, LocalHooks, State, TrainResult, derive_seed, state_delta
 
 
 class ProtocolClient(Protocol):
@@ -62,6 +62,21 @@ class FitReply:
     error: str | None = None  # the client could not train this round (the reason); no payload then
 
 
+@dataclass
+class LocalUpdate:
+    """What ``ClientRuntime.prepare`` sets up for one local update and ``conclude`` needs after it."""
+
+    round_num: int
+    shared: list[str]  # the units whose trained tensors travel
+    rank: int | None  # the LoRA rank of the global state (adapter.client_ranks), None without LoRA
+    round_global: State  # the global tensors of the units trained and shared this round
+    server_extras: State  # the algorithm's tensors from the server (SCAFFOLD's c)
+    hooks: LocalHooks
+    seed: int
+    description: str
+    decode_seconds: float  # reading the global message (serialisation's share of the round time)
+
+
 class ClientRuntime:
     """One client's side of a round. Holds its data, its algorithm's client half and any
     per-client state that must persist between rounds (e.g. SCAFFOLD's control variate)."""
@@ -100,6 +115,21 @@ class ClientRuntime:
     def fit(self, message: bytes, round_num: int, progress: bool = False) -> FitReply:
         """Load the global state (and this client's kept-local units), train the units this
         round's plan trains, evaluate on the local test split, reply with the shared ones."""
+        update = self.prepare(message, round_num)
+        result = self.host.train(
+            self.data.train,
+            self.config.train,
+            update.seed,
+            update.hooks,
+            progress,
+            description=update.description,
+            dp=self.sample_dp,
+        )
+        return self.conclude(update, result)
+
+    def prepare(self, message: bytes, round_num: int) -> LocalUpdate:
+        """The first half of ``fit``: load the global message (and kept-local units) into the host
+        and set up this round's hooks and seed; the host then holds this client's starting state."""
         decode_start = time.perf_counter()
         parts = codec.decode_message(message)
         decode_seconds = time.perf_counter() - decode_start
@@ -129,20 +159,20 @@ class ClientRuntime:
         )
         hooks = self.algorithm.local_hooks(round_global, server_extras, self.client_state, context)
         seed = derive_seed(self.config.seed, round_num, self.client_id)
-        result = host.train(
-            self.data.train,
-            self.config.train,
-            seed,
-            hooks,
-            progress,
-            description=f"round {round_num} client {self.client_id}",
-            dp=self.sample_dp,
+        description = f"round {round_num} client {self.client_id}"
+        return LocalUpdate(
+            round_num, plan.shared, rank, round_global, server_extras, hooks, seed, description, decode_seconds
         )
-        trained = host.get_state(plan.shared)
-        if rank is not None and rank != host.lora_rank:
-            trained = truncate(trained, rank)  # only this client's own components travel
+
+    def conclude(self, update: LocalUpdate, result: TrainResult) -> FitReply:
+        """The second half of ``fit``, with the host holding this client's trained state: the
+        algorithm's finish, local evaluation, privacy and the reply's bytes."""
+        host, round_num, round_global = self.host, update.round_num, update.round_global
+        trained = host.get_state(update.shared)
+        if update.rank is not None and update.rank != host.lora_rank:
+            trained = truncate(trained, update.rank)  # only this client's own components travel
         extras, self.client_state = self.algorithm.finish(
-            round_global, trained, server_extras, self.client_state, result, self.config.train.lr
+            round_global, trained, update.server_extras, self.client_state, result, self.config.train.lr
         )
         trained = self.algorithm.reply_state(round_global, trained)
         if host.local_units:
@@ -162,10 +192,12 @@ class ClientRuntime:
             metrics[f"local_{primary}"] = local[primary]
             metrics["local_test_samples"] = local["n"]
         metrics["eval_seconds"] = time.perf_counter() - eval_start
-        trained, metrics = self._protect(round_global, trained, server_extras, metrics, result.num_samples, round_num)
+        trained, metrics = self._protect(
+            round_global, trained, update.server_extras, metrics, result.num_samples, round_num
+        )
         encode_start = time.perf_counter()
         payload = self._payload(round_global, trained, extras, round_num)
-        metrics["serialise_seconds"] = decode_seconds + time.perf_counter() - encode_start
+        metrics["serialise_seconds"] = update.decode_seconds + time.perf_counter() - encode_start
         return FitReply(self.client_id, payload, result.num_samples, metrics)
 
     def _payload(self, round_global: State, trained: State, extras: State, round_num: int) -> bytes:

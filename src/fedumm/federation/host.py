@@ -30,12 +30,14 @@ from fedumm.adapters import (
     matching_module_names,
     merged_factors,
     save_adapter,
+    trainable_parameters,
     unit_parameters,
 )
 from fedumm.config import RunConfig, TrainConfig
 from fedumm.data.geneval import write_geneval_layout
 from fedumm.data.synthetic import COLORS
 from fedumm.errors import AdapterStateError, ConfigError
+from fedumm.federation.parallel import ClientJob, ClientOutcome, round_blocker, train_clients
 from fedumm.federation.train import train_local
 from fedumm.finetune import RoundPlan, plan_for_round, stages, units_over_run
 from fedumm.lowrank import A_SUFFIX, B_SUFFIX, pad, state_rank
@@ -358,6 +360,24 @@ class ModelHost:
         if self._clip is None:
             self._clip = ClipScorer(self.config.eval.clip_model, self.config.model.device)
         return self._clip.scores(images, prompts)
+
+    def parallel_blocker(self, round_num: int) -> str | None:
+        """Why round ``round_num``'s clients cannot train together (``engine.parallel_clients``);
+        None: they can (``fedumm.federation.parallel``)."""
+        plan = plan_for_round(self.config.finetune, round_num)
+        return round_blocker(self.config, self.backend, self._lora_layers, plan.trained, self.local_units)
+
+    def trainable_state(self) -> State:
+        """Copies of the tensors the current round trains (what a joint update starts from)."""
+        return copy_state(trainable_parameters(self.model))
+
+    def load_trainable(self, state: State) -> None:
+        """Load a client's trained tensors (a joint update's outcome) into the model."""
+        load_state(trainable_parameters(self.model), state, "trained state does not match the model")
+
+    def train_clients(self, jobs: Sequence[ClientJob], config: TrainConfig, progress: bool) -> list[ClientOutcome]:
+        """Train several clients' updates in one forward/backward per step (``engine.parallel_clients``)."""
+        return train_clients(self.model, self.backend, self._lora_layers, jobs, config, progress)
 
     def generate_images(self, prompts: Sequence[str], seed: int) -> list:
         """One image per prompt from the current adapter, sampled with eval.cfg_scale and

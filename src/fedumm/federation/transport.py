@@ -12,7 +12,8 @@ own facts without a second record builder: ``round_extras()`` goes into the roun
 (FLARE: site names, data placement).
 
 ``LocalTransport`` is the in-process one: ``ClientRuntime.fit`` called directly on one shared
-``ModelHost``. Every engine uses it for the centralized baseline.
+``ModelHost``; with ``engine.parallel_clients`` > 1 it trains up to that many clients in one
+joint update (``fedumm.federation.parallel``). Every engine uses it for the centralized baseline.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from fedumm.config import RunConfig
 from fedumm.data.federated import ClientData
 from fedumm.data.partition import PartitionStats
 from fedumm.errors import TrainingError
-from fedumm.federation.client import ClientRuntime, FitReply
+from fedumm.federation.client import ClientRuntime, FitReply, LocalUpdate
 from fedumm.federation.host import ModelHost
+from fedumm.federation.parallel import ClientJob, ClientOutcome
 from fedumm.runlog import Checkpoint
 from fedumm.strategies import ClientAlgorithm
 from fedumm.types import State
@@ -129,6 +131,7 @@ class LocalTransport(Transport):
         self.config = config
         self.partition = partition
         self.progress = progress
+        self.warned: set[str] = set()  # engine.parallel_clients: the fallback reasons already warned about
 
     @property
     def client_ids(self) -> list[int]:
@@ -145,7 +148,59 @@ class LocalTransport(Transport):
         return SetupInfo(self.partition, dict(answers), {t: dict(c) for t, c in by_task.items()})
 
     def fit(self, client_ids: Sequence[int], message: Message, round_num: int) -> list[FitReply]:
+        width = self.config.engine.parallel_clients
+        if width > 1 and len(client_ids) > 1:
+            blocker = (
+                "each client gets a message of its own"
+                if not isinstance(message, bytes | bytearray)
+                else self.host.parallel_blocker(round_num)
+            )
+            if blocker is None:
+                replies: list[FitReply] = []
+                for start in range(0, len(client_ids), width):
+                    replies += self._fit_together(client_ids[start : start + width], bytes(message), round_num)
+                return replies
+            if blocker not in self.warned:
+                self.warned.add(blocker)
+                warnings.warn(
+                    f"engine.parallel_clients={width}: round {round_num} trains its clients one after another: "
+                    f"{blocker}",
+                    stacklevel=2,
+                )
         return [self._fit_one(cid, message_for(message, cid), round_num) for cid in client_ids]
+
+    def _fit_together(self, client_ids: Sequence[int], message: bytes, round_num: int) -> list[FitReply]:
+        """Several clients' ``fit`` with one joint local update (``fedumm.federation.parallel``):
+        each is prepared in turn, all train together, then each concludes from its own trained state."""
+        if len(client_ids) == 1:
+            return [self._fit_one(client_ids[0], message, round_num)]
+        replies: dict[int, FitReply] = {}
+        prepared: dict[int, tuple[LocalUpdate, ClientJob]] = {}
+        for cid in client_ids:
+            runtime = self.runtimes[cid]
+            try:
+                update = runtime.prepare(message, round_num)
+            except TrainingError as exc:
+                replies[cid] = FitReply(cid, b"", 0, error=str(exc))
+                continue
+            job = ClientJob(
+                runtime.data.train, update.seed, update.hooks, self.host.trainable_state(), update.description
+            )
+            prepared[cid] = (update, job)
+        try:
+            outcomes = self.host.train_clients([job for _, job in prepared.values()], self.config.train, self.progress)
+        except TrainingError as exc:  # the model cannot train these clients together: none of them trained
+            outcomes = [ClientOutcome(error=str(exc))] * len(prepared)
+        for (cid, (update, _)), outcome in zip(prepared.items(), outcomes):
+            if outcome.error is not None:
+                replies[cid] = FitReply(cid, b"", 0, error=outcome.error)
+                continue
+            try:
+                self.host.load_trainable(outcome.state)
+                replies[cid] = self.runtimes[cid].conclude(update, outcome.result)
+            except TrainingError as exc:
+                replies[cid] = FitReply(cid, b"", 0, error=str(exc))
+        return [replies[cid] for cid in client_ids]
 
     def _fit_one(self, cid: int, message: bytes, round_num: int) -> FitReply:
         try:

@@ -195,6 +195,30 @@ class Backend(ABC):
         )
         return per_token.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
 
+    def label_smoothing(self) -> float:
+        """The label smoothing of ``loss`` (BLIP's decoder smooths by its config's value)."""
+        return 0.0
+
+    def segment_losses(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], sizes: Sequence[int]
+    ) -> torch.Tensor:
+        """The loss ``loss`` would give each segment of consecutive rows on its own, shape
+        ``(len(sizes),)``: per segment, the mean cross-entropy over its answer tokens (vectorised
+        clients, ``fedumm.federation.parallel``: one forward over several clients' batches)."""
+        logits = self.answer_logits(model, batch).float()
+        targets = batch["labels"][:, 1:]
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2),
+            targets,
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+            label_smoothing=self.label_smoothing(),
+        )
+        supervised = (targets != IGNORE_INDEX).sum(dim=1)
+        sums = torch.stack([part.sum() for part in per_token.split(list(sizes))])
+        counts = torch.stack([part.sum() for part in supervised.split(list(sizes))])
+        return sums / counts
+
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors to the model device; floating-point ones (pixel values) to ``model.dtype``."""
         return cast_inputs(batch, self.device, DTYPES[self.config.dtype])

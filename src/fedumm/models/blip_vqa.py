@@ -99,6 +99,9 @@ class BlipVQABackend(Backend):
         )
         return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "pixel_values")}
 
+    def label_smoothing(self) -> float:
+        return float(self.text_config.label_smoothing)  # BlipTextLMHeadModel's loss smooths its targets
+
     def answer_ids(self, answer: str) -> list[int]:
         """Decoder targets after [DEC]: the answer tokens and [SEP] (the decoder's end token)."""
         ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
