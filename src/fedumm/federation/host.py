@@ -377,7 +377,7 @@ class ModelHost:
 
     def train_clients(self, jobs: Sequence[ClientJob], config: TrainConfig, progress: bool) -> list[ClientOutcome]:
         """Train several clients' updates in one forward/backward per step (``engine.parallel_clients``)."""
-        return train_clients(self.model, self.backend, self._lora_layers, jobs, config, progress)
+        return train_clients(self.model, self.backend, self._lora_layers, jobs, config, progress, self.batches.batch)
 
     def generate_images(self, prompts: Sequence[str], seed: int) -> list:
         """One image per prompt from the current adapter, sampled with eval.cfg_scale and

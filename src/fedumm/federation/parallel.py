@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -206,11 +206,14 @@ def train_clients(
     jobs: Sequence[ClientJob],
     config: TrainConfig,
     progress: bool = False,
+    batches: Callable[[Sequence[dict]], dict[str, torch.Tensor]] | None = None,
 ) -> list[ClientOutcome]:
     """Train ``jobs`` together (see the module docstring); the model's own tensors are left
-    untouched. One outcome per job, in order."""
+    untouched. One outcome per job, in order. ``batches`` builds a batch from rows (default
+    ``backend.training_batch``; the host passes its preprocessing cache, as to ``train_local``)."""
     if not jobs or any(not job.samples for job in jobs):
         raise ValueError("train_clients needs at least one client, each with at least one sample")
+    batches = batches or backend.training_batch
     live = trainable_parameters(model)
     slots = []
     for job in jobs:
@@ -236,7 +239,7 @@ def train_clients(
     )
     try:
         while any(s.active for s in slots):
-            _joint_step(model, backend, routing, [s for s in slots if s.active], config)
+            _joint_step(model, backend, routing, [s for s in slots if s.active], config, batches)
             bar.update(1)
     finally:
         bar.close()
@@ -258,7 +261,12 @@ def train_clients(
 
 
 def _joint_step(
-    model: torch.nn.Module, backend: Backend, routing: _Routing, slots: Sequence[_Slot], config: TrainConfig
+    model: torch.nn.Module,
+    backend: Backend,
+    routing: _Routing,
+    slots: Sequence[_Slot],
+    config: TrainConfig,
+    batches: Callable[[Sequence[dict]], dict[str, torch.Tensor]],
 ) -> None:
     """One optimizer step of every slot: ``grad_accum`` joint micro-batches, then each client's
     hooks, clipping and step, as ``federation.train``'s plain step does for one client."""
@@ -273,7 +281,7 @@ def _joint_step(
             break
         sizes = [len(s.micro[i]) for s in members]
         rows = [s.job.samples[j] for s in members for j in s.micro[i]]
-        batch = backend.to_device(backend.training_batch(rows))
+        batch = backend.to_device(batches(rows))
         with _autocast(backend, config.precision), routing.route([s.params for s in members], sizes):
             losses = backend.segment_losses(model, batch, sizes)
             terms = []
