@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +57,19 @@ def run_seed_config(configs_dir: Path) -> Callable[..., tuple]:
         return config, simulate(config)
 
     return run
+
+
+@pytest.fixture()
+def partition_seed_config(configs_dir: Path, capsys) -> Callable[..., tuple[list[int], str]]:
+    """``fedumm partition`` of a shipped config on stand-in data (``data.partition.min_samples=1``):
+    returns (the clients' train sizes from partition.json, the command's stdout)."""
+    from fedumm.cli import main
+
+    def partition(name: str, tmp_path: Path, *overrides: str) -> tuple[list[int], str]:
+        sets = [a for o in [*overrides, "data.partition.min_samples=1"] for a in ("--set", o)]
+        code = main(["partition", str(configs_dir / name), *sets, "--out", str(tmp_path / "out")])
+        assert code == 0, capsys.readouterr().err
+        saved = json.loads((tmp_path / "out" / "partition.json").read_text())
+        return saved["sizes"], capsys.readouterr().out
+
+    return partition

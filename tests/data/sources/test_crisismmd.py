@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from fedumm.cli import main
 from fedumm.data.config import DataConfig
 from fedumm.data.federated import build_federated_data, load_samples
 from fedumm.data.modality import text_only_question
@@ -135,7 +133,7 @@ def test_crisismmd_file_errors(tmp_path: Path) -> None:
         load_crisismmd(root, "humanitarian", "train")
 
 
-def test_fedmllm_crisismmd_config_partitions_a_standin(tmp_path: Path, configs_dir: Path, capsys) -> None:
+def test_fedmllm_crisismmd_config_partitions_a_standin(tmp_path: Path, partition_seed_config) -> None:
     # Prepare: 40 train lines over 4 classes, 8 test lines; the config's root redirected.
     classes = CLASSES["humanitarian"][:4]
     train = [_line(k, classes[k % 4]) for k in range(40)]
@@ -143,23 +141,10 @@ def test_fedmllm_crisismmd_config_partitions_a_standin(tmp_path: Path, configs_d
         tmp_path / "crisis", "humanitarian", {"train": train, "test": [_line(200 + k, classes[0]) for k in range(8)]}
     )
     # Execute
-    code = main(
-        [
-            "partition",
-            str(configs_dir / "fedmllm_crisismmd.yaml"),
-            "--set",
-            f"data.crisismmd.root={root}",
-            "--set",
-            "data.partition.min_samples=1",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    sizes, out = partition_seed_config("fedmllm_crisismmd.yaml", tmp_path, f"data.crisismmd.root={root}")
     # Assert: FedMLLM's 10 clients over the 40 rows; the test file is the global test set.
-    assert code == 0, capsys.readouterr().err
-    saved = json.loads((tmp_path / "out" / "partition.json").read_text())
-    assert len(saved["sizes"]) == 10 and sum(saved["sizes"]) == 40
-    assert "8 global test rows" in capsys.readouterr().out
+    assert len(sizes) == 10 and sum(sizes) == 40
+    assert "8 global test rows" in out
 
 
 @pytest.mark.slow

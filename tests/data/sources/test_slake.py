@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fedumm.cli import main
 from fedumm.data.config import DataConfig
 from fedumm.data.federated import build_federated_data
 from fedumm.data.sources.slake import load_slake
@@ -120,27 +119,14 @@ def test_slake_missing_language_field_is_reported(tmp_path: Path) -> None:
         load_slake(root, "train")
 
 
-def test_fedmllm_slake_config_partitions_a_standin(tmp_path: Path, configs_dir: Path, capsys) -> None:
+def test_fedmllm_slake_config_partitions_a_standin(tmp_path: Path, partition_seed_config) -> None:
     root = write_slake(
         tmp_path / "Slake1.0", {"train": [_record(q) for q in range(40)], "test": [_record(q) for q in range(9)]}
     )
-    code = main(
-        [
-            "partition",
-            str(configs_dir / "fedmllm_slake.yaml"),
-            "--set",
-            f"data.slake.root={root}",
-            "--set",
-            "data.partition.min_samples=1",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    saved = json.loads((tmp_path / "out" / "partition.json").read_text())
+    sizes, out = partition_seed_config("fedmllm_slake.yaml", tmp_path, f"data.slake.root={root}")
     # English questions only: 20 of the 40 train, 5 of the 9 test.
-    assert len(saved["sizes"]) == 10 and sum(saved["sizes"]) == 20
-    assert "5 global test rows" in capsys.readouterr().out
+    assert len(sizes) == 10 and sum(sizes) == 20
+    assert "5 global test rows" in out
 
 
 @pytest.mark.slow

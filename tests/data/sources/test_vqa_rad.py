@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fedumm.cli import main
 from fedumm.data.config import DataConfig
 from fedumm.data.federated import build_federated_data, load_samples
 from fedumm.data.rows import subsample_indices
@@ -131,27 +130,14 @@ def test_vqa_rad_file_errors(tmp_path: Path) -> None:
         load_vqa_rad(path)
 
 
-def test_fedmllm_vqa_rad_config_partitions_a_standin(tmp_path: Path, configs_dir: Path, capsys) -> None:
+def test_fedmllm_vqa_rad_config_partitions_a_standin(tmp_path: Path, partition_seed_config) -> None:
     # Prepare: 50 questions: 30 train, 20 test.
     path = write_vqa_rad(tmp_path / "vqa_rad", [_record(q) for q in range(50)])
     # Execute
-    code = main(
-        [
-            "partition",
-            str(configs_dir / "fedmllm_vqa_rad.yaml"),
-            "--set",
-            f"data.vqa_rad.path={json.dumps(str(path))}",
-            "--set",
-            "data.partition.min_samples=1",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    sizes, out = partition_seed_config("fedmllm_vqa_rad.yaml", tmp_path, f"data.vqa_rad.path={json.dumps(str(path))}")
     # Assert
-    assert code == 0, capsys.readouterr().err
-    saved = json.loads((tmp_path / "out" / "partition.json").read_text())
-    assert len(saved["sizes"]) == 10 and sum(saved["sizes"]) == 30
-    assert "20 global test rows" in capsys.readouterr().out
+    assert len(sizes) == 10 and sum(sizes) == 30
+    assert "20 global test rows" in out
 
 
 @pytest.mark.slow
